@@ -1,0 +1,1 @@
+"""DICOM input: the only sub-package that touches pydicom datasets."""
