@@ -1,0 +1,177 @@
+"""Typed, immutable, validated settings: one YAML file plus environment overrides.
+
+The file has one section per concern (``ingest``, ``fhir``, ``archive``) and an optional
+top-level ``mappings_dir``. Any key can be overridden from the environment as
+``RTPLAN_<SECTION>__<KEY>`` (for example ``RTPLAN_INGEST__TIMEZONE=Europe/Paris``) or
+``RTPLAN_MAPPINGS_DIR``. Everything is checked at start-up; an error names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from adapter.errors import ConfigError
+
+ENV_PREFIX = "RTPLAN_"
+# The tables shipped with the adapter, used when no mappings_dir is configured.
+DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    timezone: str = "Europe/London"
+    """IANA zone for DICOM times that carry no Timezone Offset From UTC (0008,0201)."""
+    diagnostic_studies: Literal["report", "map"] = "report"
+    """``report``: a study that is not a planning scan is listed and not sent. ``map``: it is
+    mapped without any planning label."""
+    incomplete_studies: Literal["hold", "map"] = "hold"
+    """``hold``: an incomplete study is reported and not sent, so nobody reviews half a dataset."""
+    min_supporting_evidence: int = 1
+    """How many independent supporting rules (codes, description, protocol, station, AE) make a
+    study a planning scan when no RT object references it."""
+    workers: int = 0
+    """Processes reading DICOM headers; 0 = one per CPU."""
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class FhirSettings:
+    version: Literal["R4", "R5"] = "R4"
+    create_patient: bool = False
+    """False: the Patient is referenced by identifier and must exist on the server (the EHR
+    owns patients). True: the Bundle creates it if no Patient has that identifier."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    wado_rs_base_url: str = ""
+    """DICOMweb WADO-RS service base URL (no ``/studies``, no trailing slash). Empty: no
+    Endpoint is written."""
+    name: str = "Planning archive"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mappings_dir: Path = DEFAULT_MAPPINGS_DIR
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    fhir: FhirSettings = field(default_factory=FhirSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+
+
+SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
+    {"ingest": IngestSettings, "fhir": FhirSettings, "archive": ArchiveSettings}
+)
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from an optional YAML file and the environment.
+
+    Raises:
+        ConfigError: naming the first key that is unknown, of the wrong type or invalid.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(str(path), f"cannot read settings file: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(str(path), "the settings file must be a YAML mapping")
+        raw = loaded
+    _apply_env(raw, os.environ if env is None else env)
+    unknown = sorted(set(raw) - set(SECTIONS) - {"mappings_dir"})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown setting")
+    sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
+    mappings_dir = raw.get("mappings_dir", DEFAULT_MAPPINGS_DIR)
+    settings = Settings(mappings_dir=Path(mappings_dir), **sections)
+    _check(settings)
+    return settings
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key == "mappings_dir":
+            raw["mappings_dir"] = value
+            continue
+        section, sep, field_name = key.partition("__")
+        if not sep or section not in SECTIONS:
+            raise ConfigError(name, "unknown environment override")
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(section, "must be a mapping")
+        target[field_name] = value
+
+
+def _section(name: str, cls: type[Any], values: object) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(name, "must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", "unknown setting")
+        kwargs[key] = _coerce(f"{name}.{key}", hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, hint: Any, value: object) -> object:
+    """Accept YAML values and environment strings for bool, int, str and Literal fields."""
+    if typing.get_origin(hint) is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        raise ConfigError(key, "must be true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, "must be a whole number")
+        try:
+            return int(str(value))
+        except ValueError:
+            raise ConfigError(key, "must be a whole number") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, "must be text")
+        return value
+    raise ConfigError(key, f"unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _check(settings: Settings) -> None:
+    try:
+        settings.ingest.zone  # noqa: B018 - validates the zone name
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("ingest.timezone", "not an IANA time zone name") from None
+    if settings.ingest.min_supporting_evidence < 1:
+        raise ConfigError("ingest.min_supporting_evidence", "must be at least 1")
+    if settings.ingest.workers < 0:
+        raise ConfigError("ingest.workers", "must be 0 (one per CPU) or more")
+    url = settings.archive.wado_rs_base_url
+    if url and (not url.startswith(("http://", "https://")) or url.endswith("/")):
+        raise ConfigError(
+            "archive.wado_rs_base_url", "must be an http(s) base URL without a trailing slash"
+        )
+    if url.endswith("/studies"):
+        raise ConfigError("archive.wado_rs_base_url", "is the service base: drop '/studies'")

@@ -1,0 +1,55 @@
+"""Reshape the R4 resources this adapter writes into their R5 form (standards.md §3a).
+
+Only the elements the adapter emits are handled; everything else is the same in both
+versions. The input is not modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+def to_r5(resource: JSON) -> JSON:
+    kind = resource.get("resourceType")
+    if kind == "ImagingStudy":
+        return _imaging_study(resource)
+    if kind == "Endpoint":
+        return _endpoint(resource)
+    return copy.deepcopy(resource)
+
+
+def _cc(coding: JSON) -> JSON:
+    return {"coding": [coding]}
+
+
+def _imaging_study(r4: JSON) -> JSON:
+    r5 = copy.deepcopy(r4)
+    if "modality" in r5:
+        r5["modality"] = [_cc(c) for c in r5["modality"]]
+    if "procedureCode" in r5:
+        r5["procedure"] = [{"concept": c} for c in r5.pop("procedureCode")]
+    if "reasonCode" in r5:
+        r5["reason"] = [{"concept": c} for c in r5.pop("reasonCode")]
+    for series in r5.get("series", []):
+        series["modality"] = _cc(series["modality"])
+        if "bodySite" in series:
+            series["bodySite"] = {"concept": _cc(series["bodySite"])}
+        if "laterality" in series:
+            series["laterality"] = _cc(series["laterality"])
+    return r5
+
+
+def _endpoint(r4: JSON) -> JSON:
+    r5 = copy.deepcopy(r4)
+    r5["connectionType"] = [_cc(r5["connectionType"])]
+    payload: JSON = {}
+    if "payloadType" in r5:
+        payload["type"] = r5.pop("payloadType")
+    if "payloadMimeType" in r5:
+        payload["mimeType"] = r5.pop("payloadMimeType")
+    if payload:
+        r5["payload"] = [payload]
+    return r5

@@ -1,0 +1,1 @@
+"""Jobs that wire sources, decisions, mapping and sinks together."""

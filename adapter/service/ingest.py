@@ -1,0 +1,136 @@
+"""The ingest job: files -> headers -> studies -> decisions -> transaction Bundles.
+
+``run_ingest`` decides and maps but writes nothing; a sink (``adapter.service.output``) or, in
+later issues, the outbox takes the result. Every input file ends in exactly one place: an
+instance of a study outcome, or a rejection. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from adapter.classify import Classification, RTIndex, classify
+from adapter.config import Settings
+from adapter.dicom.group import group_studies
+from adapter.dicom.models import Completeness, Rejection, StudySummary
+from adapter.dicom.walk import read_all
+from adapter.errors import MappingError
+from adapter.mapping.bundle import study_bundle
+from adapter.mapping.imaging_study import MappingOptions
+from adapter.mapping.tables import Tables
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+Progress = Callable[[int, int], None]
+
+
+class Status(StrEnum):
+    MAPPED = "mapped"
+    HELD_DIAGNOSTIC = "held-not-planning"
+    HELD_INCOMPLETE = "held-incomplete"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StudyOutcome:
+    study_uid: str
+    status: Status
+    classification: Classification
+    completeness: Completeness
+    instances: int
+    bundle: JSON | None = None
+    problem: str = ""
+
+    @property
+    def key(self) -> str:
+        """A short hash of the Study Instance UID: for file names and logs."""
+        return log_key(self.study_uid)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    studies: tuple[StudyOutcome, ...]
+    rejections: tuple[Rejection, ...]
+    files: int
+
+    @property
+    def everything_mapped(self) -> bool:
+        """True when every file was read and every study was mapped or held by policy
+        (a study that is not a planning scan, with ``diagnostic_studies: report``)."""
+        held_ok = {Status.MAPPED, Status.HELD_DIAGNOSTIC}
+        return not self.rejections and all(s.status in held_ok for s in self.studies)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for s in self.studies if s.status is status)
+
+
+def log_key(uid: str) -> str:
+    return hashlib.sha256(uid.encode()).hexdigest()[:16]
+
+
+def run_ingest(
+    paths: Sequence[Path],
+    settings: Settings,
+    tables: Tables,
+    *,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Read every DICOM file under ``paths`` and map each planning study to a Bundle."""
+    headers, rejections, files = read_all(
+        paths,
+        default_tz=settings.ingest.zone,
+        workers=settings.ingest.workers,
+        progress=progress,
+    )
+    studies = group_studies(headers)
+    rt = RTIndex.from_studies(studies)
+    rules = tables.rules_table("classification-rules")
+    options = MappingOptions(
+        create_patient=settings.fhir.create_patient,
+        wado_rs_base_url=settings.archive.wado_rs_base_url,
+        archive_name=settings.archive.name,
+    )
+    outcomes = []
+    for study in studies:
+        decision = classify(
+            study, rt, rules, min_supporting=settings.ingest.min_supporting_evidence
+        )
+        outcome = _decide(study, decision, settings, tables, options)
+        log.info(
+            "study %s: %s (%d instances)", outcome.key, outcome.status.value, outcome.instances
+        )
+        outcomes.append(outcome)
+    for rejection in rejections:
+        log.warning("file %s: %s", rejection.kind.value, rejection.reason)
+    return IngestResult(tuple(outcomes), tuple(rejections), files)
+
+
+def _decide(
+    study: StudySummary,
+    decision: Classification,
+    settings: Settings,
+    tables: Tables,
+    options: MappingOptions,
+) -> StudyOutcome:
+    base = {
+        "study_uid": study.study_instance_uid,
+        "classification": decision,
+        "completeness": study.completeness,
+        "instances": study.number_of_instances,
+    }
+    if not decision.is_planning and settings.ingest.diagnostic_studies == "report":
+        return StudyOutcome(status=Status.HELD_DIAGNOSTIC, **base)
+    if not study.completeness.complete and settings.ingest.incomplete_studies == "hold":
+        problem = "; ".join(study.completeness.problems)
+        return StudyOutcome(status=Status.HELD_INCOMPLETE, problem=problem, **base)
+    try:
+        bundle = study_bundle(study, decision, tables, options, settings.fhir.version)
+    except MappingError as exc:
+        return StudyOutcome(status=Status.FAILED, problem=str(exc), **base)
+    return StudyOutcome(status=Status.MAPPED, bundle=bundle, **base)

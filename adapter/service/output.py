@@ -1,0 +1,121 @@
+"""The embedded-default sink: Bundles, quarantine and a run report in an output folder.
+
+Layout of ``--out DIR``::
+
+    DIR/fhir/ImagingStudy-<key>.json    one transaction Bundle per mapped study
+    DIR/quarantine/<hash>.dcm           a copy of each quarantined file (never the original moved)
+    DIR/report.json                     what happened to every study and every rejected file
+
+File names are our own hashes, never UIDs or other values taken from the input, so a hostile
+UID cannot write outside ``DIR`` (reliability.md §3.5). Files are written to a temporary name
+and renamed, so a crash never leaves half a Bundle behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from adapter.dicom.models import RejectionKind
+from adapter.service.ingest import IngestResult, Status, StudyOutcome
+
+# A quarantined file larger than this is listed but not copied.
+MAX_QUARANTINE_COPY = 64 * 1024 * 1024
+
+
+def write_output(result: IngestResult, out_dir: Path) -> dict[str, Any]:
+    """Write Bundles, quarantine copies and ``report.json``; return the report."""
+    fhir_dir = out_dir / "fhir"
+    fhir_dir.mkdir(parents=True, exist_ok=True)
+    studies = []
+    for outcome in result.studies:
+        entry = study_report(outcome)
+        if outcome.bundle is not None:
+            target = fhir_dir / f"ImagingStudy-{outcome.key}.json"
+            write_json_atomic(target, outcome.bundle)
+            entry["output"] = str(target.relative_to(out_dir))
+        studies.append(entry)
+    rejected = []
+    for rejection in result.rejections:
+        item: dict[str, Any] = {
+            "path": rejection.path,
+            "kind": rejection.kind.value,
+            "reason": rejection.reason,
+        }
+        if rejection.kind is RejectionKind.QUARANTINED:
+            copy = _quarantine(Path(rejection.path), out_dir / "quarantine")
+            if copy is not None:
+                item["copy"] = str(copy.relative_to(out_dir))
+        rejected.append(item)
+    report = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "summary": summary(result),
+        "studies": studies,
+        "rejected_files": rejected,
+    }
+    write_json_atomic(out_dir / "report.json", report)
+    return report
+
+
+def summary(result: IngestResult) -> dict[str, Any]:
+    return {
+        "files": result.files,
+        "studies": len(result.studies),
+        "mapped": result.count(Status.MAPPED),
+        "held_not_planning": result.count(Status.HELD_DIAGNOSTIC),
+        "held_incomplete": result.count(Status.HELD_INCOMPLETE),
+        "failed": result.count(Status.FAILED),
+        "not_dicom": sum(1 for r in result.rejections if r.kind is RejectionKind.NOT_DICOM),
+        "quarantined": sum(1 for r in result.rejections if r.kind is RejectionKind.QUARANTINED),
+        "everything_mapped": result.everything_mapped,
+    }
+
+
+def study_report(outcome: StudyOutcome) -> dict[str, Any]:
+    decision = outcome.classification
+    entry: dict[str, Any] = {
+        "study_instance_uid": outcome.study_uid,
+        "key": outcome.key,
+        "status": outcome.status.value,
+        "planning_scan": decision.is_planning,
+        "evidence": [
+            {"rule": e.rule, "strength": e.strength.value, "text": e.text}
+            for e in decision.evidence
+        ],
+        "instances": outcome.instances,
+        "complete": outcome.completeness.complete,
+        "completeness_problems": list(outcome.completeness.problems),
+    }
+    if outcome.problem:
+        entry["problem"] = outcome.problem
+    return entry
+
+
+def write_json_atomic(target: Path, document: object) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(document, handle, ensure_ascii=False, indent=2, sort_keys=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(target)
+
+
+def _quarantine(source: Path, folder: Path) -> Path | None:
+    try:
+        if source.is_symlink() or not source.is_file():
+            return None
+        if source.stat().st_size > MAX_QUARANTINE_COPY:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(str(source).encode()).hexdigest()[:16]
+        target = folder / f"{digest}.dcm"
+        shutil.copyfile(source, target)
+        return target
+    except OSError:
+        return None
