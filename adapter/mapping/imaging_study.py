@@ -65,14 +65,15 @@ def patient_ref(study: StudySummary, tables: Tables, options: MappingOptions) ->
         raise MappingError(
             "Patient ID (0010,0020) is empty: the study cannot be linked to a patient"
         )
-    identifier = patient_identifier(study.patient.patient_id, patient_system(study, tables))
+    system = patient_system(study, tables)
+    identifier = patient_identifier(study.patient.patient_id, system)
     if options.create_patient:
         reference: JSON = {"reference": full_url("Patient", _patient_key(identifier))}
     else:
         # A conditional reference: the EHR owns the Patient and the server resolves it to a
         # literal reference while processing the transaction (FHIR R4 http.html#trules).
         reference = {
-            "reference": conditional_url("Patient", identifier["system"], identifier["value"])
+            "reference": conditional_url("Patient", system, study.patient.patient_id)
         }
     return PatientRef(identifier, reference)
 

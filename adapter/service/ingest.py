@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,11 @@ def run_ingest(
     progress: Progress | None = None,
 ) -> IngestResult:
     """Read every DICOM file under ``paths`` and map each planning study to a Bundle."""
-    headers, rejections, files = read_all(
-        paths,
-        default_tz=settings.ingest.zone,
-        workers=settings.ingest.workers,
-        progress=progress,
+    workers = settings.ingest.workers or os.cpu_count() or 1
+    headers, rejections = read_all(
+        paths, default_tz=settings.ingest.zone, workers=workers, progress=progress
     )
+    files = len(headers) + len(rejections)
     studies = group_studies(headers)
     rt = RTIndex.from_studies(studies)
     rules = tables.rules_table("classification-rules")
@@ -118,19 +118,20 @@ def _decide(
     tables: Tables,
     options: MappingOptions,
 ) -> StudyOutcome:
-    base = {
-        "study_uid": study.study_instance_uid,
-        "classification": decision,
-        "completeness": study.completeness,
-        "instances": study.number_of_instances,
-    }
+    held = StudyOutcome(
+        study_uid=study.study_instance_uid,
+        status=Status.HELD_DIAGNOSTIC,
+        classification=decision,
+        completeness=study.completeness,
+        instances=study.number_of_instances,
+    )
     if not decision.is_planning and settings.ingest.diagnostic_studies == "report":
-        return StudyOutcome(status=Status.HELD_DIAGNOSTIC, **base)
+        return held
     if not study.completeness.complete and settings.ingest.incomplete_studies == "hold":
         problem = "; ".join(study.completeness.problems)
-        return StudyOutcome(status=Status.HELD_INCOMPLETE, problem=problem, **base)
+        return replace(held, status=Status.HELD_INCOMPLETE, problem=problem)
     try:
         bundle = study_bundle(study, decision, tables, options, settings.fhir.version)
     except MappingError as exc:
-        return StudyOutcome(status=Status.FAILED, problem=str(exc), **base)
-    return StudyOutcome(status=Status.MAPPED, bundle=bundle, **base)
+        return replace(held, status=Status.FAILED, problem=str(exc))
+    return replace(held, status=Status.MAPPED, bundle=bundle)
