@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -84,10 +85,13 @@ def _progress_printer(stream: TextIO) -> Any:
 
 
 def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
+    started = time.perf_counter()
     result = run_ingest(args.paths, settings, tables, progress=_progress_printer(sys.stderr))
     report = write_output(result, args.out)
+    seconds = round(time.perf_counter() - started, 3)
     if args.json:
-        json.dump({"out": str(args.out), **report["summary"]}, sys.stdout, indent=2)
+        document = {"out": str(args.out), **report["summary"], "seconds": seconds}
+        json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         _print_human(result, args.out, report)
