@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Libraries that can print values they parse (pydicom) or URLs that carry identifiers
+    # (httpx logs each request at INFO) stay quiet whatever our own level is.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
         settings = load_settings(args.config)
         if args.command == "mappings":

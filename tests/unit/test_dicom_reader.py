@@ -80,6 +80,7 @@ def shipped(name: str) -> Path:
 
 # --- row 27: truncated files -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["rtplan_truncated.dcm", "MR_truncated.dcm"])
 def test_truncated_shipped_files_are_quarantined(name: str) -> None:
     r = rejection(shipped(name))
@@ -93,9 +94,17 @@ def test_untruncated_twins_are_read() -> None:
 
 
 def test_file_cut_short_in_pixel_data_is_quarantined(tmp_path: Path) -> None:
-    ds = make_ds(Rows=4, Columns=4, BitsAllocated=16, BitsStored=16, HighBit=15,
-                 SamplesPerPixel=1, PixelRepresentation=0,
-                 PhotometricInterpretation="MONOCHROME2", PixelData=b"\0" * 32)
+    ds = make_ds(
+        Rows=4,
+        Columns=4,
+        BitsAllocated=16,
+        BitsStored=16,
+        HighBit=15,
+        SamplesPerPixel=1,
+        PixelRepresentation=0,
+        PhotometricInterpretation="MONOCHROME2",
+        PixelData=b"\0" * 32,
+    )
     full = write(ds, tmp_path / "full.dcm")
     assert header(full).sop_instance_uid == "1.2.3.4.1.1"
     cut = tmp_path / "cut.dcm"
@@ -104,13 +113,13 @@ def test_file_cut_short_in_pixel_data_is_quarantined(tmp_path: Path) -> None:
 
 
 def test_pixel_data_shorter_than_geometry_is_quarantined(tmp_path: Path) -> None:
-    ds = make_ds(Rows=4, Columns=4, BitsAllocated=16, SamplesPerPixel=1,
-                 PixelData=b"\0" * 16)
+    ds = make_ds(Rows=4, Columns=4, BitsAllocated=16, SamplesPerPixel=1, PixelData=b"\0" * 16)
     r = rejection(write(ds, tmp_path / "short.dcm"))
     assert "geometry" in r.reason
 
 
 # --- row 30: no meta, missing transfer syntax, bad VR -------------------------------------
+
 
 def test_no_meta_is_quarantined_with_reason() -> None:
     r = rejection(shipped("no_meta.dcm"))
@@ -155,27 +164,46 @@ def test_preamble_magic_alone_is_not_enough(tmp_path: Path) -> None:
 
 # --- required attributes and UIDs (row 31 also in test_hostile_inputs) --------------------
 
-@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID",
-                                     "SOPInstanceUID", "SOPClassUID", "Modality"])
+
+@pytest.mark.parametrize(
+    "keyword",
+    ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality"],
+)
 def test_missing_required_attribute_is_named(tmp_path: Path, keyword: str) -> None:
     r = rejection(write(make_ds(**{keyword: None}), tmp_path / "x.dcm"))
     assert r.reason.startswith(f"missing required attribute {keyword} (")
 
 
-@pytest.mark.parametrize(("uid", "ok"), [
-    ("1.2.840.10008.1.2", True), ("0", True), ("1.0.2", True), ("1" * 64, True),
-    ("1" * 65, False), ("1.02", False), ("../../x", False), ("/etc/y", False),
-    ("1.2.abc", False), ("", False), ("1..2", False), ("1.2.", False),
-])
+@pytest.mark.parametrize(
+    ("uid", "ok"),
+    [
+        ("1.2.840.10008.1.2", True),
+        ("0", True),
+        ("1.0.2", True),
+        ("1" * 64, True),
+        ("1" * 65, False),
+        ("1.02", False),
+        ("../../x", False),
+        ("/etc/y", False),
+        ("1.2.abc", False),
+        ("", False),
+        ("1..2", False),
+        ("1.2.", False),
+    ],
+)
 def test_uid_syntax(uid: str, ok: bool) -> None:
     assert is_valid_uid(uid) is ok
 
 
 # --- charsets ----------------------------------------------------------------------------
 
+
 def test_latin1_person_name(tmp_path: Path) -> None:
-    ds = make_ds(SpecificCharacterSet="ISO_IR 100", PatientName="Müller^Jürgen^Karl^Dr.",
-                 StudyDescription="Schädel")
+    ds = make_ds(
+        SpecificCharacterSet="ISO_IR 100",
+        PatientName="Müller^Jürgen^Karl^Dr.",
+        StudyDescription="Schädel",
+    )
     h = header(write(ds, tmp_path / "latin1.dcm"))
     assert h.patient.name.family == "Müller"
     assert h.patient.name.given == ("Jürgen", "Karl")
@@ -184,8 +212,12 @@ def test_latin1_person_name(tmp_path: Path) -> None:
 
 
 def test_utf8_text(tmp_path: Path) -> None:
-    ds = make_ds(SpecificCharacterSet="ISO_IR 192", PatientName="Łukasz^Żółć",
-                 ReferringPhysicianName="Ωmega^Ελένη", StudyDescription="胸部 CT")
+    ds = make_ds(
+        SpecificCharacterSet="ISO_IR 192",
+        PatientName="Łukasz^Żółć",
+        ReferringPhysicianName="Ωmega^Ελένη",
+        StudyDescription="胸部 CT",
+    )
     h = header(write(ds, tmp_path / "utf8.dcm"))
     assert (h.patient.name.family, h.patient.name.given) == ("Łukasz", ("Żółć",))
     assert h.referring_physician.given == ("Ελένη",)
@@ -193,8 +225,10 @@ def test_utf8_text(tmp_path: Path) -> None:
 
 
 def test_iso2022_japanese_person_name(tmp_path: Path) -> None:
-    ds = make_ds(SpecificCharacterSet=["", "ISO 2022 IR 87"],
-                 PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう")
+    ds = make_ds(
+        SpecificCharacterSet=["", "ISO 2022 IR 87"],
+        PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう",
+    )
     h = header(write(ds, tmp_path / "jp.dcm"))
     name = h.patient.name
     assert (name.family, name.given) == ("Yamada", ("Tarou",))
@@ -203,6 +237,7 @@ def test_iso2022_japanese_person_name(tmp_path: Path) -> None:
 
 
 # --- time zones --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("day", "offset"), [("20240715", 1), ("20240115", 0)])
 def test_default_zone_is_dst_aware(tmp_path: Path, day: str, offset: int) -> None:
@@ -235,6 +270,7 @@ def test_bad_dates_give_none_not_quarantine(tmp_path: Path) -> None:
 
 # --- codes, issuers, RT references -------------------------------------------------------
 
+
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
@@ -248,11 +284,17 @@ def test_order_and_descriptive_attributes(tmp_path: Path) -> None:
     request.RequestedProcedureID = "RP1"
     request.ReasonForTheRequestedProcedure = "planning"
     request.RequestedProcedureCodeSequence = Sequence([_code("RPCT", "L", "CT planning")])
-    ds = make_ds(IssuerOfAccessionNumberSequence=Sequence([issuer]), IssuerOfPatientID="H1",
-                 ProcedureCodeSequence=Sequence([_code("P1", "99L", "CT thorax")]),
-                 RequestAttributesSequence=Sequence([request]), ContrastBolusAgent="Omnipaque",
-                 ImageLaterality="L", ReferringPhysicianName="Who^Doctor",
-                 NumberOfStudyRelatedInstances=3, SeriesNumber=2)
+    ds = make_ds(
+        IssuerOfAccessionNumberSequence=Sequence([issuer]),
+        IssuerOfPatientID="H1",
+        ProcedureCodeSequence=Sequence([_code("P1", "99L", "CT thorax")]),
+        RequestAttributesSequence=Sequence([request]),
+        ContrastBolusAgent="Omnipaque",
+        ImageLaterality="L",
+        ReferringPhysicianName="Who^Doctor",
+        NumberOfStudyRelatedInstances=3,
+        SeriesNumber=2,
+    )
     h = header(write(ds, tmp_path / "order.dcm"))
     assert h.accession_issuer == "RIS-A" and h.patient.issuer == "H1"
     assert [c.code for c in h.procedure_codes] == ["P1"]
@@ -281,10 +323,14 @@ def rtstruct(image_uids: list[str], *, sop: str = "1.2.3.4.9.1") -> Dataset:
     frame = Dataset()
     frame.FrameOfReferenceUID = "1.2.3.4.77"
     frame.RTReferencedStudySequence = Sequence([study])
-    return make_ds(SOPClassUID="1.2.840.10008.5.1.4.1.1.481.3", SOPInstanceUID=sop,
-                   SeriesInstanceUID="1.2.3.4.9", Modality="RTSTRUCT",
-                   FrameOfReferenceUID="1.2.3.4.77",
-                   ReferencedFrameOfReferenceSequence=Sequence([frame]))
+    return make_ds(
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.481.3",
+        SOPInstanceUID=sop,
+        SeriesInstanceUID="1.2.3.4.9",
+        Modality="RTSTRUCT",
+        FrameOfReferenceUID="1.2.3.4.77",
+        ReferencedFrameOfReferenceSequence=Sequence([frame]),
+    )
 
 
 def test_rtstruct_references(tmp_path: Path) -> None:
@@ -310,10 +356,14 @@ def test_invalid_referenced_uid_quarantines(tmp_path: Path) -> None:
 
 # --- PHI never in reasons ----------------------------------------------------------------
 
+
 def test_no_rejection_reason_contains_patient_data(tmp_path: Path) -> None:
     with disable_value_validation():
-        cases = [make_ds(StudyInstanceUID=None), make_ds(Modality=None),
-                 make_ds(SOPInstanceUID="CANARY123")]
+        cases = [
+            make_ds(StudyInstanceUID=None),
+            make_ds(Modality=None),
+            make_ds(SOPInstanceUID="CANARY123"),
+        ]
         paths = [write(ds, tmp_path / f"c{i}.dcm") for i, ds in enumerate(cases)]
     paths.append(write(make_ds(InstanceNumber=1234567890), tmp_path / "bad_is.dcm"))
     patch(paths[-1], b"1234567890", b"CANARY123 ")
@@ -328,6 +378,7 @@ def test_no_rejection_reason_contains_patient_data(tmp_path: Path) -> None:
 
 
 # --- a mixed folder ----------------------------------------------------------------------
+
 
 def test_mixed_folder_every_file_accounted_for(tmp_path: Path) -> None:
     root = tmp_path / "in"
@@ -344,8 +395,16 @@ def test_mixed_folder_every_file_accounted_for(tmp_path: Path) -> None:
     (root / "linkdir").symlink_to(root / "sub")
     files = list(iter_files([root]))
     assert [p.relative_to(root).as_posix() for p in files] == [
-        ".hidden", "broken.dcm", "link.dcm", "linkdir", "readme.txt", "rtplan_truncated.dcm",
-        "sub/ct0.dcm", "sub/ct1.dcm", "sub/ct2.dcm"]
+        ".hidden",
+        "broken.dcm",
+        "link.dcm",
+        "linkdir",
+        "readme.txt",
+        "rtplan_truncated.dcm",
+        "sub/ct0.dcm",
+        "sub/ct1.dcm",
+        "sub/ct2.dcm",
+    ]
     assert len(files) == 9
     for workers in (1, 2):
         headers, rejections = read_all([root], default_tz=LONDON, workers=workers)
@@ -359,11 +418,14 @@ def test_mixed_folder_every_file_accounted_for(tmp_path: Path) -> None:
 
 def test_parallel_results_match_serial(tmp_path: Path) -> None:
     for i in range(80):
-        write(make_ds(SOPInstanceUID=f"1.2.3.4.1.{i + 1}", InstanceNumber=i + 1),
-              tmp_path / f"{i:03d}.dcm")
+        write(
+            make_ds(SOPInstanceUID=f"1.2.3.4.1.{i + 1}", InstanceNumber=i + 1),
+            tmp_path / f"{i:03d}.dcm",
+        )
     (tmp_path / "x.txt").write_text("x")
-    assert read_all([tmp_path], default_tz=LONDON, workers=2) == \
-        read_all([tmp_path], default_tz=LONDON, workers=1)
+    assert read_all([tmp_path], default_tz=LONDON, workers=2) == read_all(
+        [tmp_path], default_tz=LONDON, workers=1
+    )
 
 
 def test_worker_crash_becomes_rejection_for_that_file(

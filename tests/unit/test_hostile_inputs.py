@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import tarfile
 import tracemalloc
 from pathlib import Path
-from types import ModuleType
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -19,19 +17,11 @@ from adapter.dicom.models import InstanceHeader, Rejection, RejectionKind
 from adapter.dicom.walk import read_all
 
 LONDON = ZoneInfo("Europe/London")
-HOSTILE_PY = Path(__file__).resolve().parents[2] / "fixtures" / "hostile.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hostile_fixtures", HOSTILE_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.support import FIXTURES, hostile  # noqa: E402
 
-
-hostile = _load()
+HOSTILE_PY = FIXTURES / "hostile.py"
 
 
 def rejected(path: Path, limits: ReadLimits | None = None) -> Rejection:
@@ -46,6 +36,7 @@ def tree(root: Path) -> set[str]:
 
 
 # --- row 28 ------------------------------------------------------------------------------
+
 
 def test_huge_declared_length_is_refused_with_low_memory(tmp_path: Path) -> None:
     for path in hostile.write_huge_length(tmp_path):
@@ -68,8 +59,9 @@ def test_huge_length_names_the_element(tmp_path: Path) -> None:
 
 def test_element_above_max_element_length_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "big.dcm"
-    path.write_bytes(hostile.file_meta() + hostile.identity()
-                     + hostile.element(0x00400275, "SQ", b"\0" * 4096))
+    path.write_bytes(
+        hostile.file_meta() + hostile.identity() + hostile.element(0x00400275, "SQ", b"\0" * 4096)
+    )
     assert "above the 1024 limit" in rejected(path, ReadLimits(max_element_length=1024)).reason
 
 
@@ -83,6 +75,7 @@ def test_other_files_unaffected_by_hostile_neighbour(tmp_path: Path) -> None:
 
 
 # --- row 29 ------------------------------------------------------------------------------
+
 
 def test_300_level_nesting_is_a_clean_rejection(tmp_path: Path) -> None:
     deep, lazy = hostile.write_nested(tmp_path)
@@ -98,6 +91,7 @@ def test_nesting_within_limit_is_read(tmp_path: Path) -> None:
 
 
 # --- row 31 ------------------------------------------------------------------------------
+
 
 def test_malicious_uids_are_rejected_and_nothing_written(tmp_path: Path) -> None:
     src = tmp_path / "in"
@@ -115,6 +109,7 @@ def test_malicious_uids_are_rejected_and_nothing_written(tmp_path: Path) -> None
 
 
 # --- row 32 ------------------------------------------------------------------------------
+
 
 def test_deflate_bomb_is_bounded(tmp_path: Path) -> None:
     path = hostile.write_deflate_bomb(tmp_path, inflated=256 * MiB)  # > 128 MiB default
@@ -145,6 +140,7 @@ def test_honest_deflated_file_is_read() -> None:
 
 # --- row 33 ------------------------------------------------------------------------------
 
+
 def test_zip_traversal_absolute_and_symlink_members(tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -163,8 +159,9 @@ def test_zip_traversal_absolute_and_symlink_members(tmp_path: Path) -> None:
 
 def test_zip_member_count_cap(tmp_path: Path) -> None:
     cases = hostile.write_zip_cases(tmp_path, many=101, bomb=1 * MiB)
-    _, rejections = read_all([cases["many"]], default_tz=LONDON,
-                             limits=ReadLimits(max_archive_members=100))
+    _, rejections = read_all(
+        [cases["many"]], default_tz=LONDON, limits=ReadLimits(max_archive_members=100)
+    )
     assert [r.reason for r in rejections] == ["archive has 101 members, above the 100 limit"]
 
 
@@ -179,8 +176,9 @@ def test_zip_bomb_refused(tmp_path: Path) -> None:
     cases = hostile.write_zip_cases(tmp_path, many=1, bomb=64 * MiB)
     _, rejections = read_all([cases["bomb"]], default_tz=LONDON)
     assert len(rejections) == 1 and "ratio" in rejections[0].reason
-    _, rejections = read_all([cases["bomb"]], default_tz=LONDON,
-                             limits=ReadLimits(max_archive_bytes=1 * MiB))
+    _, rejections = read_all(
+        [cases["bomb"]], default_tz=LONDON, limits=ReadLimits(max_archive_bytes=1 * MiB)
+    )
     assert "expands beyond" in rejections[0].reason
 
 
@@ -217,7 +215,8 @@ def test_plain_tar_and_nested_archive(tmp_path: Path) -> None:
     headers, rejections = read_all([outer], default_tz=LONDON)
     assert [h.path for h in headers] == [f"{outer}::x/a.dcm"]
     assert [(r.path, r.reason) for r in rejections] == [
-        (f"{outer}::x/inner.zip", "nested archive not expanded")]
+        (f"{outer}::x/inner.zip", "nested archive not expanded")
+    ]
 
 
 def test_corrupt_archive_is_a_rejection(tmp_path: Path) -> None:
@@ -228,6 +227,7 @@ def test_corrupt_archive_is_a_rejection(tmp_path: Path) -> None:
 
 
 # --- the builder itself ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("args", [[], ["a", "b"]])
 def test_main_usage(args: list[str]) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from pydicom import dcmread
@@ -18,19 +15,7 @@ BUNDLED = FIXTURES / "dicom"
 UID_RE = re.compile(r"^2\.25\.[1-9][0-9]*$")
 
 
-def _load_synth() -> ModuleType:
-    name = "rtplan_fixtures_synth"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, FIXTURES / "synth.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-synth = _load_synth()
+from tests.support import synth  # noqa: E402
 
 
 def _read_dir(path: Path) -> dict[str, Dataset]:
