@@ -1,28 +1,33 @@
 """``rtplan``: a thin command line over the library.
 
-Exit status: 0 everything was mapped (a study that is not a planning scan and is held by
-policy counts as handled); 1 some input was not mapped (see the report); 2 bad usage,
-settings or mapping tables.
+Exit status: 0 everything was mapped and delivered (a study that is not a planning scan and is
+held by policy counts as handled); 1 some input was not mapped, or some delivery gave up (see
+the report and ``rtplan outbox dead``); 2 bad usage, settings or mapping tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from adapter.config import Settings, load_settings
-from adapter.errors import AdapterError
+from adapter.errors import AdapterError, ConfigError
 from adapter.mapping.tables import Tables, load_tables
+from adapter.outbox.commands import add_outbox_parser, open_outbox, run_outbox_command
+from adapter.outbox.worker import DrainReport
+from adapter.service.deliver import deliver, enqueue, read_capabilities, targets
 from adapter.service.ingest import IngestResult, Status, run_ingest
-from adapter.service.output import write_output
+from adapter.service.output import summary, write_report
 
-EXIT_OK, EXIT_NOT_MAPPED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    ingest = commands.add_parser("ingest", help="map DICOM folders/files into an output folder")
+    ingest = commands.add_parser("ingest", help="map DICOM and deliver through the outbox")
     ingest.add_argument("paths", nargs="+", type=Path, help="files, folders, .zip or .tar")
-    ingest.add_argument("--out", type=Path, required=True, help="output folder")
+    ingest.add_argument("--out", type=Path, help="output folder (the embedded default sink)")
+    ingest.add_argument("--fhir-url", help="FHIR server base URL (overrides fhir.base_url)")
     ingest.add_argument("--json", action="store_true", help="print a JSON summary to stdout")
 
     mapping = commands.add_parser("map", help="print the Bundle(s) for PATH; writes nothing")
@@ -46,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     table_commands = tables.add_subparsers(dest="mappings_command", required=True)
     check = table_commands.add_parser("check", help="validate tables; list codes to verify")
     check.add_argument("folder", nargs="?", type=Path, help="default: the configured folder")
+
+    add_outbox_parser(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configure_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -61,10 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     try:
         settings = load_settings(args.config)
         if args.command == "mappings":
             return _mappings_check(args.folder or settings.mappings_dir, sys.stdout)
+        if args.command == "outbox":
+            return run_outbox_command(args, settings, sys.stdout)
         tables = load_tables(settings.mappings_dir)
         if args.command == "ingest":
             return _ingest(args, settings, tables)
@@ -90,21 +104,53 @@ def _progress_printer(stream: TextIO) -> Any:
 
 
 def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
+    if args.fhir_url:
+        settings = replace(settings, fhir=replace(settings.fhir, base_url=args.fhir_url))
+    if args.out is None and not settings.fhir.base_url:
+        raise ConfigError(
+            "--out", "give an output folder (--out DIR) or a FHIR server (--fhir-url)"
+        )
+    if settings.fhir.base_url and settings.fhir.version == "auto":
+        capabilities = asyncio.run(read_capabilities(settings))
+        if not capabilities.transactions:
+            raise ConfigError("fhir.base_url", "the server does not support transactions")
+        settings = replace(settings, fhir=replace(settings.fhir, version=capabilities.version))
     started = time.perf_counter()
     result = run_ingest(args.paths, settings, tables, progress=_progress_printer(sys.stderr))
-    report = write_output(result, args.out)
+    report = write_report(result, args.out) if args.out else {"summary": summary(result)}
+    with open_outbox(settings, args.out) as outbox:
+        ids = enqueue(outbox, result, targets(settings, args.out))
+        delivery = asyncio.run(deliver(outbox, settings, ids=ids))
     seconds = round(time.perf_counter() - started, 3)
+    delivered_all = delivery.dead == 0 and delivery.held == 0
     if args.json:
-        document = {"out": str(args.out), **report["summary"], "seconds": seconds}
+        document = {
+            "out": str(args.out) if args.out else None,
+            **report["summary"],
+            "delivery": _delivery_summary(delivery),
+            "seconds": seconds,
+        }
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        _print_human(result, args.out, report)
-    return EXIT_OK if result.everything_mapped else EXIT_NOT_MAPPED
+        _print_human(result, args.out, report, delivery)
+    return EXIT_OK if result.everything_mapped and delivered_all else EXIT_NOT_DONE
 
 
-def _print_human(result: IngestResult, out: Path, report: dict[str, Any]) -> None:
-    for study, entry in zip(result.studies, report["studies"], strict=True):
+def _delivery_summary(report: DrainReport) -> dict[str, Any]:
+    return {
+        "delivered": report.delivered,
+        "dead": report.dead,
+        "held": report.held,
+        "retries": report.retries,
+        "alerts": report.alerts,
+    }
+
+
+def _print_human(
+    result: IngestResult, out: Path | None, report: dict[str, Any], delivery: DrainReport
+) -> None:
+    for study in result.studies:
         print(f"study {study.study_uid}")
         print(f"  {study.status.value}, {study.instances} instances")
         label = "planning scan" if study.classification.is_planning else "NOT a planning scan"
@@ -113,8 +159,6 @@ def _print_human(result: IngestResult, out: Path, report: dict[str, Any]) -> Non
             print(f"  incomplete: {problem}")
         if study.problem and study.status is Status.FAILED:
             print(f"  failed: {study.problem}")
-        if "output" in entry:
-            print(f"  -> {out / entry['output']}")
     for rejection in result.rejections:
         print(f"{rejection.kind.value}: {rejection.path}: {rejection.reason}")
     counts = report["summary"]
@@ -122,9 +166,16 @@ def _print_human(result: IngestResult, out: Path, report: dict[str, Any]) -> Non
         f"{counts['files']} files, {counts['studies']} studies: {counts['mapped']} mapped, "
         f"{counts['held_not_planning']} not planning (held), "
         f"{counts['held_incomplete']} incomplete (held), {counts['failed']} failed, "
-        f"{counts['quarantined']} quarantined, {counts['not_dicom']} not DICOM. "
-        f"Report: {out / 'report.json'}"
+        f"{counts['quarantined']} quarantined, {counts['not_dicom']} not DICOM."
     )
+    print(
+        f"Delivery: {delivery.delivered} delivered, {delivery.dead} gave up, "
+        f"{delivery.held} held (see 'rtplan outbox dead')."
+    )
+    for alert in delivery.alerts:
+        print(f"ALERT {alert}")
+    if out is not None:
+        print(f"Bundles: {out / 'fhir'}  Report: {out / 'report.json'}")
 
 
 def _map(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
@@ -134,13 +185,11 @@ def _map(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
     json.dump(document, sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
     for study in result.studies:
-        print(
-            f"study {study.key}: {study.status.value}: {study.classification.summary}",
-            file=sys.stderr,
-        )
+        line = f"study {study.key}: {study.status.value}: {study.classification.summary}"
+        print(line, file=sys.stderr)
     for rejection in result.rejections:
         print(f"{rejection.kind.value}: {rejection.path}: {rejection.reason}", file=sys.stderr)
-    return EXIT_OK if result.everything_mapped else EXIT_NOT_MAPPED
+    return EXIT_OK if result.everything_mapped else EXIT_NOT_DONE
 
 
 def _mappings_check(folder: Path, out: TextIO) -> int:

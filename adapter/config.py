@@ -49,10 +49,48 @@ class IngestSettings:
 
 @dataclass(frozen=True, slots=True)
 class FhirSettings:
-    version: Literal["R4", "R5"] = "R4"
+    base_url: str = ""
+    """The FHIR server; empty means the embedded default (no server)."""
+    version: Literal["R4", "R5", "auto"] = "auto"
+    """``auto``: R5 only when the server's CapabilityStatement says fhirVersion 5.x."""
     create_patient: bool = False
     """False: the Patient is referenced by identifier and must exist on the server (the EHR
     owns patients). True: the Bundle creates it if no Patient has that identifier."""
+    auth: Literal["none", "bearer", "smart"] = "none"
+    token_env: str = "RTPLAN_FHIR_TOKEN"
+    """``bearer``: the environment variable holding the token (never the token itself)."""
+    token_url: str = ""
+    client_id: str = ""
+    private_key: str = ""
+    """``smart``: path to the PEM private key whose public half is in the registered JWKS."""
+    key_id: str = ""
+    algorithm: Literal["RS384", "ES384"] = "RS384"
+    scope: str = "system/ImagingStudy.cu system/Patient.rs system/Endpoint.cu"
+    ca_bundle: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    deadline: float = 60.0
+    """Overall seconds for one request, body included."""
+    max_attempts: int = 10
+    max_retry_seconds: float = 3600.0
+    """Give up on a row after this many seconds since it was enqueued."""
+    initial_wait: float = 1.0
+    max_wait: float = 300.0
+    max_retry_after: float = 120.0
+    """A Retry-After longer than this is not honoured: the row gives up and escalates."""
+    concurrency: int = 4
+    reconcile: bool = True
+    """Search by identifier after each write and alert when more than one resource matches."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    path: str = ""
+    """SQLite file. Empty: ``<out>/outbox.sqlite`` with ``--out``, else
+    ``.rtplan/outbox.sqlite``."""
+    lease_seconds: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +107,16 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     fhir: FhirSettings = field(default_factory=FhirSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
 
 SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
-    {"ingest": IngestSettings, "fhir": FhirSettings, "archive": ArchiveSettings}
+    {
+        "ingest": IngestSettings,
+        "fhir": FhirSettings,
+        "archive": ArchiveSettings,
+        "outbox": OutboxSettings,
+    }
 )
 
 
@@ -152,6 +196,13 @@ def _coerce(key: str, hint: Any, value: object) -> object:
             return int(str(value))
         except ValueError:
             raise ConfigError(key, "must be a whole number") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, "must be a number")
+        try:
+            return float(str(value))
+        except ValueError:
+            raise ConfigError(key, "must be a number") from None
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, "must be text")
@@ -168,6 +219,19 @@ def _check(settings: Settings) -> None:
         raise ConfigError("ingest.min_supporting_evidence", "must be at least 1")
     if settings.ingest.workers < 0:
         raise ConfigError("ingest.workers", "must be 0 (one per CPU) or more")
+    fhir = settings.fhir
+    if fhir.base_url and not fhir.base_url.startswith(("http://", "https://")):
+        raise ConfigError("fhir.base_url", "must be an http(s) URL")
+    if fhir.auth == "smart":
+        for name in ("token_url", "client_id", "private_key", "key_id"):
+            if not getattr(fhir, name):
+                raise ConfigError(f"fhir.{name}", "is required with auth: smart")
+    for name in ("connect_timeout", "read_timeout", "deadline", "max_retry_after"):
+        if getattr(fhir, name) <= 0:
+            raise ConfigError(f"fhir.{name}", "must be greater than 0")
+    if fhir.max_attempts < 1 or fhir.concurrency < 1:
+        key = "fhir.max_attempts" if fhir.max_attempts < 1 else "fhir.concurrency"
+        raise ConfigError(key, "must be at least 1")
     url = settings.archive.wado_rs_base_url
     if url and (not url.startswith(("http://", "https://")) or url.endswith("/")):
         raise ConfigError(

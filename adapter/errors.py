@@ -53,7 +53,7 @@ class MappingError(AdapterError):
     """A summary that cannot be turned into FHIR."""
 
 
-class UnmappedCode(MappingError):  # noqa: N818 - the name the style guide uses
+class UnmappedCode(MappingError):
     def __init__(self, table: str, code: str) -> None:
         super().__init__(f"table {table} has no row for code {code!r} and its policy is 'error'")
         self.table = table

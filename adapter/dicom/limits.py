@@ -97,7 +97,7 @@ class ReadLimits:
 DEFAULT_LIMITS: Final = ReadLimits()
 
 
-class Problem(Exception):  # noqa: N818 - a verdict, not an error condition of ours
+class Problem(Exception):
     """A file-level verdict found by a guard. ``reason`` names tags/sizes, never values."""
 
     def __init__(self, reason: str, *, not_dicom: bool = False) -> None:

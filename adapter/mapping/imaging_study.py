@@ -72,9 +72,7 @@ def patient_ref(study: StudySummary, tables: Tables, options: MappingOptions) ->
     else:
         # A conditional reference: the EHR owns the Patient and the server resolves it to a
         # literal reference while processing the transaction (FHIR R4 http.html#trules).
-        reference = {
-            "reference": conditional_url("Patient", system, study.patient.patient_id)
-        }
+        reference = {"reference": conditional_url("Patient", system, study.patient.patient_id)}
     return PatientRef(identifier, reference)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from adapter.classify import Classification, RTIndex, classify
 from adapter.config import Settings
@@ -131,7 +131,9 @@ def _decide(
         problem = "; ".join(study.completeness.problems)
         return replace(held, status=Status.HELD_INCOMPLETE, problem=problem)
     try:
-        bundle = study_bundle(study, decision, tables, options, settings.fhir.version)
+        # "auto" was resolved from the server's CapabilityStatement before ingest; R4 otherwise.
+        version: Literal["R4", "R5"] = "R5" if settings.fhir.version == "R5" else "R4"
+        bundle = study_bundle(study, decision, tables, options, version)
     except MappingError as exc:
         return replace(held, status=Status.FAILED, problem=str(exc))
     return replace(held, status=Status.MAPPED, bundle=bundle)

@@ -2,7 +2,8 @@
 
 Layout of ``--out DIR``::
 
-    DIR/fhir/ImagingStudy-<key>.json    one transaction Bundle per mapped study
+    DIR/fhir/ImagingStudy-<key>.json    one transaction Bundle per mapped study (written by the
+                                        outbox's file deliverer, like any other destination)
     DIR/quarantine/<hash>.dcm           a copy of each quarantined file (never the original moved)
     DIR/report.json                     what happened to every study and every rejected file
 
@@ -28,17 +29,19 @@ from adapter.service.ingest import IngestResult, Status, StudyOutcome
 MAX_QUARANTINE_COPY = 64 * 1024 * 1024
 
 
-def write_output(result: IngestResult, out_dir: Path) -> dict[str, Any]:
-    """Write Bundles, quarantine copies and ``report.json``; return the report."""
-    fhir_dir = out_dir / "fhir"
-    fhir_dir.mkdir(parents=True, exist_ok=True)
+def bundle_label(outcome: StudyOutcome) -> str:
+    """The name of a study's Bundle: in the output folder and in outbox listings."""
+    return f"ImagingStudy-{outcome.key}"
+
+
+def write_report(result: IngestResult, out_dir: Path) -> dict[str, Any]:
+    """Write quarantine copies and ``report.json``; return the report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     studies = []
     for outcome in result.studies:
         entry = study_report(outcome)
         if outcome.bundle is not None:
-            target = fhir_dir / f"ImagingStudy-{outcome.key}.json"
-            write_json_atomic(target, outcome.bundle)
-            entry["output"] = str(target.relative_to(out_dir))
+            entry["output"] = f"fhir/{bundle_label(outcome)}.json"
         studies.append(entry)
     rejected = []
     for rejection in result.rejections:

@@ -10,7 +10,7 @@ from adapter.errors import ConfigError
 
 def test_defaults_without_file_or_env() -> None:
     settings = load_settings(None, env={})
-    assert settings.fhir.version == "R4"
+    assert settings.fhir.version == "auto"  # R4 unless a server says 5.x
     assert settings.ingest.timezone == "Europe/London"
     assert settings.ingest.diagnostic_studies == "report"
 

@@ -1,0 +1,1 @@
+"""The durable outbox and its delivery worker: every outbound effect passes through here."""

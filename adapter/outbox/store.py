@@ -1,0 +1,450 @@
+"""The durable outbox: every outbound effect is a row before anyone tries it.
+
+One SQLite file (WAL, ``synchronous=FULL`` so a committed row survives power loss, not only a
+crash). The SQL is plain and portable so that a PostgreSQL backend can take its place.
+
+Row life cycle::
+
+    pending ──claim──▶ in_flight ──▶ delivered   (with the peer's ids and versions)
+       ▲                   │    └──▶ retrying ──(due)──▶ claimed again
+       │                   └──────▶ dead        (reason without patient data; payload kept)
+       └──── retry / replay (an analyst, via ``rtplan outbox``)
+
+Ordering is per business key and destination: a row is claimed only when no earlier row of the
+same key is still pending, retrying or in flight, so writes for one key are serialised (FHIR
+conditional create is not atomic on common servers, HAPI #3141). Different keys go in parallel.
+A key can be *held* (e.g. a 412 "several matches"): nothing more is sent for it until an
+analyst retries.
+
+A claimed row carries a lease and its owner (host:pid). After a crash the rows of a dead owner
+on this host, or any row whose lease ran out, are claimable again: delivery is at-least-once,
+and the receivers de-duplicate (conditional updates, MSH-10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+JSON = dict[str, Any]
+Clock = Callable[[], float]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination     TEXT    NOT NULL,
+    target          TEXT    NOT NULL,
+    key             TEXT    NOT NULL,
+    kind            TEXT    NOT NULL,
+    label           TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    payload_hash    TEXT    NOT NULL,
+    state           TEXT    NOT NULL CHECK (state IN
+                        ('pending', 'in_flight', 'retrying', 'delivered', 'dead')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL,
+    lease_until     REAL,
+    owner           TEXT,
+    last_error      TEXT,
+    result          TEXT,
+    created_at      REAL    NOT NULL,
+    updated_at      REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_key ON outbox (destination, target, key, id);
+CREATE TABLE IF NOT EXISTS key_holds (
+    destination TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    since       REAL NOT NULL,
+    PRIMARY KEY (destination, target, key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    row_id  INTEGER NOT NULL,
+    at      REAL    NOT NULL,
+    event   TEXT    NOT NULL,
+    detail  TEXT    NOT NULL
+);
+"""
+OPEN_STATES = ("pending", "retrying", "in_flight")
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    destination: str
+    target: str
+    key: str
+    kind: str
+    label: str
+    payload: JSON
+    state: State
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+    result: JSON | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    destination: str
+    target: str
+    key: str
+    reason: str
+    since: float
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Outbox:
+    """A durable, ordered outbox in one SQLite file. Safe for several processes."""
+
+    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._clock = clock
+        self._owner = _owner()
+        # autocommit mode: every statement commits unless inside an explicit BEGIN.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: the write lock is taken up front, so two processes
+        claiming at once cannot both take the same row."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _event(self, db: sqlite3.Connection, row_id: int, event: str, detail: str = "") -> None:
+        db.execute(
+            "INSERT INTO events (row_id, at, event, detail) VALUES (?, ?, ?, ?)",
+            (row_id, self._clock(), event, detail),
+        )
+
+    # -- writing -------------------------------------------------------------------------
+
+    def enqueue(
+        self, *, destination: str, target: str, key: str, kind: str, label: str, payload: JSON
+    ) -> int:
+        """Store one outbound effect; return its row id.
+
+        An identical payload for the same key and target that is still pending or retrying is
+        not stored twice (ingesting a folder again does not double the work); its id is
+        returned instead.
+        """
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        now = self._clock()
+        with self._write() as db:
+            found = db.execute(
+                "SELECT id FROM outbox WHERE destination=? AND target=? AND key=? "
+                "AND payload_hash=? AND state IN ('pending', 'retrying') ORDER BY id LIMIT 1",
+                (destination, target, key, digest),
+            ).fetchone()
+            if found is not None:
+                return int(found["id"])
+            cursor = db.execute(
+                "INSERT INTO outbox (destination, target, key, kind, label, payload, "
+                "payload_hash, state, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (destination, target, key, kind, label, text, digest, now, now, now),
+            )
+            row_id = int(cursor.lastrowid or 0)
+            self._event(db, row_id, "enqueued")
+        return row_id
+
+    def claim(
+        self,
+        limit: int,
+        *,
+        lease_seconds: float = 300.0,
+        targets: Collection[tuple[str, str]] | None = None,
+    ) -> list[Row]:
+        """Take up to ``limit`` due rows, at most one per key, oldest first; only rows for
+        ``targets`` (``(destination, target)`` pairs) when given."""
+        if limit <= 0:
+            return []
+        where, args = _target_filter(targets)
+        now = self._clock()
+        with self._write() as db:
+            self._recover(db, now)
+            rows = db.execute(
+                f"""
+                SELECT o.* FROM outbox o
+                WHERE o.state IN ('pending', 'retrying') AND o.next_attempt_at <= ?
+                  AND NOT EXISTS (
+                      SELECT 1 FROM outbox e
+                      WHERE e.destination = o.destination AND e.target = o.target
+                        AND e.key = o.key AND e.id < o.id
+                        AND e.state IN ('pending', 'retrying', 'in_flight'))
+                  AND NOT EXISTS (
+                      SELECT 1 FROM key_holds h
+                      WHERE h.destination = o.destination AND h.target = o.target
+                        AND h.key = o.key)
+                  AND {where}
+                ORDER BY o.id LIMIT ?
+                """,
+                (now, *args, limit),
+            ).fetchall()
+            claimed = []
+            for raw in rows:
+                db.execute(
+                    "UPDATE outbox SET state='in_flight', attempts=attempts+1, lease_until=?, "
+                    "owner=?, updated_at=? WHERE id=?",
+                    (now + lease_seconds, self._owner, now, raw["id"]),
+                )
+                self._event(db, raw["id"], "claimed", self._owner)
+                claimed.append(_row(raw, state=State.IN_FLIGHT, attempts=raw["attempts"] + 1))
+        return claimed
+
+    def _recover(self, db: sqlite3.Connection, now: float) -> None:
+        """Make rows of crashed owners claimable again (lease ran out, or owner pid is gone)."""
+        host = socket.gethostname()
+        stale = db.execute(
+            "SELECT id, owner, lease_until FROM outbox WHERE state='in_flight'"
+        ).fetchall()
+        for raw in stale:
+            owner_host, _, pid = (raw["owner"] or "").rpartition(":")
+            expired = raw["lease_until"] is None or raw["lease_until"] < now
+            dead_owner = owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
+            if expired or (dead_owner and raw["owner"] != self._owner):
+                db.execute(
+                    "UPDATE outbox SET state='retrying', next_attempt_at=?, owner=NULL, "
+                    "lease_until=NULL, last_error=?, updated_at=? WHERE id=?",
+                    (now, "recovered after the delivering process stopped", now, raw["id"]),
+                )
+                self._event(db, raw["id"], "recovered")
+
+    def mark_delivered(self, row_id: int, result: JSON) -> None:
+        self._finish(row_id, "delivered", result=result, event="delivered")
+
+    def mark_retry(self, row_id: int, *, delay: float, error: str) -> None:
+        now = self._clock()
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbox SET state='retrying', next_attempt_at=?, last_error=?, owner=NULL, "
+                "lease_until=NULL, updated_at=? WHERE id=?",
+                (now + max(0.0, delay), error, now, row_id),
+            )
+            self._event(db, row_id, "retry", f"in {delay:.1f}s: {error}")
+
+    def mark_dead(self, row_id: int, reason: str, result: JSON | None = None) -> None:
+        self._finish(row_id, "dead", result=result, error=reason, event="dead")
+
+    def _finish(
+        self, row_id: int, state: str, *, result: JSON | None, event: str, error: str | None = None
+    ) -> None:
+        now = self._clock()
+        result_text = None if result is None else json.dumps(result, ensure_ascii=False)
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbox SET state=?, result=COALESCE(?, result), "
+                "last_error=COALESCE(?, last_error), owner=NULL, lease_until=NULL, "
+                "updated_at=? WHERE id=?",
+                (state, result_text, error, now, row_id),
+            )
+            self._event(db, row_id, event, error or "")
+
+    def hold_key(self, row: Row, reason: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO key_holds (destination, target, key, reason, since) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (row.destination, row.target, row.key, reason, self._clock()),
+            )
+            self._event(db, row.id, "key-held", reason)
+
+    # -- analyst actions ----------------------------------------------------------------
+
+    def retry(self, row_id: int) -> Row:
+        """Send a dead or waiting row again now, and lift any hold on its key."""
+        row = self.get(row_id)
+        if row.state in (State.DELIVERED, State.IN_FLIGHT):
+            raise ValueError(f"row {row_id} is {row.state.value}; only dead or waiting rows retry")
+        now = self._clock()
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM key_holds WHERE destination=? AND target=? AND key=?",
+                (row.destination, row.target, row.key),
+            )
+            db.execute(
+                "UPDATE outbox SET state='pending', next_attempt_at=?, updated_at=? WHERE id=?",
+                (now, now, row_id),
+            )
+            self._event(db, row_id, "retry-requested")
+        return self.get(row_id)
+
+    def replay(self, row_id: int, payload: JSON | None = None) -> int:
+        """Enqueue a fresh copy of a row (optionally with a corrected payload); the original
+        stays as history. Lifts any hold on the key."""
+        row = self.get(row_id)
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM key_holds WHERE destination=? AND target=? AND key=?",
+                (row.destination, row.target, row.key),
+            )
+            self._event(db, row_id, "replayed")
+        return self.enqueue(
+            destination=row.destination,
+            target=row.target,
+            key=row.key,
+            kind=row.kind,
+            label=row.label,
+            payload=row.payload if payload is None else payload,
+        )
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, row_id: int) -> Row:
+        raw = self._db.execute("SELECT * FROM outbox WHERE id=?", (row_id,)).fetchone()
+        if raw is None:
+            raise KeyError(row_id)
+        return _row(raw)
+
+    def rows(self, *, state: State | None = None, limit: int = 1000) -> list[Row]:
+        if state is None:
+            query, args = "SELECT * FROM outbox ORDER BY id LIMIT ?", (limit,)
+        else:
+            query = "SELECT * FROM outbox WHERE state=? ORDER BY id LIMIT ?"
+            args = (state.value, limit)  # type: ignore[assignment]
+        return [_row(raw) for raw in self._db.execute(query, args).fetchall()]
+
+    def holds(self) -> list[Hold]:
+        raws = self._db.execute("SELECT * FROM key_holds ORDER BY since").fetchall()
+        return [
+            Hold(r["destination"], r["target"], r["key"], r["reason"], r["since"]) for r in raws
+        ]
+
+    def events(self, row_id: int) -> list[tuple[float, str, str]]:
+        raws = self._db.execute(
+            "SELECT at, event, detail FROM events WHERE row_id=? ORDER BY id", (row_id,)
+        ).fetchall()
+        return [(r["at"], r["event"], r["detail"]) for r in raws]
+
+    def counts(self) -> dict[str, int]:
+        raws = self._db.execute("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
+        counts = {s.value: 0 for s in State}
+        counts.update({r["state"]: r["n"] for r in raws})
+        return counts
+
+    def open_targets(self) -> list[tuple[str, str]]:
+        raws = self._db.execute(
+            "SELECT DISTINCT destination, target FROM outbox "
+            "WHERE state IN ('pending', 'retrying', 'in_flight')"
+        ).fetchall()
+        return [(r["destination"], r["target"]) for r in raws]
+
+    def open_rows(
+        self, ids: list[int] | None = None, targets: Collection[tuple[str, str]] | None = None
+    ) -> int:
+        """Rows not yet delivered or dead (optionally among ``ids``), excluding held keys."""
+        where, target_args = _target_filter(targets)
+        query = (
+            "SELECT COUNT(*) FROM outbox o WHERE o.state IN ('pending', 'retrying', 'in_flight') "
+            "AND NOT EXISTS (SELECT 1 FROM key_holds h WHERE h.destination=o.destination "
+            f"AND h.target=o.target AND h.key=o.key) AND {where}"
+        )
+        args: tuple[Any, ...] = tuple(target_args)
+        if ids is not None:
+            query += f" AND o.id IN ({','.join('?' * len(ids))})" if ids else " AND 0"
+            args += tuple(ids)
+        return int(self._db.execute(query, args).fetchone()[0])
+
+    def seconds_until_due(self, targets: Collection[tuple[str, str]] | None = None) -> float | None:
+        """Seconds until the next open row is due (0 if one is due now), None if none is open."""
+        where, args = _target_filter(targets)
+        raw = self._db.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox o WHERE o.state IN ('pending', 'retrying') "
+            "AND NOT EXISTS (SELECT 1 FROM key_holds h WHERE h.destination=o.destination "
+            f"AND h.target=o.target AND h.key=o.key) AND {where}",
+            args,
+        ).fetchone()[0]
+        if raw is None:
+            in_flight = self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE state='in_flight'"
+            ).fetchone()[0]
+            return 1.0 if in_flight else None
+        return max(0.0, float(raw) - self._clock())
+
+
+def _target_filter(targets: Collection[tuple[str, str]] | None) -> tuple[str, list[str]]:
+    """A WHERE fragment limiting rows to ``(destination, target)`` pairs (always true if None)."""
+    if targets is None:
+        return "1", []
+    if not targets:
+        return "0", []
+    pairs = " OR ".join("(o.destination = ? AND o.target = ?)" for _ in targets)
+    return f"({pairs})", [value for pair in targets for value in pair]
+
+
+def _row(raw: sqlite3.Row, **override: Any) -> Row:
+    values = {
+        "id": raw["id"],
+        "destination": raw["destination"],
+        "target": raw["target"],
+        "key": raw["key"],
+        "kind": raw["kind"],
+        "label": raw["label"],
+        "payload": json.loads(raw["payload"]),
+        "state": State(raw["state"]),
+        "attempts": raw["attempts"],
+        "next_attempt_at": raw["next_attempt_at"],
+        "last_error": raw["last_error"] or "",
+        "result": json.loads(raw["result"]) if raw["result"] else None,
+        "created_at": raw["created_at"],
+        "updated_at": raw["updated_at"],
+    }
+    values.update(override)
+    return Row(**values)

@@ -1,0 +1,192 @@
+"""Deliver outbox rows: bounded concurrency, one retry mechanism, always a stop.
+
+A :class:`Deliverer` turns one row into one :class:`Attempt` (delivered / retry / dead / hold).
+It never raises for a peer's answer: a rejection is a value. An exception from a deliverer is
+a bug or "no answer at all" and is treated as a retry, so a row is never lost to it.
+
+The retry policy is a pair of tenacity values per destination (``stop`` and ``wait``). The
+worker evaluates them against the row's own history (attempts, age since enqueue), so the
+policy holds across restarts; ``Retry-After`` from a server overrides the wait, up to a cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import tenacity
+from tenacity.stop import StopBaseT
+from tenacity.wait import WaitBaseT
+
+from adapter.outbox.store import Outbox, Row
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Verdict(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD = "dead"
+    HOLD = "hold"  # dead, and nothing more for this key until an analyst retries
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    verdict: Verdict
+    reason: str = ""  # never patient data: codes, statuses, element paths
+    retry_after: float | None = None  # seconds the peer asked us to wait
+    result: JSON | None = None
+    alert: str = ""  # a data-quality alert raised alongside the verdict
+
+
+class Deliverer(Protocol):
+    async def deliver(self, row: Row) -> Attempt: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to try again and when to give up, as tenacity strategies."""
+
+    stop: StopBaseT = field(
+        default_factory=lambda: tenacity.stop_after_attempt(10) | tenacity.stop_after_delay(3600)
+    )
+    wait: WaitBaseT = field(
+        default_factory=lambda: tenacity.wait_exponential_jitter(initial=1, max=300, jitter=1)
+    )
+    max_retry_after: float = 120.0
+    """A Retry-After longer than this is not waited for: the row gives up and escalates."""
+
+
+@dataclass
+class DrainReport:
+    delivered: int = 0
+    dead: int = 0
+    held: int = 0
+    retries: int = 0
+    alerts: list[str] = field(default_factory=list)
+
+
+def _state(row: Row, now: float) -> tenacity.RetryCallState:
+    """A tenacity call state rebuilt from the row, so the policy survives restarts."""
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = row.attempts
+    state.start_time = 0.0
+    state.outcome_timestamp = max(0.0, now - row.created_at)
+    return state
+
+
+class Worker:
+    """Drains an :class:`Outbox` through deliverers keyed by ``(destination, target)``."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        deliverers: Mapping[tuple[str, str], Deliverer],
+        policies: Mapping[str, RetryPolicy] | None = None,
+        *,
+        concurrency: int = 4,
+        lease_seconds: float = 300.0,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.outbox = outbox
+        self.deliverers = deliverers
+        self.policies = policies or {}
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self._sleep = sleep
+        self._clock = clock or outbox._clock
+        self.poll_interval = poll_interval
+        self._targets = list(deliverers)
+
+    async def drain(self, *, ids: list[int] | None = None, forever: bool = False) -> DrainReport:
+        """Deliver until every open row (or every row in ``ids``) is delivered, dead or held.
+
+        With ``forever`` it keeps polling for new rows (the service mode).
+        """
+        report = DrainReport()
+        active: set[asyncio.Task[None]] = set()
+        while True:
+            free = self.concurrency - len(active)
+            rows = (
+                self.outbox.claim(free, lease_seconds=self.lease_seconds, targets=self._targets)
+                if free
+                else []
+            )
+            for row in rows:
+                active.add(asyncio.create_task(self._run(row, report)))
+            if active:
+                done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # _run handles everything; re-raise only real bugs
+                continue
+            if not forever and self.outbox.open_rows(ids, self._targets) == 0:
+                return report
+            due = self.outbox.seconds_until_due(self._targets)
+            wait = self.poll_interval if due is None else min(max(due, 0.01), self.poll_interval)
+            await self._sleep(wait)
+
+    async def _run(self, row: Row, report: DrainReport) -> None:
+        deliverer = self.deliverers.get((row.destination, row.target))
+        if deliverer is None:
+            self.outbox.mark_dead(row.id, f"no deliverer configured for {row.destination}")
+            report.dead += 1
+            return
+        try:
+            attempt = await deliverer.deliver(row)
+        except Exception as exc:  # a bug or no answer: keep the row, try again later
+            log.exception("row %d: deliverer raised %s", row.id, type(exc).__name__)
+            attempt = Attempt(Verdict.RETRY, f"deliverer error: {type(exc).__name__}")
+        self._record(row, attempt, report)
+
+    def _record(self, row: Row, attempt: Attempt, report: DrainReport) -> None:
+        if attempt.alert:
+            report.alerts.append(f"row {row.id} ({row.label}): {attempt.alert}")
+            log.warning("row %d (%s): ALERT %s", row.id, row.label, attempt.alert)
+        if attempt.verdict is Verdict.DELIVERED:
+            self.outbox.mark_delivered(row.id, attempt.result or {})
+            report.delivered += 1
+            log.info("row %d (%s): delivered after %d attempt(s)", row.id, row.label, row.attempts)
+            return
+        if attempt.verdict is Verdict.HOLD:
+            self.outbox.hold_key(row, attempt.reason)
+            self.outbox.mark_dead(row.id, attempt.reason, attempt.result)
+            report.held += 1
+            log.warning("row %d (%s): key held: %s", row.id, row.label, attempt.reason)
+            return
+        if attempt.verdict is Verdict.RETRY:
+            delay, why = self._retry_delay(row, attempt)
+            if delay is not None:
+                self.outbox.mark_retry(row.id, delay=delay, error=attempt.reason)
+                report.retries += 1
+                log.info(
+                    "row %d (%s): retry in %.1fs: %s", row.id, row.label, delay, attempt.reason
+                )
+                return
+            attempt = Attempt(Verdict.DEAD, f"{why}: {attempt.reason}", result=attempt.result)
+        self.outbox.mark_dead(row.id, attempt.reason, attempt.result)
+        report.dead += 1
+        log.warning("row %d (%s): dead: %s", row.id, row.label, attempt.reason)
+
+    def _retry_delay(self, row: Row, attempt: Attempt) -> tuple[float | None, str]:
+        """Seconds to wait before the next try, or None and why the row gives up."""
+        policy = self.policies.get(row.destination, RetryPolicy())
+        state = _state(row, self._clock())
+        if policy.stop(state):
+            return None, f"gave up after {row.attempts} attempt(s)"
+        if attempt.retry_after is not None:
+            if attempt.retry_after > policy.max_retry_after:
+                cap = policy.max_retry_after
+                return (
+                    None,
+                    f"server asked to wait {attempt.retry_after:.0f}s, over the {cap:.0f}s cap",
+                )
+            return attempt.retry_after, ""
+        return float(policy.wait(state)), ""

@@ -1,0 +1,154 @@
+"""Wire the outbox to its deliverers: the FHIR server and the output-folder file writer.
+
+The embedded default and production use one path: ``--out DIR`` is a deliverer like any other,
+behind the same outbox, so what works on a laptop is what runs against the EHR.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+import tenacity
+
+from adapter.config import FhirSettings, Settings
+from adapter.errors import ConfigError
+from adapter.fhir.auth import BearerToken, SmartBackendAuth
+from adapter.fhir.client import Capabilities, FhirClient, Timeouts, TlsSettings
+from adapter.fhir.delivery import FhirDeliverer
+from adapter.outbox.store import Outbox, Row
+from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
+from adapter.service.ingest import IngestResult
+from adapter.service.output import bundle_label, write_json_atomic
+
+FILES, FHIR = "files", "fhir"
+KIND_TRANSACTION = "fhir-transaction"
+
+
+class FileDeliverer:
+    """Writes each Bundle as ``<dir>/fhir/<label>.json`` (atomic rename)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.folder = out_dir / "fhir"
+
+    async def deliver(self, row: Row) -> Attempt:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"{row.label}.json"
+        try:
+            write_json_atomic(target, row.payload)
+        except OSError as exc:
+            return Attempt(Verdict.RETRY, f"cannot write the output file: {exc.strerror}")
+        return Attempt(Verdict.DELIVERED, result={"file": str(target)})
+
+
+def targets(settings: Settings, out_dir: Path | None) -> list[tuple[str, str]]:
+    found = []
+    if out_dir is not None:
+        found.append((FILES, str(out_dir.resolve())))
+    if settings.fhir.base_url:
+        found.append((FHIR, settings.fhir.base_url))
+    return found
+
+
+def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]) -> list[int]:
+    """One outbox row per mapped study and destination, keyed by the Study Instance UID."""
+    ids = []
+    for destination, target in to:
+        for study in result.studies:
+            if study.bundle is None:
+                continue
+            ids.append(
+                outbox.enqueue(
+                    destination=destination,
+                    target=target,
+                    key=f"study:{study.study_uid}",
+                    kind=KIND_TRANSACTION,
+                    label=bundle_label(study),
+                    payload=study.bundle,
+                )
+            )
+    return ids
+
+
+def fhir_client(
+    fhir: FhirSettings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> FhirClient:
+    auth: httpx.Auth | None = None
+    if fhir.auth == "bearer":
+        token = os.environ.get(fhir.token_env, "")
+        if not token:
+            raise ConfigError("fhir.token_env", f"environment variable {fhir.token_env} is empty")
+        auth = BearerToken(token)
+    elif fhir.auth == "smart":
+        tls = TlsSettings(fhir.ca_bundle, fhir.client_cert, fhir.client_key)
+        verify = tls.context() if fhir.token_url.startswith("https:") else True
+        auth = SmartBackendAuth.from_key_file(
+            fhir.private_key,
+            token_url=fhir.token_url,
+            client_id=fhir.client_id,
+            key_id=fhir.key_id,
+            algorithm=fhir.algorithm,
+            scope=fhir.scope,
+            verify=verify,
+        )
+    return FhirClient(
+        base_url=fhir.base_url,
+        auth=auth,
+        timeouts=Timeouts(
+            connect=fhir.connect_timeout, read=fhir.read_timeout, deadline=fhir.deadline
+        ),
+        tls=TlsSettings(fhir.ca_bundle, fhir.client_cert, fhir.client_key),
+        transport=transport,
+        max_connections=max(fhir.concurrency, 1),
+    )
+
+
+def retry_policy(fhir: FhirSettings) -> RetryPolicy:
+    return RetryPolicy(
+        stop=tenacity.stop_after_attempt(fhir.max_attempts)
+        | tenacity.stop_after_delay(fhir.max_retry_seconds),
+        wait=tenacity.wait_exponential_jitter(
+            initial=fhir.initial_wait, max=fhir.max_wait, jitter=1
+        ),
+        max_retry_after=fhir.max_retry_after,
+    )
+
+
+async def read_capabilities(settings: Settings) -> Capabilities:
+    async with fhir_client(settings.fhir) as client:
+        return await client.capabilities()
+
+
+async def deliver(
+    outbox: Outbox,
+    settings: Settings,
+    *,
+    ids: list[int] | None = None,
+    forever: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> DrainReport:
+    """Deliver open rows (all, or ``ids``) until each is delivered, dead or held."""
+    async with AsyncExitStack() as stack:
+        deliverers: dict[tuple[str, str], Deliverer] = {}
+        for destination, target in outbox.open_targets():
+            if destination == FILES:
+                deliverers[(destination, target)] = FileDeliverer(Path(target))
+            elif destination == FHIR and target == settings.fhir.base_url:
+                client = await stack.enter_async_context(
+                    fhir_client(settings.fhir, transport=transport)
+                )
+                deliverers[(destination, target)] = FhirDeliverer(
+                    client, reconcile=settings.fhir.reconcile
+                )
+        # Rows for a destination not configured now (another FHIR server) stay untouched.
+        worker = Worker(
+            outbox,
+            deliverers,
+            {FHIR: retry_policy(settings.fhir), FILES: RetryPolicy()},
+            concurrency=settings.fhir.concurrency,
+            lease_seconds=settings.outbox.lease_seconds,
+        )
+        return await worker.drain(ids=ids, forever=forever)

@@ -1,0 +1,201 @@
+"""The outbox store and worker: ordering per key, dedupe, recovery, retry policy, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tenacity
+
+from adapter.outbox.store import Outbox, Row, State
+from adapter.outbox.worker import Attempt, RetryPolicy, Verdict, Worker
+
+T = ("fhir", "http://server/fhir")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def put(outbox: Outbox, key: str, n: int = 0) -> int:
+    return outbox.enqueue(
+        destination=T[0], target=T[1], key=key, kind="fhir-transaction", label=key, payload={"n": n}
+    )
+
+
+class Scripted:
+    """A deliverer that answers from a script per key and records the order of calls."""
+
+    def __init__(self, script: dict[str, list[Attempt]] | None = None) -> None:
+        self.script = script or {}
+        self.calls: list[tuple[str, int]] = []
+        self.in_flight: set[str] = set()
+        self.overlap = False
+
+    async def deliver(self, row: Row) -> Attempt:
+        if row.key in self.in_flight:
+            self.overlap = True
+        self.in_flight.add(row.key)
+        await asyncio.sleep(0.001)
+        self.in_flight.discard(row.key)
+        self.calls.append((row.key, row.payload["n"]))
+        answers = self.script.get(row.key, [])
+        return answers.pop(0) if answers else Attempt(Verdict.DELIVERED, result={"ok": True})
+
+
+async def no_sleep(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+def worker(outbox: Outbox, deliverer: Scripted, clock: Clock, **kwargs: object) -> Worker:
+    policy = kwargs.pop("policy", RetryPolicy(wait=tenacity.wait_fixed(5)))
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        await asyncio.sleep(0)
+
+    return Worker(outbox, {T: deliverer}, {"fhir": policy}, sleep=sleep, clock=clock, **kwargs)  # type: ignore[arg-type]
+
+
+def test_sqlite_is_durable_mode(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    assert outbox._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert outbox._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_order_is_kept_per_key_and_keys_run_in_parallel(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    for n in range(5):
+        put(outbox, "a", n)
+        put(outbox, "b", n)
+    deliverer = Scripted({"a": [Attempt(Verdict.RETRY, "busy")]})
+    report = asyncio.run(worker(outbox, deliverer, clock, concurrency=4).drain())
+    assert report.delivered == 10 and report.retries == 1
+    assert [n for key, n in deliverer.calls if key == "a"] == [0, 0, 1, 2, 3, 4]
+    assert [n for key, n in deliverer.calls if key == "b"] == [0, 1, 2, 3, 4]
+    assert not deliverer.overlap  # never two rows of one key in flight
+    assert outbox.counts()["delivered"] == 10
+
+
+def test_identical_pending_payload_is_not_queued_twice(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    assert put(outbox, "a", 1) == put(outbox, "a", 1)
+    assert put(outbox, "a", 2) != put(outbox, "a", 1)
+
+
+def test_retry_policy_gives_up_and_keeps_the_payload(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    row_id = put(outbox, "a", 7)
+    deliverer = Scripted({"a": [Attempt(Verdict.RETRY, "HTTP 502")] * 10})
+    policy = RetryPolicy(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(10))
+    report = asyncio.run(worker(outbox, deliverer, clock, policy=policy).drain())
+    assert report.dead == 1 and report.retries == 2
+    row = outbox.get(row_id)
+    assert row.state is State.DEAD and row.attempts == 3
+    assert row.last_error == "gave up after 3 attempt(s): HTTP 502"
+    assert row.payload == {"n": 7}
+
+
+def test_retry_after_is_honoured_and_absurd_values_give_up(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    put(outbox, "a")
+    put(outbox, "b")
+    deliverer = Scripted(
+        {
+            "a": [Attempt(Verdict.RETRY, "HTTP 503", retry_after=2.0)],
+            "b": [Attempt(Verdict.RETRY, "HTTP 429", retry_after=86400.0)],
+        }
+    )
+    start = clock.now
+    report = asyncio.run(worker(outbox, deliverer, clock).drain())
+    assert report.delivered == 1 and report.dead == 1
+    a_events = [e for e in outbox.events(1) if e[1] in ("retry", "delivered")]
+    assert a_events[0][2].startswith("in 2.0s") and a_events[1][0] - start >= 2.0
+    assert "over the 120s cap" in outbox.get(2).last_error
+
+
+def test_hold_stops_the_key_until_retried(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    first = put(outbox, "a", 1)
+    later = put(outbox, "a", 2)
+    other = put(outbox, "b", 1)
+    deliverer = Scripted({"a": [Attempt(Verdict.HOLD, "HTTP 412: several matches", alert="dq")]})
+    report = asyncio.run(worker(outbox, deliverer, clock).drain())
+    assert report.held == 1 and report.alerts
+    assert outbox.get(first).state is State.DEAD
+    assert outbox.get(later).state is State.PENDING  # not sent while the key is held
+    assert outbox.get(other).state is State.DELIVERED
+    assert [h.key for h in outbox.holds()] == ["a"]
+    outbox.retry(first)
+    asyncio.run(worker(outbox, deliverer, clock).drain())
+    assert outbox.get(first).state is State.DELIVERED and outbox.get(later).state is State.DELIVERED
+    assert outbox.holds() == []
+
+
+def test_replay_with_a_corrected_payload(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    row_id = put(outbox, "a", 1)
+    outbox.mark_dead(row_id, "rejected: HTTP 400")
+    new_id = outbox.replay(row_id, {"n": 2})
+    assert new_id != row_id and outbox.get(new_id).payload == {"n": 2}
+    assert outbox.get(row_id).state is State.DEAD  # history kept
+
+
+def test_a_deliverer_exception_never_loses_the_row(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    put(outbox, "a")
+
+    class Broken(Scripted):
+        async def deliver(self, row: Row) -> Attempt:
+            if not self.calls:
+                self.calls.append((row.key, 0))
+                raise RuntimeError("bug")
+            return await super().deliver(row)
+
+    report = asyncio.run(worker(outbox, Broken(), clock).drain())
+    assert report.retries == 1 and report.delivered == 1
+
+
+def test_rows_of_a_killed_process_are_recovered(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    outbox = Outbox(path)
+    row_id = put(outbox, "a")
+    # Another process claims the row, then dies without finishing (kill -9).
+    code = (
+        "import os, sys; from pathlib import Path; from adapter.outbox.store import Outbox;"
+        f"o = Outbox(Path({str(path)!r})); assert o.claim(1); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+    assert outbox.get(row_id).state is State.IN_FLIGHT
+    claimed = outbox.claim(5)
+    assert [r.id for r in claimed] == [row_id]
+    assert claimed[0].attempts == 2
+    assert ("recovered", "") in [(e[1], e[2]) for e in outbox.events(row_id)]
+
+
+def test_a_live_owner_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    first, second = Outbox(path), Outbox(path)
+    put(first, "a")
+    assert first.claim(1)
+    assert second.claim(1) == []  # same host, owner alive, lease not expired
+
+
+def test_schema_rejects_unknown_states(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    put(outbox, "a")
+    with pytest.raises(sqlite3.IntegrityError):
+        outbox._db.execute("UPDATE outbox SET state='lost'")
