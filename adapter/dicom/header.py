@@ -70,6 +70,7 @@ from adapter.dicom.models import (
     CodedValue,
     InstanceHeader,
     PatientSummary,
+    PersonName,
     Rejection,
     RejectionKind,
     RTReferences,
@@ -408,14 +409,22 @@ class _Values:
         return value, len(self.caught) > before
 
     def _fast_text(self, tag: int, ds: Any) -> str | None:
-        """Decoded text straight from a raw element, or ``None`` to use pydicom."""
-        elem = ds.get_item(tag, keep_deferred=True)
+        """Decoded text straight from a raw element, ``""`` when the element is absent
+        (what pydicom's path gives too), or ``None`` to use pydicom.
+
+        Reads the dataset's element dict directly: ``get_item(keep_deferred=True)``
+        without its tag normalisation, which costs more than the decoding here.
+        """
+        elements = ds._dict
+        elem = elements.get(tag)
+        if elem is None:
+            return ""
         if type(elem) is not RawDataElement or elem.value is None:
             return None
         codec = (
             self.codec
             if ds is self.ds
-            else (None if ds.get_item(0x00080005, keep_deferred=True) is not None else self.codec)
+            else (None if elements.get(0x00080005) is not None else self.codec)
         )
         vr = elem.VR or _dictionary_vr(tag)
         if codec is None or vr not in _TEXT_VRS:
@@ -431,6 +440,28 @@ class _Values:
         ds = self.ds if ds is None else ds
         fast = self._fast_text(tag, ds)
         return fast if fast is not None else text(self.raw(tag, ds)[0])
+
+    def person(self, tag: int) -> PersonName:
+        """A top-level PN as :class:`PersonName` (first value of a multi-valued PN).
+
+        Single-byte/UTF-8 datasets are decoded here as pydicom's ``convert_PN`` does
+        (trailing NUL/space stripped, first ``\\`` value, ``=`` groups); pydicom's PN
+        validation warnings never decided anything for a name, so skipping them changes
+        no verdict. Other charsets, and values with ESC, go through pydicom.
+        """
+        elem = self.ds._dict.get(tag)
+        if elem is None:
+            return person_name(None)
+        if (
+            self.codec is not None
+            and type(elem) is RawDataElement
+            and elem.value is not None
+            and (elem.VR or _dictionary_vr(tag)) == "PN"
+            and b"\x1b" not in elem.value  # escape sequences: pydicom's decoder
+        ):
+            value: str = elem.value.rstrip(b"\x00 ").decode(self.codec, "replace")
+            return person_name(value.split("\\", 1)[0])
+        return person_name(self.raw(tag)[0])
 
     def uid(self, tag: int, ds: Any = None, *, required: bool = False) -> str:
         """A validated UID; "" when absent and optional. Invalid -> quarantine."""
@@ -560,7 +591,7 @@ def _instance_header(v: _Values, name: str, default_tz: tzinfo) -> InstanceHeade
         accession_issuer=accession_issuer,
         study_description=v.text(0x00081030),
         study_started=combine(v.text(0x00080020), v.text(0x00080030), offset, default_tz),
-        referring_physician=person_name(v.raw(0x00080090)[0]),
+        referring_physician=v.person(0x00080090),
         procedure_codes=v.codes(0x00081032),
         requested_procedure_codes=tuple(dict.fromkeys(requested_codes)),
         requested_procedure_id=requested_id,
@@ -570,7 +601,7 @@ def _instance_header(v: _Values, name: str, default_tz: tzinfo) -> InstanceHeade
         patient=PatientSummary(
             patient_id=v.text(0x00100020),
             issuer=v.text(0x00100021),
-            name=person_name(v.raw(0x00100010)[0]),
+            name=v.person(0x00100010),
             birth_date=parse_date(v.text(0x00100030)),
             sex=v.text(0x00100040).upper(),
         ),

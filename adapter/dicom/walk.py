@@ -230,7 +230,7 @@ def _expand(archive: Path, dest: Path, limits: ReadLimits) -> tuple[list[Path], 
         ]
 
 
-class _ArchiveRefused(Exception):  # noqa: N818 - a verdict on the whole archive
+class _ArchiveRefused(Exception):  # a verdict on the whole archive (N818 ignored repo-wide)
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason

@@ -20,6 +20,11 @@ import httpx
 import jwt
 
 from adapter.errors import ConfigError, TransportError
+from adapter.fhir.client import NotSent
+
+
+class AuthRefused(TransportError):
+    """The token endpoint answered and refused us (e.g. ``invalid_client``): not retried."""
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("RS384", "ES384")
@@ -95,10 +100,10 @@ class SmartBackendAuth(httpx.Auth):
             try:
                 response = await client.post(self.token_url, data=form)
             except httpx.HTTPError as exc:
-                raise TransportError(f"token endpoint: {type(exc).__name__}") from exc
+                raise NotSent(f"token endpoint: {type(exc).__name__}") from exc
         if response.status_code != 200:
             error = _error_code(response)
-            raise TransportError(f"token endpoint refused: HTTP {response.status_code} {error}")
+            raise AuthRefused(f"token endpoint refused: HTTP {response.status_code} {error}")
         body = response.json()
         self._token = str(body["access_token"])
         self._expires_at = self.clock() + float(body.get("expires_in", 300))

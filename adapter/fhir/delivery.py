@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from adapter.fhir.auth import AuthRefused
 from adapter.fhir.client import FhirClient, FhirResponse, NoAnswer, NotSent
 from adapter.outbox.store import Row
 from adapter.outbox.worker import Attempt, Verdict
@@ -140,6 +141,8 @@ class FhirDeliverer:
         bundle = row.payload
         try:
             response = await self.client.transaction(bundle)
+        except AuthRefused as exc:
+            return Attempt(Verdict.DEAD, str(exc))
         except NotSent as exc:
             return Attempt(Verdict.RETRY, str(exc))
         except NoAnswer as exc:

@@ -57,7 +57,7 @@ class RetryPolicy:
         default_factory=lambda: tenacity.stop_after_attempt(10) | tenacity.stop_after_delay(3600)
     )
     wait: WaitBaseT = field(
-        default_factory=lambda: tenacity.wait_exponential_jitter(initial=1, max=300, jitter=1)
+        default_factory=lambda: tenacity.wait_exponential_jitter(multiplier=1, max=300, jitter=1)
     )
     max_retry_after: float = 120.0
     """A Retry-After longer than this is not waited for: the row gives up and escalates."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -110,8 +111,9 @@ def retry_policy(fhir: FhirSettings) -> RetryPolicy:
     return RetryPolicy(
         stop=tenacity.stop_after_attempt(fhir.max_attempts)
         | tenacity.stop_after_delay(fhir.max_retry_seconds),
+        # multiplier * 2^(attempt-1), plus up to one initial wait of jitter, capped at max_wait.
         wait=tenacity.wait_exponential_jitter(
-            initial=fhir.initial_wait, max=fhir.max_wait, jitter=1
+            multiplier=fhir.initial_wait, max=fhir.max_wait, jitter=fhir.initial_wait
         ),
         max_retry_after=fhir.max_retry_after,
     )
@@ -136,10 +138,10 @@ async def deliver(
         for destination, target in outbox.open_targets():
             if destination == FILES:
                 deliverers[(destination, target)] = FileDeliverer(Path(target))
-            elif destination == FHIR and target == settings.fhir.base_url:
-                client = await stack.enter_async_context(
-                    fhir_client(settings.fhir, transport=transport)
-                )
+            elif destination == FHIR and settings.fhir.base_url in ("", target):
+                # Rows keep the server they were meant for; the settings give auth and limits.
+                fhir = replace(settings.fhir, base_url=target)
+                client = await stack.enter_async_context(fhir_client(fhir, transport=transport))
                 deliverers[(destination, target)] = FhirDeliverer(
                     client, reconcile=settings.fhir.reconcile
                 )

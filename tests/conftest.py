@@ -1,0 +1,8 @@
+"""Shared pytest configuration: the real and fake peers, each a plugin module.
+
+The peers are started by their fixtures (once per session for real servers), bound to
+127.0.0.1 on free ports, and stopped by the PID we started. A missing peer FAILS the run:
+nothing is skipped.
+"""
+
+pytest_plugins = ["tests.peers.medplum_fixture", "tests.peers.fault_fixture"]
