@@ -5,4 +5,13 @@ The peers are started by their fixtures (once per session for real servers), bou
 nothing is skipped.
 """
 
+import pytest
+
 pytest_plugins = ["tests.peers.medplum_fixture", "tests.peers.fault_fixture"]
+FHIR_SERVERS = ["medplum"]
+
+
+@pytest.fixture(params=FHIR_SERVERS)
+def fhir_url(request: pytest.FixtureRequest) -> str:
+    """The base URL of each real FHIR server in turn (a fresh or reset store per test)."""
+    return str(request.getfixturevalue(request.param))

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import uuid
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -26,3 +30,31 @@ def load_fixture_module(name: str) -> ModuleType:
 
 synth = load_fixture_module("synth")
 hostile = load_fixture_module("hostile")
+
+
+def study_count(base: str, study_uid: str) -> int:
+    params = {"identifier": f"urn:dicom:uid|urn:oid:{study_uid}", "_summary": "count"}
+    response = httpx.get(f"{base}/ImagingStudy", params=params, timeout=30)
+    response.raise_for_status()
+    return int(response.json()["total"])
+
+
+def read_study(base: str, study_uid: str) -> dict[str, Any]:
+    params = {"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}
+    bundle = httpx.get(f"{base}/ImagingStudy", params=params, timeout=30).json()
+    return dict(bundle["entry"][0]["resource"])
+
+
+def make_study(root: Path, **kwargs: Any) -> tuple[Path, str]:
+    """A fresh planning study with unique UIDs and patient (tests share a server)."""
+    seed = uuid.uuid4().hex
+    folder = root / seed
+    synth.planning_ct(
+        folder,
+        seed=seed,
+        slices=kwargs.pop("slices", 4),
+        patient_id=kwargs.pop("patient_id", f"P{seed[:8]}"),
+        **kwargs,
+    )
+    study_uid = synth.uid_for(seed, "/study")
+    return folder, study_uid
