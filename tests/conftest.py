@@ -7,8 +7,12 @@ nothing is skipped.
 
 import pytest
 
-pytest_plugins = ["tests.peers.medplum_fixture", "tests.peers.fault_fixture"]
-FHIR_SERVERS = ["medplum"]
+pytest_plugins = [
+    "tests.peers.medplum_fixture",
+    "tests.peers.hapi_fixture",
+    "tests.peers.fault_fixture",
+]
+FHIR_SERVERS = ["medplum", "hapi"]
 
 
 @pytest.fixture(params=FHIR_SERVERS)
