@@ -23,6 +23,7 @@ from adapter.errors import AdapterError, ConfigError
 from adapter.mapping.tables import Tables, load_tables
 from adapter.outbox.commands import add_outbox_parser, open_outbox, run_outbox_command
 from adapter.outbox.worker import DrainReport
+from adapter.review.commands import add_review_parser, run_review_command
 from adapter.service.deliver import deliver, enqueue, read_capabilities, targets
 from adapter.service.ingest import IngestResult, Status, run_ingest
 from adapter.service.output import summary, write_report
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("folder", nargs="?", type=Path, help="default: the configured folder")
 
     add_outbox_parser(commands)
+    add_review_parser(commands)
     return parser
 
 
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mappings_check(args.folder or settings.mappings_dir, sys.stdout)
         if args.command == "outbox":
             return run_outbox_command(args, settings, sys.stdout)
+        if args.command == "review":
+            return run_review_command(args, settings, sys.stdout)
         tables = load_tables(settings.mappings_dir)
         if args.command == "ingest":
             return _ingest(args, settings, tables)

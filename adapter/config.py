@@ -1,8 +1,8 @@
 """Typed, immutable, validated settings: one YAML file plus environment overrides.
 
-The file has one section per concern (``ingest``, ``fhir``, ``archive``) and an optional
-top-level ``mappings_dir``. Any key can be overridden from the environment as
-``RTPLAN_<SECTION>__<KEY>`` (for example ``RTPLAN_INGEST__TIMEZONE=Europe/Paris``) or
+The file has one section per concern (``ingest``, ``fhir``, ``archive``, ``outbox``,
+``review``) and an optional top-level ``mappings_dir``. Any key can be overridden from the
+environment as ``RTPLAN_<SECTION>__<KEY>`` (for example ``RTPLAN_INGEST__TIMEZONE=Europe/Paris``) or
 ``RTPLAN_MAPPINGS_DIR``. Everything is checked at start-up; an error names the key.
 """
 
@@ -102,12 +102,49 @@ class ArchiveSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewSettings:
+    """The oncologist review (issue 4): review Task at ingest, radiology request on concern."""
+
+    due_days: int = 14
+    """The oncologist-review Task is due this many days after the study started."""
+    default_owner_type: Literal["Organization", "Practitioner", "PractitionerRole", "CareTeam"] = (
+        "Organization"
+    )
+    default_owner_system: str = "urn:rtplan:team"
+    default_owner_value: str = "rt-oncology"
+    default_owner_display: str = "Radiotherapy oncology team"
+    """Owner of the review Task when mappings/oncologists.yaml has no row for the referrer."""
+    prior_imaging_days: int = 365
+    """Window for the prior cross-sectional imaging check (days before the planning scan)."""
+    prior_imaging_modalities: str = "CT,MR,PT"
+    match_body_site: bool = True
+    """When the planning scan's body site is known, a prior study counts only if one of its
+    series has the same body site code."""
+    raised_priority: Literal["urgent", "asap", "stat"] = "urgent"
+    """Review Task priority when no prior imaging was found."""
+    radiology_org_system: str = "urn:rtplan:organization"
+    radiology_org_value: str = "radiology"
+    radiology_org_display: str = "Clinical radiology"
+    radiology_due_days: int = 14
+    """Radiology Task due this many days after the review for a routine request."""
+    radiology_due_days_urgent: int = 2
+    """... and for an urgent, asap or stat request."""
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(
+            m.strip().upper() for m in self.prior_imaging_modalities.split(",") if m.strip()
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     mappings_dir: Path = DEFAULT_MAPPINGS_DIR
     ingest: IngestSettings = field(default_factory=IngestSettings)
     fhir: FhirSettings = field(default_factory=FhirSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
 
 
 SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
@@ -116,6 +153,7 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
         "fhir": FhirSettings,
         "archive": ArchiveSettings,
         "outbox": OutboxSettings,
+        "review": ReviewSettings,
     }
 )
 
@@ -232,6 +270,20 @@ def _check(settings: Settings) -> None:
     if fhir.max_attempts < 1 or fhir.concurrency < 1:
         key = "fhir.max_attempts" if fhir.max_attempts < 1 else "fhir.concurrency"
         raise ConfigError(key, "must be at least 1")
+    review = settings.review
+    for name in (
+        "due_days",
+        "prior_imaging_days",
+        "radiology_due_days",
+        "radiology_due_days_urgent",
+    ):
+        if getattr(review, name) < 0:
+            raise ConfigError(f"review.{name}", "must be 0 or more")
+    for name in ("default_owner_system", "radiology_org_system"):
+        if not getattr(review, name).startswith(("urn:", "http://", "https://")):
+            raise ConfigError(f"review.{name}", "must be a URI")
+    if not review.modalities:
+        raise ConfigError("review.prior_imaging_modalities", "list at least one modality")
     url = settings.archive.wado_rs_base_url
     if url and (not url.startswith(("http://", "https://")) or url.endswith("/")):
         raise ConfigError(

@@ -26,6 +26,7 @@ from adapter.fhir.client import NotSent
 class AuthRefused(TransportError):
     """The token endpoint answered and refused us (e.g. ``invalid_client``): not retried."""
 
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("RS384", "ES384")
 ASSERTION_LIFETIME = 240  # seconds; SMART allows at most 300

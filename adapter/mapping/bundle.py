@@ -3,7 +3,9 @@
 One Bundle per study. The ImagingStudy is written by *conditional update* on its Study
 Instance UID identifier, so ingesting the same study again, or a series that arrives later,
 updates the one resource instead of creating a second. The Endpoint is written the same way on
-its address; the Patient, when the adapter may create it, by conditional create.
+its address; the Patient, when the adapter may create it, by conditional create. A planning
+study also gets its oncologist-review Task, by conditional create on the Task's business
+identifier, so re-ingest never opens a second one (``adapter.mapping.review_task``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from adapter.mapping.imaging_study import (
     patient_ref,
 )
 from adapter.mapping.r5 import to_r5
+from adapter.mapping.review_task import (
+    REVIEW_TASK_SYSTEM,
+    PriorImaging,
+    ReviewTaskOptions,
+    map_review_task,
+    review_task_value,
+)
 from adapter.mapping.tables import Tables
 
 JSON = dict[str, Any]
@@ -38,8 +47,14 @@ def study_bundle(
     tables: Tables,
     options: MappingOptions,
     version: Literal["R4", "R5"] = "R4",
+    *,
+    review: ReviewTaskOptions | None = None,
+    prior: PriorImaging | None = None,
 ) -> JSON:
-    """Build the transaction Bundle (Patient?, Endpoint?, ImagingStudy) for one study.
+    """Build the transaction Bundle (Patient?, Endpoint?, ImagingStudy, review Task) for one study.
+
+    The review Task is added for a planning study only (``review`` defaults to the built-in
+    options; ``prior`` to "check not performed").
 
     Raises:
         MappingError: the study cannot be mapped (for example it has no Patient ID).
@@ -75,9 +90,32 @@ def study_bundle(
             }
         )
     imaging_study = map_imaging_study(study, classification, tables, ref.reference, endpoint_ref)
+    study_url = full_url("ImagingStudy", study.study_instance_uid)
+    if classification.is_planning:
+        # Before the ImagingStudy, which stays the last entry (tools and tests rely on it);
+        # the forward urn:uuid reference is resolved by the server across the transaction.
+        task_value = review_task_value(study.study_instance_uid)
+        entries.append(
+            {
+                "fullUrl": full_url("Task", f"{REVIEW_TASK_SYSTEM}|{task_value}"),
+                "resource": map_review_task(
+                    study,
+                    tables,
+                    review or ReviewTaskOptions(),
+                    subject=ref.reference,
+                    focus={"reference": study_url},
+                    prior=prior or PriorImaging(),
+                ),
+                "request": {
+                    "method": "POST",
+                    "url": "Task",
+                    "ifNoneExist": f"identifier={token(REVIEW_TASK_SYSTEM, task_value)}",
+                },
+            }
+        )
     entries.append(
         {
-            "fullUrl": full_url("ImagingStudy", study.study_instance_uid),
+            "fullUrl": study_url,
             "resource": imaging_study,
             "request": {
                 "method": "PUT",

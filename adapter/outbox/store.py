@@ -361,6 +361,19 @@ class Outbox:
             args = (state.value, limit)  # type: ignore[assignment]
         return [_row(raw) for raw in self._db.execute(query, args).fetchall()]
 
+    def rows_for_key(self, key: str, *, kind: str | None = None) -> list[Row]:
+        """Every row of one business key (any destination, any state), oldest first.
+
+        Read-only; used to recognise a study the adapter has mapped before (review input).
+        """
+        query = "SELECT * FROM outbox WHERE key=?"
+        args: tuple[str, ...] = (key,)
+        if kind is not None:
+            query += " AND kind=?"
+            args += (kind,)
+        raws = self._db.execute(query + " ORDER BY id", args).fetchall()
+        return [_row(raw) for raw in raws]
+
     def holds(self) -> list[Hold]:
         raws = self._db.execute("SELECT * FROM key_holds ORDER BY since").fetchall()
         return [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -24,11 +24,14 @@ from adapter.dicom.walk import read_all
 from adapter.errors import MappingError
 from adapter.mapping.bundle import study_bundle
 from adapter.mapping.imaging_study import MappingOptions
+from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions
 from adapter.mapping.tables import Tables
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 Progress = Callable[[int, int], None]
+# Study Instance UID -> the prior-imaging check result for each planning study to be mapped.
+PriorLookup = Callable[[Sequence[StudySummary]], Mapping[str, PriorImaging]]
 
 
 class Status(StrEnum):
@@ -81,8 +84,14 @@ def run_ingest(
     tables: Tables,
     *,
     progress: Progress | None = None,
+    prior_lookup: PriorLookup | None = None,
 ) -> IngestResult:
-    """Read every DICOM file under ``paths`` and map each planning study to a Bundle."""
+    """Read every DICOM file under ``paths`` and map each planning study to a Bundle.
+
+    ``prior_lookup`` checks for prior cross-sectional imaging (I/O) before the pure mapping.
+    By default it asks the configured FHIR server; on the embedded default (no server) the
+    check is recorded as not performed.
+    """
     workers = settings.ingest.workers or os.cpu_count() or 1
     headers, rejections = read_all(
         paths, default_tz=settings.ingest.zone, workers=workers, progress=progress
@@ -96,12 +105,17 @@ def run_ingest(
         wado_rs_base_url=settings.archive.wado_rs_base_url,
         archive_name=settings.archive.name,
     )
+    decisions = [
+        (study, classify(study, rt, rules, min_supporting=settings.ingest.min_supporting_evidence))
+        for study in studies
+    ]
+    to_check = [s for s, d in decisions if d.is_planning and _will_map(s, d, settings)]
+    lookup = prior_lookup or _default_prior_lookup(settings, tables)
+    priors = lookup(to_check) if to_check else {}
     outcomes = []
-    for study in studies:
-        decision = classify(
-            study, rt, rules, min_supporting=settings.ingest.min_supporting_evidence
-        )
-        outcome = _decide(study, decision, settings, tables, options)
+    for study, decision in decisions:
+        prior = priors.get(study.study_instance_uid, _not_performed(settings))
+        outcome = _decide(study, decision, settings, tables, options, prior)
         log.info(
             "study %s: %s (%d instances)", outcome.key, outcome.status.value, outcome.instances
         )
@@ -111,12 +125,49 @@ def run_ingest(
     return IngestResult(tuple(outcomes), tuple(rejections), files)
 
 
+def _will_map(study: StudySummary, decision: Classification, settings: Settings) -> bool:
+    if not decision.is_planning and settings.ingest.diagnostic_studies == "report":
+        return False
+    return study.completeness.complete or settings.ingest.incomplete_studies != "hold"
+
+
+def _not_performed(settings: Settings) -> PriorImaging:
+    review = settings.review
+    return PriorImaging(window_days=review.prior_imaging_days, modalities=review.modalities)
+
+
+def _default_prior_lookup(settings: Settings, tables: Tables) -> PriorLookup:
+    def lookup(studies: Sequence[StudySummary]) -> Mapping[str, PriorImaging]:
+        if not settings.fhir.base_url:
+            return {}
+        import asyncio
+
+        from adapter.review.prior import check_all
+
+        return asyncio.run(check_all(studies, settings, tables))
+
+    return lookup
+
+
+def review_task_options(settings: Settings) -> ReviewTaskOptions:
+    review = settings.review
+    return ReviewTaskOptions(
+        due_days=review.due_days,
+        default_owner_type=review.default_owner_type,
+        default_owner_system=review.default_owner_system,
+        default_owner_value=review.default_owner_value,
+        default_owner_display=review.default_owner_display,
+        raised_priority=review.raised_priority,
+    )
+
+
 def _decide(
     study: StudySummary,
     decision: Classification,
     settings: Settings,
     tables: Tables,
     options: MappingOptions,
+    prior: PriorImaging,
 ) -> StudyOutcome:
     held = StudyOutcome(
         study_uid=study.study_instance_uid,
@@ -133,7 +184,15 @@ def _decide(
     try:
         # "auto" was resolved from the server's CapabilityStatement before ingest; R4 otherwise.
         version: Literal["R4", "R5"] = "R5" if settings.fhir.version == "R5" else "R4"
-        bundle = study_bundle(study, decision, tables, options, version)
+        bundle = study_bundle(
+            study,
+            decision,
+            tables,
+            options,
+            version,
+            review=review_task_options(settings),
+            prior=prior,
+        )
     except MappingError as exc:
         return replace(held, status=Status.FAILED, problem=str(exc))
     return replace(held, status=Status.MAPPED, bundle=bundle)

@@ -1,0 +1,378 @@
+"""Submit an oncologist review: validate, find the study, map, enqueue, deliver.
+
+The one entry point for the CLI, the Python API and (later) the HTTP API.
+
+Outbox keys: a review's rows use the key of its study, ``study:<Study Instance UID>``, not
+``review:<id>``. The outbox serialises rows per key and destination, so a review can never
+overtake its study's ingest Bundle (its conditional references to the ImagingStudy and the
+review Task would fail), an amendment never overtakes the original, and two submissions of
+the same review never run concurrently (conditional create is not atomic on common servers,
+HAPI #3141). The review id stays the idempotency key inside FHIR (the DiagnosticReport's
+identifier) and in the row label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapter.config import Settings
+from adapter.errors import ConfigError
+from adapter.mapping.identifiers import DICOM_UID_SYSTEM, V2_0203, conditional_url, token
+from adapter.mapping.review_bundle import (
+    PLACER_SYSTEM,
+    REVIEW_SYSTEM,
+    ReviewOptions,
+    ReviewOutput,
+    StudyContext,
+    review_bundle,
+)
+from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
+from adapter.mapping.tables import Tables, load_tables
+from adapter.outbox.commands import open_outbox
+from adapter.outbox.store import Outbox, Row
+from adapter.review.model import ReviewInput, UnknownStudyError, parse_review
+
+if TYPE_CHECKING:
+    import httpx
+
+    from adapter.fhir.client import FhirClient
+    from adapter.outbox.worker import DrainReport
+
+JSON = dict[str, Any]
+KIND_REVIEW = "fhir-review-transaction"
+KIND_HL7_CANCEL = "hl7-cancel"
+HL7 = "hl7"
+HL7_TARGET = "default"  # the receiver profile is chosen by the HL7 issue (issue 5)
+UNKNOWN_STUDY = (
+    "/study_instance_uid",
+    "unknown study: not mapped by this adapter and not found on the FHIR server",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    review_id: str
+    version: int
+    bundle: JSON
+    placer_order_number: str
+    row_ids: tuple[int, ...] = ()
+    hl7_cancel_rows: tuple[int, ...] = ()
+    delivery: DrainReport | None = None
+
+
+def review_options(settings: Settings) -> ReviewOptions:
+    r = settings.review
+    return ReviewOptions(
+        owner_type=r.default_owner_type,
+        owner_system=r.default_owner_system,
+        owner_value=r.default_owner_value,
+        owner_display=r.default_owner_display,
+        radiology_system=r.radiology_org_system,
+        radiology_value=r.radiology_org_value,
+        radiology_display=r.radiology_org_display,
+        radiology_due_days=r.radiology_due_days,
+        radiology_due_days_urgent=r.radiology_due_days_urgent,
+    )
+
+
+def review_label(review: ReviewInput) -> str:
+    """Row label and file name: a hash of the review id (never the id itself: it may be an
+    order number an analyst should not need) plus the version."""
+    digest = hashlib.sha256(review.review_id.encode()).hexdigest()[:16]
+    return f"Review-{digest}-v{review.version}"
+
+
+# -- what is known about the study ------------------------------------------------------------
+
+
+def _entries(payload: JSON) -> list[JSON]:
+    return [e for e in payload.get("entry", []) if isinstance(e.get("resource"), dict)]
+
+
+def _has_identifier(resource: JSON, system: str, value: str) -> bool:
+    return any(
+        i.get("system") == system and i.get("value") == value
+        for i in resource.get("identifier", [])
+    )
+
+
+def context_from_rows(study_uid: str, review_id: str, rows: list[Row]) -> StudyContext | None:
+    """The study as the adapter mapped it (its ingest Bundle in the outbox), or None."""
+    return context_from_payloads(study_uid, review_id, [(r.kind, r.payload) for r in rows])
+
+
+def context_from_payloads(
+    study_uid: str, review_id: str, payloads: Iterable[tuple[str, JSON]]
+) -> StudyContext | None:
+    """The same, from ``(kind, payload)`` pairs in outbox order (also used by the tests)."""
+    uid_value = f"urn:oid:{study_uid}"
+    study: JSON | None = None
+    task: JSON | None = None
+    by_url: dict[str, JSON] = {}
+    placers: dict[str, None] = {}
+    for row_kind, payload in payloads:
+        entries = _entries(payload)
+        for entry in entries:
+            resource = entry["resource"]
+            kind = resource.get("resourceType")
+            if kind == "ImagingStudy" and _has_identifier(resource, DICOM_UID_SYSTEM, uid_value):
+                study = resource
+                by_url = {str(e.get("fullUrl")): e["resource"] for e in entries}
+            elif (
+                kind == "Task"
+                and _has_identifier(resource, REVIEW_TASK_SYSTEM, review_task_value(study_uid))
+                and row_kind != KIND_REVIEW
+            ):
+                task = resource
+        if row_kind == KIND_REVIEW and any(
+            e["resource"].get("resourceType") == "DiagnosticReport"
+            and _has_identifier(e["resource"], REVIEW_SYSTEM, review_id)
+            for e in entries
+        ):
+            for e in entries:
+                resource = e["resource"]
+                if resource.get("resourceType") != "ServiceRequest":
+                    continue
+                for identifier in resource.get("identifier", []):
+                    if identifier.get("system") != PLACER_SYSTEM:
+                        continue
+                    if resource.get("status") == "active":
+                        placers[str(identifier["value"])] = None
+                    else:
+                        placers.pop(str(identifier["value"]), None)
+    if study is None:
+        return None
+    subject = dict(study.get("subject", {}))
+    patient_identifier: JSON | None = None
+    reference = str(subject.get("reference", ""))
+    if reference.startswith("urn:uuid:") and reference in by_url:
+        identifiers = by_url[reference].get("identifier", [])
+        if identifiers:
+            patient_identifier = identifiers[0]
+            subject = {
+                "reference": conditional_url(
+                    "Patient", patient_identifier["system"], patient_identifier["value"]
+                )
+            }
+    elif reference.startswith("Patient?identifier="):
+        system, _, value = reference.removeprefix("Patient?identifier=").partition("|")
+        patient_identifier = {"system": system, "value": value}
+    accession = next(
+        (
+            str(i.get("value", ""))
+            for i in study.get("identifier", [])
+            if any(c.get("code") == "ACSN" for c in i.get("type", {}).get("coding", []))
+        ),
+        "",
+    )
+    return StudyContext(study_uid, subject, patient_identifier, accession, task, tuple(placers))
+
+
+async def _search(client: FhirClient, kind: str, params: Mapping[str, str]) -> list[JSON]:
+    response = await client.request("GET", kind, params=params)
+    if not response.ok or response.body is None:
+        from adapter.errors import TransportError
+
+        raise TransportError(f"{kind} search: HTTP {response.status}")
+    return [e["resource"] for e in response.body.get("entry", []) if "resource" in e]
+
+
+async def context_from_server(client: FhirClient, study_uid: str, review_id: str) -> StudyContext:
+    """The study as the FHIR server knows it.
+
+    Raises:
+        UnknownStudyError: no ImagingStudy has this Study Instance UID.
+    """
+    studies = await _search(
+        client, "ImagingStudy", {"identifier": token(DICOM_UID_SYSTEM, f"urn:oid:{study_uid}")}
+    )
+    if len(studies) != 1:
+        raise UnknownStudyError(
+            [
+                UNKNOWN_STUDY
+                if not studies
+                else (
+                    "/study_instance_uid",
+                    "several ImagingStudy resources have this UID: data quality",
+                )
+            ]
+        )
+    study = studies[0]
+    subject = {"reference": str(study.get("subject", {}).get("reference", ""))}
+    patient_identifier = None
+    if subject["reference"].startswith("Patient/"):
+        response = await client.request("GET", subject["reference"])
+        identifiers = (response.body or {}).get("identifier", []) if response.ok else []
+        patient_identifier = identifiers[0] if identifiers else None
+    tasks = await _search(
+        client, "Task", {"identifier": token(REVIEW_TASK_SYSTEM, review_task_value(study_uid))}
+    )
+    requests = await _search(
+        client,
+        "ServiceRequest",
+        {"requisition": token(REVIEW_SYSTEM, review_id), "status": "active"},
+    )
+    placers = tuple(
+        str(i["value"])
+        for r in requests
+        for i in r.get("identifier", [])
+        if i.get("system") == PLACER_SYSTEM
+    )
+    accession = next(
+        (
+            str(i.get("value", ""))
+            for i in study.get("identifier", [])
+            if any(
+                c.get("system") == V2_0203 and c.get("code") == "ACSN"
+                for c in i.get("type", {}).get("coding", [])
+            )
+        ),
+        "",
+    )
+    return StudyContext(
+        study_uid, subject, patient_identifier, accession, tasks[0] if tasks else None, placers
+    )
+
+
+async def resolve_context(
+    review: ReviewInput,
+    settings: Settings,
+    outbox: Outbox | None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> StudyContext:
+    """Outbox first (what this adapter mapped), then the FHIR server, else UnknownStudyError."""
+    if outbox is not None:
+        rows = outbox.rows_for_key(f"study:{review.study_instance_uid}")
+        found = context_from_rows(review.study_instance_uid, review.review_id, rows)
+        if found is not None:
+            return found
+    if settings.fhir.base_url:
+        from adapter.service.deliver import fhir_client
+
+        async with fhir_client(settings.fhir, transport=transport) as client:
+            return await context_from_server(client, review.study_instance_uid, review.review_id)
+    raise UnknownStudyError([UNKNOWN_STUDY])
+
+
+# -- the entry points -------------------------------------------------------------------------
+
+
+def build_review(
+    review: ReviewInput, ctx: StudyContext, settings: Settings, tables: Tables
+) -> ReviewOutput:
+    output = review_bundle(review, ctx, tables, review_options(settings))
+    if review.concern_withdrawn and not output.hl7_cancels:
+        raise UnknownStudyError(
+            [("/concern_withdrawn", "no radiology request of this review is known to withdraw")]
+        )
+    return output
+
+
+async def submit_review_async(
+    data: Mapping[str, Any] | ReviewInput,
+    settings: Settings,
+    *,
+    out_dir: Path | None = None,
+    tables: Tables | None = None,
+    deliver: bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> SubmitResult:
+    """Validate, map, enqueue (one row per destination, plus HL7 cancel rows) and deliver.
+
+    Raises:
+        ReviewError: the review is invalid (each problem names its field).
+        UnknownStudyError: the study is not known.
+        ConfigError: neither an output folder nor a FHIR server is configured.
+    """
+    from adapter.service.deliver import deliver as deliver_rows
+    from adapter.service.deliver import targets
+
+    tables = tables or load_tables(settings.mappings_dir)
+    review = parse_review(data, tables)
+    destinations = targets(settings, out_dir)
+    if not destinations:
+        raise ConfigError("--out", "give an output folder (--out DIR) or a FHIR server")
+    with open_outbox(settings, out_dir) as outbox:
+        ctx = await resolve_context(review, settings, outbox, transport=transport)
+        output = build_review(review, ctx, settings, tables)
+        key = f"study:{review.study_instance_uid}"
+        label = review_label(review)
+        ids = [
+            outbox.enqueue(
+                destination=d,
+                target=t,
+                key=key,
+                kind=KIND_REVIEW,
+                label=label,
+                payload=output.bundle,
+            )
+            for d, t in destinations
+        ]
+        cancels = [
+            outbox.enqueue(
+                destination=HL7,
+                target=HL7_TARGET,
+                key=key,
+                kind=KIND_HL7_CANCEL,
+                label=f"{label}-cancel-{i}",
+                payload=payload,
+            )
+            for i, payload in enumerate(output.hl7_cancels)
+        ]
+        report = None
+        if deliver:
+            report = await deliver_rows(outbox, settings, ids=ids, transport=transport)
+    return SubmitResult(
+        review.review_id,
+        review.version,
+        output.bundle,
+        output.placer,
+        tuple(ids),
+        tuple(cancels),
+        report,
+    )
+
+
+def submit_review(
+    data: Mapping[str, Any] | ReviewInput,
+    settings: Settings,
+    *,
+    out_dir: Path | None = None,
+    tables: Tables | None = None,
+    deliver: bool = True,
+) -> SubmitResult:
+    """Synchronous :func:`submit_review_async` (for scripts and the CLI)."""
+    return asyncio.run(
+        submit_review_async(data, settings, out_dir=out_dir, tables=tables, deliver=deliver)
+    )
+
+
+def preview_review(
+    data: Mapping[str, Any] | ReviewInput,
+    settings: Settings,
+    *,
+    out_dir: Path | None = None,
+    tables: Tables | None = None,
+) -> ReviewOutput:
+    """The Bundle (and HL7 cancel requests) a submission would write; sends nothing.
+
+    Reads the outbox (when its file exists) and the FHIR server to find the study.
+    """
+    from adapter.outbox.commands import outbox_path
+
+    tables = tables or load_tables(settings.mappings_dir)
+    review = parse_review(data, tables)
+    path = outbox_path(settings, out_dir)
+    outbox = Outbox(path) if path.exists() else None
+    try:
+        ctx = asyncio.run(resolve_context(review, settings, outbox))
+    finally:
+        if outbox is not None:
+            outbox.close()
+    return build_review(review, ctx, settings, tables)
