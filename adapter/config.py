@@ -73,9 +73,10 @@ class FhirSettings:
     read_timeout: float = 30.0
     deadline: float = 60.0
     """Overall seconds for one request, body included."""
-    max_attempts: int = 10
+    max_attempts: int = 40
     max_retry_seconds: float = 3600.0
-    """Give up on a row after this many seconds since it was enqueued."""
+    """Give up on a row after this many seconds since it was enqueued. With max_wait, this is
+    what decides how long an outage the adapter rides out without dead letters."""
     initial_wait: float = 1.0
     max_wait: float = 300.0
     max_retry_after: float = 120.0

@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import httpx
 
@@ -162,6 +163,34 @@ class FhirClient:
     async def search_count(self, resource_type: str, params: Mapping[str, str]) -> FhirResponse:
         return await self.request("GET", resource_type, params={**params, "_summary": "count"})
 
+    async def counts(self, searches: Sequence[tuple[str, Mapping[str, str]]]) -> list[int | None]:
+        """How many resources match each search, in one ``batch`` request (one round trip
+        instead of one per search). A count is None when its search failed. Falls back to one
+        request per search if the server refuses the batch."""
+        if not searches:
+            return []
+        entries = [
+            {
+                "request": {
+                    "method": "GET",
+                    "url": f"{kind}?{urlencode({**params, '_summary': 'count'})}",
+                }
+            }
+            for kind, params in searches
+        ]
+        response = await self.request(
+            "POST", "", json_body={"resourceType": "Bundle", "type": "batch", "entry": entries}
+        )
+        body = response.body or {}
+        answers = body.get("entry", [])
+        if response.ok and body.get("type") == "batch-response" and len(answers) == len(entries):
+            return [_total(answer.get("resource")) for answer in answers]
+        results = []
+        for kind, params in searches:
+            single = await self.search_count(kind, params)
+            results.append(_total(single.body) if single.ok else None)
+        return results
+
     async def capabilities(self) -> Capabilities:
         """Read ``/metadata``: the FHIR version to emit and whether transactions work."""
         response = await self.request("GET", "metadata")
@@ -178,6 +207,12 @@ class FhirClient:
 
 def httpx_json(document: JSON) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _total(resource: object) -> int | None:
+    if isinstance(resource, dict) and isinstance(resource.get("total"), int):
+        return int(resource["total"])
+    return None
 
 
 def _json(response: httpx.Response) -> JSON | None:

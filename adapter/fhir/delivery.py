@@ -198,12 +198,7 @@ class FhirDeliverer:
         return Attempt(Verdict.RETRY, f"{detail}; reconciled, resending (conditional writes)")
 
     async def _duplicates(self, bundle: JSON) -> list[str]:
-        found = []
-        for conditional in conditionals(bundle):
-            response = await self.client.search_count(
-                conditional.resource_type, dict(conditional.params)
-            )
-            total = (response.body or {}).get("total")
-            if response.ok and isinstance(total, int) and total > 1:
-                found.append(conditional.resource_type)
-        return found
+        """Resource types whose conditional search now matches more than one resource."""
+        searches = [(c.resource_type, dict(c.params)) for c in conditionals(bundle)]
+        totals = await self.client.counts(searches)
+        return [kind for (kind, _), total in zip(searches, totals, strict=True) if (total or 0) > 1]

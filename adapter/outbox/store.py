@@ -16,6 +16,11 @@ conditional create is not atomic on common servers, HAPI #3141). Different keys 
 A key can be *held* (e.g. a 412 "several matches"): nothing more is sent for it until an
 analyst retries.
 
+A row may wait for another (``after_id``): it is claimed only once that row is delivered, and
+it gives up with it if that row dies. This is how an HL7 order waits for the review's FHIR
+transaction. A deliverer may also return follow-up rows, which are stored in the same
+transaction that marks its row delivered (an ACK and the Task update it causes are one step).
+
 A claimed row carries a lease and its owner (host:pid). After a crash the rows of a dead owner
 on this host, or any row whose lease ran out, are claimable again: delivery is at-least-once,
 and the receivers de-duplicate (conditional updates, MSH-10).
@@ -30,7 +35,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -58,7 +63,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error      TEXT,
     result          TEXT,
     created_at      REAL    NOT NULL,
-    updated_at      REAL    NOT NULL
+    updated_at      REAL    NOT NULL,
+    after_id        INTEGER REFERENCES outbox (id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_key ON outbox (destination, target, key, id);
@@ -108,6 +114,19 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class NewRow:
+    """A row to store: for :meth:`Outbox.enqueue` or as a follow-up of a delivery."""
+
+    destination: str
+    target: str
+    key: str
+    kind: str
+    label: str
+    payload: JSON
+    after_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Hold:
     destination: str
     target: str
@@ -145,6 +164,9 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        if "after_id" not in columns:  # an outbox written before rows could wait for others
+            self._db.execute("ALTER TABLE outbox ADD COLUMN after_id INTEGER")
 
     def close(self) -> None:
         self._db.close()
@@ -176,33 +198,66 @@ class Outbox:
     # -- writing -------------------------------------------------------------------------
 
     def enqueue(
-        self, *, destination: str, target: str, key: str, kind: str, label: str, payload: JSON
+        self,
+        *,
+        destination: str,
+        target: str,
+        key: str,
+        kind: str,
+        label: str,
+        payload: JSON,
+        after_id: int | None = None,
     ) -> int:
         """Store one outbound effect; return its row id.
 
         An identical payload for the same key and target that is still pending or retrying is
         not stored twice (ingesting a folder again does not double the work); its id is
-        returned instead.
+        returned instead. With ``after_id`` the row waits until that row is delivered.
         """
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        new = NewRow(destination, target, key, kind, label, payload, after_id)
+        with self._write() as db:
+            return self._insert(db, new)
+
+    def enqueue_many(self, rows: Sequence[NewRow]) -> list[int]:
+        """Store several rows in one transaction (one disk sync for a whole ingest)."""
+        with self._write() as db:
+            return [self._insert(db, new) for new in rows]
+
+    def _insert(self, db: sqlite3.Connection, new: NewRow) -> int:
+        # allow_nan=False: NaN is not JSON, and a peer would reject it later anyway.
+        text = json.dumps(
+            new.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+        )
         digest = hashlib.sha256(text.encode()).hexdigest()
         now = self._clock()
-        with self._write() as db:
-            found = db.execute(
-                "SELECT id FROM outbox WHERE destination=? AND target=? AND key=? "
-                "AND payload_hash=? AND state IN ('pending', 'retrying') ORDER BY id LIMIT 1",
-                (destination, target, key, digest),
-            ).fetchone()
-            if found is not None:
-                return int(found["id"])
-            cursor = db.execute(
-                "INSERT INTO outbox (destination, target, key, kind, label, payload, "
-                "payload_hash, state, next_attempt_at, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (destination, target, key, kind, label, text, digest, now, now, now),
-            )
-            row_id = int(cursor.lastrowid or 0)
-            self._event(db, row_id, "enqueued")
+        found = db.execute(
+            "SELECT id FROM outbox WHERE destination=? AND target=? AND key=? "
+            "AND payload_hash=? AND state IN ('pending', 'retrying') ORDER BY id LIMIT 1",
+            (new.destination, new.target, new.key, digest),
+        ).fetchone()
+        if found is not None:
+            return int(found["id"])
+        cursor = db.execute(
+            "INSERT INTO outbox (destination, target, key, kind, label, payload, "
+            "payload_hash, state, next_attempt_at, created_at, updated_at, after_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+            (
+                new.destination,
+                new.target,
+                new.key,
+                new.kind,
+                new.label,
+                text,
+                digest,
+                now,
+                now,
+                now,
+                new.after_id,
+            ),
+        )
+        row_id = int(cursor.lastrowid or 0)
+        detail = f"after row {new.after_id}" if new.after_id else ""
+        self._event(db, row_id, "enqueued", detail)
         return row_id
 
     def claim(
@@ -220,6 +275,7 @@ class Outbox:
         now = self._clock()
         with self._write() as db:
             self._recover(db, now)
+            self._abandon_orphans(db, now)
             rows = db.execute(
                 f"""
                 SELECT o.* FROM outbox o
@@ -233,6 +289,8 @@ class Outbox:
                       SELECT 1 FROM key_holds h
                       WHERE h.destination = o.destination AND h.target = o.target
                         AND h.key = o.key)
+                  AND (o.after_id IS NULL OR EXISTS (
+                      SELECT 1 FROM outbox p WHERE p.id = o.after_id AND p.state = 'delivered'))
                   AND {where}
                 ORDER BY o.id LIMIT ?
                 """,
@@ -267,8 +325,24 @@ class Outbox:
                 )
                 self._event(db, raw["id"], "recovered")
 
-    def mark_delivered(self, row_id: int, result: JSON) -> None:
-        self._finish(row_id, "delivered", result=result, event="delivered")
+    def _abandon_orphans(self, db: sqlite3.Connection, now: float) -> None:
+        """Rows waiting for a row that gave up give up too (an order whose FHIR transaction
+        was rejected must not be sent); say which row they waited for."""
+        orphans = db.execute(
+            "SELECT o.id, o.after_id FROM outbox o JOIN outbox p ON p.id = o.after_id "
+            "WHERE o.state IN ('pending', 'retrying') AND p.state = 'dead'"
+        ).fetchall()
+        for raw in orphans:
+            reason = f"row {raw['after_id']} it waited for gave up"
+            db.execute(
+                "UPDATE outbox SET state='dead', last_error=?, updated_at=? WHERE id=?",
+                (reason, now, raw["id"]),
+            )
+            self._event(db, raw["id"], "dead", reason)
+
+    def mark_delivered(self, row_id: int, result: JSON, follow_ups: Sequence[NewRow] = ()) -> None:
+        """Record the delivery and store its follow-up rows, all in one transaction."""
+        self._finish(row_id, "delivered", result=result, event="delivered", follow_ups=follow_ups)
 
     def mark_retry(self, row_id: int, *, delay: float, error: str) -> None:
         now = self._clock()
@@ -284,7 +358,14 @@ class Outbox:
         self._finish(row_id, "dead", result=result, error=reason, event="dead")
 
     def _finish(
-        self, row_id: int, state: str, *, result: JSON | None, event: str, error: str | None = None
+        self,
+        row_id: int,
+        state: str,
+        *,
+        result: JSON | None,
+        event: str,
+        error: str | None = None,
+        follow_ups: Sequence[NewRow] = (),
     ) -> None:
         now = self._clock()
         result_text = None if result is None else json.dumps(result, ensure_ascii=False)
@@ -296,6 +377,8 @@ class Outbox:
                 (state, result_text, error, now, row_id),
             )
             self._event(db, row_id, event, error or "")
+            for new in follow_ups:
+                self._insert(db, new)
 
     def hold_key(self, row: Row, reason: str) -> None:
         with self._write() as db:

@@ -22,7 +22,7 @@ import tenacity
 from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
-from adapter.outbox.store import Outbox, Row
+from adapter.outbox.store import NewRow, Outbox, Row
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -43,6 +43,7 @@ class Attempt:
     retry_after: float | None = None  # seconds the peer asked us to wait
     result: JSON | None = None
     alert: str = ""  # a data-quality alert raised alongside the verdict
+    follow_ups: tuple[NewRow, ...] = ()  # stored with the delivery, in one transaction
 
 
 class Deliverer(Protocol):
@@ -151,7 +152,7 @@ class Worker:
             report.alerts.append(f"row {row.id} ({row.label}): {attempt.alert}")
             log.warning("row %d (%s): ALERT %s", row.id, row.label, attempt.alert)
         if attempt.verdict is Verdict.DELIVERED:
-            self.outbox.mark_delivered(row.id, attempt.result or {})
+            self.outbox.mark_delivered(row.id, attempt.result or {}, attempt.follow_ups)
             report.delivered += 1
             log.info("row %d (%s): delivered after %d attempt(s)", row.id, row.label, row.attempts)
             return

@@ -17,7 +17,7 @@ import tenacity
 
 from adapter.config import FhirSettings, Settings
 from adapter.errors import ConfigError
-from adapter.outbox.store import Outbox, Row
+from adapter.outbox.store import NewRow, Outbox, Row
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
 from adapter.service.ingest import IngestResult
 from adapter.service.output import bundle_label, write_json_atomic
@@ -60,23 +60,22 @@ def targets(settings: Settings, out_dir: Path | None) -> list[tuple[str, str]]:
 
 
 def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]) -> list[int]:
-    """One outbox row per mapped study and destination, keyed by the Study Instance UID."""
-    ids = []
-    for destination, target in to:
-        for study in result.studies:
-            if study.bundle is None:
-                continue
-            ids.append(
-                outbox.enqueue(
-                    destination=destination,
-                    target=target,
-                    key=f"study:{study.study_uid}",
-                    kind=KIND_TRANSACTION,
-                    label=bundle_label(study),
-                    payload=study.bundle,
-                )
-            )
-    return ids
+    """One outbox row per mapped study and destination, keyed by the Study Instance UID, all
+    stored in one transaction."""
+    rows = [
+        NewRow(
+            destination=destination,
+            target=target,
+            key=f"study:{study.study_uid}",
+            kind=KIND_TRANSACTION,
+            label=bundle_label(study),
+            payload=study.bundle,
+        )
+        for destination, target in to
+        for study in result.studies
+        if study.bundle is not None
+    ]
+    return outbox.enqueue_many(rows)
 
 
 def fhir_client(
@@ -145,7 +144,10 @@ async def deliver(
 
     async with AsyncExitStack() as stack:
         deliverers: dict[tuple[str, str], Deliverer] = {}
-        for destination, target in outbox.open_targets():
+        # The configured destinations always, so a long-running worker picks up rows enqueued
+        # after it started; plus whatever older rows are still waiting for.
+        configured = [(FHIR, settings.fhir.base_url)] if settings.fhir.base_url else []
+        for destination, target in dict.fromkeys([*configured, *outbox.open_targets()]):
             if destination == FILES:
                 deliverers[(destination, target)] = FileDeliverer(Path(target))
             elif destination == FHIR and settings.fhir.base_url in ("", target):

@@ -71,6 +71,31 @@ def count(total: int) -> httpx.Response:
     return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "total": total})
 
 
+def is_search(request: httpx.Request) -> bool:
+    """A reconciliation search: a batch of GETs (or a plain GET when the batch is refused)."""
+    if request.method == "GET":
+        return True
+    return bool(request.content) and json.loads(request.content).get("type") == "batch"
+
+
+def counts(request: httpx.Request, total: int) -> httpx.Response:
+    if request.method == "GET":
+        return count(total)
+    entries = json.loads(request.content)["entry"]
+    answer = {
+        "resource": {"resourceType": "Bundle", "type": "searchset", "total": total},
+        "response": {"status": "200 OK"},
+    }
+    return httpx.Response(
+        200,
+        json={
+            "resourceType": "Bundle",
+            "type": "batch-response",
+            "entry": [answer for _ in entries],
+        },
+    )
+
+
 def outcome(code: str, diagnostics: str = "Patient ZZCANARY has an error") -> dict[str, Any]:
     return {
         "resourceType": "OperationOutcome",
@@ -87,7 +112,7 @@ def outcome(code: str, diagnostics: str = "Patient ZZCANARY has an error") -> di
 
 def test_delivered_keeps_server_ids_and_versions() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return count(1) if request.method == "GET" else httpx.Response(200, json=OK_RESPONSE)
+        return counts(request, 1) if is_search(request) else httpx.Response(200, json=OK_RESPONSE)
 
     attempt = deliver(handler)
     assert attempt.verdict is Verdict.DELIVERED
@@ -102,7 +127,7 @@ def test_delivered_keeps_server_ids_and_versions() -> None:
 
 def test_duplicates_found_after_a_write_raise_an_alert() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return count(2) if request.method == "GET" else httpx.Response(200, json=OK_RESPONSE)
+        return counts(request, 2) if is_search(request) else httpx.Response(200, json=OK_RESPONSE)
 
     attempt = deliver(handler)
     assert attempt.verdict is Verdict.DELIVERED and "more than one" in attempt.alert
@@ -124,17 +149,17 @@ def test_unknown_outcome_reconciles_before_resending(status: int) -> None:
     seen: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.method)
-        return count(1) if request.method == "GET" else httpx.Response(status)
+        seen.append("search" if is_search(request) else request.method)
+        return counts(request, 1) if is_search(request) else httpx.Response(status)
 
     attempt = deliver(handler)
     assert attempt.verdict is Verdict.RETRY and "reconciled" in attempt.reason
-    assert seen == ["POST", "GET"]  # searched by identifier before any resend
+    assert seen == ["POST", "search"]  # searched by identifier before any resend
 
 
 def test_unknown_outcome_with_duplicates_holds_the_key() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return count(3) if request.method == "GET" else httpx.Response(502)
+        return counts(request, 3) if is_search(request) else httpx.Response(502)
 
     attempt = deliver(handler)
     assert attempt.verdict is Verdict.HOLD and attempt.alert
@@ -149,7 +174,7 @@ def test_unknown_outcome_never_resends_a_non_idempotent_bundle() -> None:
     }
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return count(0) if request.method == "GET" else httpx.Response(504)
+        return counts(request, 0) if is_search(request) else httpx.Response(504)
 
     attempt = deliver(handler, plain_post)
     assert attempt.verdict is Verdict.DEAD and "not idempotent" in attempt.reason
@@ -162,8 +187,8 @@ def test_412_holds_the_key_with_a_data_quality_alert() -> None:
 
 def test_hapi_unique_constraint_is_a_conflict_to_reconcile() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "GET":
-            return count(1)
+        if is_search(request):
+            return counts(request, 1)
         body = outcome("processing", "HAPI-0550: could not execute statement HFJ_RES_SEARCH_URL")
         return httpx.Response(500, json=body)
 
@@ -197,8 +222,8 @@ def test_connect_error_is_retried_without_reconciling() -> None:
 
 def test_read_timeout_is_an_unknown_outcome() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "GET":
-            return count(1)
+        if is_search(request):
+            return counts(request, 1)
         raise httpx.ReadTimeout("slow", request=request)
 
     attempt = deliver(handler)
@@ -229,12 +254,36 @@ def test_every_httpx_transport_exception_is_mapped() -> None:
     assert issubclass(NotSent, Exception) and issubclass(NoAnswer, Exception)
 
 
+def test_reconciliation_is_one_batch_request_with_fallback() -> None:
+    seen: list[str] = []
+
+    def batch_ok(request: httpx.Request) -> httpx.Response:
+        seen.append("search" if is_search(request) else request.method)
+        return counts(request, 1) if is_search(request) else httpx.Response(200, json=OK_RESPONSE)
+
+    assert deliver(batch_ok).verdict is Verdict.DELIVERED
+    assert seen == ["POST", "search"]
+    seen.clear()
+
+    def batch_refused(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            seen.append("GET")
+            return count(2)
+        if is_search(request):
+            seen.append("batch")
+            return httpx.Response(405)
+        return httpx.Response(200, json=OK_RESPONSE)
+
+    attempt = deliver(batch_refused)
+    assert seen == ["batch", "GET"] and "more than one" in attempt.alert
+
+
 def test_request_bodies_are_compact_json() -> None:
     bodies: list[bytes] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         bodies.append(request.content)
-        return count(1) if request.method == "GET" else httpx.Response(200, json=OK_RESPONSE)
+        return counts(request, 1) if is_search(request) else httpx.Response(200, json=OK_RESPONSE)
 
     deliver(handler)
     assert json.loads(bodies[0]) == BUNDLE

@@ -199,3 +199,67 @@ def test_schema_rejects_unknown_states(tmp_path: Path) -> None:
     put(outbox, "a")
     with pytest.raises(sqlite3.IntegrityError):
         outbox._db.execute("UPDATE outbox SET state='lost'")
+
+
+def test_a_waiting_row_goes_only_after_its_prerequisite(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    first = put(outbox, "fhir-side", 1)
+    order = outbox.enqueue(
+        destination=T[0],
+        target=T[1],
+        key="hl7-side",
+        kind="hl7-order",
+        label="order",
+        payload={"n": 2},
+        after_id=first,
+    )
+    deliverer = Scripted({"fhir-side": [Attempt(Verdict.RETRY, "HTTP 503")]})
+    asyncio.run(worker(outbox, deliverer, clock).drain())
+    assert [key for key, _ in deliverer.calls] == ["fhir-side", "fhir-side", "hl7-side"]
+    assert outbox.get(order).state is State.DELIVERED
+
+
+def test_a_waiting_row_gives_up_with_its_prerequisite(tmp_path: Path) -> None:
+    clock = Clock()
+    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    first = put(outbox, "fhir-side", 1)
+    order = outbox.enqueue(
+        destination=T[0],
+        target=T[1],
+        key="hl7-side",
+        kind="hl7-order",
+        label="order",
+        payload={"n": 2},
+        after_id=first,
+    )
+    deliverer = Scripted({"fhir-side": [Attempt(Verdict.DEAD, "rejected: HTTP 400")]})
+    report = asyncio.run(worker(outbox, deliverer, clock).drain())
+    assert report.dead == 1 and deliverer.calls == [("fhir-side", 1)]
+    assert outbox.get(order).state is State.DEAD
+    assert outbox.get(order).last_error == f"row {first} it waited for gave up"
+
+
+def test_follow_ups_are_stored_with_the_delivery(tmp_path: Path) -> None:
+    from adapter.outbox.store import NewRow
+
+    clock = Clock()
+    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    put(outbox, "order", 1)
+    follow = NewRow(T[0], T[1], "task", "fhir-transaction", "task-update", {"n": 9})
+    deliverer = Scripted({"order": [Attempt(Verdict.DELIVERED, follow_ups=(follow,))]})
+    asyncio.run(worker(outbox, deliverer, clock).drain())
+    assert deliverer.calls == [("order", 1), ("task", 9)]
+    assert outbox.counts()["delivered"] == 2
+
+
+def test_enqueue_many_is_one_transaction(tmp_path: Path) -> None:
+    from adapter.outbox.store import NewRow
+
+    outbox = Outbox(tmp_path / "o.sqlite")
+    rows = [NewRow(T[0], T[1], f"k{i}", "fhir-transaction", f"k{i}", {"n": i}) for i in range(3)]
+    rows.append(NewRow(T[0], T[1], "bad", "fhir-transaction", "bad", {"n": float("nan")}))
+    with pytest.raises(ValueError):
+        outbox.enqueue_many(rows)  # NaN is not JSON: nothing of the batch is stored
+    assert outbox.counts()["pending"] == 0
+    assert len(outbox.enqueue_many(rows[:3])) == 3
