@@ -1,0 +1,150 @@
+"""Escalation timers that survive restarts: T1 (no AA from the RIS), T2 (no radiologist result).
+
+A timer is a row in the outbox database: its key (the placer order number), its kind, and
+when it is due. Due times are stored as UTC epoch seconds so they survive a restart. While the
+process runs, "now" is measured on the monotonic clock from the moment the process started
+(:class:`SteadyClock`), so a wall-clock jump (DST, NTP step, an operator) neither fires a timer
+early nor holds it back. Only a restart re-reads the wall clock.
+
+A fired timer is never deleted: it is the escalation record that ``rtplan escalations`` lists.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS timers (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    key          TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    due_at       REAL NOT NULL,
+    armed_at     REAL NOT NULL,
+    fired_at     REAL,
+    cancelled_at REAL,
+    detail       TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS timers_open ON timers (fired_at, cancelled_at, due_at);
+"""
+
+
+class SteadyClock:
+    """Wall time read once, advanced by the monotonic clock."""
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall0 = wall()
+        self._mono0 = monotonic()
+        self._monotonic = monotonic
+
+    def __call__(self) -> float:
+        return self._wall0 + (self._monotonic() - self._mono0)
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    id: int
+    key: str
+    kind: str
+    due_at: float
+    armed_at: float
+    fired_at: float | None
+    cancelled_at: float | None
+    detail: str
+
+
+class Timers:
+    """Timers stored beside the outbox, in the same SQLite file."""
+
+    def __init__(self, db: sqlite3.Connection, clock: Callable[[], float]) -> None:
+        self._db = db
+        self._clock = clock
+        self._db.executescript(SCHEMA)
+
+    def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
+        """Start a timer unless one of that kind is already open for the key."""
+        now = self._clock()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            found = self._db.execute(
+                "SELECT id FROM timers WHERE key=? AND kind=? AND fired_at IS NULL "
+                "AND cancelled_at IS NULL",
+                (key, kind),
+            ).fetchone()
+            if found is not None:
+                self._db.execute("COMMIT")
+                return int(found[0])
+            cursor = self._db.execute(
+                "INSERT INTO timers (key, kind, due_at, armed_at, detail) VALUES (?, ?, ?, ?, ?)",
+                (key, kind, now + seconds, now, detail),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return int(cursor.lastrowid or 0)
+
+    def cancel(self, key: str, kind: str) -> bool:
+        """Stop the open timer (the awaited event happened); True if one was open."""
+        cursor = self._db.execute(
+            "UPDATE timers SET cancelled_at=? WHERE key=? AND kind=? AND fired_at IS NULL "
+            "AND cancelled_at IS NULL",
+            (self._clock(), key, kind),
+        )
+        return cursor.rowcount > 0
+
+    def take_due(self) -> list[Timer]:
+        """Mark every due timer fired and return them (each fires exactly once)."""
+        now = self._clock()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = self._db.execute(
+                "SELECT * FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL "
+                "AND due_at <= ? ORDER BY due_at",
+                (now,),
+            ).fetchall()
+            for row in rows:
+                self._db.execute("UPDATE timers SET fired_at=? WHERE id=?", (now, row[0]))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return [_timer((*row[:5], now, *row[6:])) for row in rows]
+
+    def seconds_until_next(self) -> float | None:
+        raw = self._db.execute(
+            "SELECT MIN(due_at) FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL"
+        ).fetchone()[0]
+        return None if raw is None else max(0.0, float(raw) - self._clock())
+
+    def fired(self) -> list[Timer]:
+        rows = self._db.execute(
+            "SELECT * FROM timers WHERE fired_at IS NOT NULL ORDER BY fired_at"
+        ).fetchall()
+        return [_timer(tuple(row)) for row in rows]
+
+    def open(self) -> list[Timer]:
+        rows = self._db.execute(
+            "SELECT * FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL ORDER BY due_at"
+        ).fetchall()
+        return [_timer(tuple(row)) for row in rows]
+
+
+def _timer(row: tuple[object, ...]) -> Timer:
+    id_, key, kind, due_at, armed_at, fired_at, cancelled_at, detail = row
+    return Timer(
+        id=int(id_),  # type: ignore[call-overload]
+        key=str(key),
+        kind=str(kind),
+        due_at=float(due_at),  # type: ignore[arg-type]
+        armed_at=float(armed_at),  # type: ignore[arg-type]
+        fired_at=None if fired_at is None else float(fired_at),  # type: ignore[arg-type]
+        cancelled_at=None if cancelled_at is None else float(cancelled_at),  # type: ignore[arg-type]
+        detail=str(detail),
+    )
