@@ -61,6 +61,8 @@ class OrderRequest:
     requested_at: str = ""  # ISO 8601 with offset: ORC-9 / OBR-6
     review_id: str = ""
     extra_notes: tuple[str, ...] = field(default_factory=tuple)
+    # IPC-4 for OMI^O23 (DICOM Scheduled Procedure Step ID); empty: the requested procedure id.
+    scheduled_procedure_step_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,286 @@
+"""Receiver profiles: one YAML file per HL7 v2 receiver under ``mappings/receivers/``.
+
+A profile says who we are and who the receiver is (MSH-3..6), which message profile it takes
+(ORM^O01 2.3.1/2.4, OMG^O19 2.5.1 or OMI^O23 2.5.1), the charset (MSH-18, and the bytes really
+are encoded in it), field defaults, the ACK mode, the connection placeholders and the escalation
+timers. Files are validated once, at load: an unknown key, a wrong type or a bad value raises
+:class:`~adapter.errors.MappingTableError` naming the file and the key, so an interface analyst
+sees the mistake before anything is sent. The result is frozen. ``docs/receivers.md`` documents
+every key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from adapter.errors import MappingTableError
+
+MessageProfile = Literal["ORM^O01", "OMG^O19", "OMI^O23"]
+AckMode = Literal["original", "enhanced"]
+ProviderPlacement = Literal["both", "orc12", "obr16", "none"]
+
+#: allowed versions per message profile; the first is the default.
+VERSIONS: Mapping[str, tuple[str, ...]] = {
+    "ORM^O01": ("2.3.1", "2.4"),
+    "OMG^O19": ("2.5.1",),
+    "OMI^O23": ("2.5.1",),
+}
+#: MSH-18 value → Python codec. Only charsets whose bytes we can really produce.
+CHARSET_CODECS: Mapping[str, str] = {
+    "ASCII": "ascii",
+    "UNICODE UTF-8": "utf-8",
+    "8859/1": "iso-8859-1",
+    "8859/15": "iso-8859-15",
+}
+ACK_TYPES = ("AL", "ER", "NE", "SU")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """TLS for the MLLP connection (paths are placeholders until the transport reads them)."""
+
+    enabled: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    host: str = "127.0.0.1"
+    port: int = 2575
+    connect_timeout: timedelta = timedelta(seconds=10)
+    ack_timeout: timedelta = timedelta(seconds=30)
+    max_resends: int = 3
+    tls: Tls = Tls()
+
+
+@dataclass(frozen=True, slots=True)
+class AckPolicy:
+    """ACK discipline. ``original``: MSH-15/16 empty, only AA means delivered.
+
+    ``enhanced``: MSH-15 (accept ack type) and MSH-16 (application ack type) are sent; with
+    ``commit_only`` a commit accept (CA) already counts as delivered.
+    """
+
+    mode: AckMode = "original"
+    commit_only: bool = False
+    accept_ack_type: str = "AL"
+    application_ack_type: str = "AL"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDefaults:
+    patient_class: str = "O"  # PV1-2 (IHE requires PV1; "O" outpatient)
+    service_coding_system: str = ""  # OBR-4.3 when the order gives none
+    ordering_provider: ProviderPlacement = "both"  # ORC-12 and/or OBR-16
+    processing_id: str = "P"  # MSH-11
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    t1_no_aa: timedelta = timedelta(minutes=15)
+    t2_no_result: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverProfile:
+    name: str
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    message: MessageProfile = "ORM^O01"
+    version: str = "2.3.1"
+    charset: str = "UNICODE UTF-8"
+    unencodable: Literal["error", "replace"] = "error"
+    defaults: FieldDefaults = FieldDefaults()
+    ack: AckPolicy = AckPolicy()
+    connection: Connection = Connection()
+    escalation: Escalation = Escalation()
+    source: str = ""  # the file it came from, for error messages
+
+    @property
+    def codec(self) -> str:
+        """The Python codec for :attr:`charset`."""
+        return CHARSET_CODECS[self.charset]
+
+
+TOP_KEYS = frozenset(
+    {
+        "name", "title", "owner", "last_reviewed", "note", "sending", "receiving", "message",
+        "version", "charset", "unencodable", "defaults", "ack", "connection", "escalation",
+    }
+)  # fmt: skip
+
+
+class _Reader:
+    """Typed access to one mapping with errors that name file and key (never values)."""
+
+    def __init__(self, file: str, prefix: str, data: Any, allowed: frozenset[str]) -> None:
+        self.file, self.prefix = file, prefix
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise MappingTableError(file, prefix or "(top)", "must be a mapping")
+        unknown = sorted(str(k) for k in data if k not in allowed)
+        if unknown:
+            raise MappingTableError(file, self.key(unknown[0]), "unknown key")
+        self.data: dict[str, Any] = data
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> MappingTableError:
+        return MappingTableError(self.file, self.key(name), problem)
+
+    def str_(self, name: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str:
+        value = self.data.get(name, default)
+        if value is None:
+            raise self.error(name, "is required")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.error(name, "must be a string")
+        text = str(value)
+        if choices and text not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}")
+        return text
+
+    def bool_(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, "must be true or false")
+        return value
+
+    def int_(self, name: str, default: int, *, low: int = 0, high: int = 65535) -> int:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(name, f"must be an integer from {low} to {high}")
+        return value
+
+    def duration(self, name: str, default: timedelta) -> timedelta:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        match = _DURATION.match(str(value)) if not isinstance(value, bool) else None
+        if match is None:
+            raise self.error(name, "must be a duration like 30s, 15m, 2h or 1d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        if seconds <= 0:
+            raise self.error(name, "must be positive")
+        return timedelta(seconds=seconds)
+
+    def optional_path(self, name: str) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.error(name, "must be a file path")
+        return value
+
+    def sub(self, name: str, allowed: frozenset[str]) -> _Reader:
+        return _Reader(self.file, self.key(name), self.data.get(name), allowed)
+
+
+def parse_profile(data: Any, file: str) -> ReceiverProfile:
+    """Validate one profile document (already YAML-loaded) and freeze it."""
+    top = _Reader(file, "", data, TOP_KEYS)
+    sending = top.sub("sending", frozenset({"application", "facility"}))
+    receiving = top.sub("receiving", frozenset({"application", "facility"}))
+    message = top.str_("message", "ORM^O01", choices=tuple(VERSIONS))
+    version = top.str_("version", VERSIONS[message][0], choices=VERSIONS[message])
+    charset = top.str_("charset", "UNICODE UTF-8", choices=tuple(CHARSET_CODECS))
+    d = top.sub(
+        "defaults",
+        frozenset({"patient_class", "service_coding_system", "ordering_provider", "processing_id"}),
+    )
+    a = top.sub(
+        "ack", frozenset({"mode", "commit_only", "accept_ack_type", "application_ack_type"})
+    )
+    c = top.sub(
+        "connection",
+        frozenset({"host", "port", "connect_timeout", "ack_timeout", "max_resends", "tls"}),
+    )
+    t = c.sub("tls", frozenset({"enabled", "ca", "cert", "key"}))
+    e = top.sub("escalation", frozenset({"t1_no_aa", "t2_no_result"}))
+    mode = a.str_("mode", "original", choices=("original", "enhanced"))
+    commit_only = a.bool_("commit_only", False)
+    if commit_only and mode != "enhanced":
+        raise a.error("commit_only", "needs mode: enhanced (original mode has no commit ACK)")
+    tls = Tls(
+        enabled=t.bool_("enabled", False),
+        ca=t.optional_path("ca"),
+        cert=t.optional_path("cert"),
+        key=t.optional_path("key"),
+    )
+    if (tls.cert is None) != (tls.key is None):
+        raise t.error("cert", "cert and key go together (mTLS)")
+    name = top.str_("name")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+        raise top.error("name", "must be lower-case letters, digits and hyphens")
+    return ReceiverProfile(
+        name=name,
+        sending_application=sending.str_("application"),
+        sending_facility=sending.str_("facility", ""),
+        receiving_application=receiving.str_("application"),
+        receiving_facility=receiving.str_("facility", ""),
+        message=message,  # type: ignore[arg-type]  # checked against VERSIONS above
+        version=version,
+        charset=charset,
+        unencodable=top.str_("unencodable", "error", choices=("error", "replace")),  # type: ignore[arg-type]
+        defaults=FieldDefaults(
+            patient_class=d.str_("patient_class", "O"),
+            service_coding_system=d.str_("service_coding_system", ""),
+            ordering_provider=d.str_(  # type: ignore[arg-type]
+                "ordering_provider", "both", choices=("both", "orc12", "obr16", "none")
+            ),
+            processing_id=d.str_("processing_id", "P", choices=("P", "T", "D")),
+        ),
+        ack=AckPolicy(
+            mode=mode,  # type: ignore[arg-type]
+            commit_only=commit_only,
+            accept_ack_type=a.str_("accept_ack_type", "AL", choices=ACK_TYPES),
+            application_ack_type=a.str_("application_ack_type", "AL", choices=ACK_TYPES),
+        ),
+        connection=Connection(
+            host=c.str_("host", "127.0.0.1"),
+            port=c.int_("port", 2575, low=1),
+            connect_timeout=c.duration("connect_timeout", timedelta(seconds=10)),
+            ack_timeout=c.duration("ack_timeout", timedelta(seconds=30)),
+            max_resends=c.int_("max_resends", 3, high=100),
+            tls=tls,
+        ),
+        escalation=Escalation(
+            t1_no_aa=e.duration("t1_no_aa", timedelta(minutes=15)),
+            t2_no_result=e.duration("t2_no_result", timedelta(hours=24)),
+        ),
+        source=file,
+    )
+
+
+def load_profile(path: Path) -> ReceiverProfile:
+    """Load and validate one receiver profile file; the profile name must match the file name."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        problem = f"cannot be read as YAML ({type(exc).__name__})"
+        raise MappingTableError(path.name, "(file)", problem) from exc
+    profile = parse_profile(data, path.name)
+    if profile.name != path.stem:
+        raise MappingTableError(path.name, "name", "must equal the file name without .yaml")
+    return profile
+
+
+def load_profiles(folder: Path) -> dict[str, ReceiverProfile]:
+    """Load every ``*.yaml`` in ``folder`` (sorted), keyed by profile name."""
+    if not folder.is_dir():
+        raise MappingTableError(str(folder), "(folder)", "receiver profile folder does not exist")
+    return {p.name: p for p in (load_profile(f) for f in sorted(folder.glob("*.yaml")))}
