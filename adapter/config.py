@@ -139,6 +139,27 @@ class ReviewSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Hl7Settings:
+    """Orders for radiologist review (issue 5): which receiver, and how to reach it."""
+
+    receiver: str = "default-ris"
+    """Receiver profile name: ``mappings/receivers/<receiver>.yaml``."""
+    receivers_dir: str = ""
+    """Folder of receiver profiles; empty: ``<mappings_dir>/receivers``."""
+    mllp: bool = False
+    """True: send orders over MLLP to the profile's host and port (or the overrides below).
+    False: the embedded default, orders are written as ``.hl7`` files into the output folder."""
+    host: str = ""
+    port: int = 0
+    placer_namespace: str = "RTPLAN"
+    """EI namespace of the placer order numbers (ORC-2.2 / OBR-2.2)."""
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 2576
+    """``rtplan serve``: where the MLLP listener for ACKs and results listens."""
+    escalation_check_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     mappings_dir: Path = DEFAULT_MAPPINGS_DIR
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -146,6 +167,7 @@ class Settings:
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
 
 
 SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
@@ -155,6 +177,7 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
         "archive": ArchiveSettings,
         "outbox": OutboxSettings,
         "review": ReviewSettings,
+        "hl7": Hl7Settings,
     }
 )
 

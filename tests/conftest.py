@@ -11,6 +11,8 @@ pytest_plugins = [
     "tests.peers.medplum_fixture",
     "tests.peers.hapi_fixture",
     "tests.peers.fault_fixture",
+    "tests.peers.mllp_fixture",
+    "tests.peers.hl7v2_validator_fixture",
 ]
 FHIR_SERVERS = ["medplum", "hapi"]
 

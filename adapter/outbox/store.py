@@ -39,7 +39,10 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adapter.outbox.timers import Timers
 
 JSON = dict[str, Any]
 Clock = Callable[[], float]
@@ -340,9 +343,14 @@ class Outbox:
             )
             self._event(db, raw["id"], "dead", reason)
 
-    def mark_delivered(self, row_id: int, result: JSON, follow_ups: Sequence[NewRow] = ()) -> None:
-        """Record the delivery and store its follow-up rows, all in one transaction."""
-        self._finish(row_id, "delivered", result=result, event="delivered", follow_ups=follow_ups)
+    def mark_delivered(
+        self, row_id: int, result: JSON, follow_ups: Sequence[NewRow] = ()
+    ) -> list[int]:
+        """Record the delivery and store its follow-up rows, all in one transaction; return the
+        follow-up rows' ids."""
+        return self._finish(
+            row_id, "delivered", result=result, event="delivered", follow_ups=follow_ups
+        )
 
     def mark_retry(self, row_id: int, *, delay: float, error: str) -> None:
         now = self._clock()
@@ -366,7 +374,7 @@ class Outbox:
         event: str,
         error: str | None = None,
         follow_ups: Sequence[NewRow] = (),
-    ) -> None:
+    ) -> list[int]:
         now = self._clock()
         result_text = None if result is None else json.dumps(result, ensure_ascii=False)
         with self._write() as db:
@@ -377,8 +385,7 @@ class Outbox:
                 (state, result_text, error, now, row_id),
             )
             self._event(db, row_id, event, error or "")
-            for new in follow_ups:
-                self._insert(db, new)
+            return [self._insert(db, new) for new in follow_ups]
 
     def hold_key(self, row: Row, reason: str) -> None:
         with self._write() as db:
@@ -427,6 +434,12 @@ class Outbox:
             label=row.label,
             payload=row.payload if payload is None else payload,
         )
+
+    def timers(self) -> Timers:
+        """The escalation timers kept in the same database file."""
+        from adapter.outbox.timers import SteadyClock, Timers
+
+        return Timers(self._db, SteadyClock(self._clock))
 
     # -- reading --------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ class Worker:
         self._clock = clock or outbox._clock
         self.poll_interval = poll_interval
         self._targets = list(deliverers)
+        self._watch: set[int] | None = None
 
     async def drain(self, *, ids: list[int] | None = None, forever: bool = False) -> DrainReport:
         """Deliver until every open row (or every row in ``ids``) is delivered, dead or held.
@@ -113,6 +114,9 @@ class Worker:
         With ``forever`` it keeps polling for new rows (the service mode).
         """
         report = DrainReport()
+        # The rows to wait for grow with the follow-ups of their deliveries (an ACK's Task
+        # update belongs to the same piece of work).
+        self._watch = None if ids is None else set(ids)
         active: set[asyncio.Task[None]] = set()
         while True:
             free = self.concurrency - len(active)
@@ -128,7 +132,8 @@ class Worker:
                 for task in done:
                     task.result()  # _run handles everything; re-raise only real bugs
                 continue
-            if not forever and self.outbox.open_rows(ids, self._targets) == 0:
+            watched = None if self._watch is None else sorted(self._watch)
+            if not forever and self.outbox.open_rows(watched, self._targets) == 0:
                 return report
             due = self.outbox.seconds_until_due(self._targets)
             wait = self.poll_interval if due is None else min(max(due, 0.01), self.poll_interval)
@@ -152,7 +157,9 @@ class Worker:
             report.alerts.append(f"row {row.id} ({row.label}): {attempt.alert}")
             log.warning("row %d (%s): ALERT %s", row.id, row.label, attempt.alert)
         if attempt.verdict is Verdict.DELIVERED:
-            self.outbox.mark_delivered(row.id, attempt.result or {}, attempt.follow_ups)
+            new_ids = self.outbox.mark_delivered(row.id, attempt.result or {}, attempt.follow_ups)
+            if self._watch is not None and row.id in self._watch:
+                self._watch.update(new_ids)
             report.delivered += 1
             log.info("row %d (%s): delivered after %d attempt(s)", row.id, row.label, row.attempts)
             return

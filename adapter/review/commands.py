@@ -80,7 +80,7 @@ def run_review_command(
         "resources": [e["resource"]["resourceType"] for e in result.bundle["entry"]],
         "radiology_request": bool(result.placer_order_number),
         "rows": list(result.row_ids),
-        "hl7_cancel_rows_waiting": list(result.hl7_cancel_rows),
+        "hl7_rows": list(result.hl7_rows),
         "delivered": delivery.delivered if delivery else 0,
         "dead": delivery.dead if delivery else 0,
         "held": delivery.held if delivery else 0,
@@ -95,10 +95,10 @@ def run_review_command(
             f"{summary['held']} held (see 'rtplan outbox dead').",
             file=out,
         )
-        if result.hl7_cancel_rows:
+        if result.hl7_rows:
             print(
-                f"{len(result.hl7_cancel_rows)} HL7 cancel row(s) queued; they wait for the "
-                "HL7 deliverer (issue 5).",
+                f"{len(result.hl7_rows)} HL7 order message(s) for radiology (rows "
+                f"{', '.join(map(str, result.hl7_rows))}; 'rtplan outbox show ID').",
                 file=out,
             )
         if args.out is not None:

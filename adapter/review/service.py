@@ -45,9 +45,8 @@ if TYPE_CHECKING:
 
 JSON = dict[str, Any]
 KIND_REVIEW = "fhir-review-transaction"
-KIND_HL7_CANCEL = "hl7-cancel"
+KIND_HL7_CANCEL = "hl7-cancel"  # = adapter.hl7.deliverer (not imported: hl7apy is slow)
 HL7 = "hl7"
-HL7_TARGET = "default"  # the receiver profile is chosen by the HL7 issue (issue 5)
 UNKNOWN_STUDY = (
     "/study_instance_uid",
     "unknown study: not mapped by this adapter and not found on the FHIR server",
@@ -61,7 +60,7 @@ class SubmitResult:
     bundle: JSON
     placer_order_number: str
     row_ids: tuple[int, ...] = ()
-    hl7_cancel_rows: tuple[int, ...] = ()
+    hl7_rows: tuple[int, ...] = ()
     delivery: DrainReport | None = None
 
 
@@ -314,20 +313,12 @@ async def submit_review_async(
             )
             for d, t in destinations
         ]
-        cancels = [
-            outbox.enqueue(
-                destination=HL7,
-                target=HL7_TARGET,
-                key=key,
-                kind=KIND_HL7_CANCEL,
-                label=f"{label}-cancel-{i}",
-                payload=payload,
-            )
-            for i, payload in enumerate(output.hl7_cancels)
-        ]
+        cancels = _enqueue_orders(outbox, review, output, ctx, settings, tables, ids, destinations)
         report = None
         if deliver:
-            report = await deliver_rows(outbox, settings, ids=ids, transport=transport)
+            report = await deliver_rows(
+                outbox, settings, ids=[*ids, *cancels], transport=transport, out_dir=out_dir
+            )
     return SubmitResult(
         review.review_id,
         review.version,
@@ -336,6 +327,75 @@ async def submit_review_async(
         tuple(ids),
         tuple(cancels),
         report,
+    )
+
+
+def _enqueue_orders(
+    outbox: Outbox,
+    review: ReviewInput,
+    output: ReviewOutput,
+    ctx: StudyContext,
+    settings: Settings,
+    tables: Tables,
+    fhir_ids: list[int],
+    destinations: list[tuple[str, str]],
+) -> list[int]:
+    """HL7 order/cancel rows, each waiting for the review's FHIR transaction to succeed (the
+    FHIR server's row when there is one, else the file writer's). T1 starts for a new order."""
+    from adapter.hl7.deliverer import HL7, KIND_ORDER, T1
+    from adapter.hl7.profiles import load_profiles
+    from adapter.review.orders import order_payloads, study_facts
+
+    if not output.placer and not output.hl7_cancels:
+        return []
+    profiles = load_profiles(receivers_dir(settings))
+    if settings.hl7.receiver not in profiles:
+        raise ConfigError("hl7.receiver", f"no receiver profile named {settings.hl7.receiver!r}")
+    profile = profiles[settings.hl7.receiver]
+    key = f"study:{review.study_instance_uid}"
+    previous = outbox.rows_for_key(key, kind=KIND_ORDER)
+    already = {str(r.payload["order"]["placer_order_number"]) for r in previous}
+    study_rows = outbox.rows_for_key(key)
+    facts = study_facts([r.payload for r in study_rows], review.study_instance_uid)
+    fhir_targets = [d for d in destinations if d[0] in ("fhir", "files")]
+    payloads = order_payloads(
+        review,
+        output,
+        ctx,
+        facts,
+        tables,
+        profile=profile.name,
+        namespace=settings.hl7.placer_namespace,
+        fhir_targets=fhir_targets,
+        already_ordered=already,
+    )
+    after = next((i for (d, _), i in zip(destinations, fhir_ids, strict=True) if d == "fhir"), None)
+    after = after if after is not None else (fhir_ids[0] if fhir_ids else None)
+    timers = outbox.timers()
+    ids = []
+    for kind, payload in payloads:
+        placer = str(payload["order"]["placer_order_number"])
+        ids.append(
+            outbox.enqueue(
+                destination=HL7,
+                target=profile.name,
+                key=key,
+                kind=kind,
+                label=f"Order-{placer}-{payload['order']['control']}",
+                payload=payload,
+                after_id=after,
+            )
+        )
+        if kind == KIND_ORDER:
+            timers.arm(placer, T1, profile.escalation.t1_no_aa.total_seconds(), "no AA from RIS")
+    return ids
+
+
+def receivers_dir(settings: Settings) -> Path:
+    return (
+        Path(settings.hl7.receivers_dir)
+        if settings.hl7.receivers_dir
+        else settings.mappings_dir / "receivers"
     )
 
 

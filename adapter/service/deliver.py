@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # The FHIR stack (httpx, PyJWT, cryptography) is imported only when a FHIR destination is
 # used: it is a fifth of the embedded default's start-up time otherwise.
 
-FILES, FHIR = "files", "fhir"
+FILES, FHIR, HL7 = "files", "fhir", "hl7"
 KIND_TRANSACTION = "fhir-transaction"
 
 
@@ -138,8 +138,13 @@ async def deliver(
     ids: list[int] | None = None,
     forever: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    out_dir: Path | None = None,
 ) -> DrainReport:
-    """Deliver open rows (all, or ``ids``) until each is delivered, dead or held."""
+    """Deliver open rows (all, or ``ids``) until each is delivered, dead or held.
+
+    HL7 rows go over MLLP when ``hl7.mllp`` is set, else into ``out_dir/hl7`` as files (the
+    embedded default); without either they wait.
+    """
     from adapter.fhir.delivery import FhirDeliverer
 
     async with AsyncExitStack() as stack:
@@ -157,12 +162,70 @@ async def deliver(
                 deliverers[(destination, target)] = FhirDeliverer(
                     client, reconcile=settings.fhir.reconcile
                 )
+        hl7_targets = {t for d, t in outbox.open_targets() if d == HL7}
+        if settings.hl7.mllp or out_dir is not None:
+            hl7_targets.add(settings.hl7.receiver)
+        policies = {FHIR: retry_policy(settings.fhir), FILES: RetryPolicy()}
+        if hl7_targets:
+            deliverers.update(await _hl7_deliverers(stack, outbox, settings, hl7_targets, out_dir))
+            policies[HL7] = _hl7_policy(settings)
         # Rows for a destination not configured now (another FHIR server) stay untouched.
         worker = Worker(
             outbox,
             deliverers,
-            {FHIR: retry_policy(settings.fhir), FILES: RetryPolicy()},
+            policies,
             concurrency=settings.fhir.concurrency,
             lease_seconds=settings.outbox.lease_seconds,
         )
         return await worker.drain(ids=ids, forever=forever)
+
+
+async def _hl7_deliverers(
+    stack: AsyncExitStack,
+    outbox: Outbox,
+    settings: Settings,
+    profile_names: set[str],
+    out_dir: Path | None,
+) -> dict[tuple[str, str], Deliverer]:
+    from adapter.hl7.client import MllpClient, client_tls_context
+    from adapter.hl7.deliverer import Hl7Deliverer, Hl7FileDeliverer
+    from adapter.hl7.profiles import load_profiles
+    from adapter.review.service import receivers_dir
+
+    profiles = load_profiles(receivers_dir(settings))
+    found: dict[tuple[str, str], Deliverer] = {}
+    for name in sorted(profile_names):
+        profile = profiles.get(name)
+        if profile is None:
+            continue  # rows for a profile that no longer exists wait, visibly, in the outbox
+        if settings.hl7.mllp:
+            conn = profile.connection
+            tls = None
+            if conn.tls.enabled:
+                tls = client_tls_context(conn.tls.ca, certfile=conn.tls.cert, keyfile=conn.tls.key)
+            client = MllpClient(
+                settings.hl7.host or conn.host,
+                settings.hl7.port or conn.port,
+                connect_timeout=conn.connect_timeout.total_seconds(),
+                ack_timeout=conn.ack_timeout.total_seconds(),
+                tls=tls,
+            )
+            await stack.enter_async_context(client)
+            found[(HL7, name)] = Hl7Deliverer(profile, client, timers=outbox.timers())
+        elif out_dir is not None:
+            found[(HL7, name)] = Hl7FileDeliverer(out_dir, profile)
+    return found
+
+
+def _hl7_policy(settings: Settings) -> RetryPolicy:
+    """Back off like FHIR between attempts; a resend keeps the same MSH-10, and the receiver
+    de-duplicates, but a peer that never answers must not be hammered."""
+    return RetryPolicy(
+        stop=tenacity.stop_after_attempt(settings.fhir.max_attempts)
+        | tenacity.stop_after_delay(settings.fhir.max_retry_seconds),
+        wait=tenacity.wait_exponential_jitter(
+            multiplier=settings.fhir.initial_wait,
+            max=settings.fhir.max_wait,
+            jitter=settings.fhir.initial_wait,
+        ),
+    )

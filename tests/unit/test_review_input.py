@@ -173,13 +173,15 @@ def test_cli_exit_codes_and_messages_without_values(
     assert not list((tmp_path / "fhir").glob("Review-*"))  # preview sends nothing
 
 
-def test_withdrawal_on_embedded_default_queues_an_hl7_cancel_that_blocks_nothing(
+def test_concern_and_withdrawal_on_embedded_default_write_order_and_cancel(
     tmp_path: Path,
 ) -> None:
+    """On the embedded default the HL7 order and its cancel are files in DIR/hl7, written
+    only after the review's FHIR Bundle was written (the order row waits for it)."""
     _ingest(tmp_path)
     settings = Settings()
     first = submit_review(load("concern"), settings, out_dir=tmp_path)
-    assert first.placer_order_number and first.delivery and first.delivery.delivered == 1
+    assert first.placer_order_number and first.delivery and first.delivery.delivered == 2
     withdrawn = submit_review(load("concern-withdrawn"), settings, out_dir=tmp_path)
     statuses = {
         e["resource"]["resourceType"] + e["resource"].get("status", ""): e["request"]["method"]
@@ -188,17 +190,23 @@ def test_withdrawal_on_embedded_default_queues_an_hl7_cancel_that_blocks_nothing
     assert statuses["ServiceRequestrevoked"] == "PUT"
     assert statuses["Taskcancelled"] == "PUT"
     assert statuses["DiagnosticReportamended"] == "PUT"
-    assert len(withdrawn.hl7_cancel_rows) == 1
+    assert len(withdrawn.hl7_rows) == 1
     with Outbox(tmp_path / "outbox.sqlite") as outbox:
-        row = outbox.get(withdrawn.hl7_cancel_rows[0])
-        assert (row.destination, row.kind, row.state) == (HL7, KIND_HL7_CANCEL, State.PENDING)
-        assert row.payload["placer_order_number"]["value"] == first.placer_order_number
-        assert row.payload["accession_number"] and row.payload["patient_identifier"]
-    # Neither ingest nor outbox run waits for (or kills) the row nobody can deliver yet.
-    _ingest(tmp_path)
-    assert main(["outbox", "--db", str(tmp_path / "outbox.sqlite"), "run"]) == 0
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
-        assert outbox.get(withdrawn.hl7_cancel_rows[0]).state is State.PENDING
+        row = outbox.get(withdrawn.hl7_rows[0])
+        assert (row.destination, row.kind, row.state) == (HL7, KIND_HL7_CANCEL, State.DELIVERED)
+        review_row = outbox.get(withdrawn.row_ids[0])
+        assert review_row.state is State.DELIVERED and review_row.updated_at <= row.updated_at
+        order = row.payload["order"]
+        assert order["placer_order_number"] == first.placer_order_number
+        assert order["control"] == "CA" and order["accession_number"]
+    messages = {p.name: p.read_bytes() for p in (tmp_path / "hl7").glob("*.hl7")}
+    assert len(messages) == 2
+    controls = sorted(m.split(b"\rORC|", 1)[1][:2].decode() for m in messages.values())
+    assert controls == ["CA", "NW"]
+    assert all(first.placer_order_number.encode() in m for m in messages.values())
+    # A second submission of the same concern sends no second order.
+    again = submit_review(load("concern"), settings, out_dir=tmp_path)
+    assert again.hl7_rows == ()
 
 
 def test_withdrawing_an_unknown_concern_is_an_error(tmp_path: Path) -> None:

@@ -1,0 +1,146 @@
+"""Deliver ``hl7-order`` / ``hl7-cancel`` outbox rows: to a RIS over MLLP, or as ``.hl7`` files.
+
+The row's payload holds the :class:`OrderRequest`, the receiver profile's name and what to do
+once the RIS has the order (``on_ack``: FHIR rows such as "radiology Task received"). The
+message is rebuilt from the payload on every attempt with the same MSH-10 (derived from the
+row id) and the same MSH-7 (the row's creation time), so a resend is byte for byte the same
+message and the receiver can recognise it.
+
+ACK discipline (reliability.md §1.5, rows 5-10):
+
+- AA (or CA with a commit-only profile): delivered; T1 stops, T2 starts; ``on_ack`` rows are
+  stored in the same transaction.
+- CA otherwise: delivered to the receiver's store; T1 keeps running until the application
+  ACK arrives on our listener.
+- AE / AR / CE / CR: dead, no blind resend; an escalation is recorded. The reason carries
+  MSA-1, the ERR code and the control id, not MSA-3 text (it may echo the message).
+- wrong MSA-2, garbage, no ACK, timeout, dropped connection: resend the same message, a
+  bounded number of times (the profile's ``max_resends``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from adapter.hl7.ack_judge import AckOutcome, judge_ack
+from adapter.hl7.client import MllpClient, NoAnswer, NotSent
+from adapter.hl7.messages import MessageBuildError, build_order
+from adapter.hl7.model import OrderRequest
+from adapter.hl7.profiles import ReceiverProfile
+from adapter.outbox.store import NewRow, Row
+from adapter.outbox.timers import Timers
+from adapter.outbox.worker import Attempt, Verdict
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+HL7 = "hl7"
+KIND_ORDER = "hl7-order"
+KIND_CANCEL = "hl7-cancel"
+T1, T2, REJECTED = "T1", "T2", "rejected"
+
+
+def control_id_for(row: Row) -> str:
+    """MSH-10: stable for a row (so resends are recognisable), unique per database."""
+    return f"RTP{row.id:09d}"
+
+
+def message_time(row: Row) -> datetime:
+    return datetime.fromtimestamp(row.created_at, UTC)
+
+
+def render(row: Row, profile: ReceiverProfile) -> bytes:
+    """The message for a row, exactly as it is (re)sent.
+
+    Raises:
+        MessageBuildError: the order cannot be encoded (names the segment and field).
+    """
+    order = OrderRequest.from_json(row.payload["order"])
+    return build_order(order, profile, control_id=control_id_for(row), now=message_time(row))
+
+
+def on_ack_rows(row: Row) -> tuple[NewRow, ...]:
+    return tuple(NewRow(**item) for item in row.payload.get("on_ack", ()))
+
+
+def placer_of(row: Row) -> str:
+    return str(row.payload["order"]["placer_order_number"])
+
+
+class Hl7Deliverer:
+    """Send order rows to one receiver over MLLP."""
+
+    def __init__(
+        self, profile: ReceiverProfile, client: MllpClient, *, timers: Timers | None = None
+    ) -> None:
+        self.profile = profile
+        self.client = client
+        self.timers = timers
+
+    async def deliver(self, row: Row) -> Attempt:
+        control = control_id_for(row)
+        try:
+            message = render(row, self.profile)
+        except MessageBuildError as exc:
+            return Attempt(Verdict.DEAD, f"cannot build the message: {exc.location}")
+        try:
+            ack = await self.client.send(message)
+        except NotSent as exc:
+            return Attempt(Verdict.RETRY, f"{control}: {exc}")
+        except NoAnswer as exc:
+            return Attempt(Verdict.RETRY, f"{control}: {exc}; resending the same message")
+        verdict = judge_ack(control, ack, commit_only=self.profile.ack.commit_only)
+        result = {"control_id": control, "ack": verdict.code, "error_code": verdict.error_code}
+        placer = placer_of(row)
+        if verdict.outcome is AckOutcome.DELIVERED:
+            self._acknowledged(row, placer)
+            return Attempt(Verdict.DELIVERED, result=result, follow_ups=on_ack_rows(row))
+        if verdict.outcome is AckOutcome.COMMITTED:
+            return Attempt(Verdict.DELIVERED, result={**result, "awaiting": "application ACK"})
+        if verdict.outcome is AckOutcome.REJECTED:
+            reason = f"{verdict.reason}" + (
+                f" (ERR {verdict.error_code})" if verdict.error_code else ""
+            )
+            if self.timers is not None:
+                self.timers.arm(placer, REJECTED, 0, reason)
+            log.warning("order %s: %s", placer, reason)
+            return Attempt(Verdict.DEAD, f"rejected by the receiver: {reason}", result=result)
+        return Attempt(Verdict.RETRY, f"{verdict.reason}; resending the same message")
+
+    def _acknowledged(self, row: Row, placer: str) -> None:
+        if self.timers is None:
+            return
+        self.timers.cancel(placer, T1)
+        if row.kind == KIND_ORDER:
+            seconds = self.profile.escalation.t2_no_result.total_seconds()
+            self.timers.arm(placer, T2, seconds, "no radiologist result")
+        else:
+            self.timers.cancel(placer, T2)
+
+
+class Hl7FileDeliverer:
+    """The embedded default: each message as ``<dir>/hl7/<label>.hl7`` (like an engine's file
+    writer). Nothing acknowledges a file, so ``on_ack`` rows are not created and no timer runs."""
+
+    def __init__(self, out_dir: Path, profile: ReceiverProfile) -> None:
+        self.folder = out_dir / "hl7"
+        self.profile = profile
+
+    async def deliver(self, row: Row) -> Attempt:
+        try:
+            message = render(row, self.profile)
+        except MessageBuildError as exc:
+            return Attempt(Verdict.DEAD, f"cannot build the message: {exc.location}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"{row.label}.hl7"
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            tmp.write_bytes(message)
+            tmp.replace(target)
+        except OSError as exc:
+            return Attempt(Verdict.RETRY, f"cannot write the message file: {exc.strerror}")
+        return Attempt(
+            Verdict.DELIVERED, result={"file": str(target), "control_id": control_id_for(row)}
+        )
