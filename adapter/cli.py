@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from adapter.config import Settings, load_settings
 from adapter.errors import AdapterError, ConfigError
+from adapter.hl7.commands import add_hl7_parsers, run_hl7_command
 from adapter.mapping.tables import Tables, load_tables
 from adapter.outbox.commands import add_outbox_parser, open_outbox, run_outbox_command
 from adapter.outbox.worker import DrainReport
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_outbox_parser(commands)
     add_review_parser(commands)
+    add_hl7_parsers(commands)
     return parser
 
 
@@ -83,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_outbox_command(args, settings, sys.stdout)
         if args.command == "review":
             return run_review_command(args, settings, sys.stdout)
+        if args.command in ("serve", "escalations", "hl7"):
+            return run_hl7_command(args, settings, sys.stdout)
         tables = load_tables(settings.mappings_dir)
         if args.command == "ingest":
             return _ingest(args, settings, tables)

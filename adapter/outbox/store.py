@@ -79,6 +79,17 @@ CREATE TABLE IF NOT EXISTS key_holds (
     since       REAL NOT NULL,
     PRIMARY KEY (destination, target, key)
 );
+CREATE TABLE IF NOT EXISTS inbound (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender      TEXT    NOT NULL,
+    control_id  TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    status      TEXT    NOT NULL,
+    detail      TEXT    NOT NULL,
+    message     BLOB    NOT NULL,
+    received_at REAL    NOT NULL,
+    UNIQUE (sender, control_id)
+);
 CREATE TABLE IF NOT EXISTS events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     row_id  INTEGER NOT NULL,
@@ -434,6 +445,59 @@ class Outbox:
             label=row.label,
             payload=row.payload if payload is None else payload,
         )
+
+    def record_inbound(
+        self,
+        *,
+        sender: str,
+        control_id: str,
+        kind: str,
+        status: str,
+        detail: str,
+        message: bytes,
+        rows: Sequence[NewRow] = (),
+    ) -> bool:
+        """Store an inbound message and the rows it causes in one transaction, before any ACK.
+
+        Returns False (and stores nothing) when this sender's control id was seen before: a
+        resend, to be acknowledged again but not processed twice.
+        """
+        with self._write() as db:
+            seen = db.execute(
+                "SELECT 1 FROM inbound WHERE sender=? AND control_id=?", (sender, control_id)
+            ).fetchone()
+            if seen is not None:
+                return False
+            db.execute(
+                "INSERT INTO inbound (sender, control_id, kind, status, detail, message, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sender, control_id, kind, status, detail, message, self._clock()),
+            )
+            for new in rows:
+                self._insert(db, new)
+        return True
+
+    def inbound_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM inbound").fetchone()[0])
+
+    def order_row(self, placer: str) -> Row | None:
+        """The newest HL7 new-order row for a placer order number."""
+        raw = self._db.execute(
+            "SELECT * FROM outbox WHERE kind='hl7-order' "
+            "AND json_extract(payload, '$.order.placer_order_number') = ? ORDER BY id DESC LIMIT 1",
+            (placer,),
+        ).fetchone()
+        return None if raw is None else _row(raw)
+
+    def row_by_control_id(self, control_id: str) -> Row | None:
+        """The HL7 row whose MSH-10 is ``control_id`` (``RTP`` + row id)."""
+        if not control_id.startswith("RTP") or not control_id[3:].isdigit():
+            return None
+        try:
+            row = self.get(int(control_id[3:]))
+        except KeyError:
+            return None
+        return row if row.destination == "hl7" else None
 
     def timers(self) -> Timers:
         """The escalation timers kept in the same database file."""

@@ -221,6 +221,15 @@ def order_payloads(
         order = _order("NW", output.placer, review, ctx, facts, tables, output.bundle, namespace)
         task = _find(output.bundle, "Task", RADIOLOGY_TASK_SYSTEM, output.placer)
         on_ack = []
+        fhir: JSON = {
+            "subject": ctx.patient,
+            "imaging_study": {
+                "reference": f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{ctx.study_uid}"
+            },
+            "service_request": f"ServiceRequest?identifier={PLACER_SYSTEM}|{output.placer}",
+            "radiology_task": _standalone(task, output.bundle) if task is not None else None,
+            "targets": [list(t) for t in fhir_targets],
+        }
         if task is not None:
             update = _task_received(task, output.bundle)
             on_ack = [
@@ -234,7 +243,8 @@ def order_payloads(
                 }
                 for d, t in fhir_targets
             ]
-        rows.append((KIND_ORDER, {"profile": profile, "order": order.to_json(), "on_ack": on_ack}))
+        payload = {"profile": profile, "order": order.to_json(), "on_ack": on_ack, "fhir": fhir}
+        rows.append((KIND_ORDER, payload))
     for cancel in output.hl7_cancels:
         placer = str(cancel["placer_order_number"]["value"])
         order = _order("CA", placer, review, ctx, facts, tables, output.bundle, namespace)

@@ -386,7 +386,7 @@ def _enqueue_orders(
                 after_id=after,
             )
         )
-        if kind == KIND_ORDER:
+        if kind == KIND_ORDER and settings.hl7.mllp:  # a file written is not a RIS that acks
             timers.arm(placer, T1, profile.escalation.t1_no_aa.total_seconds(), "no AA from RIS")
     return ids
 
@@ -436,3 +436,47 @@ def preview_review(
         if outbox is not None:
             outbox.close()
     return build_review(review, ctx, settings, tables)
+
+
+def preview_orders(
+    data: Mapping[str, Any] | ReviewInput,
+    settings: Settings,
+    *,
+    out_dir: Path | None = None,
+    tables: Tables | None = None,
+) -> list[str]:
+    """The HL7 message(s) a submission would send (MSH-10 ``PREVIEW``); sends nothing."""
+    from datetime import UTC, datetime
+
+    from adapter.hl7.preview import preview
+    from adapter.outbox.commands import outbox_path
+    from adapter.review.orders import order_payloads, study_facts
+
+    tables = tables or load_tables(settings.mappings_dir)
+    review = parse_review(data, tables)
+    path = outbox_path(settings, out_dir)
+    outbox = Outbox(path) if path.exists() else None
+    try:
+        ctx = asyncio.run(resolve_context(review, settings, outbox))
+        output = build_review(review, ctx, settings, tables)
+        rows = outbox.rows_for_key(f"study:{review.study_instance_uid}") if outbox else []
+    finally:
+        if outbox is not None:
+            outbox.close()
+    facts = study_facts([r.payload for r in rows], review.study_instance_uid)
+    payloads = order_payloads(
+        review,
+        output,
+        ctx,
+        facts,
+        tables,
+        profile=settings.hl7.receiver,
+        namespace=settings.hl7.placer_namespace,
+        fhir_targets=[],
+        already_ordered=set(),
+    )
+    now = datetime.now(UTC)
+    return [
+        preview(payload["order"], settings.hl7.receiver, receivers_dir(settings), now=now)
+        for _, payload in payloads
+    ]

@@ -1,0 +1,80 @@
+"""``rtplan serve``, ``rtplan escalations`` and ``rtplan hl7 preview``: thin shells."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from adapter.config import Settings
+from adapter.errors import ConfigError
+
+
+def add_hl7_parsers(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the listener, the outbox worker and escalations")
+    serve.add_argument("--out", type=Path, help="output folder (embedded default sinks)")
+    serve.add_argument("--port", type=int, help="MLLP listen port (overrides hl7.listen_port)")
+    escalations = commands.add_parser("escalations", help="list fired escalations and open timers")
+    escalations.add_argument("--db", type=Path, help="outbox file (default: outbox.path setting)")
+    hl7 = commands.add_parser("hl7", help="HL7 v2 orders")
+    actions = hl7.add_subparsers(dest="hl7_command", required=True)
+    preview = actions.add_parser("preview", help="print the order a review would send")
+    preview.add_argument("review", help="review JSON file, or - for stdin")
+    preview.add_argument("--out", type=Path, help="output folder whose outbox knows the study")
+    preview.add_argument("--receiver", help="receiver profile (overrides hl7.receiver)")
+
+
+def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from dataclasses import replace
+
+    if args.command == "serve":
+        from adapter.service.serve import serve
+
+        if args.port is not None:
+            settings = replace(settings, hl7=replace(settings.hl7, listen_port=args.port))
+        asyncio.run(serve(settings, args.out))
+        return 0
+    if args.command == "escalations":
+        return _escalations(args, settings, out)
+    if args.receiver:
+        settings = replace(settings, hl7=replace(settings.hl7, receiver=args.receiver))
+    return _preview(args, settings, out)
+
+
+def _escalations(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from adapter.outbox.commands import outbox_path
+    from adapter.outbox.store import Outbox
+
+    path = args.db or outbox_path(settings, None)
+    if not path.exists():
+        raise ConfigError("outbox.path", f"no outbox at {path}")
+    with Outbox(path) as outbox:
+        timers = outbox.timers()
+        for timer in timers.fired():
+            when = datetime.fromtimestamp(timer.fired_at or 0, UTC).isoformat(timespec="seconds")
+            print(f"FIRED {when} {timer.kind:<8} order {timer.key}: {timer.detail}", file=out)
+        for timer in timers.open():
+            due = datetime.fromtimestamp(timer.due_at, UTC).isoformat(timespec="seconds")
+            print(f"open  due {due} {timer.kind:<8} order {timer.key}: {timer.detail}", file=out)
+    return 0
+
+
+def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    import sys
+
+    from adapter.review.service import preview_orders
+
+    text = sys.stdin.read() if args.review == "-" else Path(args.review).read_text("utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError("review", f"not JSON: {exc}") from exc
+    messages = preview_orders(data, settings, out_dir=args.out)
+    if not messages:
+        print("this review sends no HL7 order (no concern raised or withdrawn)", file=out)
+    for message in messages:
+        print(message, file=out)
+    return 0
