@@ -54,11 +54,14 @@ class Ack:
         return self.valid and self.control_id == control_id
 
 
-def _field(segment: list[str], number: int) -> str:
+def field_of(segment: list[str], number: int) -> str:
+    """Field ``number`` of a split segment ('' when absent). For MSH the split puts MSH-n at n-1;
+    callers account for that."""
     return segment[number] if len(segment) > number else ""
 
 
-def _comp(value: str, number: int) -> str:
+def component(value: str, number: int) -> str:
+    """Component ``number`` (1-based) of the first repetition of a field ('' when absent)."""
     parts = value.split("~", 1)[0].split("^")
     return parts[number - 1] if len(parts) >= number else ""
 
@@ -82,11 +85,11 @@ def _parse_ack(raw: bytes) -> Ack:
     msh = segments[0]
     msa = next((s for s in segments if s[0] == "MSA"), None)
     if msa is None:
-        return Ack(valid=False, problem="no MSA segment", message_type=_field(msh, 9))
-    code = _field(msa, 1).strip()
+        return Ack(valid=False, problem="no MSA segment", message_type=field_of(msh, 9))
+    code = field_of(msa, 1).strip()
     if code not in ACK_CODES:
         return Ack(valid=False, problem="MSA-1 is not an acknowledgment code")
-    control_id = unescape(_field(msa, 2), charset=codec)
+    control_id = unescape(field_of(msa, 2), charset=codec)
     if not control_id:
         return Ack(valid=False, code=code, problem="MSA-2 is empty")
     errors = tuple(_parse_err(s, codec) for s in segments if s[0] == "ERR")
@@ -94,25 +97,25 @@ def _parse_ack(raw: bytes) -> Ack:
         valid=True,
         code=code,
         control_id=control_id,
-        text=unescape(_field(msa, 3), charset=codec),
-        message_type=_field(msh, 9),
-        ack_control_id=unescape(_field(msh, 10), charset=codec),
+        text=unescape(field_of(msa, 3), charset=codec),
+        message_type=field_of(msh, 9),
+        ack_control_id=unescape(field_of(msh, 10), charset=codec),
         errors=errors,
     )
 
 
 def _parse_err(seg: list[str], codec: str) -> AckError:
-    err3 = _field(seg, 3)
+    err3 = field_of(seg, 3)
     if err3:  # v2.5+: ERR-2 location (ERL), ERR-3 code (CWE), ERR-4 severity, ERR-8 user message
-        loc = _field(seg, 2)
-        location = f"{_comp(loc, 1)}-{_comp(loc, 3)}" if _comp(loc, 1) else ""
+        loc = field_of(seg, 2)
+        location = f"{component(loc, 1)}-{component(loc, 3)}" if component(loc, 1) else ""
         return AckError(
-            code=_comp(err3, 1),
-            text=unescape(_comp(err3, 2) or _field(seg, 8), charset=codec),
+            code=component(err3, 1),
+            text=unescape(component(err3, 2) or field_of(seg, 8), charset=codec),
             location=location,
-            severity=_field(seg, 4),
+            severity=field_of(seg, 4),
         )
-    err1 = _field(seg, 1)  # v2.3.1: ERR-1 ELD = segment^sequence^field^code(CE)
+    err1 = field_of(seg, 1)  # v2.3.1: ERR-1 ELD = segment^sequence^field^code(CE)
     code = err1.split("~", 1)[0].split("^")
     location = f"{code[0]}-{code[2]}" if len(code) > 2 and code[0] else ""
     text = code[3].split("&") if len(code) > 3 else []
@@ -154,26 +157,26 @@ def build_ack(
     inbound, _codec = decode_message(message_bytes.strip(b"\x0b\x1c\r\n "))
     segments = split_segments(inbound)
     msh = segments[0] if segments and segments[0][0] == "MSH" else ["MSH"]
-    version = _field(msh, 12).split("^")[0]
+    version = field_of(msh, 12).split("^")[0]
     version = version if version in SUPPORTED_VERSIONS else "2.5.1"
-    charset = _field(msh, 18).split("~")[0].split("^")[0]
+    charset = field_of(msh, 18).split("~")[0].split("^")[0]
     charset = charset if charset in CHARSET_CODECS else "UNICODE UTF-8"
-    trigger = _comp(_field(msh, 9), 2)
+    trigger = component(field_of(msh, 9), 2)
 
     msg = Message("ACK", version=version, validation_level=VALIDATION_LEVEL.TOLERANT)
     m = msg.msh
     for ours, theirs in ((3, 5), (4, 6), (5, 3), (6, 4)):
-        value = _field(msh, theirs)  # already ER7-escaped by the sender: reuse as written
+        value = field_of(msh, theirs)  # already ER7-escaped by the sender: reuse as written
         if value:
             put_value(m, ours, [escape(unescape(c)) for c in value.split("^")], version)
     m.msh_7 = hl7_timestamp(now)
     put_value(m, 9, ["ACK", escape(trigger), "ACK"], version)
     put_value(m, 10, escape(control_id), version)
-    put_value(m, 11, _comp(_field(msh, 11), 1) or "P", version)
+    put_value(m, 11, component(field_of(msh, 11), 1) or "P", version)
     put_value(m, 18, charset, version)
     msa = msg.add_segment("MSA")
     put_value(msa, 1, code, version)
-    put_value(msa, 2, escape(unescape(_field(msh, 10))), version)
+    put_value(msa, 2, escape(unescape(field_of(msh, 10))), version)
     put_value(msa, 3, escape(text), version)
     if error_code is not None:
         err = msg.add_segment("ERR")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapter.errors import ParseError
-from adapter.hl7.ack import Ack, parse_ack
+from adapter.hl7.ack import Ack, component, field_of, parse_ack
 from adapter.hl7.escape import decode_message, split_segments, unescape
 
 KNOWN_TYPES = frozenset({"ORU^R01", "ORR^O02", "ORG^O20", "ORI^O24"})
@@ -46,15 +46,6 @@ class InboundMessage:
     ack: Ack | None = None  # the MSA of an ORR/ORG/ORI, when present
 
 
-def _f(seg: list[str], n: int) -> str:
-    return seg[n] if len(seg) > n else ""
-
-
-def _c(value: str, n: int) -> str:
-    parts = value.split("~", 1)[0].split("^")
-    return parts[n - 1] if len(parts) >= n else ""
-
-
 def parse_inbound(raw: bytes) -> InboundMessage:
     """Read an inbound ORU^R01 / ORR^O02 / ORG^O20 / ORI^O24 (ER7 bytes, no MLLP framing).
 
@@ -68,10 +59,10 @@ def parse_inbound(raw: bytes) -> InboundMessage:
     if not segments or segments[0][0] != "MSH" or len(segments[0]) < 12:
         raise InboundParseError("MSH", "no readable MSH segment", "100")
     msh = segments[0]
-    message_type = "^".join(_f(msh, 9).split("^")[:2])
+    message_type = "^".join(field_of(msh, 9).split("^")[:2])
     if message_type not in KNOWN_TYPES:
         raise InboundParseError("MSH-9", "unsupported message type", "200")
-    control_id = unescape(_f(msh, 10), charset=codec)
+    control_id = unescape(field_of(msh, 10), charset=codec)
     if not control_id:
         raise InboundParseError("MSH-10", "message control id is empty")
 
@@ -79,41 +70,45 @@ def parse_inbound(raw: bytes) -> InboundMessage:
         return next((s for s in segments if s[0] == name), [name])
 
     orc, obr = first("ORC"), first("OBR")
-    placer_field, where = (_f(orc, 2), "ORC-2") if _c(_f(orc, 2), 1) else (_f(obr, 2), "OBR-2")
-    placer = unescape(_c(placer_field, 1), charset=codec)
+    placer_field, where = (
+        (field_of(orc, 2), "ORC-2")
+        if component(field_of(orc, 2), 1)
+        else (field_of(obr, 2), "OBR-2")
+    )
+    placer = unescape(component(placer_field, 1), charset=codec)
     if not placer:
         raise InboundParseError(where, "no placer order number in ORC-2 or OBR-2")
-    filler_field = _f(orc, 3) if _c(_f(orc, 3), 1) else _f(obr, 3)
+    filler_field = field_of(orc, 3) if component(field_of(orc, 3), 1) else field_of(obr, 3)
     texts: list[str] = []
     study_uid = ""
     for seg in segments:
         if seg[0] != "OBX":
             continue
-        value_type, ident = _f(seg, 2), _f(seg, 3)
-        values = [unescape(v, charset=codec) for v in _f(seg, 5).split("~")]
-        if "Study Instance UID" in ident or value_type == "UI" or _c(ident, 1) == "110180":
-            study_uid = study_uid or _c(_f(seg, 5), 1)
+        value_type, ident = field_of(seg, 2), field_of(seg, 3)
+        values = [unescape(v, charset=codec) for v in field_of(seg, 5).split("~")]
+        if "Study Instance UID" in ident or value_type == "UI" or component(ident, 1) == "110180":
+            study_uid = study_uid or component(field_of(seg, 5), 1)
         elif value_type in TEXT_TYPES:
             texts.extend(v for v in values if v)
     if not study_uid:
         zds = first("ZDS")
-        study_uid = _c(_f(zds, 1), 1)
+        study_uid = component(field_of(zds, 1), 1)
     if not study_uid:
         ipc = first("IPC")
-        study_uid = _c(_f(ipc, 3), 1)
+        study_uid = component(field_of(ipc, 3), 1)
     msa = next((s for s in segments if s[0] == "MSA"), None)
     return InboundMessage(
         message_type=message_type,
         control_id=control_id,
-        version=_c(_f(msh, 12), 1),
+        version=component(field_of(msh, 12), 1),
         placer_order_number=placer,
-        placer_namespace=unescape(_c(placer_field, 2), charset=codec),
-        filler_order_number=unescape(_c(filler_field, 1), charset=codec),
-        order_control=_f(orc, 1),
-        order_status=_f(orc, 5),
+        placer_namespace=unescape(component(placer_field, 2), charset=codec),
+        filler_order_number=unescape(component(filler_field, 1), charset=codec),
+        order_control=field_of(orc, 1),
+        order_status=field_of(orc, 5),
         report_text="\n".join(texts),
-        result_status=_f(obr, 25),
-        observation_time=_c(_f(obr, 7), 1),
+        result_status=field_of(obr, 25),
+        observation_time=component(field_of(obr, 7), 1),
         study_instance_uid=unescape(study_uid, charset=codec),
         ack=parse_ack(body) if msa is not None else None,
     )

@@ -424,18 +424,28 @@ def preview_review(
 
     Reads the outbox (when its file exists) and the FHIR server to find the study.
     """
-    from adapter.outbox.commands import outbox_path
-
     tables = tables or load_tables(settings.mappings_dir)
     review = parse_review(data, tables)
+    ctx, _ = _preview_context(review, settings, out_dir)
+    return build_review(review, ctx, settings, tables)
+
+
+def _preview_context(
+    review: ReviewInput, settings: Settings, out_dir: Path | None
+) -> tuple[StudyContext, list[Row]]:
+    """The study as known to the outbox (if its file exists) or the FHIR server, and the
+    study's outbox rows; reads only."""
+    from adapter.outbox.commands import outbox_path
+
     path = outbox_path(settings, out_dir)
     outbox = Outbox(path) if path.exists() else None
     try:
         ctx = asyncio.run(resolve_context(review, settings, outbox))
+        rows = outbox.rows_for_key(f"study:{review.study_instance_uid}") if outbox else []
     finally:
         if outbox is not None:
             outbox.close()
-    return build_review(review, ctx, settings, tables)
+    return ctx, rows
 
 
 def preview_orders(
@@ -449,20 +459,12 @@ def preview_orders(
     from datetime import UTC, datetime
 
     from adapter.hl7.preview import preview
-    from adapter.outbox.commands import outbox_path
     from adapter.review.orders import order_payloads, study_facts
 
     tables = tables or load_tables(settings.mappings_dir)
     review = parse_review(data, tables)
-    path = outbox_path(settings, out_dir)
-    outbox = Outbox(path) if path.exists() else None
-    try:
-        ctx = asyncio.run(resolve_context(review, settings, outbox))
-        output = build_review(review, ctx, settings, tables)
-        rows = outbox.rows_for_key(f"study:{review.study_instance_uid}") if outbox else []
-    finally:
-        if outbox is not None:
-            outbox.close()
+    ctx, rows = _preview_context(review, settings, out_dir)
+    output = build_review(review, ctx, settings, tables)
     facts = study_facts([r.payload for r in rows], review.study_instance_uid)
     payloads = order_payloads(
         review,
