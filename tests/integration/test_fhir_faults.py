@@ -255,3 +255,30 @@ def test_row25_smart_backend_auth(tmp_path: Path, fault_fhir_factory: Any) -> No
     row = enqueue(outbox, server, {**BUNDLE, "id": "third"}, key="study:3")
     assert run(outbox, stranger).dead == 1
     assert "invalid_client" in outbox.get(row).last_error
+
+
+def test_mutual_tls_client_certificate(tmp_path: Path, fault_fhir_factory: Any) -> None:
+    """A server that requires a client certificate: refused without one, delivered with one."""
+    import ssl
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    server = fault_fhir_factory(tls=server_context)
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "k.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    client = ca.issue_cert("rtplan-adapter")
+    client.cert_chain_pems[0].write_to_path(str(cert_file))
+    client.private_key_pem.write_to_path(str(key_file))
+    outbox = Outbox(tmp_path / "o.sqlite")
+    anonymous = enqueue(outbox, server, key="study:anonymous")
+    run(outbox, settings(server, ca_bundle=str(ca_file), max_attempts=2))
+    assert outbox.get(anonymous).state is State.DEAD and studies(server) == 0
+    known = enqueue(outbox, server, key="study:known")
+    config = settings(
+        server, ca_bundle=str(ca_file), client_cert=str(cert_file), client_key=str(key_file)
+    )
+    run(outbox, config)
+    assert outbox.get(known).state is State.DELIVERED and studies(server) == 1
