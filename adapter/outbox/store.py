@@ -70,6 +70,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     after_id        INTEGER REFERENCES outbox (id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+-- Claims walk the open rows in id order and stop at the limit: the cost of a claim does not
+-- grow with the backlog (partial indexes hold only the rows a claim can take).
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (id) WHERE state IN ('pending', 'retrying');
 CREATE INDEX IF NOT EXISTS outbox_key ON outbox (destination, target, key, id);
 CREATE TABLE IF NOT EXISTS key_holds (
     destination TEXT NOT NULL,
@@ -181,6 +184,15 @@ class Outbox:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
         if "after_id" not in columns:  # an outbox written before rows could wait for others
             self._db.execute("ALTER TABLE outbox ADD COLUMN after_id INTEGER")
+        # Inbound results and ACKs find their order by placer number or MSH-10.
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS outbox_placer ON outbox "
+            "(json_extract(payload, '$.order.placer_order_number')) WHERE destination = 'hl7'"
+        )
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS outbox_waiting ON outbox (after_id) "
+            "WHERE after_id IS NOT NULL AND state IN ('pending', 'retrying')"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -290,9 +302,11 @@ class Outbox:
         with self._write() as db:
             self._recover(db, now)
             self._abandon_orphans(db, now)
+            # INDEXED BY: SQLite's planner otherwise prefers outbox_due and sorts every due
+            # row to return one (6 ms at 5,000 queued rows instead of 0.01 ms).
             rows = db.execute(
                 f"""
-                SELECT o.* FROM outbox o
+                SELECT o.* FROM outbox o INDEXED BY outbox_open
                 WHERE o.state IN ('pending', 'retrying') AND o.next_attempt_at <= ?
                   AND NOT EXISTS (
                       SELECT 1 FROM outbox e
@@ -344,7 +358,8 @@ class Outbox:
         was rejected must not be sent); say which row they waited for."""
         orphans = db.execute(
             "SELECT o.id, o.after_id FROM outbox o JOIN outbox p ON p.id = o.after_id "
-            "WHERE o.state IN ('pending', 'retrying') AND p.state = 'dead'"
+            "WHERE o.after_id IS NOT NULL AND o.state IN ('pending', 'retrying') "
+            "AND p.state = 'dead'"
         ).fetchall()
         for raw in orphans:
             reason = f"row {raw['after_id']} it waited for gave up"
@@ -483,14 +498,21 @@ class Outbox:
     def order_row(self, placer: str) -> Row | None:
         """The newest HL7 new-order row for a placer order number."""
         raw = self._db.execute(
-            "SELECT * FROM outbox WHERE kind='hl7-order' "
+            "SELECT * FROM outbox WHERE destination='hl7' AND kind='hl7-order' "
             "AND json_extract(payload, '$.order.placer_order_number') = ? ORDER BY id DESC LIMIT 1",
             (placer,),
         ).fetchone()
         return None if raw is None else _row(raw)
 
     def row_by_control_id(self, control_id: str) -> Row | None:
-        """The HL7 row whose MSH-10 is ``control_id`` (``RTP`` + row id)."""
+        """The HL7 row whose MSH-10 is ``control_id`` (stored with the row, or ``RTP`` + id)."""
+        raw = self._db.execute(
+            "SELECT * FROM outbox WHERE destination='hl7' "
+            "AND json_extract(payload, '$.control_id') = ? ORDER BY id DESC LIMIT 1",
+            (control_id,),
+        ).fetchone()
+        if raw is not None:
+            return _row(raw)
         if not control_id.startswith("RTP") or not control_id[3:].isdigit():
             return None
         try:

@@ -118,15 +118,17 @@ class Worker:
         # update belongs to the same piece of work).
         self._watch = None if ids is None else set(ids)
         active: set[asyncio.Task[None]] = set()
+        ready: list[Row] = []
         while True:
-            free = self.concurrency - len(active)
-            rows = (
-                self.outbox.claim(free, lease_seconds=self.lease_seconds, targets=self._targets)
-                if free
-                else []
-            )
-            for row in rows:
-                active.add(asyncio.create_task(self._run(row, report)))
+            # Claim a little ahead (up to `concurrency` rows waiting locally), so that one
+            # transaction serves several rows; a claimed row is leased, so none is lost.
+            want = 2 * self.concurrency - len(active) - len(ready)
+            if want > 0 and len(ready) < self.concurrency:
+                ready.extend(
+                    self.outbox.claim(want, lease_seconds=self.lease_seconds, targets=self._targets)
+                )
+            while ready and len(active) < self.concurrency:
+                active.add(asyncio.create_task(self._run(ready.pop(0), report)))
             if active:
                 done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:

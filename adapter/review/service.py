@@ -373,7 +373,13 @@ def _enqueue_orders(
     after = after if after is not None else (fhir_ids[0] if fhir_ids else None)
     timers = outbox.timers()
     ids = []
-    for kind, payload in payloads:
+    from datetime import UTC, datetime
+
+    from adapter.hl7.deliverer import prerender
+
+    now = datetime.now(UTC)
+    for kind, raw_payload in payloads:
+        payload = prerender(raw_payload, key=key, kind=kind, profile=profile, now=now)
         placer = str(payload["order"]["placer_order_number"])
         ids.append(
             outbox.enqueue(
