@@ -21,13 +21,17 @@ real peers require). Configurations, interleaved in each round:
 * ``client+judge``: the same plus ``judge_ack`` on every ACK (what the deliverer does).
 
 Throughput = messages / wall seconds; the table shows the median of the rounds and the
-ratio to ``raw`` (goal: ``client`` >= 0.5x).
+ratio to ``raw`` (goal: ``client`` >= 0.5x). The configurations run in reversed order every
+other round. The report (with the load average at the start and the end) is printed and
+written to ``bench/results/mllp.md`` (``--results``; ``--quick`` writes
+``bench/.work/mllp-quick.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import platform
 import socket
@@ -118,12 +122,20 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--results", type=Path, help="markdown output (default depends on --quick)")
     args = ap.parse_args()
     if args.serve:
         asyncio.run(_serve(args.serve))
         return
     if args.quick:
         args.messages, args.rounds = 500, 3
+    results = args.results or (
+        ROOT / "bench" / ".work" / "mllp-quick.md"
+        if args.quick
+        else ROOT / "bench" / "results" / "mllp.md"
+    )
+    started_at = dt.datetime.now(dt.UTC)
+    load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(port)],
@@ -137,8 +149,9 @@ def main() -> None:
         messages = [order(n) for n in range(1, args.messages + 1)]
         asyncio.run(raw_loop(port, messages[:200]))  # warm-up
         rates: dict[str, list[float]] = {name: [] for name in CONFIGS}
-        for _ in range(args.rounds):
-            for name, loop in CONFIGS.items():
+        for round_no in range(args.rounds):
+            configs = list(CONFIGS.items())
+            for name, loop in configs if round_no % 2 == 0 else reversed(configs):
                 started = time.perf_counter()
                 asyncio.run(loop(port, messages))
                 rates[name].append(len(messages) / (time.perf_counter() - started))
@@ -147,20 +160,34 @@ def main() -> None:
         server.wait(10)
     med = {name: statistics.median(r) for name, r in rates.items()}
     size = statistics.mean(len(m) for m in messages)
-    print(
+    load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    lines = [
+        "# MLLP client throughput",
+        "",
+        f"`.venv/bin/python bench/mllp_bench.py{' --quick' if args.quick else ''}` "
+        f"({args.messages:,} messages x {args.rounds} rounds), {started_at:%Y-%m-%d %H:%M} UTC. "
+        f"Load average (1/5/15 min) at the start {load_start}, at the end {load_end}.",
+        "",
         f"MLLP throughput, {args.messages} pre-built ORM^O01 ({size:.0f} B avg), one in flight, "
-        f"canned-ACK server in its own process; median of {args.rounds} rounds. "
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs.\n"
-    )
-    print("| configuration | messages/s (median) | min | max | ratio to raw |")
-    print("|---|---:|---:|---:|---:|")
+        f"canned-ACK server in its own process; median of {args.rounds} rounds, configurations "
+        f"interleaved (order reversed every other round). "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs.",
+        "",
+        "| configuration | messages/s (median) | min | max | ratio to raw |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, r in rates.items():
-        print(
+        lines.append(
             f"| {name} | {med[name]:,.0f} | {min(r):,.0f} | {max(r):,.0f} "
             f"| {med[name] / med['raw']:.2f}x |"
         )
     goal = med["client"] / med["raw"]
-    print(f"\nGoal client >= 0.5x raw: {'met' if goal >= 0.5 else 'NOT met'} ({goal:.2f}x)")
+    lines += ["", f"Goal client >= 0.5x raw: {'met' if goal >= 0.5 else 'NOT met'} ({goal:.2f}x)"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(text, encoding="utf-8")
+    print(f"written to {results}", file=sys.stderr)
 
 
 if __name__ == "__main__":
