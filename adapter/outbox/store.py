@@ -295,8 +295,8 @@ class Outbox:
     ) -> list[Row]:
         """Take up to ``limit`` due rows, at most one per key, oldest first; only rows for
         ``targets`` (``(destination, target)`` pairs) when given."""
-        if limit <= 0:
-            return []
+        if limit <= 0 or (targets is not None and not targets):
+            return []  # nothing can be delivered (and INDEXED BY refuses a constant-false WHERE)
         where, args = _target_filter(targets)
         now = self._clock()
         with self._write() as db:

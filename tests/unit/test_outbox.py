@@ -263,3 +263,10 @@ def test_enqueue_many_is_one_transaction(tmp_path: Path) -> None:
         outbox.enqueue_many(rows)  # NaN is not JSON: nothing of the batch is stored
     assert outbox.counts()["pending"] == 0
     assert len(outbox.enqueue_many(rows[:3])) == 3
+
+
+def test_claim_with_no_deliverable_targets_takes_nothing(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    put(outbox, "a")
+    assert outbox.claim(5, targets=[]) == []
+    assert [r.key for r in outbox.claim(5, targets=[T])] == ["a"]
