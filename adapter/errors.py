@@ -9,7 +9,9 @@
     │   └── DicomReadError
     ├── MappingError           a summary that cannot be mapped
     │   └── UnmappedCode       a code a table has no row for, where the table says "error"
-    └── TransportError         no answer obtained from a peer (later issues)
+    └── TransportError         no answer obtained from a peer
+        ├── NotSent            certainly not delivered: resending is safe
+        └── NoAnswer           may have been delivered: the outcome is unknown
 
 A peer's *rejection* is never an exception: it is a value returned by the transport.
 Messages never carry patient data: they name files, keys, tables and rows.
@@ -62,3 +64,13 @@ class UnmappedCode(MappingError):
 
 class TransportError(AdapterError):
     """No answer was obtained from a peer."""
+
+
+class NotSent(TransportError):
+    """The request or message certainly did not reach the peer (connect refused or timed out,
+    TLS refused): resending is always safe. Shared by the FHIR and MLLP clients."""
+
+
+class NoAnswer(TransportError):
+    """It may have reached the peer, but no complete answer came back (timeout, dropped
+    connection, overall deadline): the outcome is unknown; reconcile or resend the same."""

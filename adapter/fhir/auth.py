@@ -19,8 +19,7 @@ from pathlib import Path
 import httpx
 import jwt
 
-from adapter.errors import ConfigError, TransportError
-from adapter.fhir.client import NotSent
+from adapter.errors import ConfigError, NotSent, TransportError
 
 
 class AuthRefused(TransportError):

@@ -25,18 +25,10 @@ from urllib.parse import urlencode
 
 import httpx
 
-from adapter.errors import TransportError
+from adapter.errors import NoAnswer, NotSent, TransportError
 
 JSON = dict[str, Any]
 FHIR_JSON = "application/fhir+json"
-
-
-class NotSent(TransportError):
-    """The request did not reach the server."""
-
-
-class NoAnswer(TransportError):
-    """The request may have reached the server, but no complete answer came back."""
 
 
 @dataclass(frozen=True, slots=True)

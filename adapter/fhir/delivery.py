@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from adapter.errors import NoAnswer, NotSent
 from adapter.fhir.auth import AuthRefused
-from adapter.fhir.client import FhirClient, FhirResponse, NoAnswer, NotSent
+from adapter.fhir.client import FhirClient, FhirResponse
 from adapter.outbox.store import Row
 from adapter.outbox.worker import Attempt, Verdict
 

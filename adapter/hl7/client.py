@@ -37,20 +37,12 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from adapter.errors import ConfigError, TransportError
+from adapter.errors import ConfigError, NoAnswer, NotSent
 from adapter.hl7.mllp import DEFAULT_MAX_FRAME, Framer, FramingError, frame
 
 __all__ = ["MllpClient", "MllpStats", "NoAnswer", "NotSent", "client_tls_context", "control_id"]
 
 log = logging.getLogger(__name__)
-
-
-class NotSent(TransportError):
-    """The message was not written to the peer: resending is safe."""
-
-
-class NoAnswer(TransportError):
-    """The message was written, but no complete ACK came back: the outcome is unknown."""
 
 
 @dataclass

@@ -28,8 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from adapter.errors import NoAnswer, NotSent
 from adapter.hl7.ack_judge import AckOutcome, judge_ack
-from adapter.hl7.client import MllpClient, NoAnswer, NotSent
+from adapter.hl7.client import MllpClient
 from adapter.hl7.messages import MessageBuildError, build_order
 from adapter.hl7.model import OrderRequest
 from adapter.hl7.profiles import ReceiverProfile

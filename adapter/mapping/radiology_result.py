@@ -17,11 +17,11 @@ from typing import Any
 
 from adapter.hl7.inbound import InboundMessage
 from adapter.mapping.identifiers import full_url
+from adapter.mapping.review_bundle import RADIOLOGY_TASK_SYSTEM
 from adapter.mapping.tables import Tables
 
 JSON = dict[str, Any]
 RADIOLOGY_REPORT_SYSTEM = "urn:rtplan:radiology-report"
-RADIOLOGY_TASK_SYSTEM = "urn:rtplan:radiology-task"
 # OBR-25 result status (HL7 table 0123) -> DiagnosticReport.status
 REPORT_STATUS = {
     "F": "final",

@@ -174,6 +174,7 @@ class Outbox:
         self.path = path
         self._clock = clock
         self._owner = _owner()
+        self._timers: Timers | None = None
         # autocommit mode: every statement commits unless inside an explicit BEGIN.
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self._db.row_factory = sqlite3.Row
@@ -524,10 +525,12 @@ class Outbox:
         return row if row.destination == "hl7" else None
 
     def timers(self) -> Timers:
-        """The escalation timers kept in the same database file."""
-        from adapter.outbox.timers import SteadyClock, Timers
+        """The escalation timers kept in the same database file (set up once per handle)."""
+        if self._timers is None:
+            from adapter.outbox.timers import SteadyClock, Timers
 
-        return Timers(self._db, SteadyClock(self._clock))
+            self._timers = Timers(self._db, SteadyClock(self._clock))
+        return self._timers
 
     # -- reading --------------------------------------------------------------------------
 

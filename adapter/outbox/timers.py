@@ -11,9 +11,10 @@ A fired timer is never deleted: it is the escalation record that ``rtplan escala
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 SCHEMA = """
@@ -67,27 +68,31 @@ class Timers:
         self._clock = clock
         self._db.executescript(SCHEMA)
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
         """Start a timer unless one of that kind is already open for the key."""
         now = self._clock()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            found = self._db.execute(
+        with self._transaction() as db:
+            found = db.execute(
                 "SELECT id FROM timers WHERE key=? AND kind=? AND fired_at IS NULL "
                 "AND cancelled_at IS NULL",
                 (key, kind),
             ).fetchone()
             if found is not None:
-                self._db.execute("COMMIT")
                 return int(found[0])
-            cursor = self._db.execute(
+            cursor = db.execute(
                 "INSERT INTO timers (key, kind, due_at, armed_at, detail) VALUES (?, ?, ?, ?, ?)",
                 (key, kind, now + seconds, now, detail),
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return int(cursor.lastrowid or 0)
 
     def cancel(self, key: str, kind: str) -> bool:
@@ -102,19 +107,14 @@ class Timers:
     def take_due(self) -> list[Timer]:
         """Mark every due timer fired and return them (each fires exactly once)."""
         now = self._clock()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            rows = self._db.execute(
+        with self._transaction() as db:
+            rows = db.execute(
                 "SELECT * FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL "
                 "AND due_at <= ? ORDER BY due_at",
                 (now,),
             ).fetchall()
             for row in rows:
-                self._db.execute("UPDATE timers SET fired_at=? WHERE id=?", (now, row[0]))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+                db.execute("UPDATE timers SET fired_at=? WHERE id=?", (now, row[0]))
         return [_timer((*row[:5], now, *row[6:])) for row in rows]
 
     def seconds_until_next(self) -> float | None:

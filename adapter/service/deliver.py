@@ -152,7 +152,8 @@ async def deliver(
         # The configured destinations always, so a long-running worker picks up rows enqueued
         # after it started; plus whatever older rows are still waiting for.
         configured = [(FHIR, settings.fhir.base_url)] if settings.fhir.base_url else []
-        for destination, target in dict.fromkeys([*configured, *outbox.open_targets()]):
+        waiting = outbox.open_targets()
+        for destination, target in dict.fromkeys([*configured, *waiting]):
             if destination == FILES:
                 deliverers[(destination, target)] = FileDeliverer(Path(target))
             elif destination == FHIR and settings.fhir.base_url in ("", target):
@@ -162,13 +163,15 @@ async def deliver(
                 deliverers[(destination, target)] = FhirDeliverer(
                     client, reconcile=settings.fhir.reconcile
                 )
-        hl7_targets = {t for d, t in outbox.open_targets() if d == HL7}
+        hl7_targets = {t for d, t in waiting if d == HL7}
         if settings.hl7.mllp or out_dir is not None:
             hl7_targets.add(settings.hl7.receiver)
         policies = {FHIR: retry_policy(settings.fhir), FILES: RetryPolicy()}
         if hl7_targets:
             deliverers.update(await _hl7_deliverers(stack, outbox, settings, hl7_targets, out_dir))
-            policies[HL7] = _hl7_policy(settings)
+            # Same back-off as FHIR: a resend keeps its MSH-10 and the receiver de-duplicates,
+            # but a peer that never answers must not be hammered.
+            policies[HL7] = retry_policy(settings.fhir)
         # Rows for a destination not configured now (another FHIR server) stay untouched.
         worker = Worker(
             outbox,
@@ -215,17 +218,3 @@ async def _hl7_deliverers(
         elif out_dir is not None:
             found[(HL7, name)] = Hl7FileDeliverer(out_dir, profile)
     return found
-
-
-def _hl7_policy(settings: Settings) -> RetryPolicy:
-    """Back off like FHIR between attempts; a resend keeps the same MSH-10, and the receiver
-    de-duplicates, but a peer that never answers must not be hammered."""
-    return RetryPolicy(
-        stop=tenacity.stop_after_attempt(settings.fhir.max_attempts)
-        | tenacity.stop_after_delay(settings.fhir.max_retry_seconds),
-        wait=tenacity.wait_exponential_jitter(
-            multiplier=settings.fhir.initial_wait,
-            max=settings.fhir.max_wait,
-            jitter=settings.fhir.initial_wait,
-        ),
-    )
