@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.peers.fault_fixture",
     "tests.peers.mllp_fixture",
     "tests.peers.hl7v2_validator_fixture",
+    "tests.peers.fhir_validator_fixture",
 ]
 FHIR_SERVERS = ["medplum", "hapi"]
 
