@@ -114,6 +114,7 @@ def _study(study_uid: str, headers: list[InstanceHeader]) -> StudySummary:
         series=tuple(series),
         completeness=Completeness(complete=not problems, problems=tuple(problems)),
         source_paths=tuple(sorted(h.path for h in instances)),
+        scheduled_step_id=first.scheduled_step_id,
     )
 
 

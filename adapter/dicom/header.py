@@ -563,10 +563,12 @@ def _instance_header(v: _Values, name: str, default_tz: tzinfo) -> InstanceHeade
     requested_codes = list(v.codes(0x00321064))
     requested_id = v.text(0x00401001)
     reason = v.text(0x00401002)
+    scheduled_step_id = ""
     for request in requests:
         requested_codes.extend(v.codes(0x00321064, request))
         requested_id = requested_id or v.text(0x00401001, request)
         reason = reason or v.text(0x00401002, request)
+        scheduled_step_id = scheduled_step_id or v.text(0x00400009, request)
     is_rt = modality in _RT_MODALITIES or sop_class.startswith(_RT_SOP_PREFIX)
     meta = getattr(v.ds, "file_meta", None)
     return InstanceHeader(
@@ -606,4 +608,5 @@ def _instance_header(v: _Values, name: str, default_tz: tzinfo) -> InstanceHeade
             sex=v.text(0x00100040).upper(),
         ),
         rt=_rt_references(v, frame_of_reference) if is_rt else None,
+        scheduled_step_id=scheduled_step_id,
     )

@@ -105,6 +105,7 @@ class InstanceHeader:
     source_ae_title: str  # (0002,0016) from file meta
     patient: PatientSummary
     rt: RTReferences | None  # set for RT objects only
+    scheduled_step_id: str = ""  # (0040,0009) in (0040,0275) Request Attributes Sequence
 
 
 class RejectionKind(StrEnum):
@@ -169,6 +170,7 @@ class StudySummary:
     series: tuple[SeriesSummary, ...]
     completeness: Completeness
     source_paths: tuple[str, ...]
+    scheduled_step_id: str = ""  # (0040,0009) in (0040,0275) Request Attributes Sequence
 
     @property
     def number_of_instances(self) -> int:

@@ -41,6 +41,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapter.outbox import studies as study_records
+from adapter.outbox.studies import StudyRecord
+
 if TYPE_CHECKING:
     from adapter.outbox.timers import Timers
 
@@ -182,6 +185,7 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(SCHEMA)
+        self._db.executescript(study_records.SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
         if "after_id" not in columns:  # an outbox written before rows could wait for others
             self._db.execute("ALTER TABLE outbox ADD COLUMN after_id INTEGER")
@@ -245,9 +249,15 @@ class Outbox:
         with self._write() as db:
             return self._insert(db, new)
 
-    def enqueue_many(self, rows: Sequence[NewRow]) -> list[int]:
-        """Store several rows in one transaction (one disk sync for a whole ingest)."""
+    def enqueue_many(
+        self, rows: Sequence[NewRow], studies: Sequence[StudyRecord] = ()
+    ) -> list[int]:
+        """Store several rows in one transaction (one disk sync for a whole ingest), with the
+        records of the studies they belong to (see ``adapter.outbox.studies``)."""
         with self._write() as db:
+            now = self._clock()
+            for record in studies:
+                study_records.save(db, record, now)
             return [self._insert(db, new) for new in rows]
 
     def _insert(self, db: sqlite3.Connection, new: NewRow) -> int:
@@ -560,6 +570,10 @@ class Outbox:
             args += (kind,)
         raws = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [_row(raw) for raw in raws]
+
+    def study(self, study_uid: str) -> StudyRecord | None:
+        """The stored record of a study (its patient and order), None if never ingested."""
+        return study_records.load(self._db, study_uid)
 
     def holds(self) -> list[Hold]:
         raws = self._db.execute("SELECT * FROM key_holds ORDER BY since").fetchall()

@@ -61,7 +61,7 @@ def targets(settings: Settings, out_dir: Path | None) -> list[tuple[str, str]]:
 
 def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]) -> list[int]:
     """One outbox row per mapped study and destination, keyed by the Study Instance UID, all
-    stored in one transaction."""
+    stored in one transaction with the record (patient, order) of every study read."""
     rows = [
         NewRow(
             destination=destination,
@@ -75,7 +75,8 @@ def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]])
         for study in result.studies
         if study.bundle is not None
     ]
-    return outbox.enqueue_many(rows)
+    records = [study.record for study in result.studies if study.record is not None]
+    return outbox.enqueue_many(rows, records)
 
 
 def fhir_client(

@@ -26,6 +26,7 @@ from adapter.mapping.bundle import study_bundle
 from adapter.mapping.imaging_study import MappingOptions
 from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions
 from adapter.mapping.tables import Tables
+from adapter.outbox.studies import StudyRecord, study_record
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -50,6 +51,7 @@ class StudyOutcome:
     instances: int
     bundle: JSON | None = None
     problem: str = ""
+    record: StudyRecord | None = None  # whose study, stored with the rows it causes
 
     @property
     def key(self) -> str:
@@ -175,6 +177,7 @@ def _decide(
         classification=decision,
         completeness=study.completeness,
         instances=study.number_of_instances,
+        record=study_record(study),
     )
     if not decision.is_planning and settings.ingest.diagnostic_studies == "report":
         return held

@@ -1,0 +1,101 @@
+"""The per-study record: written at ingest with the study's outbox rows, in one transaction."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from adapter.cli import main
+from adapter.dicom.models import PersonName
+from adapter.outbox.store import NewRow, Outbox
+from adapter.outbox.studies import StudyRecord, pn_string
+from tests.support import FIXTURES, synth
+
+PLANNING_CT = FIXTURES / "dicom" / "planning-ct"
+
+
+def record(uid: str = "1.2.3", **changes: str) -> StudyRecord:
+    values = {
+        "study_uid": uid,
+        "patient_id": "P1",
+        "patient_issuer": "HOSP",
+        "patient_name": "DOE^JANE",
+        "birth_date": "1960-01-02",
+        "sex": "F",
+        "accession": "",
+        "requested_procedure_id": "RP1",
+        "scheduled_step_id": "",
+    }
+    values.update(changes)
+    return StudyRecord(**values)
+
+
+def row(key: str, payload: dict[str, object]) -> NewRow:
+    return NewRow("files", "/out", key, "fhir-transaction", "label", payload)
+
+
+def test_pn_string_is_the_dicom_form() -> None:
+    assert pn_string(PersonName(family="DOE", given=("JANE",))) == "DOE^JANE"
+    full = PersonName("DOE", ("JANE", "Q"), "DR", "JR", "ideo^x", "phon")
+    assert pn_string(full) == "DOE^JANE^Q^DR^JR=ideo^x=phon"
+    assert pn_string(PersonName(family="DOE", phonetic="do")) == "DOE==do"
+    assert pn_string(PersonName()) == ""
+
+
+def test_record_is_stored_with_the_rows_and_read_back(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        assert outbox.study("1.2.3") is None
+        ids = outbox.enqueue_many([row("study:1.2.3", {"a": 1})], [record()])
+        assert len(ids) == 1
+        assert outbox.study("1.2.3") == record()
+
+
+def test_a_failed_write_stores_neither_rows_nor_record(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        with pytest.raises(ValueError):  # NaN is not JSON: the row cannot be stored
+            outbox.enqueue_many([row("study:1.2.3", {"a": math.nan})], [record()])
+        assert outbox.study("1.2.3") is None
+        assert outbox.rows() == []
+
+
+def test_order_fields_are_filled_in_never_overwritten_and_patient_kept(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        outbox.enqueue_many([], [record()])
+        later = record(accession="ACC9", requested_procedure_id="RP2", patient_id="OTHER")
+        outbox.enqueue_many([], [later])
+        stored = outbox.study("1.2.3")
+        assert stored == record(accession="ACC9")  # filled; RP1 and P1 kept
+
+
+def test_the_table_lives_in_the_outbox_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    Outbox(path).close()
+    names = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "studies" in names
+
+
+def test_ingest_records_the_study_from_its_headers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["ingest", str(PLANNING_CT), "--out", str(out)]) == 0
+    capsys.readouterr()
+    study_uid = synth.uid_for("planning-ct", "/study")
+    with Outbox(out / "outbox.sqlite") as outbox:
+        stored = outbox.study(study_uid)
+        rows = outbox.rows_for_key(f"study:{study_uid}")
+    assert stored == StudyRecord(
+        study_uid=study_uid,
+        patient_id="RTP0001",
+        patient_issuer="HOSP-MRN",
+        patient_name="TEST^PLANNING",
+        birth_date="1958-04-17",
+        sex="M",
+        accession="ACC0001",
+        requested_procedure_id="RP0001",
+        scheduled_step_id="SPS0001",
+    )
+    assert len(rows) == 1  # the record came with the study's Bundle row
