@@ -1,0 +1,95 @@
+"""Read the patient and study attributes a KOS copies, exactly, from one file of the study.
+
+The study summaries carry decoded text (the character set already applied), which is right for
+FHIR but not for a DICOM object that joins the study on the PACS: there the Patient and General
+Study attributes must be the study's own, in its own Specific Character Set, or a PACS may file
+the KOS under a "different" patient. So the KOS builder copies the elements from a source file
+of the study, read again here with pixels left on disk.
+
+Instances of one study that disagree on an identifying attribute already make the study
+incomplete (``adapter.dicom.group``), and an incomplete study is held, not labelled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from adapter.errors import AdapterError
+
+# PS3.3 C.7.1.1 Patient, C.7.2.1 General Study and C.12.1 SOP Common (Timezone Offset, so the
+# copied Study Date/Time keep their meaning). Copied when present, never invented.
+COPIED_KEYWORDS: Final = (
+    "SpecificCharacterSet",
+    "TimezoneOffsetFromUTC",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "TypeOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "PatientComments",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "ReferringPhysicianIdentificationSequence",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "StudyDescription",
+    "ProcedureCodeSequence",
+)
+# Type 2 in the KOS IOD: present (possibly empty) even when the source has no value.
+TYPE2_KEYWORDS: Final = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+class SourceUnavailable(AdapterError):
+    """The study's files cannot be read again (e.g. they came from an archive that was expanded
+    into a temporary folder). Names the reason, never a value."""
+
+
+def read_study_attributes(path: str, study_uid: str) -> Dataset:
+    """The copied attributes of the study, as a Dataset with the source's character set.
+
+    Raises:
+        SourceUnavailable: the file is gone, unreadable, or belongs to another study.
+    """
+    source = Path(path)
+    if "::" in path or not source.is_file() or source.is_symlink():
+        raise SourceUnavailable(
+            "the study's files are not on disk (archive members are expanded into a temporary "
+            "folder); ingest the extracted folder to label it"
+        )
+    try:
+        ds: Any = dcmread(source, stop_before_pixels=True, specific_tags=list(COPIED_KEYWORDS))
+    except (OSError, InvalidDicomError, ValueError) as exc:
+        raise SourceUnavailable(f"cannot read a file of the study again ({type(exc).__name__})")
+    if str(getattr(ds, "StudyInstanceUID", "")) != study_uid:
+        raise SourceUnavailable("a file of the study changed since it was read")
+    copied = Dataset()
+    for keyword in COPIED_KEYWORDS:
+        if keyword in ds:
+            element = ds[keyword]
+            copied.add_new(element.tag, element.VR, element.value)
+    for keyword in TYPE2_KEYWORDS:
+        if keyword not in copied:
+            setattr(copied, keyword, None)
+    return copied
