@@ -15,18 +15,21 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from adapter.config import Settings, load_settings
 from adapter.errors import AdapterError, ConfigError
 from adapter.hl7.commands import add_hl7_parsers, run_hl7_command
+from adapter.label.commands import add_label_parser, add_to_report, run_label_command
+from adapter.label.service import enqueue_labels, label_targets
 from adapter.mapping.tables import Tables, load_tables
 from adapter.outbox.commands import add_outbox_parser, open_outbox, run_outbox_command
 from adapter.outbox.worker import DrainReport
 from adapter.review.commands import add_review_parser, run_review_command
 from adapter.service.deliver import deliver, enqueue, read_capabilities, targets
-from adapter.service.ingest import IngestResult, Status, run_ingest
+from adapter.service.ingest import IngestResult, Status, log_key, run_ingest
 from adapter.service.output import summary, write_report
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
@@ -58,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_outbox_parser(commands)
     add_review_parser(commands)
     add_hl7_parsers(commands)
+    add_label_parser(commands)
     return parser
 
 
@@ -87,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_review_command(args, settings, sys.stdout)
         if args.command in ("serve", "escalations", "hl7"):
             return run_hl7_command(args, settings, sys.stdout)
+        if args.command == "label":
+            return run_label_command(args, settings, sys.stdout)
         tables = load_tables(settings.mappings_dir)
         if args.command == "ingest":
             return _ingest(args, settings, tables)
@@ -128,9 +134,16 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
     report = write_report(result, args.out) if args.out else {"summary": summary(result)}
     with open_outbox(settings, args.out) as outbox:
         ids = enqueue(outbox, result, targets(settings, args.out))
-        delivery = asyncio.run(deliver(outbox, settings, ids=ids))
+        # The PACS label (a KOS per planning study): its rows join the same delivery.
+        label_ids, labels = enqueue_labels(
+            outbox, result, settings, tables, label_targets(settings, args.out), datetime.now(UTC)
+        )
+        if args.out and labels:
+            add_to_report(report, labels, args.out)
+        delivery = asyncio.run(deliver(outbox, settings, ids=ids + label_ids))
+    labels_built = all(not outcome.problem for outcome in labels.values())
     seconds = round(time.perf_counter() - started, 3)
-    delivered_all = delivery.dead == 0 and delivery.held == 0
+    delivered_all = delivery.dead == 0 and delivery.held == 0 and labels_built
     if args.json:
         document = {
             "out": str(args.out) if args.out else None,
@@ -142,6 +155,11 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
         sys.stdout.write("\n")
     else:
         _print_human(result, args.out, report, delivery)
+        for uid, outcome in labels.items():
+            state = outcome.problem or f"KOS #{outcome.instance_number}" + (
+                " (new)" if outcome.new else " (already built)"
+            )
+            print(f"PACS label {log_key(uid)}: {state}")
     return EXIT_OK if result.everything_mapped and delivered_all else EXIT_NOT_DONE
 
 

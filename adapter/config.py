@@ -160,6 +160,31 @@ class Hl7Settings:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelSettings:
+    """The planning label on the PACS (issue 12, docs/pacs-label.md): a Key Object Selection
+    document per planning study."""
+
+    enabled: bool = True
+    """False: no KOS is built, written or sent."""
+    series_number: int = 9901
+    """Series Number (0020,0011) of the KOS series added to the planning study."""
+    cstore: str = ""
+    """C-STORE destination ``AE_TITLE@host:port`` (the archive's Storage SCP). Empty: none."""
+    calling_ae: str = "RTPLAN"
+    """Our AE title when sending by C-STORE."""
+    stow_rs_url: str = ""
+    """DICOMweb base URL for STOW-RS (``POST <url>/studies``). Empty: none."""
+    tls: bool = False
+    """C-STORE over TLS (DICOM PS3.15 B.1); STOW-RS follows its URL scheme."""
+    ca_bundle: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    """TLS: CA file to trust; client certificate and key for mutual TLS."""
+    timeout: float = 30.0
+    """Seconds for connecting and for each answer (C-STORE and STOW-RS)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     mappings_dir: Path = DEFAULT_MAPPINGS_DIR
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -168,6 +193,7 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
+    label: LabelSettings = field(default_factory=LabelSettings)
 
 
 SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
@@ -178,6 +204,7 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
         "outbox": OutboxSettings,
         "review": ReviewSettings,
         "hl7": Hl7Settings,
+        "label": LabelSettings,
     }
 )
 
@@ -308,6 +335,7 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"review.{name}", "must be a URI")
     if not review.modalities:
         raise ConfigError("review.prior_imaging_modalities", "list at least one modality")
+    _check_label(settings.label)
     url = settings.archive.wado_rs_base_url
     if url and (not url.startswith(("http://", "https://")) or url.endswith("/")):
         raise ConfigError(
@@ -315,3 +343,28 @@ def _check(settings: Settings) -> None:
         )
     if url.endswith("/studies"):
         raise ConfigError("archive.wado_rs_base_url", "is the service base: drop '/studies'")
+
+
+def _check_label(label: LabelSettings) -> None:
+    if not 0 <= label.series_number <= 2147483647:
+        raise ConfigError("label.series_number", "must be 0 or more (IS)")
+    if label.cstore:
+        ae, sep, address = label.cstore.partition("@")
+        host, colon, port = address.rpartition(":")
+        if not sep or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("label.cstore", "must be AE_TITLE@host:port")
+        if not _valid_ae(ae):
+            raise ConfigError("label.cstore", "AE title: 1 to 16 characters, no backslash")
+    if not _valid_ae(label.calling_ae):
+        raise ConfigError("label.calling_ae", "AE title: 1 to 16 characters, no backslash")
+    url = label.stow_rs_url
+    if url and (not url.startswith(("http://", "https://")) or url.endswith("/")):
+        raise ConfigError(
+            "label.stow_rs_url", "must be an http(s) base URL without a trailing slash"
+        )
+    if label.timeout <= 0:
+        raise ConfigError("label.timeout", "must be greater than 0")
+
+
+def _valid_ae(ae: str) -> bool:
+    return 0 < len(ae.strip()) <= 16 and "\\" not in ae and ae.isprintable()

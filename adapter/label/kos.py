@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from adapter.classify import IMAGE_MODALITIES, Classification, Strength
 from adapter.dicom.models import SeriesSummary, StudySummary
@@ -37,7 +37,9 @@ KOS_MODALITY: Final = "KO"
 # PS3.16 TID 2010 is identified by Mapping Resource DCMR, Template Identifier 2010.
 TEMPLATE_RESOURCE, TEMPLATE_ID = "DCMR", "2010"
 # Our own implementation UID and version name in the File Meta (PS3.7 D.3.3.2).
-IMPLEMENTATION_CLASS_UID: Final = generate_uid(entropy_srcs=["rtplan adapter KOS writer"])
+IMPLEMENTATION_CLASS_UID: Final = generate_uid(
+    prefix=None, entropy_srcs=["rtplan adapter KOS writer"]
+)
 IMPLEMENTATION_VERSION: Final = "RTPLAN_KOS_1"
 
 
@@ -52,12 +54,13 @@ class KosPlan:
 
     @property
     def series_uid(self) -> str:
-        return generate_uid(entropy_srcs=[self.study_uid, "rtplan KOS series"])
+        return generate_uid(prefix=None, entropy_srcs=[self.study_uid, "rtplan KOS series"])
 
     @property
     def sop_instance_uid(self) -> str:
         return generate_uid(
-            entropy_srcs=[self.study_uid, self.digest, str(self.instance_number), "rtplan KOS"]
+            prefix=None,
+            entropy_srcs=[self.study_uid, self.digest, str(self.instance_number), "rtplan KOS"],
         )
 
 
@@ -150,10 +153,10 @@ def build_kos(
     )
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = KOS_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = plan.sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(KOS_SOP_CLASS)
+    meta.MediaStorageSOPInstanceUID = UID(plan.sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     ds.file_meta = meta
     refuse_rejection_title(ds, vocabulary.allowed_titles)
@@ -227,8 +230,10 @@ def _evidence(study: StudySummary, series: tuple[SeriesSummary, ...]) -> Dataset
 def referenced_instances(ds: Any) -> list[tuple[str, str]]:
     """(SOP Class UID, SOP Instance UID) of every IMAGE item of an encoded KOS, in order."""
     return [
-        (str(item.ReferencedSOPSequence[0].ReferencedSOPClassUID),
-         str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        (
+            str(item.ReferencedSOPSequence[0].ReferencedSOPClassUID),
+            str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID),
+        )
         for item in ds.ContentSequence
         if item.ValueType == "IMAGE"
     ]

@@ -81,7 +81,8 @@ def read_study_attributes(path: str, study_uid: str) -> Dataset:
     try:
         ds: Any = dcmread(source, stop_before_pixels=True, specific_tags=list(COPIED_KEYWORDS))
     except (OSError, InvalidDicomError, ValueError) as exc:
-        raise SourceUnavailable(f"cannot read a file of the study again ({type(exc).__name__})")
+        problem = f"cannot read a file of the study again ({type(exc).__name__})"
+        raise SourceUnavailable(problem) from None
     if str(getattr(ds, "StudyInstanceUID", "")) != study_uid:
         raise SourceUnavailable("a file of the study changed since it was read")
     copied = Dataset()

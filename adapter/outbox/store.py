@@ -45,6 +45,7 @@ from adapter.outbox import studies as study_records
 from adapter.outbox.studies import StudyRecord
 
 if TYPE_CHECKING:
+    from adapter.outbox.labels import LabelStore
     from adapter.outbox.timers import Timers
 
 JSON = dict[str, Any]
@@ -541,6 +542,12 @@ class Outbox:
 
             self._timers = Timers(self._db, SteadyClock(self._clock))
         return self._timers
+
+    def labels(self) -> LabelStore:
+        """The PACS label records kept in the same database file (issue 12)."""
+        from adapter.outbox.labels import LabelStore
+
+        return LabelStore(self._db, self._clock)
 
     # -- reading --------------------------------------------------------------------------
 

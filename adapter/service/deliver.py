@@ -173,6 +173,13 @@ async def deliver(
             # Same back-off as FHIR: a resend keeps its MSH-10 and the receiver de-duplicates,
             # but a peer that never answers must not be hammered.
             policies[HL7] = retry_policy(settings.fhir)
+        # The PACS label KOS (issue 12): files, C-STORE, STOW-RS; same retry as FHIR.
+        from adapter.label.delivery import pacs_deliverers
+        from adapter.label.service import KOS_FILES, PACS
+
+        deliverers.update(await pacs_deliverers(stack, settings, waiting, out_dir))
+        policies[PACS] = retry_policy(settings.fhir)
+        policies[KOS_FILES] = RetryPolicy()
         # Rows for a destination not configured now (another FHIR server) stay untouched.
         worker = Worker(
             outbox,

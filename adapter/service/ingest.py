@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +52,8 @@ class StudyOutcome:
     bundle: JSON | None = None
     problem: str = ""
     record: StudyRecord | None = None  # whose study, stored with the rows it causes
+    # The study as read (its series and instances): the PACS label KOS references them.
+    study: StudySummary | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -178,6 +180,7 @@ def _decide(
         completeness=study.completeness,
         instances=study.number_of_instances,
         record=study_record(study),
+        study=study,
     )
     if not decision.is_planning and settings.ingest.diagnostic_studies == "report":
         return held

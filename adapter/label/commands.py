@@ -1,0 +1,114 @@
+"""``rtplan label ...``: see the PACS label before and after it is sent.
+
+    rtplan label preview PATH... [--db FILE]   dump the KOS each planning study would get
+    rtplan label status [--db FILE] [--study UID]   each study's label state
+
+``preview`` writes nothing. With an outbox (``--db`` or ``outbox.path``) it says whether the
+stored KOS would be re-used or superseded; without one it shows the first KOS of each study.
+``status`` lists studies by their hashed key (as the outbox does), never patient data.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydicom import dcmread
+
+from adapter.config import Settings
+from adapter.errors import AdapterError, ConfigError
+from adapter.label.service import LabelOutcome, build_for, labelled
+from adapter.label.titles import load_vocabulary
+from adapter.mapping.tables import load_tables
+from adapter.outbox.labels import LabelState
+from adapter.outbox.store import Outbox
+from adapter.service.ingest import log_key, run_ingest
+from adapter.service.output import write_json_atomic
+
+
+def add_label_parser(commands: Any) -> None:
+    parser = commands.add_parser("label", help="the planning label on the PACS (KOS)")
+    actions = parser.add_subparsers(dest="label_command", required=True)
+    preview = actions.add_parser("preview", help="dump the KOS each planning study would get")
+    preview.add_argument("paths", nargs="+", type=Path)
+    preview.add_argument("--db", type=Path, help="outbox file to compare with (optional)")
+    status = actions.add_parser("status", help="each study's label state")
+    status.add_argument("--db", type=Path, help="outbox file (default: outbox.path setting)")
+    status.add_argument("--study", help="one Study Instance UID (shows 'none' if unlabelled)")
+
+
+def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from adapter.outbox.commands import outbox_path
+
+    if args.label_command == "preview":
+        return _preview(args, settings, out)
+    path = args.db or outbox_path(settings, None)
+    if not path.exists():
+        raise ConfigError("outbox.path", f"no outbox at {path}")
+    with Outbox(path) as outbox:
+        store = outbox.labels()
+        studies = [args.study] if args.study else store.studies()
+        counts = dict.fromkeys([s.value for s in LabelState], 0)
+        for uid in studies:
+            status = store.status(uid)
+            counts[status.state.value] += 1
+            line = f"{log_key(uid)} {status.state.value}"
+            if status.current is not None:
+                line += f" KOS #{status.current.instance_number}"
+                if status.superseded:
+                    line += f" (supersedes {status.superseded} earlier)"
+            for destination, _target, row_state in status.destinations:
+                line += f" {destination}:{row_state}"
+            print(line, file=out)
+        print(", ".join(f"{n} {state}" for state, n in counts.items()), file=out)
+    return 0
+
+
+def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    if not settings.label.enabled:
+        print("labelling is switched off (label.enabled: false): nothing would be sent", file=out)
+        return 0
+    tables = load_tables(settings.mappings_dir)
+    vocabulary = load_vocabulary(tables)
+    result = run_ingest(args.paths, settings, tables)
+    outbox = Outbox(args.db) if args.db is not None and args.db.exists() else None
+    now = datetime.now(UTC)
+    problems = 0
+    try:
+        for outcome in result.studies:
+            head = f"study {outcome.key}: {outcome.status.value}"
+            if not labelled(outcome):
+                print(f"{head}: no KOS (only mapped planning scans are labelled)", file=out)
+                continue
+            latest = outbox.labels().latest(outcome.study_uid) if outbox is not None else None
+            number = 1 if latest is None else latest.instance_number + 1
+            try:
+                ds, digest = build_for(outcome, settings, vocabulary, now, instance_number=number)
+            except AdapterError as exc:
+                print(f"{head}: no KOS: {exc}", file=out)
+                problems += 1
+                continue
+            if latest is not None and latest.digest == digest:
+                print(f"{head}: KOS #{latest.instance_number} already stored; re-used", file=out)
+                ds = dcmread(BytesIO(latest.document))
+            elif latest is not None:
+                print(f"{head}: new KOS #{number}, supersedes #{latest.instance_number}", file=out)
+            else:
+                print(f"{head}: new KOS #{number}", file=out)
+            print(ds, file=out)
+    finally:
+        if outbox is not None:
+            outbox.close()
+    return 1 if problems else 0
+
+
+def add_to_report(report: dict[str, Any], outcomes: dict[str, LabelOutcome], out_dir: Path) -> None:
+    """Add each study's label outcome to ``report.json`` (and rewrite it)."""
+    for entry in report.get("studies", []):
+        outcome = outcomes.get(entry.get("study_instance_uid", ""))
+        if outcome is not None:
+            entry["pacs_label"] = outcome.as_json()
+    write_json_atomic(out_dir / "report.json", report)

@@ -1,0 +1,297 @@
+"""Deliver ``dicom-kos`` outbox rows: C-STORE to an archive, STOW-RS to DICOMweb, or files.
+
+Every attempt first decodes the stored document and checks its title again
+(:func:`adapter.label.titles.refuse_rejection_title`): a document whose title is a rejection
+title, or is not on the allow-list, is a dead letter and is never sent.
+
+Answers, as values:
+
+========================================  =====================================================
+C-STORE 0x0000, warnings 0xB000/B006/B007  delivered (the warning is kept on the row)
+C-STORE 0xA7xx (out of resources)          retry
+other C-STORE failures (0xA9xx, 0xCxxx)    dead, with the status code
+no association, abort, no response         retry: the same SOP Instance UID is resent, and an
+                                           archive that already has it keeps one copy
+STOW-RS 200 with the instance referenced   delivered
+STOW-RS 202/409 with the instance failed   dead, with the Failure Reason (0008,1197)
+STOW-RS 408, 429, 5xx, no connection       retry (Retry-After honoured up to the cap)
+STOW-RS other 4xx                          dead, with the status
+========================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import ssl
+import uuid
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+
+from adapter.config import LabelSettings, Settings
+from adapter.label.service import DIMSE_PREFIX, KOS_FILES, PACS
+from adapter.label.titles import RejectionTitleRefused, load_vocabulary, refuse_rejection_title
+from adapter.mapping.tables import load_tables
+from adapter.outbox.store import Row
+from adapter.outbox.worker import Attempt, Deliverer, Verdict
+
+log = logging.getLogger(__name__)
+# pynetdicom's DEBUG output can dump datasets (patient data): never below WARNING.
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+_WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
+DICOM_JSON_REFERENCED = "00081199"
+DICOM_JSON_FAILED = "00081198"
+DICOM_JSON_SOP_INSTANCE = "00081155"
+DICOM_JSON_FAILURE_REASON = "00081197"
+
+
+def checked_document(row: Row, allowed: Iterable[str]) -> tuple[bytes, Any]:
+    """The row's KOS bytes and Dataset, after the pre-send title check.
+
+    Raises:
+        RejectionTitleRefused: the title is a rejection title or not allowed.
+    """
+    data = base64.b64decode(row.payload["document"])
+    ds = dcmread(BytesIO(data))
+    refuse_rejection_title(ds, allowed)
+    if str(ds.SOPInstanceUID) != row.payload["sop_instance_uid"]:
+        raise RejectionTitleRefused("the stored document is not the row's KOS")
+    return data, ds
+
+
+def _refused(exc: RejectionTitleRefused) -> Attempt:
+    log.error("label KOS refused before sending: %s", exc)
+    return Attempt(Verdict.DEAD, f"refused before sending: {exc}")
+
+
+class KosFileDeliverer:
+    """The embedded default: each KOS as ``<dir>/dicom/<label>.dcm`` (private, atomic)."""
+
+    def __init__(self, out_dir: Path, allowed: frozenset[str]) -> None:
+        self.folder = out_dir / "dicom"
+        self.allowed = allowed
+
+    async def deliver(self, row: Row) -> Attempt:
+        try:
+            data, _ = checked_document(row, self.allowed)
+        except RejectionTitleRefused as exc:
+            return _refused(exc)
+        target = self.folder / f"{row.label}.dcm"
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(target)
+        except OSError as exc:
+            return Attempt(Verdict.RETRY, f"cannot write the KOS file: {exc.strerror}")
+        return Attempt(Verdict.DELIVERED, result={"file": str(target)})
+
+
+class CStoreDeliverer:
+    """C-STORE to one archive AE with pynetdicom (one association per row)."""
+
+    def __init__(
+        self,
+        called_ae: str,
+        host: str,
+        port: int,
+        *,
+        calling_ae: str,
+        allowed: frozenset[str],
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.called_ae, self.host, self.port = called_ae, host, port
+        self.calling_ae = calling_ae
+        self.allowed = allowed
+        self.timeout = timeout
+        self.tls = tls
+
+    async def deliver(self, row: Row) -> Attempt:
+        try:
+            _, ds = checked_document(row, self.allowed)
+        except RejectionTitleRefused as exc:
+            return _refused(exc)
+        return await asyncio.to_thread(self._send, ds)
+
+    def _send(self, ds: Any) -> Attempt:
+        from pynetdicom import AE
+        from pynetdicom.sop_class import KeyObjectSelectionDocumentStorage  # type: ignore
+
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.connection_timeout = self.timeout
+        ae.add_requested_context(KeyObjectSelectionDocumentStorage)
+        tls_args = (self.tls, self.host) if self.tls is not None else None
+        assoc = ae.associate(self.host, self.port, ae_title=self.called_ae, tls_args=tls_args)
+        if not assoc.is_established:
+            why = "association rejected" if assoc.is_rejected else "no association"
+            return Attempt(Verdict.RETRY, f"C-STORE {self.called_ae}: {why}")
+        try:
+            status = assoc.send_c_store(ds)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        code = getattr(status, "Status", None)
+        if code is None:
+            return Attempt(Verdict.RETRY, f"C-STORE {self.called_ae}: no response")
+        result = {"status": f"0x{code:04X}", "ae": self.called_ae}
+        if code == 0x0000 or code in _WARNINGS:
+            return Attempt(Verdict.DELIVERED, result=result)
+        if 0xA700 <= code <= 0xA7FF:
+            return Attempt(Verdict.RETRY, f"C-STORE status 0x{code:04X} (out of resources)")
+        return Attempt(Verdict.DEAD, f"C-STORE refused: status 0x{code:04X}", result=result)
+
+
+class StowDeliverer:
+    """STOW-RS ``POST <base>/studies`` with one ``application/dicom`` part (httpx)."""
+
+    def __init__(self, base_url: str, client: Any, allowed: frozenset[str]) -> None:
+        self.url = f"{base_url}/studies"
+        self.client = client
+        self.allowed = allowed
+
+    async def deliver(self, row: Row) -> Attempt:
+        import httpx
+
+        try:
+            data, ds = checked_document(row, self.allowed)
+        except RejectionTitleRefused as exc:
+            return _refused(exc)
+        boundary = uuid.uuid4().hex
+        body = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        }
+        try:
+            response = await self.client.post(self.url, content=body, headers=headers)
+        except httpx.ConnectError:
+            return Attempt(Verdict.RETRY, "STOW-RS: cannot connect")
+        except httpx.HTTPError as exc:
+            return Attempt(Verdict.RETRY, f"STOW-RS: no answer ({type(exc).__name__})")
+        return _judge_stow(response, str(ds.SOPInstanceUID))
+
+
+def _judge_stow(response: Any, sop_uid: str) -> Attempt:
+    status = response.status_code
+    if status in (408, 429) or status >= 500:
+        after = response.headers.get("Retry-After", "")
+        wait = float(after) if after.isdigit() else None
+        return Attempt(Verdict.RETRY, f"STOW-RS HTTP {status}", retry_after=wait)
+    try:
+        body = response.json() if response.content else {}
+    except ValueError:
+        body = {}
+    referenced = _sop_uids(body, DICOM_JSON_REFERENCED)
+    failed = _failures(body)
+    result = {"http": status}
+    if status == 200 and (sop_uid in referenced or not body):
+        return Attempt(Verdict.DELIVERED, result=result)
+    if sop_uid in failed:
+        reason = f"STOW-RS HTTP {status}: failure reason {failed[sop_uid]}"
+        return Attempt(Verdict.DEAD, reason, result=result)
+    return Attempt(Verdict.DEAD, f"STOW-RS HTTP {status}", result=result)
+
+
+def _items(body: Any, tag: str) -> list[Any]:
+    if not isinstance(body, dict):
+        return []
+    element = body.get(tag)
+    value = element.get("Value") if isinstance(element, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def _sop_uids(body: Any, tag: str) -> set[str]:
+    uids = set()
+    for item in _items(body, tag):
+        for uid in _items(item, DICOM_JSON_SOP_INSTANCE):
+            uids.add(str(uid))
+    return uids
+
+
+def _failures(body: Any) -> dict[str, str]:
+    found = {}
+    for item in _items(body, DICOM_JSON_FAILED):
+        reasons = _items(item, DICOM_JSON_FAILURE_REASON)
+        for uid in _items(item, DICOM_JSON_SOP_INSTANCE):
+            found[str(uid)] = f"0x{int(reasons[0]):04X}" if reasons else "unknown"
+    return found
+
+
+def _client_tls(label: LabelSettings) -> ssl.SSLContext:
+    """Verification always on, TLS 1.2 or later (as for FHIR and MLLP)."""
+    context = ssl.create_default_context(cafile=label.ca_bundle or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if label.client_cert:
+        context.load_cert_chain(label.client_cert, label.client_key or None)
+    return context
+
+
+def parse_dimse_target(target: str) -> tuple[str, str, int]:
+    """``dimse:AE@host:port`` -> (AE, host, port)."""
+    ae, _, address = target.removeprefix(DIMSE_PREFIX).partition("@")
+    host, _, port = address.rpartition(":")
+    return ae, host, int(port)
+
+
+async def pacs_deliverers(
+    stack: AsyncExitStack,
+    settings: Settings,
+    waiting: Iterable[tuple[str, str]],
+    out_dir: Path | None,
+) -> dict[tuple[str, str], Deliverer]:
+    """Deliverers for the label destinations that are configured or still have rows."""
+    from adapter.label.service import label_targets
+
+    wanted = dict.fromkeys(
+        [*label_targets(settings, out_dir), *[w for w in waiting if w[0] in (KOS_FILES, PACS)]]
+    )
+    if not wanted:
+        return {}
+    allowed = load_vocabulary(load_tables(settings.mappings_dir)).allowed_titles
+    label = settings.label
+    found: dict[tuple[str, str], Deliverer] = {}
+    for destination, target in wanted:
+        if destination == KOS_FILES:
+            found[(destination, target)] = KosFileDeliverer(Path(target), allowed)
+        elif target.startswith(DIMSE_PREFIX):
+            ae, host, port = parse_dimse_target(target)
+            tls = _client_tls(label) if label.tls else None
+            found[(destination, target)] = CStoreDeliverer(
+                ae,
+                host,
+                port,
+                calling_ae=label.calling_ae,
+                allowed=allowed,
+                timeout=label.timeout,
+                tls=tls,
+            )
+        else:
+            import httpx
+
+            verify: ssl.SSLContext | bool = (
+                _client_tls(label) if target.startswith("https:") else True
+            )
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=label.timeout, verify=verify)
+            )
+            found[(destination, target)] = StowDeliverer(target, client, allowed)
+    return found
