@@ -24,6 +24,7 @@ from adapter.errors import AdapterError, ConfigError
 from adapter.hl7.commands import add_hl7_parsers, run_hl7_command
 from adapter.label.commands import add_label_parser, add_to_report, run_label_command
 from adapter.label.service import enqueue_labels, label_targets
+from adapter.label.titles import LABEL_TABLE, TITLES_TABLE, load_vocabulary
 from adapter.mapping.tables import Tables, load_tables
 from adapter.outbox.commands import add_outbox_parser, open_outbox, run_outbox_command
 from adapter.outbox.worker import DrainReport
@@ -94,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "label":
             return run_label_command(args, settings, sys.stdout)
         tables = load_tables(settings.mappings_dir)
+        if settings.label.enabled:
+            load_vocabulary(tables)  # a rejection title is refused before anything is read
         if args.command == "ingest":
             return _ingest(args, settings, tables)
         return _map(args, settings, tables)
@@ -220,6 +223,8 @@ def _map(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
 
 def _mappings_check(folder: Path, out: TextIO) -> int:
     tables = load_tables(folder)
+    if LABEL_TABLE in tables.labels or TITLES_TABLE in tables.rules:
+        load_vocabulary(tables)  # the KOS title allow-list (no rejection titles)
     names = sorted([*tables.conceptmaps, *tables.labels, *tables.rules])
     print(f"{folder}: {len(names)} tables valid ({', '.join(names)})", file=out)
     if tables.verify_flags:

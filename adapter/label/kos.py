@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from adapter.classify import IMAGE_MODALITIES, Classification, Strength
 from adapter.dicom.models import SeriesSummary, StudySummary
@@ -37,10 +37,15 @@ KOS_MODALITY: Final = "KO"
 # PS3.16 TID 2010 is identified by Mapping Resource DCMR, Template Identifier 2010.
 TEMPLATE_RESOURCE, TEMPLATE_ID = "DCMR", "2010"
 # Our own implementation UID and version name in the File Meta (PS3.7 D.3.3.2).
-IMPLEMENTATION_CLASS_UID: Final = generate_uid(
-    prefix=None, entropy_srcs=["rtplan adapter KOS writer"]
-)
+IMPLEMENTATION_CLASS_UID: Final = "2.25.142881983114873361637405032511098445296"
 IMPLEMENTATION_VERSION: Final = "RTPLAN_KOS_1"
+
+
+def derived_uid(*parts: str) -> str:
+    """A UUID-derived UID (PS3.5 B.2, root 2.25): the first 16 bytes of a SHA-256 of ``parts``
+    as a decimal integer, so the same parts always give the same UID (at most 44 characters)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +59,11 @@ class KosPlan:
 
     @property
     def series_uid(self) -> str:
-        return generate_uid(prefix=None, entropy_srcs=[self.study_uid, "rtplan KOS series"])
+        return derived_uid(self.study_uid, "rtplan KOS series")
 
     @property
     def sop_instance_uid(self) -> str:
-        return generate_uid(
-            prefix=None,
-            entropy_srcs=[self.study_uid, self.digest, str(self.instance_number), "rtplan KOS"],
-        )
+        return derived_uid(self.study_uid, self.digest, str(self.instance_number), "rtplan KOS")
 
 
 def image_series(study: StudySummary) -> tuple[SeriesSummary, ...]:
