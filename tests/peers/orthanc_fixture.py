@@ -63,7 +63,7 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            link = os.readlink(fd)
+            link = str(fd.readlink())
         except OSError:
             continue
         if link.startswith("socket:["):

@@ -119,7 +119,7 @@ def test_a_series_description_longer_than_lo_is_a_load_time_error(tmp_path: Path
             f'series_description: "{long}"',
         )
     )
-    with pytest.raises(MappingTableError, match="labels.series_description"):
+    with pytest.raises(MappingTableError, match=r"labels\.series_description"):
         load_vocabulary(load_tables(folder))
 
 
