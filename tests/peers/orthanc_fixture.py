@@ -20,7 +20,6 @@ installs them): real-peer tests are never skipped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
