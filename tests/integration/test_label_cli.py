@@ -120,8 +120,8 @@ def test_a_late_series_gets_a_new_kos_that_supersedes_the_first(
     assert (first.InstanceNumber, second.InstanceNumber) == (1, 2)
     first_refs = len(first.ContentSequence) - 1  # minus the TEXT item
     assert len(second.ContentSequence) - 1 == first_refs + 1
-    series = {s.SeriesInstanceUID for s in
-              second.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence}  # fmt: skip
+    (evidence,) = second.CurrentRequestedProcedureEvidenceSequence
+    series = {s.SeriesInstanceUID for s in evidence.ReferencedSeriesSequence}
     assert generate_uid(entropy_srcs=["late series"]) in series
     report = json.loads((out / "report.json").read_text())
     (entry,) = report["studies"]
@@ -168,7 +168,8 @@ def test_labelling_can_be_switched_off_in_the_settings(
     config = tmp_path / "rtplan.yaml"
     config.write_text("label:\n  enabled: false\n")
     out = tmp_path / "out"
-    code, stdout, _ = run(capsys, "--config", str(config), "ingest", str(PLANNING), "--out", str(out))
+    argv = ["--config", str(config), "ingest", str(PLANNING), "--out", str(out)]
+    code, stdout, _ = run(capsys, *argv)
     assert code == 0
     assert not (out / "dicom").exists()
     assert "PACS label" not in stdout
