@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.peers.mllp_fixture",
     "tests.peers.hl7v2_validator_fixture",
     "tests.peers.fhir_validator_fixture",
+    "tests.peers.orthanc_fixture",
 ]
 FHIR_SERVERS = ["medplum", "hapi"]
 

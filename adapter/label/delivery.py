@@ -10,8 +10,9 @@ Answers, as values:
 C-STORE 0x0000, warnings 0xB000/B006/B007  delivered (the warning is kept on the row)
 C-STORE 0xA7xx (out of resources)          retry
 other C-STORE failures (0xA9xx, 0xCxxx)    dead, with the status code
-no association, abort, no response         retry: the same SOP Instance UID is resent, and an
-                                           archive that already has it keeps one copy
+association rejected (permanent)          dead, with the reason (e.g. called AE not recognised)
+no association, transient rejection,       retry: the same SOP Instance UID is resent, and an
+abort, no response                         archive that already has it keeps one copy
 STOW-RS 200 with the instance referenced   delivered
 STOW-RS 202/409 with the instance failed   dead, with the Failure Reason (0008,1197)
 STOW-RS 408, 429, 5xx, no connection       retry (Retry-After honoured up to the cap)
@@ -138,8 +139,13 @@ class CStoreDeliverer:
         tls_args = (self.tls, self.host) if self.tls is not None else None
         assoc = ae.associate(self.host, self.port, ae_title=self.called_ae, tls_args=tls_args)
         if not assoc.is_established:
-            why = "association rejected" if assoc.is_rejected else "no association"
-            return Attempt(Verdict.RETRY, f"C-STORE {self.called_ae}: {why}")
+            if not assoc.is_rejected:
+                return Attempt(Verdict.RETRY, f"C-STORE {self.called_ae}: no association")
+            answer = getattr(assoc.acceptor, "primitive", None)
+            why = f"association rejected: {getattr(answer, 'reason_str', 'no reason given')}"
+            if getattr(answer, "result", None) == 0x01:  # rejected-permanent: a value, not noise
+                return Attempt(Verdict.DEAD, f"C-STORE {self.called_ae}: {why}")
+            return Attempt(Verdict.RETRY, f"C-STORE {self.called_ae}: {why} (transient)")
         try:
             status = assoc.send_c_store(ds)
         finally:

@@ -1,0 +1,188 @@
+"""The PACS label against a real Orthanc (Debian, loopback only): C-STORE and STOW-RS add one
+KO series to the planning study Orthanc already holds and change nothing else; a diagnostic
+study gets no KOS; with the archive down, then up, the KOS arrives once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from adapter.cli import main
+from adapter.outbox.store import Outbox
+from adapter.service.ingest import log_key
+from tests.peers.orthanc_fixture import OrthancPeer, value
+from tests.support import FIXTURES, ROOT
+
+pytestmark = pytest.mark.peer
+
+DICOM = FIXTURES / "dicom"
+PLANNING = DICOM / "planning-ct"
+DIAGNOSTIC = DICOM / "diagnostic-ct"
+SERIES_UID, SOP_UID, MODALITY, SERIES_DESCRIPTION = "0020000E", "00080018", "00080060", "0008103E"
+STUDY_DESCRIPTION, NUMBER_OF_INSTANCES = "00081030", "00201209"
+LABEL = "RADIOTHERAPY PLANNING SCAN - NOT FOR DIAGNOSTIC USE"
+
+
+def study_uid(folder: Path) -> str:
+    first = sorted(folder.glob("*_CT_0001.dcm"))[0]
+    return str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+
+
+def snapshot(peer: OrthancPeer, uid: str) -> dict[str, Any]:
+    """What a PACS user sees of a study: its series (UID, modality, description, count) and
+    every instance UID."""
+    series = sorted(
+        (
+            value(s, SERIES_UID),
+            value(s, MODALITY),
+            value(s, SERIES_DESCRIPTION),
+            value(s, NUMBER_OF_INSTANCES),
+        )
+        for s in peer.series(uid)
+    )
+    instances = sorted((value(i, SERIES_UID), value(i, SOP_UID)) for i in peer.instances(uid))
+    (study,) = peer.qido("studies", StudyInstanceUID=uid, includefield="StudyDescription")
+    return {"series": series, "instances": instances, "study": value(study, STUDY_DESCRIPTION)}
+
+
+def hold_both_studies(peer: OrthancPeer) -> dict[str, dict[str, Any]]:
+    peer.upload(sorted(PLANNING.glob("*.dcm")) + sorted(DIAGNOSTIC.glob("*.dcm")))
+    return {uid: snapshot(peer, uid) for uid in (study_uid(PLANNING), study_uid(DIAGNOSTIC))}
+
+
+def assert_labelled_once(peer: OrthancPeer, before: dict[str, dict[str, Any]], out: Path) -> None:
+    planning, diagnostic = study_uid(PLANNING), study_uid(DIAGNOSTIC)
+    after = snapshot(peer, planning)
+    added = [s for s in after["series"] if s not in before[planning]["series"]]
+    (ko,) = added
+    assert ko[1:] == ("KO", LABEL, 1)  # one KO series with one instance
+    # The original instances are unchanged: same series, descriptions, counts and UIDs.
+    assert [s for s in after["series"] if s != ko] == before[planning]["series"]
+    originals = [i for i in after["instances"] if i[0] != ko[0]]
+    assert originals == before[planning]["instances"]
+    assert after["study"] == before[planning]["study"]
+    # The KOS on the PACS is the one the adapter built and recorded.
+    (kos_file,) = sorted((out / "dicom").glob("*.dcm"))
+    kos_instance = [i for i in after["instances"] if i[0] == ko[0]]
+    assert kos_instance == [(ko[0], str(dcmread(kos_file).SOPInstanceUID))]
+    # The diagnostic study got nothing.
+    assert snapshot(peer, diagnostic) == before[diagnostic]
+
+
+def label_state(out: Path) -> str:
+    with Outbox(out / "outbox.sqlite") as outbox:
+        return outbox.labels().status(study_uid(PLANNING)).state.value
+
+
+def test_cstore_adds_one_ko_series_to_the_study_orthanc_holds(
+    orthanc: OrthancPeer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = hold_both_studies(orthanc)
+    monkeypatch.setenv("RTPLAN_LABEL__CSTORE", orthanc.cstore_target)
+    out = tmp_path / "out"
+    code = main(["ingest", str(PLANNING), str(DIAGNOSTIC), "--out", str(out)])
+    assert code == 0, capsys.readouterr()
+    assert_labelled_once(orthanc, before, out)
+    assert label_state(out) == "accepted"
+    # Ingesting again sends nothing new: still one KO instance.
+    assert main(["ingest", str(PLANNING), "--out", str(out)]) == 0
+    assert_labelled_once(orthanc, before, out)
+
+
+def test_stow_rs_adds_one_ko_series_to_the_study_orthanc_holds(
+    orthanc: OrthancPeer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = hold_both_studies(orthanc)
+    monkeypatch.setenv("RTPLAN_LABEL__STOW_RS_URL", orthanc.dicomweb_url)
+    out = tmp_path / "out"
+    code = main(["ingest", str(PLANNING), str(DIAGNOSTIC), "--out", str(out)])
+    assert code == 0, capsys.readouterr()
+    assert_labelled_once(orthanc, before, out)
+    assert label_state(out) == "accepted"
+    with Outbox(out / "outbox.sqlite") as outbox:
+        (row,) = [r for r in outbox.rows() if r.destination == "pacs"]
+    assert row.result == {"http": 200}
+
+
+def test_a_cstore_refusal_is_a_dead_letter_not_a_crash(
+    orthanc: OrthancPeer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Orthanc checks the called AE title: a wrong one is rejected-permanent at association, a
+    # dead letter at once (no resends), visible in the label state and the outbox.
+    monkeypatch.setenv("RTPLAN_LABEL__CSTORE", f"WRONGAE@127.0.0.1:{orthanc.dicom_port}")
+    out = tmp_path / "out"
+    code = main(["ingest", str(PLANNING), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Delivery: 2 delivered, 1 gave up" in captured.out  # Bundle and KOS files written
+    assert label_state(out) == "failed"
+    with Outbox(out / "outbox.sqlite") as outbox:
+        (row,) = [r for r in outbox.rows() if r.destination == "pacs"]
+    assert row.attempts == 1
+    assert row.last_error == (
+        "C-STORE WRONGAE: association rejected: Called AE title not recognised"
+    )
+    assert orthanc.qido("studies") == []  # nothing reached the archive
+
+
+def test_archive_down_then_up_the_kos_arrives_once(orthanc_factory: Any, tmp_path: Path) -> None:
+    peer: OrthancPeer = orthanc_factory()
+    peer.start()
+    before = hold_both_studies(peer)
+    peer.stop()  # the archive goes down, keeping what it holds
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "RTPLAN_LABEL__CSTORE": peer.cstore_target,
+        "RTPLAN_LABEL__TIMEOUT": "2",
+        "RTPLAN_FHIR__INITIAL_WAIT": "0.2",
+        "RTPLAN_FHIR__MAX_WAIT": "0.5",
+    }
+    command = [sys.executable, "-m", "adapter.cli", "ingest", str(PLANNING), str(DIAGNOSTIC),
+               "--out", str(out)]  # fmt: skip
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as ingest:  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and _label_attempts(out) < 2:
+                assert ingest.poll() is None, ingest.communicate()
+                time.sleep(0.1)
+            assert _label_attempts(out) >= 2  # it tried and failed while the archive was down
+            peer.start()
+            stdout, stderr = ingest.communicate(timeout=120)
+        finally:
+            if ingest.poll() is None:
+                ingest.kill()
+    assert ingest.returncode == 0, stderr
+    assert "1 gave up" not in stdout
+    assert_labelled_once(peer, before, out)
+    assert label_state(out) == "accepted"
+    assert f"PACS label {log_key(study_uid(PLANNING))}: KOS #1 (new)" in stdout
+
+
+def _label_attempts(out: Path) -> int:
+    path = out / "outbox.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with Outbox(path) as outbox:
+            rows = [r for r in outbox.rows() if r.destination == "pacs"]
+    except Exception:  # the ingest process may be creating the schema right now
+        return 0
+    return max((r.attempts for r in rows), default=0)
