@@ -139,6 +139,7 @@ class CStoreDeliverer:
         tls_args = (self.tls, self.host) if self.tls is not None else None
         assoc = ae.associate(self.host, self.port, ae_title=self.called_ae, tls_args=tls_args)
         if not assoc.is_established:
+            _close_socket(assoc)
             if not assoc.is_rejected:
                 return Attempt(Verdict.RETRY, f"C-STORE {self.called_ae}: no association")
             answer = getattr(assoc.acceptor, "primitive", None)
@@ -151,6 +152,7 @@ class CStoreDeliverer:
         finally:
             if assoc.is_established:
                 assoc.release()
+            _close_socket(assoc)
         code = getattr(status, "Status", None)
         if code is None:
             return Attempt(Verdict.RETRY, f"C-STORE {self.called_ae}: no response")
@@ -160,6 +162,15 @@ class CStoreDeliverer:
         if 0xA700 <= code <= 0xA7FF:
             return Attempt(Verdict.RETRY, f"C-STORE status 0x{code:04X} (out of resources)")
         return Attempt(Verdict.DEAD, f"C-STORE refused: status 0x{code:04X}", result=result)
+
+
+def _close_socket(assoc: Any) -> None:
+    """Close the association's TCP socket. pynetdicom 3.0.4 leaves it open when the peer drops
+    the connection during association negotiation (e.g. plain DICOM to a TLS-only port)."""
+    transport = getattr(getattr(assoc, "dul", None), "socket", None)
+    raw = getattr(transport, "socket", None)
+    if raw is not None:
+        raw.close()
 
 
 class StowDeliverer:

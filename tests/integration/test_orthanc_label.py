@@ -186,3 +186,55 @@ def _label_attempts(out: Path) -> int:
     except Exception:  # the ingest process may be creating the schema right now
         return 0
     return max((r.attempts for r in rows), default=0)
+
+
+def test_cstore_over_tls_with_a_client_certificate(
+    orthanc_factory: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("rtplan-adapter")
+    files = {}
+    for name, blob in (
+        ("ca.pem", ca.cert_pem.bytes()),
+        ("server.pem", server.cert_chain_pems[0].bytes()),
+        ("server-key.pem", server.private_key_pem.bytes()),
+        ("client.pem", client.cert_chain_pems[0].bytes()),
+        ("client-key.pem", client.private_key_pem.bytes()),
+    ):
+        files[name] = tmp_path / name
+        files[name].write_bytes(blob)
+    peer: OrthancPeer = orthanc_factory(
+        tls=(files["server.pem"], files["server-key.pem"], files["ca.pem"])
+    )
+    peer.start()
+    before = hold_both_studies(peer)
+    out = tmp_path / "out"
+    config = tmp_path / "rtplan.yaml"
+    config.write_text(
+        "label:\n"
+        f"  cstore: \"{peer.cstore_target}\"\n"
+        "  tls: true\n"
+        f"  ca_bundle: {files['ca.pem']}\n"
+        f"  client_cert: {files['client.pem']}\n"
+        f"  client_key: {files['client-key.pem']}\n"
+    )
+    code = main(["--config", str(config), "ingest", str(PLANNING), str(DIAGNOSTIC),
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    assert_labelled_once(peer, before, out)
+
+    # Without TLS the same archive is unreachable: the row retries, then gives up, visibly.
+    monkeypatch.setenv("RTPLAN_FHIR__MAX_ATTEMPTS", "1")
+    plain = tmp_path / "plain"
+    config.write_text(f"label:\n  cstore: \"{peer.cstore_target}\"\n  timeout: 3\n")
+    assert main(["--config", str(config), "ingest", str(PLANNING), "--out", str(plain)]) == 1
+    with Outbox(plain / "outbox.sqlite") as outbox:
+        (row,) = [r for r in outbox.rows() if r.destination == "pacs"]
+    assert row.state.value == "dead"
+    assert_labelled_once(peer, before, out)

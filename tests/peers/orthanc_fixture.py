@@ -10,8 +10,8 @@ Fixtures (load with ``pytest_plugins = ["tests.peers.orthanc_fixture"]``):
 
 * ``orthanc_peer`` (session): one running peer.
 * ``orthanc`` (function): that peer, emptied before the test.
-* ``orthanc_factory`` (function): ``make() -> OrthancPeer`` not yet started (for "archive down,
-  then up"); every peer it made is stopped after the test.
+* ``orthanc_factory`` (function): ``make(aet=..., tls=...) -> OrthancPeer`` not yet started
+  (for "archive down, then up", or DICOM TLS); every peer it made is stopped after the test.
 
 A missing ``Orthanc`` binary, DICOMweb plugin or C compiler FAILS the test (``.ci/run``
 installs them): real-peer tests are never skipped.
@@ -98,7 +98,16 @@ _LOOPBACK = {"127.0.0.1", "0000:0000:0000:0000:0000:0000:0000:0001"}
 class OrthancPeer:
     """One Orthanc process with its own config, storage and ports."""
 
-    def __init__(self, folder: Path, shim: Path, *, aet: str = "ORTHANCTEST") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        shim: Path,
+        *,
+        aet: str = "ORTHANCTEST",
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
+        """``tls``: (certificate, private key, CA that client certificates must chain to), all
+        PEM; the DICOM port then speaks TLS only and requires a client certificate."""
         self.folder = folder
         self.shim = shim
         self.aet = aet
@@ -137,6 +146,17 @@ class OrthancPeer:
                 "SeriesMetadata": "Full",
             },
         }
+        if tls is not None:
+            cert, key, trusted = tls
+            config.update(
+                {
+                    "DicomTlsEnabled": True,
+                    "DicomTlsCertificate": str(cert),
+                    "DicomTlsPrivateKey": str(key),
+                    "DicomTlsTrustedCertificates": str(trusted),
+                    "DicomTlsRemoteCertificateRequired": True,
+                }
+            )
         self.config = folder / "orthanc.json"
         self.config.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
@@ -260,8 +280,10 @@ def orthanc(orthanc_peer: OrthancPeer) -> OrthancPeer:
 def orthanc_factory(tmp_path: Path, orthanc_shim: Path) -> Iterator[Any]:
     made: list[OrthancPeer] = []
 
-    def make(aet: str = "ORTHANCTEST") -> OrthancPeer:
-        peer = OrthancPeer(tmp_path / f"orthanc-{len(made)}", orthanc_shim, aet=aet)
+    def make(
+        aet: str = "ORTHANCTEST", tls: tuple[Path, Path, Path] | None = None
+    ) -> OrthancPeer:
+        peer = OrthancPeer(tmp_path / f"orthanc-{len(made)}", orthanc_shim, aet=aet, tls=tls)
         made.append(peer)
         return peer
 
