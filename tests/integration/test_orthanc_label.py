@@ -238,3 +238,40 @@ def test_cstore_over_tls_with_a_client_certificate(
         (row,) = [r for r in outbox.rows() if r.destination == "pacs"]
     assert row.state.value == "dead"
     assert_labelled_once(peer, before, out)
+
+
+def test_a_late_series_adds_a_superseding_kos_to_the_same_ko_series(
+    orthanc: OrthancPeer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.integration.test_label_cli import copy_without_declared_counts, late_series
+
+    folder = copy_without_declared_counts(tmp_path)
+    uid = study_uid(folder)
+    orthanc.upload(sorted(folder.glob("*.dcm")))
+    monkeypatch.setenv("RTPLAN_LABEL__CSTORE", orthanc.cstore_target)
+    out = tmp_path / "out"
+    assert main(["ingest", str(folder), "--out", str(out)]) == 0, capsys.readouterr()
+    late_series(folder)
+    orthanc.upload([folder / "late_CT_0001.dcm"])
+    before = snapshot(orthanc, uid)
+    assert main(["ingest", str(folder), "--out", str(out)]) == 0, capsys.readouterr()
+    after = snapshot(orthanc, uid)
+    (ko_before,) = [s for s in before["series"] if s[1] == "KO"]
+    (ko_after,) = [s for s in after["series"] if s[1] == "KO"]
+    assert ko_after[0] == ko_before[0]  # the same KO series ...
+    assert (ko_before[3], ko_after[3]) == (1, 2)  # ... now with the superseding instance
+    assert [s for s in after["series"] if s[1] != "KO"] == [
+        s for s in before["series"] if s[1] != "KO"
+    ]
+    first, second = (str(dcmread(p).SOPInstanceUID) for p in sorted((out / "dicom").glob("*")))
+    assert sorted(i[1] for i in after["instances"] if i[0] == ko_after[0]) == sorted(
+        [first, second]
+    )
+    with Outbox(out / "outbox.sqlite") as outbox:
+        status = outbox.labels().status(uid)
+    assert status.state.value == "accepted"
+    assert status.current is not None and status.current.sop_instance_uid == second
+    assert status.superseded == 1
