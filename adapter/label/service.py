@@ -22,7 +22,7 @@ from adapter.label.kos import KosPlan, build_kos, content_digest, encode
 from adapter.label.source import read_study_attributes
 from adapter.label.titles import LabelVocabulary, load_vocabulary
 from adapter.mapping.tables import Tables
-from adapter.outbox.labels import KIND_KOS, LabelRecord, label_key
+from adapter.outbox.labels import KIND_KOS, LabelRecord, LabelStore, label_key
 from adapter.outbox.store import NewRow, Outbox
 from adapter.service.ingest import IngestResult, Status, StudyOutcome, log_key
 
@@ -58,13 +58,16 @@ class LabelOutcome:
     problem: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"kos_instance_number": self.instance_number}
+        """The study's ``pacs_label`` entry in ``report.json``."""
         if self.problem:
             return {"problem": self.problem}
+        entry: dict[str, Any] = {
+            "kos_instance_number": self.instance_number,
+            "kos_sop_instance_uid": self.sop_instance_uid,
+            "new": self.new,
+        }
         if self.supersedes:
             entry["supersedes"] = self.supersedes
-        entry["kos_sop_instance_uid"] = self.sop_instance_uid
-        entry["new"] = self.new
         return entry
 
 
@@ -145,13 +148,13 @@ def _current_record(
     outcome: StudyOutcome,
     settings: Settings,
     vocabulary: LabelVocabulary,
-    store: Any,
+    store: LabelStore,
     now: datetime,
 ) -> tuple[LabelRecord, bool, str]:
     """The study's KOS to send: the stored one when it still says the same, else a new one."""
     study = outcome.study
     assert study is not None
-    latest: LabelRecord | None = store.latest(outcome.study_uid)
+    latest = store.latest(outcome.study_uid)
     digest = content_digest(study, outcome.classification, vocabulary)
     if latest is not None and latest.digest == digest:
         return latest, False, ""
