@@ -192,3 +192,33 @@ def test_a_study_read_from_an_archive_is_reported_not_silently_unlabelled(
     report = json.loads((out / "report.json").read_text())
     assert "not on disk" in report["studies"][0]["pacs_label"]["problem"]
     assert not (out / "dicom").exists()
+
+
+def test_a_replayed_kos_with_a_rejection_title_is_refused_before_sending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An analyst's corrected payload is the one way to put arbitrary bytes in a KOS row: the
+    pre-send check still refuses a rejection title, and nothing is written."""
+    import base64
+    from io import BytesIO
+
+    out = tmp_path / "out"
+    assert run(capsys, "ingest", str(PLANNING), "--out", str(out))[0] == 0
+    db = out / "outbox.sqlite"
+    with Outbox(db) as outbox:
+        (row,) = [r for r in outbox.rows() if r.kind == "dicom-kos"]
+    ds = dcmread(BytesIO(base64.b64decode(row.payload["document"])))
+    ds.ConceptNameCodeSequence[0].CodeValue = "113001"
+    ds.ConceptNameCodeSequence[0].CodeMeaning = "Rejected for Quality Reasons"
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    forced = {**row.payload, "document": base64.b64encode(buffer.getvalue()).decode()}
+    payload = tmp_path / "forced.json"
+    payload.write_text(json.dumps(forced))
+    (kos,) = kos_files(out)
+    kos.unlink()
+    code, stdout, _ = run(capsys, "outbox", "--db", str(db), "replay", str(row.id),
+                          "--payload", str(payload))  # fmt: skip
+    assert code == 1
+    assert "refused before sending: the KOS title DCM|113001 is a rejection title" in stdout
+    assert kos_files(out) == []
