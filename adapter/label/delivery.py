@@ -26,6 +26,7 @@ import asyncio
 import base64
 import logging
 import os
+import socket
 import ssl
 import uuid
 from collections.abc import Iterable
@@ -132,6 +133,14 @@ class CStoreDeliverer:
         from pynetdicom import AE
         from pynetdicom.sop_class import KeyObjectSelectionDocumentStorage  # type: ignore
 
+        # Connect once ourselves first: when the archive is down, pynetdicom 3.0.4 leaks the
+        # socket of the refused connection (its shutdown() on an unconnected socket raises
+        # before close()), and a down archive is the commonest failure there is.
+        try:
+            socket.create_connection((self.host, self.port), timeout=self.timeout).close()
+        except OSError as exc:
+            why = type(exc).__name__
+            return Attempt(Verdict.RETRY, f"C-STORE {self.called_ae}: no association ({why})")
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         ae.connection_timeout = self.timeout
