@@ -103,7 +103,9 @@ def build_for(
     digest = content_digest(study, outcome.classification, vocabulary)
     copied = read_study_attributes(study.source_paths[0], study.study_instance_uid)
     plan = KosPlan(study.study_instance_uid, digest, instance_number, settings.label.series_number)
-    return build_kos(study, outcome.classification, copied, vocabulary, plan, now), digest
+    # DICOM times without an offset are the site's local time (ingest.timezone).
+    local = now.astimezone(settings.ingest.zone)
+    return build_kos(study, outcome.classification, copied, vocabulary, plan, local), digest
 
 
 def enqueue_labels(

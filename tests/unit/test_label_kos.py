@@ -329,3 +329,10 @@ def test_label_settings_are_checked() -> None:
         assert caught.value.key == key
     settings = load_settings(None, env={"RTPLAN_LABEL__CSTORE": "PACS@127.0.0.1:11112"})
     assert settings.label == LabelSettings(cstore="PACS@127.0.0.1:11112")
+
+
+def test_content_time_without_a_study_offset_is_the_site_local_time() -> None:
+    summer = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)  # 13:00 in Europe/London (BST)
+    ds, _ = build_for(planning_outcome("tz-none-summer"), SETTINGS, VOCABULARY, summer)
+    assert "TimezoneOffsetFromUTC" not in ds
+    assert (ds.ContentDate, ds.ContentTime) == ("20260701", "130000")
