@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 # pynetdicom's DEBUG output can dump datasets (patient data): never below WARNING.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
-KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 _WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
+# DICOM JSON tags of a STOW-RS response (PS3.18 Store Instances response).
 DICOM_JSON_REFERENCED = "00081199"
 DICOM_JSON_FAILED = "00081198"
 DICOM_JSON_SOP_INSTANCE = "00081155"
