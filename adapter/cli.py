@@ -152,6 +152,11 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
             "out": str(args.out) if args.out else None,
             **report["summary"],
             "delivery": _delivery_summary(delivery),
+            "pacs_labels": {
+                "new": sum(1 for o in labels.values() if o.new),
+                "reused": sum(1 for o in labels.values() if not o.new and not o.problem),
+                "not_built": sum(1 for o in labels.values() if o.problem),
+            },
             "seconds": seconds,
         }
         json.dump(document, sys.stdout, indent=2)

@@ -222,3 +222,15 @@ def test_a_replayed_kos_with_a_rejection_title_is_refused_before_sending(
     assert code == 1
     assert "refused before sending: the KOS title DCM|113001 is a rejection title" in stdout
     assert kos_files(out) == []
+
+
+def test_ingest_json_counts_the_pacs_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["ingest", str(PLANNING), str(DIAGNOSTIC), "--out", str(out), "--json"]
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0
+    assert json.loads(stdout)["pacs_labels"] == {"new": 1, "reused": 0, "not_built": 0}
+    code, stdout, _ = run(capsys, *argv)
+    assert json.loads(stdout)["pacs_labels"] == {"new": 0, "reused": 1, "not_built": 0}
