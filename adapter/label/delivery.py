@@ -45,7 +45,7 @@ from adapter.outbox.store import Row
 from adapter.outbox.worker import Attempt, Deliverer, Verdict
 
 log = logging.getLogger(__name__)
-# pynetdicom's DEBUG output can dump datasets (patient data): never below WARNING.
+# pynetdicom's DEBUG output dumps PDUs and, for some services, identifiers: keep it at WARNING.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 _WARNINGS = frozenset({0xB000, 0xB006, 0xB007})

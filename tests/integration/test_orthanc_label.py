@@ -4,6 +4,7 @@ study gets no KOS; with the archive down, then up, the KOS arrives once."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -86,13 +87,20 @@ def test_cstore_adds_one_ko_series_to_the_study_orthanc_holds(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     before = hold_both_studies(orthanc)
     monkeypatch.setenv("RTPLAN_LABEL__CSTORE", orthanc.cstore_target)
     out = tmp_path / "out"
-    code = main(["ingest", str(PLANNING), str(DIAGNOSTIC), "--out", str(out)])
+    caplog.set_level(logging.DEBUG)
+    code = main(["-v", "ingest", str(PLANNING), str(DIAGNOSTIC), "--out", str(out)])
     assert code == 0, capsys.readouterr()
     assert_labelled_once(orthanc, before, out)
+    # Even with -v and DEBUG captured, no patient data in the logs.
+    patient = dcmread(sorted(PLANNING.glob("*.dcm"))[0], stop_before_pixels=True)
+    for value_ in (str(patient.PatientName), patient.PatientID, patient.AccessionNumber):
+        assert value_ not in caplog.text
+    assert "row" in caplog.text  # the logs were captured at all
     assert label_state(out) == "accepted"
     # Ingesting again sends nothing new: still one KO instance.
     assert main(["ingest", str(PLANNING), "--out", str(out)]) == 0
