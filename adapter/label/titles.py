@@ -80,10 +80,12 @@ def load_vocabulary(tables: Tables) -> LabelVocabulary:
     if not allowed:
         raise MappingTableError(titles.file, "rules.allowed", "list at least one title")
     for index, entry in enumerate(allowed):
-        scheme, sep, code = entry.partition("|")
+        scheme, sep, code = (part.strip() for part in entry.partition("|"))
         row = f"rules.allowed[{index}]"
-        if not sep or not scheme or not code:
-            raise MappingTableError(titles.file, row, "write SCHEME|CODE, e.g. DCM|128198")
+        if not sep or not scheme or not code or entry != f"{scheme}|{code}":
+            raise MappingTableError(
+                titles.file, row, "write SCHEME|CODE without spaces, e.g. DCM|128198"
+            )
         if code in REJECTION_TITLE_CODES:
             raise MappingTableError(
                 titles.file, row, f"{entry} is a rejection title; archives hide what it references"
@@ -145,8 +147,8 @@ def refuse_rejection_title(document: Any, allowed: Iterable[str]) -> None:
     if not names or len(names) != 1:
         raise RejectionTitleRefused("the KOS has no single document title (0040,A043)")
     item = names[0]
-    value = str(getattr(item, "CodeValue", ""))
-    scheme = str(getattr(item, "CodingSchemeDesignator", ""))
+    value = str(getattr(item, "CodeValue", "")).strip()
+    scheme = str(getattr(item, "CodingSchemeDesignator", "")).strip()
     if value in REJECTION_TITLE_CODES:
         raise RejectionTitleRefused(
             f"the KOS title {scheme}|{value} is a rejection title; refused, not sent"

@@ -336,3 +336,11 @@ def test_content_time_without_a_study_offset_is_the_site_local_time() -> None:
     ds, _ = build_for(planning_outcome("tz-none-summer"), SETTINGS, VOCABULARY, summer)
     assert "TimezoneOffsetFromUTC" not in ds
     assert (ds.ContentDate, ds.ContentTime) == ("20260701", "130000")
+
+
+def test_an_allow_list_entry_with_spaces_is_a_load_time_error(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path)
+    titles = folder / "pacs-label-titles.yaml"
+    titles.write_text(titles.read_text() + '    - "DCM| 113001"\n')
+    with pytest.raises(MappingTableError, match=r"rules\.allowed\[1\]: write SCHEME\|CODE"):
+        load_vocabulary(load_tables(folder))
