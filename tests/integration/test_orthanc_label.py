@@ -283,3 +283,12 @@ def test_a_late_series_adds_a_superseding_kos_to_the_same_ko_series(
     assert status.state.value == "accepted"
     assert status.current is not None and status.current.sop_instance_uid == second
     assert status.superseded == 1
+
+
+def test_orthanc_listens_on_loopback_only(orthanc: OrthancPeer) -> None:
+    from tests.peers.orthanc_fixture import listening_addresses
+
+    assert orthanc.process is not None
+    found = listening_addresses(orthanc.process.pid)
+    assert {port for _, port in found} == {orthanc.http_port, orthanc.dicom_port}
+    assert {address for address, _ in found} == {"127.0.0.1"}
