@@ -21,9 +21,8 @@ ACK discipline (reliability.md §1.5, rows 5-10):
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import logging
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,26 +45,36 @@ KIND_CANCEL = "hl7-cancel"
 T1, T2, REJECTED = "T1", "T2", "rejected"
 
 
-def stable_control_id(key: str, kind: str, order: JSON) -> str:
-    """MSH-10 decided before the row exists: derived from the outbox key and the order, so the
-    same order always carries the same id (max 20 characters in v2.3.1)."""
-    text = json.dumps([key, kind, order], sort_keys=True, ensure_ascii=False)
-    return "RT" + hashlib.sha256(text.encode()).hexdigest()[:16].upper()
+def new_control_id() -> str:
+    """MSH-10 for a new transmission: ``RT`` + 18 random hex digits (20 characters, the v2.3.1
+    limit). Random, not derived from the order, so two adapters (or a replay) never send two
+    different transmissions under one id; resends of one transmission keep it (it is stored
+    in the row)."""
+    return "RT" + secrets.token_hex(9).upper()
 
 
-def prerender(
-    payload: JSON, *, key: str, kind: str, profile: ReceiverProfile, now: datetime
-) -> JSON:
+def prerender(payload: JSON, *, kind: str, profile: ReceiverProfile, now: datetime) -> JSON:
     """Build the message once, when the row is stored (hl7apy needs ~10 ms per message):
     every attempt then sends these exact bytes.
 
     Raises:
         MessageBuildError: the order cannot be encoded (names the segment and field).
     """
-    control = stable_control_id(key, kind, payload["order"])
+    control = new_control_id()
     order = OrderRequest.from_json(payload["order"])
     message = build_order(order, profile, control_id=control, now=now)
     return {**payload, "control_id": control, "message": base64.b64encode(message).decode()}
+
+
+def new_transmission(row: Row, profile: ReceiverProfile, now: datetime) -> JSON:
+    """The payload for sending a row's order again as a new transmission (``outbox replay``):
+    a new MSH-10 and MSH-7, the same order (same placer number).
+
+    Raises:
+        MessageBuildError: the order cannot be built for the receiver (any more).
+    """
+    base = {k: v for k, v in row.payload.items() if k not in ("control_id", "message")}
+    return prerender(base, kind=row.kind, profile=profile, now=now)
 
 
 def control_id_for(row: Row) -> str:
@@ -132,7 +141,8 @@ class Hl7Deliverer:
             reason = f"{verdict.reason}" + (
                 f" (ERR {verdict.error_code})" if verdict.error_code else ""
             )
-            if self.timers is not None:
+            if self.timers is not None:  # the rejection ends T1: one escalation, not two
+                self.timers.cancel(placer, T1)
                 self.timers.arm(placer, REJECTED, 0, reason)
             log.warning("order %s: %s", placer, reason)
             return Attempt(Verdict.DEAD, f"rejected by the receiver: {reason}", result=result)
@@ -145,7 +155,7 @@ class Hl7Deliverer:
         if row.kind == KIND_ORDER:
             seconds = self.profile.escalation.t2_no_result.total_seconds()
             self.timers.arm(placer, T2, seconds, "no radiologist result")
-        else:
+        elif row.kind == KIND_CANCEL:  # a change (XO) leaves T2 running: the read is still due
             self.timers.cancel(placer, T2)
 
 

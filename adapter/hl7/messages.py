@@ -36,7 +36,7 @@ from typing import Any, Union
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message, Segment, is_base_datatype
 
-from adapter.errors import MappingError
+from adapter.hl7.charset_fit import MessageBuildError, character, fit_order
 from adapter.hl7.escape import escape
 from adapter.hl7.model import OrderRequest
 from adapter.hl7.profiles import ReceiverProfile
@@ -50,13 +50,7 @@ PRIORITY_CODES = {"routine": "R", "urgent": "A", "asap": "A", "stat": "S"}
 _PLAIN_TYPES = frozenset({"DT", "DTM", "TM", "TS", "NM", "SI"})  # digits only: no escaping
 
 
-class MessageBuildError(MappingError):
-    """An order that cannot be rendered for a receiver (names segment and field, never values)."""
-
-    def __init__(self, location: str, problem: str) -> None:
-        super().__init__(f"{location}: {problem}")
-        self.location = location
-        self.problem = problem
+__all__ = ["MessageBuildError", "build_message", "build_order", "encode", "segment_names"]
 
 
 @cache
@@ -165,7 +159,12 @@ def _patient(group: Any, order: OrderRequest, profile: ReceiverProfile) -> None:
     for ident in patient.identifiers:
         authority = [_e(ident.assigning_authority)]
         put_value(pid, 3, [_e(ident.value), "", "", authority, _e(ident.type_code)], v, repeat=True)
-    put_value(pid, 5, [[_e(patient.family)], _e(patient.given)], v)
+    groups = patient.name_groups()
+    if not groups:
+        raise MessageBuildError("PID-5", "is required (HL7 v2, IHE RAD-2); the study has no name")
+    for g in groups:  # XPN: family^given^middle^suffix^prefix^degree^type (L legal)^representation
+        name = [[_e(g.family)], _e(g.given), _e(g.middle), _e(g.suffix), _e(g.prefix)]
+        put_value(pid, 5, [*name, "", "L", g.representation], v, repeat=True)
     put_value(pid, 7, _date(patient.birth_date, "PID-7"), v)
     put_value(pid, 8, _e(patient.sex), v)
     visit = group.add_group(f"{STRUCTURES[profile.message]}_PATIENT_VISIT")
@@ -174,10 +173,12 @@ def _patient(group: Any, order: OrderRequest, profile: ReceiverProfile) -> None:
 
 
 def _provider(order: OrderRequest, version: str) -> Value:
+    """XCN: id^family^given^middle^suffix^prefix^degree^source table^assigning authority."""
     p = order.ordering_provider
     if p is None:
         return ""
-    return [_e(p.identifier), [_e(p.family)], _e(p.given)]
+    name = [_e(p.identifier), [_e(p.family)], _e(p.given), "", "", _e(p.prefix), "", ""]
+    return [*name, [_e(p.assigning_authority)]]
 
 
 def _orc(group: Any, order: OrderRequest, profile: ReceiverProfile, now: datetime) -> None:
@@ -187,14 +188,16 @@ def _orc(group: Any, order: OrderRequest, profile: ReceiverProfile, now: datetim
     if not order.placer_order_number:
         raise MessageBuildError("ORC-2", "the order has no placer order number")
     put_value(orc, 2, [_e(order.placer_order_number), _e(order.placer_namespace)], v)
-    if profile.message == "OMI^O23":  # IHE RAD-4: NW_SC; cancels CA_CA
-        put_value(orc, 5, "SC" if order.control == "NW" else "CA", v)
+    put_value(orc, 3, _e(order.filler_order_number), v)
+    if profile.message == "OMI^O23":  # IHE RAD-4: NW_SC, XO_SC; cancels CA_CA
+        put_value(orc, 5, "CA" if order.control == "CA" else "SC", v)
     if profile.message == "ORM^O01":
         put_value(orc, 7, ["", "", "", "", "", PRIORITY_CODES[order.priority]], v)
     moment = _iso_to_hl7(order.requested_at, "ORC-9") if order.requested_at else hl7_timestamp(now)
     put_value(orc, 9, moment, v)
     if profile.defaults.ordering_provider in ("both", "orc12"):
         put_value(orc, 12, _provider(order, v), v)
+    put_value(orc, 16, ["", _e(order.control_reason)], v)
 
 
 def _obr(group: Any, order: OrderRequest, profile: ReceiverProfile) -> None:
@@ -206,13 +209,17 @@ def _obr(group: Any, order: OrderRequest, profile: ReceiverProfile) -> None:
     put_value(obr, 4, [_e(order.service_code), _e(order.service_text), _e(system)], v)
     if profile.defaults.ordering_provider in ("both", "obr16"):
         put_value(obr, 16, _provider(order, v), v)
-    if profile.message != "OMI^O23":
-        put_value(obr, 18, _e(order.accession_number), v)
+    # OBR-18 stays empty: the reviewed study's accession is not this new order's accession.
+    if profile.message != "OMI^O23" and profile.defaults.study_ids == "obr":
         put_value(obr, 19, _e(order.requested_procedure_id), v)
-        put_value(obr, 24, _e(order.modality), v)
+        put_value(obr, 20, _e(order.scheduled_procedure_step_id), v)
+    put_value(obr, 24, profile.defaults.diagnostic_service_section, v)
     if profile.message == "ORM^O01":
         put_value(obr, 27, ["", "", "", "", "", PRIORITY_CODES[order.priority]], v)
-    reason = [_e(order.reason_code), _e(order.reason_text), _e(order.reason_system)]
+    system = order.reason_system
+    if system == "SCT":  # SNOMED CT: named per the version's table 0396 (profile)
+        system = profile.defaults.snomed_coding_system
+    reason = [_e(order.reason_code), _e(order.reason_text), _e(system)]
     put_value(obr, 31, reason, v, repeat=True)
 
 
@@ -254,6 +261,7 @@ def build_message(
     """Build the hl7apy ``Message`` (TOLERANT) for ``order``; :func:`build_order` encodes it."""
     structure = STRUCTURES[profile.message]
     v = profile.version
+    order = fit_order(order, profile)
     msg = Message(structure, version=v, validation_level=VALIDATION_LEVEL.TOLERANT)
     _msh(msg, profile, control_id, now)
     _patient(msg.add_group(f"{structure}_PATIENT"), order, profile)
@@ -285,8 +293,9 @@ def encode(text: str, profile: ReceiverProfile) -> bytes:
     except UnicodeEncodeError as exc:
         if profile.unencodable == "replace":
             return text.encode(profile.codec, errors="replace")
+        bad = character(text[exc.start])
         raise MessageBuildError(
-            _locate(text, exc.start), f"has a character that {profile.charset} cannot encode"
+            _locate(text, exc.start), f"has a character that {profile.charset} cannot encode: {bad}"
         ) from exc
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-OrderControl = Literal["NW", "CA"]
+#: NW new order, CA cancel, XO change (an amendment of urgency or text; table 0119).
+OrderControl = Literal["NW", "CA", "XO"]
 Priority = Literal["routine", "urgent", "asap", "stat"]
 
 
@@ -24,12 +25,33 @@ class PatientIdentifier:
 
 
 @dataclass(frozen=True, slots=True)
+class PersonNameGroup:
+    """One group of a DICOM PN (alphabetic, ideographic or phonetic) as an HL7 XPN."""
+
+    family: str = ""
+    given: str = ""
+    middle: str = ""
+    prefix: str = ""
+    suffix: str = ""
+    representation: str = "A"  # HL7 table 4000: A alphabetic, I ideographic, P phonetic
+
+
+@dataclass(frozen=True, slots=True)
 class OrderPatient:
     identifiers: tuple[PatientIdentifier, ...]
     family: str = ""
     given: str = ""
     birth_date: str = ""  # YYYY-MM-DD or empty
     sex: str = ""  # HL7 table 0001: M, F, O, U
+    # Every name group the DICOM header held; when empty, family/given are the one name.
+    names: tuple[PersonNameGroup, ...] = ()
+
+    def name_groups(self) -> tuple[PersonNameGroup, ...]:
+        if self.names:
+            return self.names
+        if self.family or self.given:
+            return (PersonNameGroup(self.family, self.given),)
+        return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +59,8 @@ class Provider:
     identifier: str
     family: str = ""
     given: str = ""
+    prefix: str = ""  # XCN-6, e.g. "Dr"
+    assigning_authority: str = ""  # XCN-9, from the identifier system (mappings table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +85,10 @@ class OrderRequest:
     requested_at: str = ""  # ISO 8601 with offset: ORC-9 / OBR-6
     review_id: str = ""
     extra_notes: tuple[str, ...] = field(default_factory=tuple)
-    # IPC-4 for OMI^O23 (DICOM Scheduled Procedure Step ID); empty: the requested procedure id.
+    # IPC-4 for OMI^O23, OBR-20 (DICOM Scheduled Procedure Step ID).
     scheduled_procedure_step_id: str = ""
+    filler_order_number: str = ""  # ORC-3 of a cancel/update, when the RIS told us its number
+    control_reason: str = ""  # ORC-16 text of a cancel or change
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +106,7 @@ class OrderRequest:
                         "identifiers": tuple(
                             PatientIdentifier(**i) for i in patient.get("identifiers", ())
                         ),
+                        "names": tuple(PersonNameGroup(**n) for n in patient.get("names", ())),
                     }
                 ),
                 "ordering_provider": Provider(**provider) if provider else None,

@@ -25,6 +25,8 @@ from adapter.errors import MappingTableError
 MessageProfile = Literal["ORM^O01", "OMG^O19", "OMI^O23"]
 AckMode = Literal["original", "enhanced"]
 ProviderPlacement = Literal["both", "orc12", "obr16", "none"]
+Unencodable = Literal["error", "replace", "transliterate"]
+StudyIds = Literal["none", "obr"]
 
 #: allowed versions per message profile; the first is the default.
 VERSIONS: Mapping[str, tuple[str, ...]] = {
@@ -32,13 +34,41 @@ VERSIONS: Mapping[str, tuple[str, ...]] = {
     "OMG^O19": ("2.5.1",),
     "OMI^O23": ("2.5.1",),
 }
-#: MSH-18 value → Python codec. Only charsets whose bytes we can really produce.
+#: MSH-18 value → Python codec. Only charsets whose bytes we can really produce. ``UNICODE``
+#: (ISO/IEC 10646, the only Unicode entry of table 0211 before v2.5) is sent as UTF-8.
 CHARSET_CODECS: Mapping[str, str] = {
     "ASCII": "ascii",
     "UNICODE UTF-8": "utf-8",
+    "UNICODE": "utf-8",
     "8859/1": "iso-8859-1",
     "8859/15": "iso-8859-15",
 }
+#: The values of HL7 table 0211 (MSH-18) per version, among those we can produce (checked
+#: against hl7apy's tables by tests/unit/test_hl7_tables.py).
+CHARSETS_BY_VERSION: Mapping[str, tuple[str, ...]] = {
+    "2.3.1": ("UNICODE", "ASCII", "8859/1"),
+    "2.4": ("UNICODE", "ASCII", "8859/1"),
+    "2.5.1": ("UNICODE UTF-8", "ASCII", "8859/1", "8859/15", "UNICODE"),
+}
+#: HL7 table 0074 (Diagnostic Service Section ID, OBR-24) per version.
+_T0074 = (
+    "AU BG BLB CH CP CT CTH CUS EC EN HM ICU IMM LAB MB MCB MYC NMR NMS NRS OSL OT OTH OUS PF "
+    "PHR PHY PT RAD RC RT RUS RX SP SR TX VR VUS XRC"
+)
+SERVICE_SECTIONS: Mapping[str, frozenset[str]] = {
+    "2.3.1": frozenset(_T0074.split(" ")),
+    "2.4": frozenset([*_T0074.split(" "), "IMG", "PAR", "PAT", "URN"]),
+    "2.5.1": frozenset(_T0074.split(" ")),
+}
+#: HL7 table 0396 (coding system) entries we send, per version (2.3.1 has no table 0396:
+#: only local 99zzz names and L). SNOMED CT ("SCT") enters table 0396 in v2.6, so earlier
+#: versions name it by a local 99zzz code the site agrees with the RIS.
+CODING_SYSTEMS: Mapping[str, frozenset[str]] = {
+    "2.3.1": frozenset({"L"}),
+    "2.4": frozenset({"L", "I10", "I9", "LN", "SNM", "SNM3", "SNT", "DCM"}),
+    "2.5.1": frozenset({"L", "I10", "I9", "LN", "SNM", "SNM3", "SNT", "DCM"}),
+}
+LOCAL_CODING_SYSTEM = re.compile(r"^99[A-Z0-9]{1,10}$")
 ACK_TYPES = ("AL", "ER", "NE", "SU")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -84,6 +114,9 @@ class FieldDefaults:
     service_coding_system: str = ""  # OBR-4.3 when the order gives none
     ordering_provider: ProviderPlacement = "both"  # ORC-12 and/or OBR-16
     processing_id: str = "P"  # MSH-11
+    diagnostic_service_section: str = "RAD"  # OBR-24, table 0074 of the version
+    snomed_coding_system: str = "99SCT"  # OBR-31.3 for a SNOMED CT reason (table 0396)
+    study_ids: StudyIds = "none"  # "obr": the reviewed study's RP id / SPS id in OBR-19 / OBR-20
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +135,7 @@ class ReceiverProfile:
     message: MessageProfile = "ORM^O01"
     version: str = "2.3.1"
     charset: str = "UNICODE UTF-8"
-    unencodable: Literal["error", "replace"] = "error"
+    unencodable: Unencodable = "error"
     defaults: FieldDefaults = FieldDefaults()
     ack: AckPolicy = AckPolicy()
     connection: Connection = Connection()
@@ -197,11 +230,32 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
     receiving = top.sub("receiving", frozenset({"application", "facility"}))
     message = top.str_("message", "ORM^O01", choices=tuple(VERSIONS))
     version = top.str_("version", VERSIONS[message][0], choices=VERSIONS[message])
-    charset = top.str_("charset", "UNICODE UTF-8", choices=tuple(CHARSET_CODECS))
+    charset = top.str_("charset", CHARSETS_BY_VERSION[version][0], choices=tuple(CHARSET_CODECS))
+    if charset not in CHARSETS_BY_VERSION[version]:
+        allowed = ", ".join(CHARSETS_BY_VERSION[version])
+        raise top.error("charset", f"is not in HL7 table 0211 of v{version} (one of {allowed})")
     d = top.sub(
         "defaults",
-        frozenset({"patient_class", "service_coding_system", "ordering_provider", "processing_id"}),
+        frozenset(
+            {
+                "patient_class",
+                "service_coding_system",
+                "ordering_provider",
+                "processing_id",
+                "diagnostic_service_section",
+                "snomed_coding_system",
+                "study_ids",
+            }
+        ),
     )
+    section = d.str_("diagnostic_service_section", "RAD")
+    if section not in SERVICE_SECTIONS[version]:
+        raise d.error("diagnostic_service_section", f"is not in HL7 table 0074 of v{version}")
+    snomed = d.str_("snomed_coding_system", "99SCT")
+    if snomed not in CODING_SYSTEMS[version] and not LOCAL_CODING_SYSTEM.match(snomed):
+        raise d.error(
+            "snomed_coding_system", f"is not in HL7 table 0396 of v{version} nor a local 99zzz"
+        )
     a = top.sub(
         "ack", frozenset({"mode", "commit_only", "accept_ack_type", "application_ack_type"})
     )
@@ -235,7 +289,9 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
         message=message,  # type: ignore[arg-type]  # checked against VERSIONS above
         version=version,
         charset=charset,
-        unencodable=top.str_("unencodable", "error", choices=("error", "replace")),  # type: ignore[arg-type]
+        unencodable=top.str_(  # type: ignore[arg-type]
+            "unencodable", "error", choices=("error", "replace", "transliterate")
+        ),
         defaults=FieldDefaults(
             patient_class=d.str_("patient_class", "O"),
             service_coding_system=d.str_("service_coding_system", ""),
@@ -243,6 +299,9 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
                 "ordering_provider", "both", choices=("both", "orc12", "obr16", "none")
             ),
             processing_id=d.str_("processing_id", "P", choices=("P", "T", "D")),
+            diagnostic_service_section=section,
+            snomed_coding_system=snomed,
+            study_ids=d.str_("study_ids", "none", choices=("none", "obr")),  # type: ignore[arg-type]
         ),
         ack=AckPolicy(
             mode=mode,  # type: ignore[arg-type]

@@ -84,9 +84,14 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             ids = [_existing(outbox, args.id).id]
             outbox.retry(args.id)
         elif command == "replay":
-            _existing(outbox, args.id)
+            row = _existing(outbox, args.id)
             payload = _read_payload(args.payload) if args.payload else None
-            ids = [outbox.replay(args.id, payload)]
+            if row.destination == "hl7":  # a new transmission: new MSH-10, same placer number
+                from adapter.hl7.replay import replay_hl7
+
+                ids = [replay_hl7(outbox, row, settings, payload)]
+            else:
+                ids = [outbox.replay(args.id, payload)]
             print(f"replayed row {args.id} as row {ids[0]}", file=out)
         report = asyncio.run(
             deliver(outbox, settings, ids=ids, forever=args.__dict__.get("forever", False))

@@ -261,6 +261,14 @@ class Outbox:
                 study_records.save(db, record, now)
             return [self._insert(db, new) for new in rows]
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """One transaction for rows that belong together (a review's FHIR rows, its HL7 order
+        and the order's T1 timer): all are stored, or none is when the block raises."""
+        self.timers()  # set up first: creating its table (executescript) would commit
+        with self._write() as db:
+            yield Batch(self, db)
+
     def _insert(self, db: sqlite3.Connection, new: NewRow) -> int:
         # allow_nan=False: NaN is not JSON, and a peer would reject it later anyway.
         text = json.dumps(
@@ -638,6 +646,22 @@ class Outbox:
             ).fetchone()[0]
             return 1.0 if in_flight else None
         return max(0.0, float(raw) - self._clock())
+
+
+class Batch:
+    """Rows and timers stored in the transaction of :meth:`Outbox.batch`."""
+
+    def __init__(self, outbox: Outbox, db: sqlite3.Connection) -> None:
+        self._outbox = outbox
+        self._db = db
+
+    def enqueue(self, new: NewRow) -> int:
+        """Store one row (see :meth:`Outbox.enqueue`); return its id."""
+        return self._outbox._insert(self._db, new)
+
+    def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
+        """Start an escalation timer in the same transaction."""
+        return self._outbox.timers().arm_in(self._db, key, kind, seconds, detail)
 
 
 def _target_filter(targets: Collection[tuple[str, str]] | None) -> tuple[str, list[str]]:

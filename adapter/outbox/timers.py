@@ -80,19 +80,25 @@ class Timers:
 
     def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
         """Start a timer unless one of that kind is already open for the key."""
-        now = self._clock()
         with self._transaction() as db:
-            found = db.execute(
-                "SELECT id FROM timers WHERE key=? AND kind=? AND fired_at IS NULL "
-                "AND cancelled_at IS NULL",
-                (key, kind),
-            ).fetchone()
-            if found is not None:
-                return int(found[0])
-            cursor = db.execute(
-                "INSERT INTO timers (key, kind, due_at, armed_at, detail) VALUES (?, ?, ?, ?, ?)",
-                (key, kind, now + seconds, now, detail),
-            )
+            return self.arm_in(db, key, kind, seconds, detail)
+
+    def arm_in(
+        self, db: sqlite3.Connection, key: str, kind: str, seconds: float, detail: str = ""
+    ) -> int:
+        """:meth:`arm` inside a transaction the caller holds (rows and timers commit together)."""
+        now = self._clock()
+        found = db.execute(
+            "SELECT id FROM timers WHERE key=? AND kind=? AND fired_at IS NULL "
+            "AND cancelled_at IS NULL",
+            (key, kind),
+        ).fetchone()
+        if found is not None:
+            return int(found[0])
+        cursor = db.execute(
+            "INSERT INTO timers (key, kind, due_at, armed_at, detail) VALUES (?, ?, ?, ?, ?)",
+            (key, kind, now + seconds, now, detail),
+        )
         return int(cursor.lastrowid or 0)
 
     def cancel(self, key: str, kind: str) -> bool:

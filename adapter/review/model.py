@@ -77,6 +77,11 @@ class Reviewer(_Frozen):
 
     identifier: Identifier
     name: Annotated[StrictStr, Field(min_length=1, max_length=255)]
+    # Structured name for HL7 XCN (ORC-12/OBR-16); ``name`` stays the display text. Without
+    # them the order carries the display name in XCN-2 only (never a guessed split).
+    family: Annotated[StrictStr, Field(min_length=1, max_length=100)] | None = None
+    given: Annotated[StrictStr, Field(min_length=1, max_length=100)] | None = None
+    prefix: Annotated[StrictStr, Field(min_length=1, max_length=20)] | None = None
 
 
 class Finding(_Frozen):

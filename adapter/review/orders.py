@@ -10,12 +10,18 @@ reference is a conditional reference that resolves on its own, outside the revie
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from adapter.hl7.deliverer import HL7, KIND_CANCEL, KIND_ORDER
-from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier, Provider
+from adapter.hl7.model import (
+    OrderPatient,
+    OrderRequest,
+    PatientIdentifier,
+    PersonNameGroup,
+    Provider,
+)
 from adapter.mapping.review_bundle import (
     PLACER_SYSTEM,
     RADIOLOGY_TASK_SYSTEM,
@@ -23,6 +29,8 @@ from adapter.mapping.review_bundle import (
     StudyContext,
 )
 from adapter.mapping.tables import Tables
+from adapter.outbox.store import Row
+from adapter.outbox.studies import StudyRecord
 from adapter.review.model import ReviewInput
 
 JSON = dict[str, Any]
@@ -31,19 +39,45 @@ HL7_SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 IMAGE_MODALITIES = ("CT", "MR", "PT")
 
 
+DICOM_SEX = {"M": "M", "F": "F", "O": "O"}  # DICOM (0010,0040) -> HL7 table 0001
+#: DICOM PN component groups in order (PS3.5 6.2.1) -> HL7 table 4000 name representation.
+PN_GROUPS = ("A", "I", "P")
+
+
 @dataclass(frozen=True, slots=True)
 class StudyFacts:
-    """Demographics and study details for PID/OBR, taken from the study's ingest Bundle."""
+    """Demographics and study details for PID/OBR: the study's record (its DICOM headers,
+    kept by the outbox) when there is one, else what the ingest Bundle says."""
 
     family: str = ""
     given: str = ""
     birth_date: str = ""
     sex: str = ""
     modality: str = ""
+    names: tuple[PersonNameGroup, ...] = ()
+    patient_id: str = ""
+    patient_issuer: str = ""
+    accession: str = ""
+    requested_procedure_id: str = ""
+    scheduled_step_id: str = ""
 
 
-def study_facts(payloads: Iterable[JSON], study_uid: str) -> StudyFacts:
-    """What the ingest Bundle(s) of the study say about the patient and the modality."""
+def name_groups(pn: str) -> tuple[PersonNameGroup, ...]:
+    """The non-empty groups of a DICOM PN string (``Yamada^Tarou=山田^太郎=やまだ^たろう``)."""
+    groups = []
+    for representation, group in zip(PN_GROUPS, pn.split("="), strict=False):
+        parts = [*group.split("^"), "", "", "", "", ""][:5]
+        family, given, middle, prefix, suffix = (p.strip() for p in parts)
+        if any((family, given, middle, prefix, suffix)):
+            groups.append(PersonNameGroup(family, given, middle, prefix, suffix, representation))
+    return tuple(groups)
+
+
+def study_facts(
+    payloads: Iterable[JSON], study_uid: str, *, record: StudyRecord | None = None
+) -> StudyFacts:
+    """What the study's record (DICOM headers) and ingest Bundle(s) say about the patient, the
+    procedure and the modality."""
     facts = StudyFacts()
     uid_value = f"urn:oid:{study_uid}"
     for payload in payloads:
@@ -65,16 +99,40 @@ def study_facts(payloads: Iterable[JSON], study_uid: str) -> StudyFacts:
                 codes = [str(m.get("code", "")) for m in resource.get("modality", [])]
                 modality = next((c for c in codes if c in IMAGE_MODALITIES), "")
                 facts = StudyFacts(facts.family, facts.given, facts.birth_date, facts.sex, modality)
-    return facts
+    if record is None:
+        return facts
+    return StudyFacts(
+        birth_date=record.birth_date,
+        sex=DICOM_SEX.get(record.sex.upper(), "U" if record.sex else ""),
+        modality=facts.modality,
+        names=name_groups(record.patient_name),
+        patient_id=record.patient_id,
+        patient_issuer=record.patient_issuer,
+        accession=record.accession,
+        requested_procedure_id=record.requested_procedure_id,
+        scheduled_step_id=record.scheduled_step_id,
+    )
 
 
-def _issuer(system: str, tables: Tables) -> str:
-    """The DICOM issuer (assigning authority) whose identifier system is ``system``."""
+def previous_orders(rows: Iterable[Row]) -> dict[str, JSON]:
+    """The last order (new or change) sent for each placer number, from the study's HL7 rows."""
+    found: dict[str, JSON] = {}
+    for row in rows:
+        order = row.payload.get("order") or {}
+        if order.get("control") in ("NW", "XO"):
+            found[str(order["placer_order_number"])] = order
+    return found
+
+
+def _issuer(system: str, tables: Tables, *, guess: bool = True) -> str:
+    """The assigning authority (DICOM issuer) whose identifier system is ``system``, from the
+    ``identifier-systems`` table; without a row, the system's last path part (patients) or
+    nothing (``guess=False``: a provider's authority is never invented)."""
     table = tables.conceptmap("identifier-systems")
     for source, targets in table.rows.items():
         if any(t.code == system for t in targets):
             return source
-    return system.rsplit("/", 1)[-1][:20]
+    return system.rsplit("/", 1)[-1][:20] if guess else ""
 
 
 def _conditional(entry: JSON) -> str:
@@ -148,12 +206,14 @@ def _order(
 ) -> OrderRequest:
     identifier = ctx.patient_identifier or {}
     system, value = str(identifier.get("system", "")), str(identifier.get("value", ""))
+    authority = facts.patient_issuer or _issuer(system, tables)
     patient = OrderPatient(
-        identifiers=(PatientIdentifier(value, _issuer(system, tables)),) if value else (),
+        identifiers=(PatientIdentifier(value, authority),) if value else (),
         family=facts.family,
         given=facts.given,
         birth_date=facts.birth_date,
         sex=facts.sex,
+        names=facts.names,
     )
     request = _find(bundle, "ServiceRequest", PLACER_SYSTEM, placer) or {}
     service = ((request.get("code") or {}).get("coding") or [{}])[0]
@@ -170,16 +230,18 @@ def _order(
     for concept in report.get("conclusionCode", []):
         first_code = (concept.get("coding") or [{}])[0]
         break
-    name = review.reviewer.name.split()
+    reviewer = review.reviewer
     return OrderRequest(
         control="CA" if control == "CA" else "NW",
         placer_order_number=placer,
         placer_namespace=namespace,
         patient=patient,
         study_instance_uid=ctx.study_uid,
-        accession_number=ctx.accession,
+        accession_number=facts.accession or ctx.accession,
+        requested_procedure_id=facts.requested_procedure_id,
+        scheduled_procedure_step_id=facts.scheduled_step_id,
         modality=facts.modality,
-        priority=review.highest_urgency if control == "NW" else "routine",
+        priority=review.highest_urgency,
         service_code=str(service.get("code", "RTPLANREVIEW")),
         service_text=str(
             service.get("display", "Radiologist review of radiotherapy planning scan")
@@ -192,13 +254,19 @@ def _order(
             if control == "NW"
             else "RT planning scan - concern withdrawn by the oncologist"
         ),
+        # Structured when the review gives it; else the display name whole in XCN-2 (a split
+        # on spaces turns "Dr Anna Oncologist" into given "Dr Anna", 山田 花子 into family 花子).
         ordering_provider=Provider(
-            review.reviewer.identifier.value,
-            family=name[-1] if name else "",
-            given=" ".join(name[:-1]),
+            reviewer.identifier.value,
+            family=reviewer.family or ("" if reviewer.given else reviewer.name),
+            given=reviewer.given or "",
+            prefix=reviewer.prefix or "",
+            assigning_authority=_issuer(reviewer.identifier.system, tables, guess=False),
         ),
         requested_at=review.reviewed_at.isoformat(),
         review_id=review.review_id,
+        extra_notes=(review.notes,) if review.notes.strip() and control == "NW" else (),
+        control_reason="Concern withdrawn by the oncologist" if control == "CA" else "",
     )
 
 
@@ -212,11 +280,18 @@ def order_payloads(
     profile: str,
     namespace: str,
     fhir_targets: list[tuple[str, str]],
-    already_ordered: set[str],
+    already_ordered: Mapping[str, JSON],
 ) -> list[tuple[str, JSON]]:
-    """``(kind, payload)`` for each HL7 row this review needs: a new order for a new concern
-    (not for one already ordered), a cancel for each withdrawn request."""
+    """``(kind, payload)`` for each HL7 row this review needs: a new order for a new concern,
+    a change (ORC-1 XO) when an amendment changes the urgency or the text of one already
+    ordered, a cancel for each withdrawn request."""
     rows: list[tuple[str, JSON]] = []
+    sent = already_ordered.get(output.placer) if output.placer else None
+    if sent is not None and not review.concern_withdrawn:
+        order = _order("NW", output.placer, review, ctx, facts, tables, output.bundle, namespace)
+        if _changed(sent, order):
+            change = _change(order, sent)
+            rows.append((KIND_CHANGE, {"profile": profile, "order": change, "on_ack": []}))
     if output.placer and output.placer not in already_ordered and not review.concern_withdrawn:
         order = _order("NW", output.placer, review, ctx, facts, tables, output.bundle, namespace)
         task = _find(output.bundle, "Task", RADIOLOGY_TASK_SYSTEM, output.placer)
@@ -248,8 +323,30 @@ def order_payloads(
     for cancel in output.hl7_cancels:
         placer = str(cancel["placer_order_number"]["value"])
         order = _order("CA", placer, review, ctx, facts, tables, output.bundle, namespace)
-        rows.append((KIND_CANCEL, {"profile": profile, "order": order.to_json(), "on_ack": []}))
+        cancelled = order.to_json()
+        previous = already_ordered.get(placer)
+        if previous is not None:  # the cancel names the order as sent: its priority
+            cancelled["priority"] = previous.get("priority", cancelled["priority"])
+        rows.append((KIND_CANCEL, {"profile": profile, "order": cancelled, "on_ack": []}))
     return rows
+
+
+KIND_CHANGE = "hl7-change"
+
+
+def _changed(sent: JSON, order: OrderRequest) -> bool:
+    return bool(
+        sent.get("priority") != order.priority
+        or sent.get("concern_text") != order.concern_text
+        or tuple(sent.get("extra_notes", ())) != order.extra_notes
+    )
+
+
+def _change(order: OrderRequest, sent: JSON) -> JSON:
+    data = order.to_json()
+    data["control"] = "XO"
+    data["control_reason"] = "Amended by the oncologist"
+    return data
 
 
 __all__ = ["HL7", "StudyFacts", "order_payloads", "study_facts"]

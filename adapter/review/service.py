@@ -34,7 +34,8 @@ from adapter.mapping.review_bundle import (
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
 from adapter.mapping.tables import Tables, load_tables
 from adapter.outbox.commands import open_outbox
-from adapter.outbox.store import Outbox, Row
+from adapter.outbox.store import NewRow, Outbox, Row
+from adapter.outbox.studies import StudyRecord
 from adapter.review.model import ReviewInput, UnknownStudyError, parse_review
 
 if TYPE_CHECKING:
@@ -302,18 +303,13 @@ async def submit_review_async(
         output = build_review(review, ctx, settings, tables)
         key = f"study:{review.study_instance_uid}"
         label = review_label(review)
-        ids = [
-            outbox.enqueue(
-                destination=d,
-                target=t,
-                key=key,
-                kind=KIND_REVIEW,
-                label=label,
-                payload=output.bundle,
-            )
-            for d, t in destinations
+        # The HL7 rows are built (and can refuse) before anything is stored; then the review's
+        # FHIR rows, its HL7 rows and their timers are stored together (order_rows.py).
+        orders = _prepare_orders(outbox, review, output, ctx, settings, tables, destinations)
+        review_rows = [
+            NewRow(d, t, key, KIND_REVIEW, label, output.bundle) for d, t in destinations
         ]
-        cancels = _enqueue_orders(outbox, review, output, ctx, settings, tables, ids, destinations)
+        ids, cancels = _enqueue_review(outbox, key, review_rows, orders)
         report = None
         if deliver:
             report = await deliver_rows(
@@ -330,71 +326,43 @@ async def submit_review_async(
     )
 
 
-def _enqueue_orders(
+def _prepare_orders(
     outbox: Outbox,
     review: ReviewInput,
     output: ReviewOutput,
     ctx: StudyContext,
     settings: Settings,
     tables: Tables,
-    fhir_ids: list[int],
     destinations: list[tuple[str, str]],
-) -> list[int]:
-    """HL7 order/cancel rows, each waiting for the review's FHIR transaction to succeed (the
-    FHIR server's row when there is one, else the file writer's). T1 starts for a new order."""
-    from adapter.hl7.deliverer import HL7, KIND_ORDER, T1
-    from adapter.hl7.profiles import load_profiles
-    from adapter.review.orders import order_payloads, study_facts
+) -> list[Any]:
+    from datetime import UTC, datetime
+
+    from adapter.review.order_rows import prepare_orders  # imports hl7apy: only when needed
 
     if not output.placer and not output.hl7_cancels:
         return []
-    profiles = load_profiles(receivers_dir(settings))
-    if settings.hl7.receiver not in profiles:
-        raise ConfigError("hl7.receiver", f"no receiver profile named {settings.hl7.receiver!r}")
-    profile = profiles[settings.hl7.receiver]
-    key = f"study:{review.study_instance_uid}"
-    previous = outbox.rows_for_key(key, kind=KIND_ORDER)
-    already = {str(r.payload["order"]["placer_order_number"]) for r in previous}
-    study_rows = outbox.rows_for_key(key)
-    facts = study_facts([r.payload for r in study_rows], review.study_instance_uid)
-    fhir_targets = [d for d in destinations if d[0] in ("fhir", "files")]
-    payloads = order_payloads(
+    return prepare_orders(
+        outbox,
         review,
         output,
         ctx,
-        facts,
+        settings,
         tables,
-        profile=profile.name,
-        namespace=settings.hl7.placer_namespace,
-        fhir_targets=fhir_targets,
-        already_ordered=already,
+        destinations,
+        receivers=receivers_dir(settings),
+        now=datetime.now(UTC),
     )
-    after = next((i for (d, _), i in zip(destinations, fhir_ids, strict=True) if d == "fhir"), None)
-    after = after if after is not None else (fhir_ids[0] if fhir_ids else None)
-    timers = outbox.timers()
-    ids = []
-    from datetime import UTC, datetime
 
-    from adapter.hl7.deliverer import prerender
 
-    now = datetime.now(UTC)
-    for kind, raw_payload in payloads:
-        payload = prerender(raw_payload, key=key, kind=kind, profile=profile, now=now)
-        placer = str(payload["order"]["placer_order_number"])
-        ids.append(
-            outbox.enqueue(
-                destination=HL7,
-                target=profile.name,
-                key=key,
-                kind=kind,
-                label=f"Order-{placer}-{payload['order']['control']}",
-                payload=payload,
-                after_id=after,
-            )
-        )
-        if kind == KIND_ORDER and settings.hl7.mllp:  # a file written is not a RIS that acks
-            timers.arm(placer, T1, profile.escalation.t1_no_aa.total_seconds(), "no AA from RIS")
-    return ids
+def _enqueue_review(
+    outbox: Outbox, key: str, review_rows: list[NewRow], orders: list[Any]
+) -> tuple[list[int], list[int]]:
+    if not orders:
+        with outbox.batch() as batch:
+            return [batch.enqueue(row) for row in review_rows], []
+    from adapter.review.order_rows import enqueue_review
+
+    return enqueue_review(outbox, key, review_rows, orders)
 
 
 def receivers_dir(settings: Settings) -> Path:
@@ -454,6 +422,19 @@ def _preview_context(
     return ctx, rows
 
 
+def _preview_record(
+    review: ReviewInput, settings: Settings, out_dir: Path | None
+) -> StudyRecord | None:
+    """The study's record (patient and procedure ids from its DICOM headers), if stored."""
+    from adapter.outbox.commands import outbox_path
+
+    path = outbox_path(settings, out_dir)
+    if not path.exists():
+        return None
+    with Outbox(path) as outbox:
+        return outbox.study(review.study_instance_uid)
+
+
 def preview_orders(
     data: Mapping[str, Any] | ReviewInput,
     settings: Settings,
@@ -470,8 +451,9 @@ def preview_orders(
     tables = tables or load_tables(settings.mappings_dir)
     review = parse_review(data, tables)
     ctx, rows = _preview_context(review, settings, out_dir)
+    record = _preview_record(review, settings, out_dir)
     output = build_review(review, ctx, settings, tables)
-    facts = study_facts([r.payload for r in rows], review.study_instance_uid)
+    facts = study_facts([r.payload for r in rows], review.study_instance_uid, record=record)
     payloads = order_payloads(
         review,
         output,
@@ -481,7 +463,7 @@ def preview_orders(
         profile=settings.hl7.receiver,
         namespace=settings.hl7.placer_namespace,
         fhir_targets=[],
-        already_ordered=set(),
+        already_ordered={},
     )
     now = datetime.now(UTC)
     return [

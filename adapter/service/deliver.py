@@ -150,9 +150,10 @@ async def deliver(
 
     async with AsyncExitStack() as stack:
         deliverers: dict[tuple[str, str], Deliverer] = {}
-        # The configured destinations always, so a long-running worker picks up rows enqueued
-        # after it started; plus whatever older rows are still waiting for.
-        configured = [(FHIR, settings.fhir.base_url)] if settings.fhir.base_url else []
+        # The configured destinations always (the FHIR server and the output folder), so a
+        # long-running worker delivers rows enqueued after it started, whatever created them
+        # (escalations, radiologist results); plus whatever older rows are still waiting for.
+        configured = targets(settings, out_dir)
         waiting = outbox.open_targets()
         for destination, target in dict.fromkeys([*configured, *waiting]):
             if destination == FILES:

@@ -44,6 +44,8 @@ def escalate_due(
     fired = outbox.timers().take_due()
     for timer in fired:
         why = WHY.get(timer.kind, f"escalated: {timer.kind}")
+        if timer.kind == REJECTED and timer.detail:  # MSA-1 and ERR code: no patient data
+            why = f"{why} ({timer.detail})"
         metrics.inc(f"escalations_{timer.kind}")
         log.warning("ESCALATION %s for order %s: %s", timer.kind, timer.key, why)
         order = outbox.order_row(timer.key)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from adapter.hl7.ack import build_ack, parse_ack
-from adapter.hl7.deliverer import T1, T2, on_ack_rows
+from adapter.hl7.deliverer import REJECTED, T1, T2, on_ack_rows
 from adapter.hl7.inbound import InboundMessage, InboundParseError, parse_inbound
 from adapter.mapping.radiology_result import response_bundle, result_bundle
 from adapter.mapping.tables import Tables
@@ -148,6 +148,7 @@ class InboundHandler:
             log.warning("inbound ACK %s for no message of ours", control or "?")
             return
         rows = self._acknowledged(order) if ack.code == "AA" else []
+        rejected = ack.code in ("AE", "AR")
         stored = self.outbox.record_inbound(
             sender=sender,
             control_id=control,
@@ -157,8 +158,13 @@ class InboundHandler:
             message=raw,
             rows=rows,
         )
+        placer = str(order.payload["order"]["placer_order_number"])
         if stored and ack.code == "AA":
-            self.outbox.timers().cancel(str(order.payload["order"]["placer_order_number"]), T1)
+            self.outbox.timers().cancel(placer, T1)
+        elif stored and rejected:  # the RIS's application rejected it: one escalation, T1 ends
+            timers = self.outbox.timers()
+            timers.cancel(placer, T1)
+            timers.arm(placer, REJECTED, 0, f"application ACK {ack.code}")
 
     def _ack(
         self,

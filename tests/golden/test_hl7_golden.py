@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from adapter.hl7.messages import build_order
-from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier, Provider
+from adapter.hl7.model import (
+    OrderPatient,
+    OrderRequest,
+    PatientIdentifier,
+    PersonNameGroup,
+    Provider,
+)
 from adapter.hl7.profiles import load_profiles
 from tests.peers.hl7v2_validator_fixture import Validate
 
@@ -35,14 +41,19 @@ TRICKY_ORDER = OrderRequest(
             PatientIdentifier("MRN^0042", "HOSP&MRN"),
             PatientIdentifier("9434765919", "NHS", "NH"),
         ),
-        family="O'Brien-Søren^Smith",
-        given="Zoë~Ann",
         birth_date="1950-02-03",
         sex="F",
+        # The alphabetic group goes to every receiver; the ideographic one only where the
+        # charset can carry it (not the Latin-1 swfb-ris).
+        names=(
+            PersonNameGroup("O'Brien-Søren^Smith", "Zoë~Ann", prefix="Mrs"),
+            PersonNameGroup("山田", "花子", representation="I"),
+        ),
     ),
     study_instance_uid="1.2.826.0.1.3680043.8.498.42",
     accession_number="ACC&0042",
     requested_procedure_id="RP0042",
+    scheduled_procedure_step_id="SPS0042",
     modality="CT",
     priority="urgent",
     reason_code="C34.1",
@@ -52,7 +63,9 @@ TRICKY_ORDER = OrderRequest(
         "Possible nodule ^ RUL & adrenal ~ check.\r\nSee C:\\F\\scans\\T\\x and \\.br\\ as typed.\n"
         "Framing \x0b VT and \x1c FS bytes; tab\tend."
     ),
-    ordering_provider=Provider("ONC123", "Smith|Jones", "Ann&Bo"),
+    ordering_provider=Provider(
+        "ONC123", "Smith|Jones", "Ann&Bo", prefix="Dr", assigning_authority="HOSP-STAFF"
+    ),
     requested_at="2025-03-30T01:29:00+01:00",
     review_id="review-0042",
     extra_notes=("Second note with \\E\\ inside",),
@@ -96,3 +109,35 @@ def test_every_golden_passes_hapi(hl7v2_validate: Validate) -> None:
     assert structures["default-ris-new"] == ("ORM_O01", "2.3.1")
     assert structures["swfb-ris-new"] == ("OMG_O19", "2.5.1")
     assert structures["imaging-procedure-control-new"] == ("OMI_O23", "2.5.1")
+
+
+@pytest.mark.peer
+def test_conformance_profile_catches_what_hapi_parsing_allows(hl7v2_validate: Validate) -> None:
+    """The conformance checks can fail: no PID-5, no IPC-2, MSH-18 or OBR-24 outside the
+    version's table (each of these parses fine in HAPI)."""
+    orm = build_case("default-ris-new").decode("utf-8")
+    omi = build_case("imaging-procedure-control-new").decode("utf-8")
+
+    def field(text: str, segment: str, number: int, value: str) -> bytes:
+        lines = text.split("\r")
+        for i, line in enumerate(lines):
+            if line.startswith(segment + "|"):
+                parts = line.split("|")
+                parts[number if segment != "MSH" else number - 1] = value
+                lines[i] = "|".join(parts)
+                break
+        return "\r".join(lines).encode("utf-8")
+
+    bad = [
+        field(orm, "PID", 5, ""),
+        field(orm, "MSH", 18, "UNICODE UTF-8"),
+        field(orm, "OBR", 24, "MR"),
+        field(omi, "IPC", 2, ""),
+    ]
+    results = hl7v2_validate(bad)
+    errors = [r.error for r in results]
+    assert not any(r.ok for r in results), errors
+    assert "PID-5-1 is required" in errors[0]
+    assert "MSH-18 value 'UNICODE UTF-8'" in errors[1]
+    assert "OBR-24 value 'MR'" in errors[2]
+    assert "IPC-2 is required" in errors[3]

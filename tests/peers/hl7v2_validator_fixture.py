@@ -6,7 +6,9 @@ Load with ``pytest_plugins = ["tests.peers.hl7v2_validator_fixture"]``.
   date; a cold Maven cache downloads ~25 MB) and returns ``validate(messages) -> list[Result]``,
   which runs the JVM ONCE per batch (start-up is ~0.5 s) with the messages on stdin separated by
   a blank line. Each message is decoded in its MSH-18 charset (strictly), parsed by HAPI's
-  ``PipeParser`` with ``ValidationContextFactory.defaultValidation()``.
+  ``PipeParser`` with ``ValidationContextFactory.defaultValidation()``, then checked against
+  our conformance profile (``src/main/resources/conformance.properties``: required fields per
+  structure, and MSH-18/OBR-24/ORC-1/PID-8 values from the version's HL7 tables).
 
 A missing ``java``/``mvn`` or a failed build FAILS the test: real validators are never skipped.
 """

@@ -63,8 +63,13 @@ def test_orm_priority_and_ids() -> None:
     m = parsed("default-ris")
     orc, obr = m.segment("ORC"), m.segment("OBR")
     assert str(orc(7)(1)(6)) == "A" and str(obr(27)(1)(6)) == "A"
-    assert unescape(str(obr(18))) == "ACC&0042" and str(obr(19)) == "RP0042"
-    assert str(obr(24)) == "CT"
+    # The reviewed study's accession is not this new order's: OBR-18 stays empty.
+    assert str(obr(18)) == "" and str(obr(19)) == "" and str(obr(20)) == ""
+    assert str(obr(24)) == "RAD"  # table 0074, not the DICOM modality
+    with_ids = replace(ORM, defaults=replace(ORM.defaults, study_ids="obr"))
+    raw = build_order(TRICKY_ORDER, with_ids, control_id="C1", now=NOW)
+    obr = hl7.parse(raw.decode("utf-8")).segment("OBR")
+    assert str(obr(18)) == "" and str(obr(19)) == "RP0042" and str(obr(20)) == "SPS0042"
     assert str(m.segment("ZDS")(1)) == "1.2.826.0.1.3680043.8.498.42^100^Application^DICOM"
     assert str(m.segment("MSH")(15)) == "" and str(m.segment("MSH")(16)) == ""
 
@@ -80,7 +85,7 @@ def test_omi_ipc_and_orc5() -> None:
     m = parsed("imaging-procedure-control")
     ipc = m.segment("IPC")
     assert unescape(str(ipc(1))) == "ACC&0042" and str(ipc(2)) == "RP0042"
-    assert str(ipc(3)) == TRICKY_ORDER.study_instance_uid and str(ipc(4)) == "RP0042"
+    assert str(ipc(3)) == TRICKY_ORDER.study_instance_uid and str(ipc(4)) == "SPS0042"
     assert str(ipc(5)(1)(1)) == "CT"
     assert str(m.segment("ORC")(5)) == "SC"
     assert str(m.segment("OBR")(18)) == ""
@@ -94,6 +99,7 @@ def test_latin1_bytes_really_latin1_and_unencodable_named() -> None:
     with pytest.raises(MessageBuildError) as err:
         build_order(replace(TRICKY_ORDER, concern_text="日本"), OMG, control_id="1", now=NOW)
     assert err.value.location == "NTE-3" and "日本" not in str(err.value)
+    assert "U+65E5 CJK UNIFIED IDEOGRAPH-65E5" in str(err.value)
     lossy = replace(OMG, unencodable="replace")
     assert b"NTE|1||?" in build_order(replace(TRICKY_ORDER, concern_text="日本"), lossy,
                                       control_id="1", now=NOW)  # fmt: skip

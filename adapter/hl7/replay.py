@@ -1,0 +1,46 @@
+"""``rtplan outbox replay`` of an HL7 row: a new transmission of the same order.
+
+A resend (the worker trying the same row again) keeps its MSH-10, so the RIS can recognise
+it. A replay is an analyst's decision to send the order again, often after the RIS rejected
+it: a RIS that de-duplicates on MSH-10 would drop it under the old id. So a replay gets a new
+MSH-10 and MSH-7, the same placer order number, and (over MLLP) a new T1.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from adapter.config import Settings
+from adapter.hl7.deliverer import KIND_ORDER, T1, new_transmission
+from adapter.hl7.profiles import load_profiles
+from adapter.outbox.store import Outbox, Row
+
+JSON = dict[str, Any]
+
+
+def replay_hl7(outbox: Outbox, row: Row, settings: Settings, payload: JSON | None) -> int:
+    """Enqueue ``row``'s order (or a corrected ``payload``) as a new transmission; return the
+    new row's id.
+
+    Raises:
+        MessageBuildError: the order cannot be built for its receiver.
+    """
+    from adapter.review.service import receivers_dir
+
+    profile = load_profiles(receivers_dir(settings)).get(row.target)
+    if profile is None:
+        return outbox.replay(row.id, payload)  # waits, visibly, for its profile to return
+    source = row if payload is None else _with_payload(row, payload)
+    fresh = new_transmission(source, profile, datetime.now(UTC))
+    new_id = outbox.replay(row.id, fresh)
+    if row.kind == KIND_ORDER and settings.hl7.mllp:
+        placer = str(fresh["order"]["placer_order_number"])
+        outbox.timers().arm(placer, T1, profile.escalation.t1_no_aa.total_seconds(), "replayed")
+    return new_id
+
+
+def _with_payload(row: Row, payload: JSON) -> Row:
+    from dataclasses import replace
+
+    return replace(row, payload=payload)

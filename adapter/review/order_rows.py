@@ -1,0 +1,132 @@
+"""A review's HL7 rows, prepared in full before anything is stored, then stored with its FHIR rows.
+
+A concern must never reach the EHR without reaching radiology. So everything that can fail in
+building an order (the receiver profile, the charset, the fields the message type requires) is
+done by :func:`prepare_orders` *before* the review is stored: the message bytes are rendered
+here, once, and kept in the row. :func:`enqueue_review` then stores the review's FHIR rows, the
+HL7 rows and their T1 timers in one transaction: all of them, or none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from adapter.config import Settings
+from adapter.errors import ConfigError
+from adapter.hl7.deliverer import HL7, KIND_ORDER, T1, prerender
+from adapter.hl7.profiles import ReceiverProfile, load_profiles
+from adapter.mapping.review_bundle import ReviewOutput, StudyContext
+from adapter.mapping.tables import Tables
+from adapter.outbox.store import NewRow, Outbox
+from adapter.review.model import ReviewInput
+from adapter.review.orders import order_payloads, previous_orders, study_facts
+
+JSON = dict[str, Any]
+FHIR = "fhir"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedOrder:
+    """One HL7 row, its message already rendered, not yet stored."""
+
+    kind: str
+    target: str  # the receiver profile's name
+    placer: str
+    label: str
+    payload: JSON
+    t1_seconds: float | None  # T1 starts with the row (MLLP only: a file is not a RIS)
+
+
+def receiver_profile(settings: Settings, folder: Any) -> ReceiverProfile:
+    """The configured receiver profile.
+
+    Raises:
+        ConfigError: no profile of that name (or a profile file is invalid).
+    """
+    profiles = load_profiles(folder)
+    if settings.hl7.receiver not in profiles:
+        raise ConfigError("hl7.receiver", f"no receiver profile named {settings.hl7.receiver!r}")
+    return profiles[settings.hl7.receiver]
+
+
+def prepare_orders(
+    outbox: Outbox,
+    review: ReviewInput,
+    output: ReviewOutput,
+    ctx: StudyContext,
+    settings: Settings,
+    tables: Tables,
+    destinations: Sequence[tuple[str, str]],
+    *,
+    receivers: Any,
+    now: datetime,
+) -> list[PreparedOrder]:
+    """The HL7 rows this review needs (new order, update, cancels), each rendered for the
+    receiver. Reads the outbox; writes nothing.
+
+    Raises:
+        MessageBuildError: an order cannot be built for the receiver (names the segment-field
+            and the character); nothing has been stored.
+        ConfigError: the receiver profile is missing or invalid.
+    """
+    if not output.placer and not output.hl7_cancels:
+        return []
+    profile = receiver_profile(settings, receivers)
+    key = f"study:{review.study_instance_uid}"
+    study_rows = outbox.rows_for_key(key)
+    previous = previous_orders(r for r in study_rows if r.destination == HL7)
+    facts = study_facts(
+        [r.payload for r in study_rows],
+        review.study_instance_uid,
+        record=outbox.study(review.study_instance_uid),
+    )
+    fhir_targets = [d for d in destinations if d[0] in (FHIR, "files")]
+    payloads = order_payloads(
+        review,
+        output,
+        ctx,
+        facts,
+        tables,
+        profile=profile.name,
+        namespace=settings.hl7.placer_namespace,
+        fhir_targets=fhir_targets,
+        already_ordered=previous,
+    )
+    prepared = []
+    for kind, raw_payload in payloads:
+        payload = prerender(raw_payload, kind=kind, profile=profile, now=now)
+        placer = str(payload["order"]["placer_order_number"])
+        control = str(payload["order"]["control"])
+        t1 = None
+        if kind == KIND_ORDER and settings.hl7.mllp:
+            t1 = profile.escalation.t1_no_aa.total_seconds()
+        prepared.append(
+            PreparedOrder(kind, profile.name, placer, f"Order-{placer}-{control}", payload, t1)
+        )
+    return prepared
+
+
+def enqueue_review(
+    outbox: Outbox, key: str, review_rows: Sequence[NewRow], orders: Sequence[PreparedOrder]
+) -> tuple[list[int], list[int]]:
+    """Store the review's FHIR rows, its HL7 rows and their T1 timers in one transaction.
+
+    Each HL7 row waits for the review's FHIR row (the FHIR server's when there is one, else
+    the file writer's): the RIS never receives an order the EHR does not hold.
+    """
+    with outbox.batch() as batch:
+        ids = [batch.enqueue(row) for row in review_rows]
+        after = next(
+            (i for row, i in zip(review_rows, ids, strict=True) if row.destination == FHIR),
+            ids[0] if ids else None,
+        )
+        hl7_ids = []
+        for order in orders:
+            new = NewRow(HL7, order.target, key, order.kind, order.label, order.payload, after)
+            hl7_ids.append(batch.enqueue(new))
+            if order.t1_seconds is not None:
+                batch.arm(order.placer, T1, order.t1_seconds, "no AA from RIS")
+    return ids, hl7_ids
