@@ -1,0 +1,224 @@
+"""Issue 10: ``rtplan serve`` delivers rows created while it runs (results, escalations) to
+every configured destination; ACK discipline (AE/AR/CE: one escalation, T1 ends, the rejection
+stays on the Task); a replay is a new transmission (new MSH-10, same placer number)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapter.config import FhirSettings, Hl7Settings, Settings
+from adapter.hl7.deliverer import KIND_ORDER, REJECTED, T1
+from adapter.hl7.replay import replay_hl7
+from adapter.mapping.tables import load_tables
+from adapter.outbox.store import Outbox, State
+from adapter.outbox.studies import StudyRecord, save
+from adapter.review.service import submit_review_async
+from adapter.service.deliver import deliver, enqueue, targets
+from adapter.service.escalate import Metrics, escalate_due
+from adapter.service.ingest import run_ingest
+from adapter.service.serve import serve
+from tests.integration.test_closed_loop import oru, review_for
+from tests.peers.launch import free_port
+from tests.peers.mllp_fault import ack as fault_ack
+from tests.peers.mllp_fault import silence
+from tests.support import ROOT, make_study
+
+
+def copy_with(tmp: Path, replacements: dict[str, str]) -> Path:
+    folder = tmp / "receivers"
+    shutil.copytree(ROOT / "mappings" / "receivers", folder, dirs_exist_ok=True)
+    for path in folder.glob("*.yaml"):
+        text = path.read_text()
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        path.write_text(text)
+    return folder
+
+
+def ingested(tmp: Path, settings: Settings, out: Path | None) -> str:
+    """A planning study ingested and delivered, with its record stored (as ingest does)."""
+    folder, uid = make_study(tmp)
+    tables = load_tables(settings.mappings_dir)
+    result = run_ingest([folder], settings, tables)
+    with Outbox(Path(settings.outbox.path)) as outbox:
+        ids = enqueue(outbox, result, targets(settings, out))
+        assert asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out)).dead == 0
+        record = StudyRecord(
+            uid, "P1", "HOSP-MRN", "TEST^PLANNING", "1958-04-17", "M", "ACC0001", "RP0001", ""
+        )
+        save(outbox._db, record, time.time())
+    return uid
+
+
+def settings_for(tmp: Path, **hl7: Any) -> Settings:
+    s = Settings(hl7=Hl7Settings(listen_port=free_port(), escalation_check_seconds=0.1, **hl7))
+    return replace(s, outbox=replace(s.outbox, path=str(tmp / "o.sqlite")))
+
+
+async def until(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.1)
+
+
+def test_serve_writes_result_files_created_while_running(hl7_receiver: Any, tmp_path: Path) -> None:
+    """An output folder only (no FHIR server): the radiologist's result from an ORU^R01 that
+    arrives mid-run is written without a restart (it used to wait for one)."""
+    out = tmp_path / "out"
+    settings = settings_for(tmp_path, mllp=True, host="127.0.0.1", port=hl7_receiver.port)
+    uid = ingested(tmp_path, settings, out)
+
+    async def go() -> None:
+        stop, started = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(serve(settings, out, stop=stop, started=started))
+        await started.wait()
+        result = await submit_review_async(
+            review_for(uid, "REV-SERVE-FILES"), settings, out_dir=out
+        )
+        assert hl7_receiver.wait_for(1)
+        placer = result.placer_order_number
+        ack = await hl7_receiver.send(
+            "127.0.0.1", settings.hl7.listen_port, oru(placer, "ORUF1", "No metastases.")
+        )
+        assert b"MSA|AA|ORUF1" in ack
+        await until(lambda: any((out / "fhir").glob(f"RadiologyResult-{placer}-*.json")))
+        stop.set()
+        await task
+
+    asyncio.run(go())
+
+
+@pytest.mark.peer
+def test_t1_escalation_and_result_reach_the_fhir_peer_while_running(
+    hapi: str, mllp_fault: Any, hl7_receiver: Any, tmp_path: Path
+) -> None:
+    """HAPI FHIR + an MLLP peer that never answers: T1 fires while serve runs and its Task
+    update reaches the FHIR peer; then the RIS answers, and an ORU^R01 mid-run gives the
+    radiologist DiagnosticReport and a completed Task, all without a restart."""
+    folder = copy_with(
+        tmp_path, {"t1_no_aa: 15m": "t1_no_aa: 1s", "ack_timeout: 30s": "ack_timeout: 1s"}
+    )
+    mllp_fault.default = silence()
+    settings = settings_for(
+        tmp_path, mllp=True, host="127.0.0.1", port=mllp_fault.port, receivers_dir=str(folder)
+    )
+    settings = replace(
+        settings, fhir=FhirSettings(base_url=hapi, create_patient=True, initial_wait=0.05)
+    )
+    uid = ingested(tmp_path, settings, None)
+
+    def task(placer: str) -> dict[str, Any]:
+        bundle = httpx.get(
+            f"{hapi}/Task", params={"identifier": f"urn:rtplan:radiology-task|{placer}"}, timeout=30
+        ).json()
+        found = [e["resource"] for e in bundle.get("entry", [])]
+        return found[0] if found else {}
+
+    async def go() -> None:
+        stop, started = asyncio.Event(), asyncio.Event()
+        metrics = Metrics()
+        server = asyncio.create_task(
+            serve(settings, None, stop=stop, started=started, metrics=metrics)
+        )
+        await started.wait()
+        result = await submit_review_async(review_for(uid, "REV-SERVE-T1"), settings, deliver=False)
+        placer = result.placer_order_number
+        await until(
+            lambda: (
+                task(placer)
+                .get("businessStatus", {})
+                .get("text", "")
+                .startswith("escalated: no acknowledgement")
+            )
+        )
+        assert metrics.counters["escalations_T1"] == 1
+        mllp_fault.default = fault_ack("AA")
+        await until(lambda: task(placer).get("status") == "received")
+        ack = await hl7_receiver.send(
+            "127.0.0.1", settings.hl7.listen_port, oru(placer, "ORUT1", "Benign cysts.")
+        )
+        assert b"MSA|AA|ORUT1" in ack
+        await until(lambda: task(placer).get("status") == "completed")
+        reports = httpx.get(
+            f"{hapi}/DiagnosticReport",
+            params={"identifier": f"urn:rtplan:radiology-report|{placer}"},
+            timeout=30,
+        ).json()
+        assert reports.get("total", len(reports.get("entry", []))) == 1
+        stop.set()
+        await server
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("code", "profile"), [("AE", "default-ris"), ("AR", "default-ris"), ("CE", "swfb-ris")]
+)
+def test_rejection_fires_one_escalation_ends_t1_and_stays_on_the_task(
+    code: str, profile: str, mllp_fault: Any, tmp_path: Path
+) -> None:
+    folder = copy_with(tmp_path, {"enabled: true": "enabled: false"})
+    out = tmp_path / "out"
+    mllp_fault.default = fault_ack(code, error_code="207")
+    settings = settings_for(
+        tmp_path,
+        mllp=True,
+        host="127.0.0.1",
+        port=mllp_fault.port,
+        receiver=profile,
+        receivers_dir=str(folder),
+    )
+    uid = ingested(tmp_path, settings, out)
+    result = asyncio.run(
+        submit_review_async(review_for(uid, f"REV-REJ-{code}"), settings, out_dir=out)
+    )
+    placer = result.placer_order_number
+    assert result.delivery is not None and result.delivery.dead == 1
+    metrics = Metrics()
+    fhir_targets = targets(settings, out)
+    # A day later: only the rejection has fired, once; T1 was ended by it.
+    later = time.time() + 86400
+    with Outbox(tmp_path / "o.sqlite", clock=lambda: later) as outbox:
+        assert [t.kind for t in escalate_due(outbox, fhir_targets, metrics)] == [REJECTED]
+        assert escalate_due(outbox, fhir_targets, metrics) == []
+        assert [t.kind for t in outbox.timers().open()] == []
+        assert T1 not in [t.kind for t in outbox.timers().fired()]
+        asyncio.run(deliver(outbox, settings, out_dir=out))
+    assert dict(metrics.counters) == {"escalations_rejected": 1}
+    (written,) = sorted((out / "fhir").glob(f"Escalation-{placer}-*.json"))
+    task = json.loads(written.read_text())["entry"][0]["resource"]
+    assert task["businessStatus"]["text"].startswith("escalated: the RIS rejected the order")
+    assert code in task["businessStatus"]["text"] and "207" in task["businessStatus"]["text"]
+
+
+def test_replay_after_rejection_is_a_new_transmission(mllp_fault: Any, tmp_path: Path) -> None:
+    mllp_fault.script(fault_ack("AE"))
+    settings = settings_for(tmp_path, mllp=True, host="127.0.0.1", port=mllp_fault.port)
+    out = tmp_path / "out"
+    uid = ingested(tmp_path, settings, out)
+    result = asyncio.run(submit_review_async(review_for(uid, "REV-REPLAY"), settings, out_dir=out))
+    (order_id,) = result.hl7_rows
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        row = outbox.get(order_id)
+        assert row.state is State.DEAD and row.kind == KIND_ORDER
+        assert [t.kind for t in escalate_due(outbox, [], Metrics())] == [REJECTED]
+        new_id = replay_hl7(outbox, row, settings, None)
+        assert asyncio.run(deliver(outbox, settings, ids=[new_id])).delivered == 1
+        again = outbox.get(new_id)
+        assert again.payload["control_id"] != row.payload["control_id"]
+        assert again.payload["order"]["placer_order_number"] == result.placer_order_number
+        assert [t.kind for t in outbox.timers().open()] == ["T2"]  # the new T1 ended with its AA
+    first, second = mllp_fault.control_ids
+    assert first == row.payload["control_id"] and second == again.payload["control_id"]
+    placers = {f.split(b"\rORC|")[1].split(b"|")[1] for f in mllp_fault.frames}
+    assert len(placers) == 1
