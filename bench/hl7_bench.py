@@ -17,10 +17,10 @@ Parts (all in one run, so the ratios compare figures of the same run):
    * ``raw``: asyncio ``open_connection``, write VT+msg+FS CR, ``readuntil(FS CR)``, check
      ``MSA|AA``: pre-built messages.
    * ``client``: ``MllpClient.send`` + ``judge_ack`` per message: pre-built messages.
-   * enqueue (the real path, as ``adapter/review/service.py`` ``_enqueue_orders`` does it):
+   * enqueue (the real path, as ``adapter/review/order_rows.py`` ``prepare_orders`` does it):
      each payload ``{"profile", "order", "on_ack": []}`` goes through
-     ``adapter.hl7.deliverer.prerender(payload, key=, kind="hl7-order", profile=, now=)``,
-     which builds the message once (hl7apy) and stores its bytes and its stable MSH-10 in the
+     ``adapter.hl7.deliverer.prerender(payload, kind="hl7-order", profile=, now=)``,
+     which builds the message once (hl7apy) and stores its bytes and its MSH-10 in the
      payload. The prerender is timed once for all orders and reported as the enqueue cost,
      with the ``enqueue_many`` of the rows (one transaction) and, for comparison, one
      ``Outbox.enqueue`` per row (one fsync'd commit each, as ``submit_review`` does).
@@ -217,7 +217,7 @@ class Timed:
 
 
 def prerendered_rows(orders: list[Any], profile: Any) -> tuple[list[Any], float]:
-    """The outbox rows as ``_enqueue_orders`` makes them: every payload through ``prerender``
+    """The outbox rows as ``prepare_orders`` makes them: every payload through ``prerender``
     (the message built once, its bytes and MSH-10 stored). Returns the rows and the seconds
     spent in ``prerender`` (all orders)."""
     from adapter.hl7.deliverer import KIND_ORDER, prerender
@@ -229,7 +229,7 @@ def prerendered_rows(orders: list[Any], profile: Any) -> tuple[list[Any], float]
         key = f"study:{order.study_instance_uid}"
         raw = {"profile": profile.name, "order": order.to_json(), "on_ack": []}
         t = time.perf_counter()
-        payload = prerender(raw, key=key, kind=KIND_ORDER, profile=profile, now=NOW)
+        payload = prerender(raw, kind=KIND_ORDER, profile=profile, now=NOW)
         spent += time.perf_counter() - t
         rows.append(
             NewRow(
@@ -529,7 +529,7 @@ def main() -> None:
     say("| step | total s | ms/order | orders/s |")
     say("|---|---:|---:|---:|")
     say(
-        f"| `prerender` (hl7apy build + base64 + stable MSH-10), {n:,} orders | "
+        f"| `prerender` (hl7apy build + base64 + random MSH-10), {n:,} orders | "
         f"{prerender_s:.2f} | {prerender_s / n * 1000:.2f} | {n / prerender_s:,.0f} |"
     )
     say(

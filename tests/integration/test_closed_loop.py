@@ -175,7 +175,7 @@ def test_poison_order_does_not_block_the_next(mllp_fault: Any, tmp_path: Path) -
                 "NW",
                 f"RTPO{n:04d}",
                 "RTPLAN",
-                OrderPatient((PatientIdentifier(f"P{n}", "HOSP-MRN"),)),
+                OrderPatient((PatientIdentifier(f"P{n}", "HOSP-MRN"),), family=f"Test{n}"),
                 f"1.2.3.{n}",
             )
             ids.append(

@@ -222,3 +222,34 @@ def test_replay_after_rejection_is_a_new_transmission(mllp_fault: Any, tmp_path:
     assert first == row.payload["control_id"] and second == again.payload["control_id"]
     placers = {f.split(b"\rORC|")[1].split(b"|")[1] for f in mllp_fault.frames}
     assert len(placers) == 1
+
+
+def test_cli_refuses_an_order_the_charset_cannot_carry_and_stores_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rtplan review submit REVIEW.json --out DIR`` with the Latin-1 ``swfb-ris`` profile and a
+    Japanese finding: exit 2, one line naming the field and the character, nothing stored."""
+    from adapter.cli import main
+
+    out = tmp_path / "out"
+    settings = settings_for(tmp_path, receiver="swfb-ris")
+    uid = ingested(tmp_path, settings, out)
+    config = tmp_path / "rtplan.yaml"
+    config.write_text(f"hl7: {{receiver: swfb-ris}}\noutbox: {{path: {tmp_path / 'o.sqlite'}}}\n")
+    data = review_for(uid, "REV-CLI-JP")
+    data["findings"] = [{**data["findings"][0], "description": "肝臓に病変"}]
+    review = tmp_path / "review.json"
+    review.write_text(json.dumps(data, ensure_ascii=False))
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        before = outbox.counts()
+    written = sorted((out / "fhir").iterdir())
+    capsys.readouterr()
+    code = main(["--config", str(config), "review", "submit", str(review), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "NTE-3" in err[0] and "U+809D CJK UNIFIED IDEOGRAPH-809D" in err[0]
+    assert "肝" not in err[0]
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        assert outbox.counts() == before and outbox.timers().open() == []
+    assert sorted((out / "fhir").iterdir()) == written
+    assert not (out / "hl7").exists()
