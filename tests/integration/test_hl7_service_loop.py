@@ -253,3 +253,39 @@ def test_cli_refuses_an_order_the_charset_cannot_carry_and_stores_nothing(
         assert outbox.counts() == before and outbox.timers().open() == []
     assert sorted((out / "fhir").iterdir()) == written
     assert not (out / "hl7").exists()
+
+
+@pytest.mark.parametrize("code", ["AE", "AR", "AA"])
+def test_enhanced_application_ack_rejection_ends_t1(code: str, tmp_path: Path) -> None:
+    """Enhanced mode: the RIS's application ACK arrives on our listener. AE/AR is one
+    rejection escalation and ends T1; AA ends T1 and arms nothing else."""
+    from adapter.hl7.deliverer import HL7, KIND_ORDER
+    from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
+    from adapter.service.inbound import InboundHandler
+
+    order = OrderRequest(
+        "NW", "RTPAPP1", "RTPLAN", OrderPatient((PatientIdentifier("P1", "H"),), family="X"), "1.2"
+    )
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        outbox.enqueue(
+            destination=HL7,
+            target="swfb-ris",
+            key="study:1.2",
+            kind=KIND_ORDER,
+            label="o",
+            payload={"profile": "swfb-ris", "order": order.to_json(), "control_id": "RTAPP0001"},
+        )
+        outbox.timers().arm("RTPAPP1", T1, 900)
+        handler = InboundHandler(outbox, load_tables(ROOT / "mappings"), [])
+        ack = (
+            "MSH|^~\\&|RIS|RADIOLOGY|RTPLAN|ONCOLOGY|20260305101500||ACK^O19^ACK|RISACK1|P|2.5.1\r"
+            f"MSA|{code}|RTAPP0001\r"
+        ).encode()
+        assert asyncio.run(handler(ack)) is None  # an ACK is never acknowledged
+        open_kinds = [t.kind for t in outbox.timers().open()]
+        assert T1 not in open_kinds
+        assert open_kinds == ([] if code == "AA" else [REJECTED])
+        later = time.time() + 86400
+    with Outbox(tmp_path / "o.sqlite", clock=lambda: later) as outbox:
+        fired = [t.kind for t in escalate_due(outbox, [], Metrics())]
+        assert fired == ([] if code == "AA" else [REJECTED])
