@@ -659,6 +659,14 @@ class Batch:
         """Store one row (see :meth:`Outbox.enqueue`); return its id."""
         return self._outbox._insert(self._db, new)
 
+    def hold(self, destination: str, target: str, key: str, reason: str) -> None:
+        """Hold a key (nothing more is sent for it until an analyst retries)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO key_holds (destination, target, key, reason, since) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (destination, target, key, reason, self._outbox._clock()),
+        )
+
     def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
         """Start an escalation timer in the same transaction."""
         return self._outbox.timers().arm_in(self._db, key, kind, seconds, detail)

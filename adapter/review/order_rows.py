@@ -10,13 +10,13 @@ HL7 rows and their T1 timers in one transaction: all of them, or none.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.hl7.deliverer import HL7, KIND_ORDER, T1, prerender
+from adapter.hl7.deliverer import HL7, KIND_CANCEL, KIND_ORDER, T1, prerender
 from adapter.hl7.profiles import ReceiverProfile, load_profiles
 from adapter.mapping.review_bundle import ReviewOutput, StudyContext
 from adapter.mapping.tables import Tables
@@ -26,6 +26,16 @@ from adapter.review.orders import order_payloads, previous_orders, study_facts
 
 JSON = dict[str, Any]
 FHIR = "fhir"
+IDENTITY = "identity"  # escalation: the order is held, the EHR's Patient disagrees
+
+
+def held(orders: Sequence[PreparedOrder], fields: Sequence[str]) -> list[PreparedOrder]:
+    """The orders, held when the EHR's Patient disagrees with the DICOM headers on
+    ``fields`` (field names only, never values)."""
+    if not fields:
+        return list(orders)
+    why = f"the EHR's patient {' and '.join(fields)} do not match the DICOM headers"
+    return [replace(o, hold=why) if o.kind != KIND_CANCEL else o for o in orders]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,7 @@ class PreparedOrder:
     label: str
     payload: JSON
     t1_seconds: float | None  # T1 starts with the row (MLLP only: a file is not a RIS)
+    hold: str = ""  # why the order is held (stored, not sent) and escalated instead
 
 
 def receiver_profile(settings: Settings, folder: Any) -> ReceiverProfile:
@@ -127,6 +138,9 @@ def enqueue_review(
         for order in orders:
             new = NewRow(HL7, order.target, key, order.kind, order.label, order.payload, after)
             hl7_ids.append(batch.enqueue(new))
-            if order.t1_seconds is not None:
+            if order.hold:  # not sent until an analyst retries; escalated now instead of T1
+                batch.hold(HL7, order.target, key, order.hold)
+                batch.arm(order.placer, IDENTITY, 0, order.hold)
+            elif order.t1_seconds is not None:
                 batch.arm(order.placer, T1, order.t1_seconds, "no AA from RIS")
     return ids, hl7_ids

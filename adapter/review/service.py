@@ -305,7 +305,9 @@ async def submit_review_async(
         label = review_label(review)
         # The HL7 rows are built (and can refuse) before anything is stored; then the review's
         # FHIR rows, its HL7 rows and their timers are stored together (order_rows.py).
-        orders = _prepare_orders(outbox, review, output, ctx, settings, tables, destinations)
+        orders = await _prepare_orders(
+            outbox, review, output, ctx, settings, tables, destinations, transport
+        )
         review_rows = [
             NewRow(d, t, key, KIND_REVIEW, label, output.bundle) for d, t in destinations
         ]
@@ -326,7 +328,7 @@ async def submit_review_async(
     )
 
 
-def _prepare_orders(
+async def _prepare_orders(
     outbox: Outbox,
     review: ReviewInput,
     output: ReviewOutput,
@@ -334,14 +336,16 @@ def _prepare_orders(
     settings: Settings,
     tables: Tables,
     destinations: list[tuple[str, str]],
+    transport: httpx.AsyncBaseTransport | None,
 ) -> list[Any]:
     from datetime import UTC, datetime
 
-    from adapter.review.order_rows import prepare_orders  # imports hl7apy: only when needed
+    from adapter.review.order_rows import held, prepare_orders  # imports hl7apy: when needed
+    from adapter.review.patient_check import patient_disagreement
 
     if not output.placer and not output.hl7_cancels:
         return []
-    return prepare_orders(
+    orders = prepare_orders(
         outbox,
         review,
         output,
@@ -352,6 +356,11 @@ def _prepare_orders(
         receivers=receivers_dir(settings),
         now=datetime.now(UTC),
     )
+    record = outbox.study(review.study_instance_uid)
+    fields = await patient_disagreement(
+        settings, ctx.patient_identifier, record, transport=transport
+    )
+    return held(orders, fields)
 
 
 def _enqueue_review(

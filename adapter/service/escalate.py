@@ -23,6 +23,7 @@ WHY = {
     T1: "escalated: no acknowledgement (AA) from the RIS in time",
     T2: "escalated: no radiologist result in time",
     REJECTED: "escalated: the RIS rejected the order",
+    "identity": "escalated: order held, not sent",
 }
 RAISE = {"routine": "urgent", "urgent": "asap", "asap": "stat", "stat": "stat"}
 
@@ -44,7 +45,7 @@ def escalate_due(
     fired = outbox.timers().take_due()
     for timer in fired:
         why = WHY.get(timer.kind, f"escalated: {timer.kind}")
-        if timer.kind == REJECTED and timer.detail:  # MSA-1 and ERR code: no patient data
+        if timer.kind in (REJECTED, "identity") and timer.detail:  # codes, field names only
             why = f"{why} ({timer.detail})"
         metrics.inc(f"escalations_{timer.kind}")
         log.warning("ESCALATION %s for order %s: %s", timer.kind, timer.key, why)

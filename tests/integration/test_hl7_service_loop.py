@@ -289,3 +289,59 @@ def test_enhanced_application_ack_rejection_ends_t1(code: str, tmp_path: Path) -
     with Outbox(tmp_path / "o.sqlite", clock=lambda: later) as outbox:
         fired = [t.kind for t in escalate_due(outbox, [], Metrics())]
         assert fired == ([] if code == "AA" else [REJECTED])
+
+
+@pytest.mark.peer
+def test_order_held_and_escalated_when_the_ehr_patient_disagrees(
+    hapi: str, hl7_receiver: Any, tmp_path: Path
+) -> None:
+    """The EHR corrected the patient's birth date after the scan: the order is stored but held
+    (nothing reaches the RIS), escalated on the radiology Task, and sent once an analyst
+    retries it."""
+    settings = settings_for(tmp_path, mllp=True, host="127.0.0.1", port=hl7_receiver.port)
+    settings = replace(
+        settings, fhir=FhirSettings(base_url=hapi, create_patient=True, initial_wait=0.05)
+    )
+    uid = ingested(tmp_path, settings, None)
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        subject = outbox.rows_for_key(f"study:{uid}")[0].payload["entry"]
+    patient = next(e["resource"] for e in subject if e["resource"]["resourceType"] == "Patient")
+    ident = patient["identifier"][0]
+    found = httpx.get(
+        f"{hapi}/Patient", params={"identifier": f"{ident['system']}|{ident['value']}"}, timeout=30
+    ).json()["entry"][0]["resource"]
+    found["birthDate"] = "1958-05-17"
+    assert httpx.put(f"{hapi}/Patient/{found['id']}", json=found, timeout=30).status_code == 200
+
+    result = asyncio.run(submit_review_async(review_for(uid, "REV-HOLD"), settings))
+    placer = result.placer_order_number
+    assert hl7_receiver.control_ids == []  # nothing sent to the RIS
+    (order_id,) = result.hl7_rows
+    metrics = Metrics()
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        assert outbox.get(order_id).state is State.PENDING
+        (hold,) = outbox.holds()
+        assert hold.reason == "the EHR's patient birth date do not match the DICOM headers"
+        assert [t.kind for t in outbox.timers().open()] == ["identity"]  # no T1 for a held order
+        assert [t.kind for t in escalate_due(outbox, targets(settings, None), metrics)] == [
+            "identity"
+        ]
+        asyncio.run(deliver(outbox, settings))
+    task = httpx.get(
+        f"{hapi}/Task", params={"identifier": f"urn:rtplan:radiology-task|{placer}"}, timeout=30
+    ).json()["entry"][0]["resource"]
+    assert task["businessStatus"]["text"].startswith("escalated: order held, not sent")
+    assert (
+        "birth date" in task["businessStatus"]["text"]
+        and "1958" not in task["businessStatus"]["text"]
+    )
+    # An analyst checked the identity and releases the order.
+    config = tmp_path / "rtplan.yaml"
+    config.write_text(
+        f"fhir: {{base_url: '{hapi}'}}\noutbox: {{path: {tmp_path / 'o.sqlite'}}}\n"
+        f"hl7: {{mllp: true, host: 127.0.0.1, port: {hl7_receiver.port}}}\n"
+    )
+    from adapter.cli import main
+
+    assert main(["--config", str(config), "outbox", "retry", str(order_id)]) == 0
+    assert hl7_receiver.wait_for(1)

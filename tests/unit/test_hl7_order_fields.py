@@ -172,3 +172,17 @@ def test_orders_without_names_list_still_build_from_family_given() -> None:
     msg = parse(build_order(old, ORM, control_id="1", now=NOW), "utf-8")
     assert str(msg.segment("PID")(5)(1)(1)) == "Doe" and str(msg.segment("PID")(5)(1)(2)) == "Jane"
     assert PersonNameGroup().representation == "A"
+
+
+def test_patient_disagreement_names_fields_only() -> None:
+    from adapter.outbox.studies import StudyRecord
+    from adapter.review.patient_check import disagreement
+
+    record = StudyRecord("1.2", "P1", "H", "MÜLLER^JÜRGEN", "1958-04-17", "M", "", "", "")
+    same = {"name": [{"family": "Müller", "given": ["Jürgen", "K"]}], "birthDate": "1958-04-17"}
+    assert disagreement(same, record) == []
+    assert disagreement({"name": [{"family": "Mueller"}]}, record) == ["name"]
+    assert disagreement({**same, "birthDate": "1958-04-18"}, record) == ["birth date"]
+    other = {"name": [{"family": "Müller", "given": ["Anna"]}], "birthDate": "1960-01-01"}
+    assert disagreement(other, record) == ["name", "birth date"]
+    assert disagreement({}, record) == []  # nothing to compare
