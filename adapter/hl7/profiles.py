@@ -27,6 +27,7 @@ AckMode = Literal["original", "enhanced"]
 ProviderPlacement = Literal["both", "orc12", "obr16", "none"]
 Unencodable = Literal["error", "replace", "transliterate"]
 StudyIds = Literal["none", "obr"]
+UpdateStyle = Literal["change", "cancel-replace"]
 
 #: allowed versions per message profile; the first is the default.
 VERSIONS: Mapping[str, tuple[str, ...]] = {
@@ -136,6 +137,7 @@ class ReceiverProfile:
     version: str = "2.3.1"
     charset: str = "UNICODE UTF-8"
     unencodable: Unencodable = "error"
+    updates: UpdateStyle = "change"  # an amended order: ORC-1 XO, or cancel + new order
     defaults: FieldDefaults = FieldDefaults()
     ack: AckPolicy = AckPolicy()
     connection: Connection = Connection()
@@ -152,6 +154,7 @@ TOP_KEYS = frozenset(
     {
         "name", "title", "owner", "last_reviewed", "note", "sending", "receiving", "message",
         "version", "charset", "unencodable", "defaults", "ack", "connection", "escalation",
+        "updates",
     }
 )  # fmt: skip
 
@@ -291,6 +294,9 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
         charset=charset,
         unencodable=top.str_(  # type: ignore[arg-type]
             "unencodable", "error", choices=("error", "replace", "transliterate")
+        ),
+        updates=top.str_(  # type: ignore[arg-type]
+            "updates", "change", choices=("change", "cancel-replace")
         ),
         defaults=FieldDefaults(
             patient_class=d.str_("patient_class", "O"),

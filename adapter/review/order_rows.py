@@ -105,6 +105,7 @@ def prepare_orders(
         namespace=settings.hl7.placer_namespace,
         fhir_targets=fhir_targets,
         already_ordered=previous,
+        updates=profile.updates,
     )
     prepared = []
     for kind, raw_payload in payloads:

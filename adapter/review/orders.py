@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from adapter.hl7.deliverer import HL7, KIND_CANCEL, KIND_ORDER
@@ -115,12 +115,14 @@ def study_facts(
 
 
 def previous_orders(rows: Iterable[Row]) -> dict[str, JSON]:
-    """The last order (new or change) sent for each placer number, from the study's HL7 rows."""
+    """The last order (new or change) sent for each ServiceRequest's placer number, from the
+    study's HL7 rows (a replacement order is filed under the request it replaces for)."""
     found: dict[str, JSON] = {}
     for row in rows:
         order = row.payload.get("order") or {}
         if order.get("control") in ("NW", "XO"):
-            found[str(order["placer_order_number"])] = order
+            request = row.payload.get("request_placer") or order["placer_order_number"]
+            found[str(request)] = order
     return found
 
 
@@ -281,57 +283,104 @@ def order_payloads(
     namespace: str,
     fhir_targets: list[tuple[str, str]],
     already_ordered: Mapping[str, JSON],
+    updates: str = "change",
 ) -> list[tuple[str, JSON]]:
-    """``(kind, payload)`` for each HL7 row this review needs: a new order for a new concern,
-    a change (ORC-1 XO) when an amendment changes the urgency or the text of one already
-    ordered, a cancel for each withdrawn request."""
+    """``(kind, payload)`` for each HL7 row this review needs: a new order for a new concern;
+    for an amendment that changes the urgency or the text of one already ordered, a change
+    (ORC-1 XO, ``updates="change"``) or a cancel of the order as sent plus a new order under a
+    new placer number (``updates="cancel-replace"``); a cancel for each withdrawn request.
+
+    ``already_ordered`` maps each ServiceRequest's placer number to the last order sent for it
+    (:func:`previous_orders`); a replacement's own placer number is ``<placer>-<version>``.
+    """
     rows: list[tuple[str, JSON]] = []
+    withdrawn = review.concern_withdrawn
     sent = already_ordered.get(output.placer) if output.placer else None
-    if sent is not None and not review.concern_withdrawn:
+    if sent is not None and not withdrawn:
         order = _order("NW", output.placer, review, ctx, facts, tables, output.bundle, namespace)
-        if _changed(sent, order):
+        if _changed(sent, order) and updates == "cancel-replace":
+            why = "Replaced by an amended order"
+            rows.append(_cancel_row(sent, profile, why, output.placer))
+            placer = f"{output.placer}-{review.version}"
+            renumbered = replace(order, placer_order_number=placer)
+            rows.append(_new_row(renumbered, output, ctx, fhir_targets, profile))
+        elif _changed(sent, order):
             change = _change(order, sent)
-            rows.append((KIND_CHANGE, {"profile": profile, "order": change, "on_ack": []}))
-    if output.placer and output.placer not in already_ordered and not review.concern_withdrawn:
+            payload = {"profile": profile, "order": change, "on_ack": [], **_request(output.placer)}
+            rows.append((KIND_CHANGE, payload))
+    if output.placer and sent is None and not withdrawn:
         order = _order("NW", output.placer, review, ctx, facts, tables, output.bundle, namespace)
-        task = _find(output.bundle, "Task", RADIOLOGY_TASK_SYSTEM, output.placer)
-        on_ack = []
-        fhir: JSON = {
-            "subject": ctx.patient,
-            "imaging_study": {
-                "reference": f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{ctx.study_uid}"
-            },
-            "service_request": f"ServiceRequest?identifier={PLACER_SYSTEM}|{output.placer}",
-            "radiology_task": _standalone(task, output.bundle) if task is not None else None,
-            "targets": [list(t) for t in fhir_targets],
-        }
-        if task is not None:
-            update = _task_received(task, output.bundle)
-            on_ack = [
-                {
-                    "destination": d,
-                    "target": t,
-                    "key": f"study:{ctx.study_uid}",
-                    "kind": KIND_TASK_UPDATE,
-                    "label": f"RadiologyTask-{order.placer_order_number}-received",
-                    "payload": update,
-                }
-                for d, t in fhir_targets
-            ]
-        payload = {"profile": profile, "order": order.to_json(), "on_ack": on_ack, "fhir": fhir}
-        rows.append((KIND_ORDER, payload))
+        rows.append(_new_row(order, output, ctx, fhir_targets, profile))
     for cancel in output.hl7_cancels:
         placer = str(cancel["placer_order_number"]["value"])
-        order = _order("CA", placer, review, ctx, facts, tables, output.bundle, namespace)
-        cancelled = order.to_json()
         previous = already_ordered.get(placer)
-        if previous is not None:  # the cancel names the order as sent: its priority
-            cancelled["priority"] = previous.get("priority", cancelled["priority"])
-        rows.append((KIND_CANCEL, {"profile": profile, "order": cancelled, "on_ack": []}))
+        if previous is not None:  # the cancel names the order as sent: number and priority
+            rows.append(_cancel_row(previous, profile, CANCEL_REASON, placer))
+            continue
+        order = _order("CA", placer, review, ctx, facts, tables, output.bundle, namespace)
+        rows.append((KIND_CANCEL, {"profile": profile, "order": order.to_json(), "on_ack": []}))
     return rows
 
 
+CANCEL_REASON = "Concern withdrawn by the oncologist"
 KIND_CHANGE = "hl7-change"
+
+
+def _request(placer: str) -> JSON:
+    """Which ServiceRequest (placer number) a row's order belongs to."""
+    return {"request_placer": placer}
+
+
+def _cancel_row(sent: JSON, profile: str, why: str, request_placer: str) -> tuple[str, JSON]:
+    cancelled = {**sent, "control": "CA", "control_reason": why, "extra_notes": []}
+    cancelled["concern_text"] = (
+        "RT planning scan - concern withdrawn by the oncologist"
+        if why == CANCEL_REASON
+        else "RT planning scan - order replaced by an amended order"
+    )
+    payload = {"profile": profile, "order": cancelled, "on_ack": [], **_request(request_placer)}
+    return KIND_CANCEL, payload
+
+
+def _new_row(
+    order: OrderRequest,
+    output: ReviewOutput,
+    ctx: StudyContext,
+    fhir_targets: list[tuple[str, str]],
+    profile: str,
+) -> tuple[str, JSON]:
+    task = _find(output.bundle, "Task", RADIOLOGY_TASK_SYSTEM, output.placer)
+    on_ack = []
+    fhir: JSON = {
+        "subject": ctx.patient,
+        "imaging_study": {
+            "reference": f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{ctx.study_uid}"
+        },
+        "service_request": f"ServiceRequest?identifier={PLACER_SYSTEM}|{output.placer}",
+        "radiology_task": _standalone(task, output.bundle) if task is not None else None,
+        "targets": [list(t) for t in fhir_targets],
+    }
+    if task is not None:
+        update = _task_received(task, output.bundle)
+        on_ack = [
+            {
+                "destination": d,
+                "target": t,
+                "key": f"study:{ctx.study_uid}",
+                "kind": KIND_TASK_UPDATE,
+                "label": f"RadiologyTask-{order.placer_order_number}-received",
+                "payload": update,
+            }
+            for d, t in fhir_targets
+        ]
+    payload = {
+        "profile": profile,
+        "order": order.to_json(),
+        "on_ack": on_ack,
+        "fhir": fhir,
+        **_request(output.placer),
+    }
+    return KIND_ORDER, payload
 
 
 def _changed(sent: JSON, order: OrderRequest) -> bool:

@@ -345,3 +345,51 @@ def test_order_held_and_escalated_when_the_ehr_patient_disagrees(
 
     assert main(["--config", str(config), "outbox", "retry", str(order_id)]) == 0
     assert hl7_receiver.wait_for(1)
+
+
+@pytest.mark.parametrize("updates", ["change", "cancel-replace"])
+def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: Path) -> None:
+    """Version 2 of a review raises the urgency and corrects a finding's text: the RIS gets an
+    order change (ORC-1 XO), or with ``updates: cancel-replace`` a cancel of the order as sent
+    (its priority, ORC-16) and a new order under ``<placer>-2``. An unchanged resubmission
+    sends nothing more."""
+    import hl7
+
+    folder = copy_with(tmp_path, {"unencodable: error": f"unencodable: error\nupdates: {updates}"})
+    out = tmp_path / "out"
+    settings = settings_for(tmp_path, receivers_dir=str(folder))
+    uid = ingested(tmp_path, settings, out)
+    first = review_for(uid, "REV-AMEND")
+    asyncio.run(submit_review_async(first, settings, out_dir=out))
+    placer = asyncio.run(submit_review_async(first, settings, out_dir=out)).placer_order_number
+    second = {**first, "version": 2}
+    second["findings"] = [
+        {**first["findings"][0], "urgency": "stat", "description": "Three hypodense lesions."},
+        first["findings"][1],
+    ]
+    asyncio.run(submit_review_async(second, settings, out_dir=out))
+    names = sorted(p.name for p in (out / "hl7").glob("*.hl7"))
+
+    def read(name: str) -> hl7.Message:
+        return hl7.parse((out / "hl7" / name).read_bytes().decode("utf-8"))
+
+    if updates == "change":
+        assert names == [f"Order-{placer}-NW.hl7", f"Order-{placer}-XO.hl7"]
+        change = read(f"Order-{placer}-XO.hl7")
+        assert (
+            str(change.segment("ORC")(1)) == "XO" and str(change.segment("ORC")(2)(1)(1)) == placer
+        )
+        assert str(change.segment("ORC")(7)(1)(6)) == "S"  # stat
+        assert "Three hypodense lesions." in str(change.segment("NTE")(3))
+        assert str(change.segment("ORC")(16)(1)(2)) == "Amended by the oncologist"
+    else:
+        assert names == [
+            f"Order-{placer}-2-NW.hl7", f"Order-{placer}-CA.hl7", f"Order-{placer}-NW.hl7"
+        ]  # fmt: skip
+        cancel = read(f"Order-{placer}-CA.hl7")
+        assert str(cancel.segment("ORC")(2)(1)(1)) == placer
+        assert str(cancel.segment("ORC")(7)(1)(6)) == "A"  # the priority it was sent with
+        assert str(cancel.segment("ORC")(16)(1)(2)) == "Replaced by an amended order"
+        new = read(f"Order-{placer}-2-NW.hl7")
+        assert str(new.segment("ORC")(2)(1)(1)) == f"{placer}-2"
+        assert str(new.segment("ORC")(7)(1)(6)) == "S"
