@@ -17,7 +17,6 @@ import pytest
 
 from adapter.config import FhirSettings, Hl7Settings, Settings
 from adapter.hl7.deliverer import KIND_ORDER, REJECTED, T1
-from adapter.hl7.replay import replay_hl7
 from adapter.mapping.tables import load_tables
 from adapter.outbox.store import Outbox, State
 from adapter.outbox.studies import StudyRecord, save
@@ -212,8 +211,18 @@ def test_replay_after_rejection_is_a_new_transmission(mllp_fault: Any, tmp_path:
         row = outbox.get(order_id)
         assert row.state is State.DEAD and row.kind == KIND_ORDER
         assert [t.kind for t in escalate_due(outbox, [], Metrics())] == [REJECTED]
-        new_id = replay_hl7(outbox, row, settings, None)
-        assert asyncio.run(deliver(outbox, settings, ids=[new_id])).delivered == 1
+    # `rtplan outbox replay ID`, as docs/hl7.md shows it.
+    from adapter.cli import main
+
+    config = tmp_path / "rtplan.yaml"
+    config.write_text(
+        f"outbox: {{path: {tmp_path / 'o.sqlite'}}}\n"
+        f"hl7: {{mllp: true, host: 127.0.0.1, port: {mllp_fault.port}}}\n"
+    )
+    assert main(["--config", str(config), "outbox", "replay", str(order_id)]) == 0
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        new_id = max(r.id for r in outbox.rows() if r.destination == "hl7")
+        assert new_id != order_id and outbox.get(new_id).state is State.DELIVERED
         again = outbox.get(new_id)
         assert again.payload["control_id"] != row.payload["control_id"]
         assert again.payload["order"]["placer_order_number"] == result.placer_order_number
