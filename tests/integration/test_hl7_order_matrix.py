@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from adapter.hl7.escape import unescape
 from adapter.hl7.messages import MessageBuildError
 from adapter.mapping.tables import load_tables
 from adapter.outbox.store import Outbox
-from adapter.outbox.studies import StudyRecord, save
 from adapter.review.service import submit_review_async
 from adapter.service.deliver import deliver, enqueue, targets
 from adapter.service.ingest import run_ingest
@@ -103,23 +101,8 @@ def test_every_profile_patient_and_text(
         with Outbox(db) as outbox:
             ids = enqueue(outbox, result, targets(base, None))
             assert asyncio.run(deliver(outbox, base, ids=ids)).delivered == 1
-            # The study's record as ingest stores it (adapter.outbox.studies); a no-op when
-            # ingest already stored it.
-            save(
-                outbox._db,
-                StudyRecord(
-                    uid,
-                    f"P-{name}",
-                    "HOSP-MRN",
-                    kwargs["patient_name"],
-                    "1958-04-17",
-                    kwargs["sex"],
-                    "ACC0001",
-                    f"RP-{name}",
-                    "",
-                ),
-                time.time(),
-            )
+            record = outbox.study(uid)  # stored by ingest: the DICOM name, as read
+            assert record is not None and record.patient_name == kwargs["patient_name"]
         studies[name] = uid
 
     built: list[tuple[str, bytes, str, str]] = []

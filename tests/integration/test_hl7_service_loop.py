@@ -19,7 +19,6 @@ from adapter.config import FhirSettings, Hl7Settings, Settings
 from adapter.hl7.deliverer import KIND_ORDER, REJECTED, T1
 from adapter.mapping.tables import load_tables
 from adapter.outbox.store import Outbox, State
-from adapter.outbox.studies import StudyRecord, save
 from adapter.review.service import submit_review_async
 from adapter.service.deliver import deliver, enqueue, targets
 from adapter.service.escalate import Metrics, escalate_due
@@ -44,17 +43,15 @@ def copy_with(tmp: Path, replacements: dict[str, str]) -> Path:
 
 
 def ingested(tmp: Path, settings: Settings, out: Path | None) -> str:
-    """A planning study ingested and delivered, with its record stored (as ingest does)."""
+    """A planning study ingested and delivered (ingest stores the study's record)."""
     folder, uid = make_study(tmp)
     tables = load_tables(settings.mappings_dir)
     result = run_ingest([folder], settings, tables)
     with Outbox(Path(settings.outbox.path)) as outbox:
         ids = enqueue(outbox, result, targets(settings, out))
         assert asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out)).dead == 0
-        record = StudyRecord(
-            uid, "P1", "HOSP-MRN", "TEST^PLANNING", "1958-04-17", "M", "ACC0001", "RP0001", ""
-        )
-        save(outbox._db, record, time.time())
+        record = outbox.study(uid)  # stored by ingest with the study's rows
+        assert record is not None and record.patient_name == "TEST^PLANNING"
     return uid
 
 

@@ -62,7 +62,7 @@ def test_any_text_round_trips_through_python_hl7(concern: str, family: str) -> N
         TRICKY_ORDER,
         concern_text=concern or "x",
         extra_notes=(),
-        patient=replace(TRICKY_ORDER.patient, family=family or "x"),
+        patient=replace(TRICKY_ORDER.patient, names=(), family=family or "x"),
     )
     plain = replace(order, concern_text="x", patient=replace(order.patient, family="x"))
     reference = build_order(plain, PROFILES["default-ris"], control_id=CONTROL_ID, now=NOW)
