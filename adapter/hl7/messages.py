@@ -12,15 +12,19 @@ charset; a character that charset cannot hold is an error naming the segment and
 Where each piece goes (``docs/receivers.md`` has the full table):
 
 * MSH-3..6 from the profile; MSH-7 ``now``; MSH-9 type^trigger^structure; MSH-10 ``control_id``
-  (the caller derives it from the outbox key, so a resend keeps it); MSH-11; MSH-12;
-  MSH-15/16 only in enhanced ACK mode; MSH-18 charset.
-* PID-3 identifiers (CX: value^^^authority^type), PID-5 name, PID-7 birth date, PID-8 sex.
+  (the caller stores it with the row, so a resend keeps it); MSH-11; MSH-12;
+  MSH-15/16 only in enhanced ACK mode; MSH-18 charset (table 0211 of the version).
+* PID-3 identifiers (CX: value^^^authority^type), PID-5 one XPN per name group the charset
+  carries (``charset_fit.py``), PID-7 birth date, PID-8 sex.
 * PV1-2 patient class (IHE requires PV1).
-* ORC-1 NW/CA, ORC-2 placer number (EI: number^namespace), ORC-5 SC/CA (OMI only, IHE RAD-4),
-  ORC-7.6 priority (ORM only), ORC-9 transaction time, ORC-12 ordering provider.
+* ORC-1 NW/XO/CA, ORC-2 placer number (EI: number^namespace), ORC-3 filler number, ORC-5
+  SC/CA (OMI only, IHE RAD-4), ORC-7.6 priority (ORM only), ORC-9 transaction time, ORC-12
+  ordering provider (XCN with prefix and assigning authority), ORC-16 control reason.
 * TQ1-9 priority (2.5.1 only).
-* OBR-2 placer number, OBR-4 service, OBR-16 provider, OBR-27.6 priority (ORM), OBR-31 reason;
-  ORM/OMG: OBR-18 accession, OBR-19 requested procedure id, OBR-24 modality, ZDS-1 Study UID.
+* OBR-2 placer number, OBR-4 service, OBR-16 provider, OBR-24 the profile's diagnostic service
+  section (table 0074), OBR-27.6 priority (ORM), OBR-31 reason; OBR-18 never (the reviewed
+  study's accession is not the new order's); OBR-19/20 the reviewed study's requested
+  procedure and scheduled step ids when the profile says ``study_ids: obr``; ZDS-1 Study UID.
 * NTE-3 concern text then extra notes (FT).
 * OMI: IPC-1 accession, IPC-2 requested procedure id, IPC-3 Study UID, IPC-4 SPS id, IPC-5 modality.
 """
