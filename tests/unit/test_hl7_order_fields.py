@@ -186,3 +186,18 @@ def test_patient_disagreement_names_fields_only() -> None:
     other = {"name": [{"family": "Müller", "given": ["Anna"]}], "birthDate": "1960-01-01"}
     assert disagreement(other, record) == ["name", "birth date"]
     assert disagreement({}, record) == []  # nothing to compare
+
+
+def test_two_adapters_never_share_an_msh10_for_the_same_order() -> None:
+    import base64
+
+    from adapter.hl7.deliverer import KIND_ORDER, prerender
+
+    payload = {"profile": "default-ris", "order": TRICKY_ORDER.to_json(), "on_ack": []}
+    a = prerender(payload, kind=KIND_ORDER, profile=ORM, now=NOW)
+    b = prerender(payload, kind=KIND_ORDER, profile=ORM, now=NOW)
+    assert a["control_id"] != b["control_id"] and len(a["control_id"]) == 20
+    raw_a, raw_b = (base64.b64decode(p["message"]) for p in (a, b))
+    assert raw_a.replace(a["control_id"].encode(), b"X") == raw_b.replace(
+        b["control_id"].encode(), b"X"
+    )
