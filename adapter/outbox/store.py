@@ -517,6 +517,13 @@ class Outbox:
     def inbound_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM inbound").fetchone()[0])
 
+    def inbound_messages(self, detail: str) -> list[bytes]:
+        """The stored inbound messages with this detail (``order <placer>``), oldest first."""
+        raws = self._db.execute(
+            "SELECT message FROM inbound WHERE detail=? ORDER BY id", (detail,)
+        ).fetchall()
+        return [bytes(r["message"]) for r in raws]
+
     def order_row(self, placer: str) -> Row | None:
         """The newest HL7 new-order row for a placer order number."""
         raw = self._db.execute(

@@ -109,6 +109,10 @@ def prepare_orders(
     )
     prepared = []
     for kind, raw_payload in payloads:
+        if kind != KIND_ORDER:  # a cancel or change names the RIS's own number when known
+            order = raw_payload["order"]
+            filler = filler_number(outbox, str(order["placer_order_number"]))
+            raw_payload = {**raw_payload, "order": {**order, "filler_order_number": filler}}
         payload = prerender(raw_payload, kind=kind, profile=profile, now=now)
         placer = str(payload["order"]["placer_order_number"])
         control = str(payload["order"]["control"])
@@ -119,6 +123,20 @@ def prepare_orders(
             PreparedOrder(kind, profile.name, placer, f"Order-{placer}-{control}", payload, t1)
         )
     return prepared
+
+
+def filler_number(outbox: Outbox, placer: str) -> str:
+    """The filler order number the RIS gave this order (ORC-3 of its last order response or
+    result on our listener), "" when it never said."""
+    from adapter.hl7.inbound import InboundParseError, parse_inbound
+
+    found = ""
+    for raw in outbox.inbound_messages(f"order {placer}"):
+        try:
+            found = parse_inbound(raw).filler_order_number or found
+        except InboundParseError:
+            continue
+    return found
 
 
 def enqueue_review(

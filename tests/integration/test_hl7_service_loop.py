@@ -368,6 +368,16 @@ def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: 
     first = review_for(uid, "REV-AMEND")
     asyncio.run(submit_review_async(first, settings, out_dir=out))
     placer = asyncio.run(submit_review_async(first, settings, out_dir=out)).placer_order_number
+    # The RIS accepted the order under its own number (ORR^O02, ORC-3).
+    from adapter.service.inbound import InboundHandler
+
+    with Outbox(tmp_path / "o.sqlite") as outbox:
+        handler = InboundHandler(outbox, load_tables(ROOT / "mappings"), [])
+        orr = (
+            "MSH|^~\\&|RIS|RADIOLOGY|RTPLAN|ONCOLOGY|20260305101500||ORR^O02^ORR_O02|ORR1|P|2.3.1\r"
+            f"MSA|AA|X\rORC|OK|{placer}^RTPLAN|F123^RIS\r"
+        )
+        assert b"MSA|AA|ORR1" in asyncio.run(handler(orr.encode()))
     second = {**first, "version": 2}
     second["findings"] = [
         {**first["findings"][0], "urgency": "stat", "description": "Three hypodense lesions."},
@@ -388,6 +398,7 @@ def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: 
         assert str(change.segment("ORC")(7)(1)(6)) == "S"  # stat
         assert "Three hypodense lesions." in str(change.segment("NTE")(3))
         assert str(change.segment("ORC")(16)(1)(2)) == "Amended by the oncologist"
+        assert str(change.segment("ORC")(3)) == "F123"
     else:
         assert names == [
             f"Order-{placer}-2-NW.hl7", f"Order-{placer}-CA.hl7", f"Order-{placer}-NW.hl7"
@@ -396,6 +407,7 @@ def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: 
         assert str(cancel.segment("ORC")(2)(1)(1)) == placer
         assert str(cancel.segment("ORC")(7)(1)(6)) == "A"  # the priority it was sent with
         assert str(cancel.segment("ORC")(16)(1)(2)) == "Replaced by an amended order"
+        assert str(cancel.segment("ORC")(3)) == "F123"
         new = read(f"Order-{placer}-2-NW.hl7")
         assert str(new.segment("ORC")(2)(1)(1)) == f"{placer}-2"
         assert str(new.segment("ORC")(7)(1)(6)) == "S"
