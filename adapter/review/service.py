@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from adapter.fhir.client import FhirClient
     from adapter.outbox.worker import DrainReport
+    from adapter.review.order_rows import PreparedOrder
 
 JSON = dict[str, Any]
 KIND_REVIEW = "fhir-review-transaction"
@@ -337,7 +338,7 @@ async def _prepare_orders(
     tables: Tables,
     destinations: list[tuple[str, str]],
     transport: httpx.AsyncBaseTransport | None,
-) -> list[Any]:
+) -> list[PreparedOrder]:
     from datetime import UTC, datetime
 
     from adapter.review.order_rows import held, prepare_orders  # imports hl7apy: when needed
@@ -364,7 +365,7 @@ async def _prepare_orders(
 
 
 def _enqueue_review(
-    outbox: Outbox, key: str, review_rows: list[NewRow], orders: list[Any]
+    outbox: Outbox, key: str, review_rows: list[NewRow], orders: list[PreparedOrder]
 ) -> tuple[list[int], list[int]]:
     if not orders:
         with outbox.batch() as batch:
