@@ -157,6 +157,13 @@ def test_profile_refuses_values_outside_the_versions_tables() -> None:
     assert parse_profile(omg, "x.yaml").charset == "UNICODE UTF-8"
     with pytest.raises(MappingTableError, match=r"defaults\.diagnostic_service_section"):
         parse_profile({**base, "defaults": {"diagnostic_service_section": "MR"}}, "x.yaml")
+    with_ids = parse_profile({**base, "defaults": {"study_ids": "obr"}}, "x.yaml")
+    assert with_ids.defaults.study_ids == "obr"
+    assert (
+        parse_profile({**base, "updates": "cancel-replace"}, "x.yaml").updates == "cancel-replace"
+    )
+    with pytest.raises(MappingTableError, match=r"defaults\.study_ids"):
+        parse_profile({**base, "defaults": {"study_ids": "obr18"}}, "x.yaml")
     with pytest.raises(MappingTableError, match=r"defaults\.snomed_coding_system"):
         parse_profile({**base, "defaults": {"snomed_coding_system": "SCT"}}, "x.yaml")
     assert (
