@@ -106,6 +106,9 @@ class InstanceHeader:
     patient: PatientSummary
     rt: RTReferences | None  # set for RT objects only
     scheduled_step_id: str = ""  # (0040,0009) in (0040,0275) Request Attributes Sequence
+    # Why the fast path handed this file to the pydicom path ("" = it did not); not part of
+    # the header's value (equal headers from either path compare equal).
+    deferred: str = field(default="", compare=False)
 
 
 class RejectionKind(StrEnum):
@@ -120,6 +123,7 @@ class Rejection:
     path: str
     kind: RejectionKind
     reason: str
+    deferred: str = field(default="", compare=False)  # as InstanceHeader.deferred
 
 
 @dataclass(frozen=True, slots=True)
