@@ -10,8 +10,8 @@ wording) stands. Deferred files are counted and reported (``read_by_pydicom_path
 
 Deferred, by design (see ``docs/ingest.md``, "The reader's two paths"):
 
-* any transfer syntax but Explicit VR Little Endian (Implicit VR needs the data dictionary
-  for every tag; big endian and Deflated are rare);
+* any transfer syntax but Explicit VR Little Endian and the standard image compressions
+  (Implicit VR needs the data dictionary for every tag; big endian and Deflated are rare);
 * a Specific Character Set other than none, ISO_IR 6, ISO_IR 100 or ISO_IR 192 (ISO 2022
   escape sequences), or one inside a sequence item;
 * any structural oddity: an unknown VR, non-zero reserved bytes, tags not strictly
@@ -54,7 +54,7 @@ from adapter.dicom.summary import PIXEL_DATA, check_pixel_length, instance_heade
 __all__ = ["FAST_CODECS", "TEXT_VRS", "UNSPLIT_VRS", "WANTED", "Defer", "read_fast"]
 
 # Reasons for deferring; fixed words only (never a value from the file).
-TRANSFER_SYNTAX: Final = "transfer syntax other than Explicit VR Little Endian"
+TRANSFER_SYNTAX: Final = "transfer syntax whose dataset is not Explicit VR Little Endian"
 CHARSET: Final = "character set needs pydicom's decoder"
 STRUCTURE: Final = "unusual element structure"
 LENGTH: Final = "element length beyond the file, its container or the limit"
@@ -106,7 +106,7 @@ _ITEM_END: Final = 0xFFFEE00D
 _SEQ_END: Final = 0xFFFEE0DD
 
 _ELEMENT: Final = struct.Struct("<HH2sH")
-_LONG_LENGTH: Final = struct.Struct("<HL")  # reserved, length
+_LONG_LENGTH: Final = struct.Struct("<L")  # after the 2 reserved bytes
 _ITEM_HEADER: Final = struct.Struct("<HHL")
 
 # Same decoding rules as adapter.dicom.pydicom_path._Values (kept in step by the
@@ -123,6 +123,18 @@ FAST_CODECS: Final = {
     "ISO_IR 100": "latin_1",
     "ISO_IR 192": "utf_8",
 }
+
+# Transfer syntaxes whose dataset is Explicit VR Little Endian: the native one and the
+# standard image compressions (JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE), whose Pixel Data is
+# encapsulated. Video, JPIP and Deflated syntaxes are left to pydicom.
+EXPLICIT_LE_DATASETS: Final = frozenset(
+    {
+        EXPLICIT_LE_TS,
+        *(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93)),
+        *(f"1.2.840.10008.1.2.4.{n}" for n in (201, 202, 203)),
+        "1.2.840.10008.1.2.5",
+    }
+)
 
 Element: TypeAlias = tuple[str, int, int]  # VR, offset of the value, length
 Item: TypeAlias = dict[int, "Element | list[Item]"]
@@ -150,7 +162,7 @@ class _Scanner:
             raise Defer(STRUCTURE)
         if pos + 12 > end:
             raise Defer(LENGTH)
-        return group << 16 | elem, vr, pos + 12, _LONG_LENGTH.unpack_from(self.buf, pos + 8)[1]
+        return group << 16 | elem, vr, pos + 12, _LONG_LENGTH.unpack_from(self.buf, pos + 8)[0]
 
     def top_level(self, pos: int) -> tuple[Item, int]:
         """Scan the top-level dataset; returns the wanted elements and where pydicom stops."""
@@ -392,7 +404,7 @@ def read_fast(
 
     ``buf``/``size`` are the memory-mapped file, ``meta`` what ``parse_file_meta`` found.
     """
-    if meta.transfer_syntax != EXPLICIT_LE_TS:
+    if meta.transfer_syntax not in EXPLICIT_LE_DATASETS:
         raise Defer(TRANSFER_SYNTAX)
     scanner = _Scanner(buf, size, limits)
     top, stopped_at = scanner.top_level(meta.dataset_offset)
