@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -66,6 +67,8 @@ class IngestResult:
     studies: tuple[StudyOutcome, ...]
     rejections: tuple[Rejection, ...]
     files: int
+    # Files the reader's fast path deferred to the pydicom path, by reason (docs/ingest.md).
+    read_by_pydicom_path: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def everything_mapped(self) -> bool:
@@ -126,7 +129,8 @@ def run_ingest(
         outcomes.append(outcome)
     for rejection in rejections:
         log.warning("file %s: %s", rejection.kind.value, rejection.reason)
-    return IngestResult(tuple(outcomes), tuple(rejections), files)
+    deferred = Counter(r.deferred for r in (*headers, *rejections) if r.deferred)
+    return IngestResult(tuple(outcomes), tuple(rejections), files, dict(sorted(deferred.items())))
 
 
 def _will_map(study: StudySummary, decision: Classification, settings: Settings) -> bool:

@@ -76,6 +76,8 @@ def summary(result: IngestResult) -> dict[str, Any]:
         "not_dicom": sum(1 for r in result.rejections if r.kind is RejectionKind.NOT_DICOM),
         "quarantined": sum(1 for r in result.rejections if r.kind is RejectionKind.QUARANTINED),
         "everything_mapped": result.everything_mapped,
+        "read_by_pydicom_path": sum(result.read_by_pydicom_path.values()),
+        "pydicom_path_reasons": dict(result.read_by_pydicom_path),
     }
 
 
