@@ -129,7 +129,8 @@ def run_ingest(
         outcomes.append(outcome)
     for rejection in rejections:
         log.warning("file %s: %s", rejection.kind.value, rejection.reason)
-    deferred = Counter(r.deferred for r in (*headers, *rejections) if r.deferred)
+    deferred = Counter(h.deferred for h in headers if h.deferred)
+    deferred.update(r.deferred for r in rejections if r.deferred)
     return IngestResult(tuple(outcomes), tuple(rejections), files, dict(sorted(deferred.items())))
 
 
