@@ -165,36 +165,51 @@ class _Scanner:
         return group << 16 | elem, vr, pos + 12, _LONG_LENGTH.unpack_from(self.buf, pos + 8)[0]
 
     def top_level(self, pos: int) -> tuple[Item, int]:
-        """Scan the top-level dataset; returns the wanted elements and where pydicom stops."""
-        size = self.size
+        """Scan the top-level dataset; returns the wanted elements and where pydicom stops.
+
+        The hot loop of the reader: ``header`` inlined, names bound locally.
+        """
+        buf, size, max_length = self.buf, self.size, self.max_length
+        unpack, long_length = _ELEMENT.unpack_from, _LONG_LENGTH.unpack_from
+        short_vrs, long_vrs, wanted = _SHORT_VRS, _LONG_VRS, WANTED
         found: Item = {}
         last = 0x0007FFFF  # top-level groups start at 0008 (group 0002 is the file meta)
         while pos < size:
             if pos + 8 > size:
                 raise Defer(STRUCTURE)  # trailing bytes that are not an element
-            tag = _ELEMENT.unpack_from(self.buf, pos)
-            tag_value = tag[0] << 16 | tag[1]
-            if tag_value in _PIXEL_TAGS:
+            group, elem, vr_bytes, length = unpack(buf, pos)
+            tag = group << 16 | elem
+            if tag in _PIXEL_TAGS:
                 return found, pos
-            tag_value, vr, at, length = self.header(pos, size)
-            if tag_value <= last:
+            if tag <= last:
                 raise Defer(STRUCTURE)
-            last = tag_value
-            if length == UNDEFINED_LENGTH:
-                if vr != "SQ":
+            last = tag
+            vr = short_vrs.get(vr_bytes)
+            if vr is not None:
+                at = pos + 8
+            else:
+                vr = long_vrs.get(vr_bytes)
+                if vr is None or length != 0:  # unknown VR (or implicit data), reserved used
                     raise Defer(STRUCTURE)
-                items, pos = self.sequence(at, None, 1, keep=tag_value in WANTED)
-                if tag_value in WANTED:
-                    found[tag_value] = items
-                continue
+                if pos + 12 > size:
+                    raise Defer(LENGTH)
+                (length,) = long_length(buf, pos + 8)
+                at = pos + 12
+                if length == UNDEFINED_LENGTH:
+                    if vr != "SQ":
+                        raise Defer(STRUCTURE)
+                    items, pos = self.sequence(at, None, 1, keep=tag in wanted)
+                    if tag in wanted:
+                        found[tag] = items
+                    continue
             end = at + length
-            if end > size or length > self.max_length:
+            if end > size or length > max_length:
                 raise Defer(LENGTH)
-            if tag_value in WANTED:
+            if tag in wanted:
                 if vr == "SQ":
-                    found[tag_value] = self.sequence(at, end, 1, keep=True)[0]
+                    found[tag] = self.sequence(at, end, 1, keep=True)[0]
                 else:
-                    found[tag_value] = (vr, at, length)
+                    found[tag] = (vr, at, length)
             pos = end
         return found, size
 
@@ -286,10 +301,12 @@ class FastValues:
         raise Defer(VALUE)  # a sequence where a value is expected
 
     def text(self, tag: int, ds: Any = None) -> str:
-        element = self._element(tag, ds)
-        if element is None:
+        found = (self.top if ds is None else ds).get(tag)
+        if found is None:
             return ""
-        vr, at, length = element
+        if type(found) is not tuple:
+            raise Defer(VALUE)  # a sequence where a value is expected
+        vr, at, length = found
         if vr not in TEXT_VRS:
             raise Defer(VALUE)
         value = bytes(self.buf[at : at + length]).decode(self.codec, "replace")

@@ -194,9 +194,14 @@ def load_tables(folder: Path) -> Tables:
     )
 
 
+# libyaml's safe loader when PyYAML was built with it (about 10x faster, the same
+# documents); pure-Python SafeLoader otherwise. Either way only plain YAML types load.
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "-"
