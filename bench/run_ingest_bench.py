@@ -23,7 +23,7 @@ Steps, all in one run:
 4. Peak RSS of ``rtplan ingest`` on ``small`` and on ``large``, in separate runs after the
    timed ones (the child's ``ru_maxrss`` via ``os.wait4``: the largest single process; plus
    a sum over its process tree sampled every 50 ms from /proc, in case it uses workers).
-5. Prints a Markdown table with instances/s and the ratios ingest/bare (goal >= 1.0),
+5. Prints a Markdown table with instances/s and the ratios ingest/bare (goal >= 1.5),
    ingest/dicom2fhir (goal >= 8) and RSS(large)/RSS(small) (goal <= 1.5), and writes it to
    ``bench/results/ingest.md`` (``--results``; a ``--quick`` run writes
    ``bench/.work/ingest-quick.md`` instead).
@@ -61,9 +61,10 @@ DEFAULT_RESULTS = BENCH / "results" / "ingest.md"
 QUICK_RESULTS = WORK / "ingest-quick.md"  # a smoke run must not overwrite the real results
 TIMEOUT_S = 1800.0
 
-GOAL_VS_BARE = 1.0
+GOAL_VS_BARE = 1.5  # issue 16 (was 1.0)
 GOAL_VS_PEER = 8.0
 GOAL_RSS_SCALING = 1.5
+LOAD = [0.0]  # 1-minute load average when the run started
 
 
 # --------------------------------------------------------------------------- measuring
@@ -339,6 +340,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _spread(values: list[float]) -> str:
+    return f"min {min(values):.2f}, max {max(values):.2f}" if values else "n/a"
+
+
 def _met(value: float | None, goal: float, *, at_least: bool) -> str:
     if value is None:
         return "n/a"
@@ -369,6 +378,12 @@ def report(
             f"{_fmt(tool.median_rss(), 0)} | {tool.status()} |"
         )
     vs_bare = _ratio(rate["ingest"], rate["bare"])
+    # Same-repeat ratios (bare wall / ingest wall of the same repeat): on a shared machine
+    # the load changes between repeats, so these say more than a ratio of medians.
+    pairs = list(zip(tools["bare"].runs, tools["ingest"].runs, strict=False))
+    per_repeat = [b.wall / i.wall for b, i in pairs if b.ok and i.ok and i.wall > 0]
+    peer_pairs = list(zip(tools["peer"].runs, tools["ingest"].runs, strict=False))
+    per_repeat_peer = [p.wall / i.wall for p, i in peer_pairs if p.ok and i.ok and i.wall > 0]
     vs_peer = _ratio(rate["ingest"], rate["peer"])
     inproc = {key: tool.median_inproc() for key, tool in tools.items()}
     vs_bare_in = _ratio(inproc["bare"], inproc["ingest"])
@@ -385,7 +400,8 @@ def report(
         "",
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `bench/run_ingest_bench.py"
         f"{' --quick' if args.quick else ''}` on {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, {platform.machine()}; {seconds:.0f} s in all.",
+        f"Python {platform.python_version()}, {platform.machine()}; {seconds:.0f} s in all. "
+        f"1-minute load average at the start {LOAD[0]:.2f}, at the end {os.getloadavg()[0]:.2f}.",
         "",
         f"Data (`fixtures/synth.py --case bench`): **small** = one study, {args.slices} CT "
         f"slices 512x512 + {args.mr_slices} MR + 1 RTSTRUCT = {small_n:,} files "
@@ -414,6 +430,12 @@ def report(
         f"{_met(vs_bare_in, GOAL_VS_BARE, at_least=True)} |",
         f"| ingest / dicom2fhir, in-process | {_fmt(vs_peer_in)} | >= {GOAL_VS_PEER:g} | "
         f"{_met(vs_peer_in, GOAL_VS_PEER, at_least=True)} |",
+        f"| ingest / bare pydicom, median of same-repeat ratios "
+        f"({_spread(per_repeat)}) | {_fmt(_median(per_repeat))} | >= {GOAL_VS_BARE} | "
+        f"{_met(_median(per_repeat), GOAL_VS_BARE, at_least=True)} |",
+        f"| ingest / dicom2fhir, median of same-repeat ratios "
+        f"({_spread(per_repeat_peer)}) | {_fmt(_median(per_repeat_peer))} | "
+        f">= {GOAL_VS_PEER:g} | {_met(_median(per_repeat_peer), GOAL_VS_PEER, at_least=True)} |",
         f"| RSS {large_n:,} / RSS {small_n:,} (`rtplan ingest`) | {_fmt(scaling)} | "
         f"<= {GOAL_RSS_SCALING} | {_met(scaling, GOAL_RSS_SCALING, at_least=False)} |",
         f"| RSS {large_n:,} / RSS {small_n:,}, process tree (parent + workers, sampled) | "
@@ -460,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.results = args.results or (QUICK_RESULTS if args.quick else DEFAULT_RESULTS)
     started = time.perf_counter()
+    LOAD[0] = os.getloadavg()[0]
 
     WORK.mkdir(parents=True, exist_ok=True)
     gen = {"slices": args.slices, "mr_slices": args.mr_slices, "force": args.regenerate}
