@@ -80,6 +80,7 @@ class Run:
     tree_pss_mb: float
     stdout: str
     stderr: str
+    cpu: float = 0.0  # user + system CPU seconds of the process and its reaped workers
 
     @property
     def ok(self) -> bool:
@@ -195,6 +196,7 @@ def run_measured(cmd: list[str], *, sample_tree: bool = False) -> Run:
             tree_pss_mb=(sampler.peak_pss_kb / 1024.0) if sampler else 0.0,
             stdout=out.read().decode("utf-8", "replace"),
             stderr=err.read().decode("utf-8", "replace"),
+            cpu=usage.ru_utime + usage.ru_stime,
         )
 
 
@@ -281,6 +283,12 @@ class Tool:
         values = [_seconds(r.json_line()) for r in self.good()]
         nums = [v for v in values if v is not None]
         return statistics.median(nums) if nums and len(nums) == len(self.runs) else None
+
+    def median_cpu(self) -> float | None:
+        runs = self.good()
+        if not runs or len(runs) != len(self.runs):
+            return None
+        return statistics.median(r.cpu for r in runs)
 
     def median_rss(self) -> float | None:
         runs = self.good()
@@ -375,11 +383,14 @@ def report(
         rows.append(
             f"| {tool.name} | {small_n:,} | {_fmt(wall, 3)} | {_fmt(rate[key], 0)} | "
             f"{_fmt(own, 3)} | {_fmt(_ratio(small_n, own), 0)} | "
+            f"{_fmt(tool.median_cpu(), 3)} | {_fmt(_ratio(small_n, tool.median_cpu()), 0)} | "
             f"{_fmt(tool.median_rss(), 0)} | {tool.status()} |"
         )
     vs_bare = _ratio(rate["ingest"], rate["bare"])
     # Same-repeat ratios (bare wall / ingest wall of the same repeat): on a shared machine
     # the load changes between repeats, so these say more than a ratio of medians.
+    cpu_bare, cpu_ingest, cpu_peer = (tools[k].median_cpu() for k in ("bare", "ingest", "peer"))
+    vs_bare_cpu, vs_peer_cpu = _ratio(cpu_bare, cpu_ingest), _ratio(cpu_peer, cpu_ingest)
     pairs = list(zip(tools["bare"].runs, tools["ingest"].runs, strict=False))
     per_repeat = [b.wall / i.wall for b, i in pairs if b.ok and i.ok and i.wall > 0]
     peer_pairs = list(zip(tools["peer"].runs, tools["ingest"].runs, strict=False))
@@ -416,8 +427,9 @@ def report(
         "instances in its ImagingStudy (`add_instances`), as the adapter does.",
         "",
         "| tool | instances | wall s (median) | instances/s (wall) | in-process s | "
-        "instances/s (in-process) | peak RSS MB | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "instances/s (in-process) | CPU s (user+sys, workers included) | instances per CPU s | "
+        "peak RSS MB | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
         "| ratio | value | goal | met |",
@@ -436,6 +448,11 @@ def report(
         f"| ingest / dicom2fhir, median of same-repeat ratios "
         f"({_spread(per_repeat_peer)}) | {_fmt(_median(per_repeat_peer))} | "
         f">= {GOAL_VS_PEER:g} | {_met(_median(per_repeat_peer), GOAL_VS_PEER, at_least=True)} |",
+        f"| ingest / bare pydicom, instances per CPU second (no credit for 2 workers) | "
+        f"{_fmt(vs_bare_cpu)} | >= {GOAL_VS_BARE} | "
+        f"{_met(vs_bare_cpu, GOAL_VS_BARE, at_least=True)} |",
+        f"| ingest / dicom2fhir, instances per CPU second | {_fmt(vs_peer_cpu)} | "
+        f">= {GOAL_VS_PEER:g} | {_met(vs_peer_cpu, GOAL_VS_PEER, at_least=True)} |",
         f"| RSS {large_n:,} / RSS {small_n:,} (`rtplan ingest`) | {_fmt(scaling)} | "
         f"<= {GOAL_RSS_SCALING} | {_met(scaling, GOAL_RSS_SCALING, at_least=False)} |",
         f"| RSS {large_n:,} / RSS {small_n:,}, process tree (parent + workers, sampled) | "
@@ -526,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             if tool.runs and len(tool.runs) == rep + 1:
                 last = tool.runs[-1]
                 print(
-                    f"  {key:6s} rc={last.rc} wall={last.wall:.3f}s "
+                    f"  {key:6s} rc={last.rc} wall={last.wall:.3f}s cpu={last.cpu:.3f}s "
                     f"rss={last.maxrss_mb:.0f}MB {last.stdout.strip()[-200:]}",
                     file=sys.stderr,
                 )
