@@ -146,8 +146,6 @@ async def deliver(
     HL7 rows go over MLLP when ``hl7.mllp`` is set, else into ``out_dir/hl7`` as files (the
     embedded default); without either they wait.
     """
-    from adapter.fhir.delivery import FhirDeliverer
-
     async with AsyncExitStack() as stack:
         deliverers: dict[tuple[str, str], Deliverer] = {}
         # The configured destinations always (the FHIR server and the output folder), so a
@@ -159,6 +157,8 @@ async def deliver(
             if destination == FILES:
                 deliverers[(destination, target)] = FileDeliverer(Path(target))
             elif destination == FHIR and settings.fhir.base_url in ("", target):
+                from adapter.fhir.delivery import FhirDeliverer  # httpx, PyJWT: FHIR only
+
                 # Rows keep the server they were meant for; the settings give auth and limits.
                 fhir = replace(settings.fhir, base_url=target)
                 client = await stack.enter_async_context(fhir_client(fhir, transport=transport))
