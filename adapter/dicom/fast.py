@@ -36,6 +36,7 @@ import struct
 from datetime import tzinfo
 from typing import Any, Final, TypeAlias
 
+from adapter.dicom.charset import person_name
 from adapter.dicom.limits import (
     EXPLICIT_BE_TS,
     EXPLICIT_LE_TS,
@@ -47,6 +48,7 @@ from adapter.dicom.limits import (
     Problem,
     ReadLimits,
     check_pixel_header,
+    is_valid_uid,
 )
 from adapter.dicom.models import CodedValue, InstanceHeader, PersonName
 from adapter.dicom.summary import PIXEL_DATA, check_pixel_length, instance_header
@@ -317,8 +319,6 @@ class FastValues:
         return value.strip(" \0")
 
     def person(self, tag: int) -> PersonName:
-        from adapter.dicom.charset import person_name
-
         element = self._element(tag, None)
         if element is None:
             return person_name(None)
@@ -330,8 +330,6 @@ class FastValues:
         return person_name(value.split("\\", 1)[0])
 
     def uid(self, tag: int, ds: Any = None, *, required: bool = False) -> str:
-        from adapter.dicom.limits import is_valid_uid
-
         value = self.text(tag, ds).rstrip("\0")
         if not value:
             if required:
