@@ -216,12 +216,16 @@ class _Scanner:
         return found, size
 
     def sequence(
-        self, pos: int, end: int | None, depth: int, *, keep: bool
+        self, pos: int, end: int | None, depth: int, *, keep: bool, bound: int | None = None
     ) -> tuple[list[Item], int]:
-        """Items of a sequence starting at ``pos``; ``end`` is None for undefined length."""
+        """Items of a sequence starting at ``pos``; ``end`` is None for undefined length,
+        which must then end before ``bound`` (its container's end; default: the file's)."""
         if depth > self.max_depth:
             raise Defer(DEPTH)
-        bound = self.size if end is None else end
+        if end is not None:
+            bound = end
+        elif bound is None:
+            bound = self.size
         items: list[Item] = []
         while True:
             if pos == end:
@@ -267,7 +271,7 @@ class _Scanner:
             if length == UNDEFINED_LENGTH:
                 if vr != "SQ":
                     raise Defer(STRUCTURE)
-                items, pos = self.sequence(at, None, depth + 1, keep=keep)
+                items, pos = self.sequence(at, None, depth + 1, keep=keep, bound=limit)
                 if keep:
                     found[tag] = items
                 continue

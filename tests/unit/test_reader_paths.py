@@ -256,3 +256,76 @@ def test_ingest_imports_only_what_it_needs(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def _defined_sequence(tag: int, *items: bytes) -> bytes:
+    body = b"".join(struct.pack("<HHL", 0xFFFE, 0xE000, len(i)) + i for i in items)
+    return hostile.element(tag, "SQ", body)
+
+
+def _identity_with(*extra: bytes) -> bytes:
+    """The required attributes plus ``extra`` elements of tags between (0008,0060) and
+    (0020,000D), in order."""
+    e = hostile.element
+    return b"".join(
+        [
+            e(0x00080016, "UI", hostile.CT_IMAGE.encode()),
+            e(0x00080018, "UI", b"1.2.3.4.1.1"),
+            e(0x00080060, "CS", b"CT"),
+            *extra,
+            e(0x0020000D, "UI", b"1.2.3.4"),
+            e(0x0020000E, "UI", b"1.2.3.4.1"),
+        ]
+    )
+
+
+_PIXELS = (
+    hostile.element(0x00280011, "US", b"\x02\x00")
+    + hostile.element(0x00280100, "US", b"\x08\x00")
+    + hostile.element(0x7FE00010, "OB", b"\x00" * 4)
+)
+
+
+@pytest.mark.parametrize(
+    ("label", "dataset", "reason"),
+    [
+        ("unknown VR", hostile.identity() + b"\x10\x00\x10\x00ZZ\x02\x00AB", fast.STRUCTURE),
+        (
+            "tags out of order",
+            hostile.identity() + hostile.element(0x00100010, "PN", b"A^B"),
+            fast.STRUCTURE,
+        ),
+        ("trailing bytes", hostile.identity() + b"\x00\x00\x00", fast.STRUCTURE),
+        (
+            "escape in a PN",
+            _identity_with(hostile.element(0x00100010, "PN", b"\x1b$B;3")),
+            fast.CHARSET,
+        ),
+        (
+            "Rows of 4 bytes",
+            hostile.identity() + hostile.element(0x00280010, "US", b"\x02\x00\x02\x00") + _PIXELS,
+            fast.VALUE,
+        ),
+        ("invalid UID", hostile.identity(study="1.02.3"), fast.REJECTED),
+        (
+            "undefined sequence overrunning its defined item",
+            hostile.identity()
+            + _defined_sequence(
+                0x00400275,
+                hostile.element(0x00321064, "SQ", b"", length=0xFFFFFFFF)
+                + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF),
+            )
+            + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+            + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0),
+            fast.LENGTH,
+        ),
+    ],
+)
+def test_crafted_files_defer_with_their_reason(
+    label: str, dataset: bytes, reason: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "crafted.dcm"
+    path.write_bytes(hostile.file_meta() + dataset)
+    quick, slow = both(path)
+    assert quick == slow, label
+    assert quick.deferred == reason, label
