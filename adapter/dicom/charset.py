@@ -8,6 +8,7 @@ inherited by sequence items. This module only turns the converted values into th
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from adapter.dicom.models import PersonName
@@ -48,6 +49,7 @@ def person_name(value: Any) -> PersonName:
     return _from_groups(str(value.alphabetic), str(value.ideographic), str(value.phonetic))
 
 
+@lru_cache(maxsize=1024)  # PersonName is frozen: one per distinct name is safe to share
 def _from_groups(alphabetic: str, ideographic: str, phonetic: str) -> PersonName:
     parts = (alphabetic.split("^") + [""] * 5)[:5]
     family, given, middle, prefix, suffix = (p.strip() for p in parts)

@@ -22,6 +22,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final, TypeAlias
 
 ByteSource: TypeAlias = bytes | memoryview | mmap.mmap
@@ -110,6 +111,7 @@ class Problem(Exception):
 _UID_RE: Final = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 
 
+@lru_cache(maxsize=4096)  # study, series, class and frame UIDs repeat on every slice
 def is_valid_uid(value: str) -> bool:
     """True if ``value`` is a syntactically valid UID (PS3.5 §9.1).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from functools import lru_cache
 from typing import Final
 
 _DA: Final = re.compile(r"(\d{4})(\d{2})(\d{2})")
@@ -18,6 +19,7 @@ _TM: Final = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?")
 _OFFSET: Final = re.compile(r"([+-])(\d{2})(\d{2})")
 
 
+@lru_cache(maxsize=1024)  # the slices of a series repeat the same study/series dates
 def parse_date(value: str) -> date | None:
     """YYYYMMDD to a date, or ``None`` if empty or invalid."""
     match = _DA.fullmatch(value.strip())
@@ -55,6 +57,7 @@ def parse_offset(value: str) -> tzinfo | None:
     return timezone(-delta if match[1] == "-" else delta)
 
 
+@lru_cache(maxsize=1024)  # datetimes are immutable: sharing one per distinct input is safe
 def combine(da: str, tm: str, offset: str, default_tz: tzinfo) -> datetime | None:
     """A tz-aware datetime from DA + TM (+ offset), ``None`` if either is invalid.
 
