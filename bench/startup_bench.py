@@ -7,9 +7,10 @@ Run in the project venv from the repository root::
 
 The other ref's ``adapter/`` is exported with ``git archive`` into ``bench/.work/`` and put
 first on ``PYTHONPATH``; both trees use this venv. Interleaved runs of
-``python -X importtime -c "import adapter.cli"`` give the cumulative import time
-(microseconds, as ``-X importtime`` reports it) and the subprocess wall time; medians are
-reported with min-max, and whether pydicom and numpy were imported. Writes
+``python -X importtime -c "import ..."`` give the cumulative import time (as ``-X importtime``
+reports it) and the subprocess wall time, for what every command imports
+(``adapter.cli``) and for what ``rtplan ingest`` imports before reading (plus
+``adapter.service.deliver``); medians with min-max, and which heavy packages were loaded. Writes
 ``bench/results/startup.md`` (``--results``).
 """
 
@@ -27,10 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work"
-PROBE = (
-    "import sys, adapter.cli; "
-    "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'pydicom', 'numpy'})))"
-)
+# What every command imports, and what ``rtplan ingest --out`` imports before it reads a
+# file (the CLI, then the ingest, output and delivery services, which pull in the reader,
+# the classifier, the mapping and the outbox).
+PROBES = {
+    "every command (`import adapter.cli`)": ("adapter.cli",),
+    "`rtplan ingest` (+ `adapter.service.deliver`)": ("adapter.cli", "adapter.service.deliver"),
+}
+HEAVY = "{'pydicom', 'numpy', 'httpx', 'jwt', 'hl7apy'}"
 
 
 def export(ref: str) -> Path:
@@ -45,11 +50,16 @@ def export(ref: str) -> Path:
     return target
 
 
-def measure(tree: Path) -> tuple[float, float, str]:
+def measure(tree: Path, modules: tuple[str, ...]) -> tuple[float, float, str]:
+    """(seconds of imports by ``-X importtime``, subprocess wall, heavy packages loaded)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        f"print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & {HEAVY})))"
+    )
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", PROBE],
+        [sys.executable, "-X", "importtime", "-c", code],
         env=env,
         capture_output=True,
         text=True,
@@ -57,9 +67,12 @@ def measure(tree: Path) -> tuple[float, float, str]:
         cwd=WORK,
     )
     wall = time.perf_counter() - start
-    last = [line for line in done.stderr.splitlines() if line.rstrip().endswith("adapter.cli")]
-    cumulative_us = float(last[-1].split("|")[1])
-    return cumulative_us / 1e6, wall, done.stdout.strip() or "neither"
+    cumulative_us = 0.0
+    for line in done.stderr.splitlines():
+        _, cumulative, name = line.split("|")
+        if name.startswith(" ") and not name.startswith("  ") and name.strip() in modules:
+            cumulative_us += float(cumulative)  # top-level entries only (no double count)
+    return cumulative_us / 1e6, wall, done.stdout.strip() or "none"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     trees = {args.ref: export(args.ref), "this tree": ROOT}
     load = os.getloadavg()[0]
-    samples: dict[str, list[tuple[float, float, str]]] = {name: [] for name in trees}
+    cases = [(probe, tree_name) for probe in PROBES for tree_name in trees]
+    samples: dict[tuple[str, str], list[tuple[float, float, str]]] = {c: [] for c in cases}
     for rep in range(args.repeats):
-        order = list(trees.items()) if rep % 2 == 0 else list(reversed(trees.items()))
-        for name, tree in order:
-            samples[name].append(measure(tree))
+        for probe, tree_name in cases if rep % 2 == 0 else list(reversed(cases)):
+            samples[(probe, tree_name)].append(measure(trees[tree_name], PROBES[probe]))
     lines = [
         "# Start-up benchmark",
         "",
@@ -84,22 +97,25 @@ def main(argv: list[str] | None = None) -> int:
         f"(order alternating); 1-minute load average {load:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end.",
         "",
-        "| tree | `import adapter.cli`, -X importtime cumulative s (median, min-max) | "
-        "subprocess wall s (median, min-max) | pydicom / numpy imported |",
-        "|---|---:|---:|---|",
+        "| imports of | tree | -X importtime cumulative s (median, min-max) | "
+        "subprocess wall s (median, min-max) | of pydicom, numpy, httpx, jwt, hl7apy loaded |",
+        "|---|---|---:|---:|---|",
     ]
     medians = {}
-    for name, runs in samples.items():
+    for (probe, name), runs in samples.items():
         imports = [r[0] for r in runs]
         walls = [r[1] for r in runs]
-        medians[name] = statistics.median(imports)
+        medians[(probe, name)] = statistics.median(imports)
         lines.append(
-            f"| {name} | {statistics.median(imports):.3f} ({min(imports):.3f}-{max(imports):.3f})"
-            f" | {statistics.median(walls):.3f} ({min(walls):.3f}-{max(walls):.3f}) | "
-            f"{', '.join(sorted({r[2] for r in runs}))} |"
+            f"| {probe} | {name} | {statistics.median(imports):.3f} "
+            f"({min(imports):.3f}-{max(imports):.3f}) | {statistics.median(walls):.3f} "
+            f"({min(walls):.3f}-{max(walls):.3f}) | {', '.join(sorted({r[2] for r in runs}))} |"
         )
-    ratio = medians[args.ref] / medians["this tree"] if medians["this tree"] else float("nan")
-    lines += ["", f"Import time {args.ref} / this tree: {ratio:.2f}x.", ""]
+    lines.append("")
+    for probe in PROBES:
+        before, after = medians[(probe, args.ref)], medians[(probe, "this tree")]
+        lines.append(f"- {probe}: {args.ref} / this tree = {before / after:.2f}x.")
+    lines.append("")
     text = "\n".join(lines)
     print(text)
     args.results.parent.mkdir(parents=True, exist_ok=True)
