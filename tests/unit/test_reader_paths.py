@@ -329,3 +329,24 @@ def test_crafted_files_defer_with_their_reason(
     quick, slow = both(path)
     assert quick == slow, label
     assert quick.deferred == reason, label
+
+
+def test_docs_list_every_deferral_reason() -> None:
+    """docs/ingest.md names each reason the report can count, word for word."""
+    reasons = {
+        fast.TRANSFER_SYNTAX,
+        fast.CHARSET,
+        fast.STRUCTURE,
+        fast.LENGTH,
+        fast.DEPTH,
+        fast.VALUE,
+        fast.REJECTED,
+    }
+    text = (ROOT / "docs" / "ingest.md").read_text(encoding="utf-8")
+    section = text.split("## The reader's two paths", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        line.rsplit("|", 2)[1].strip().strip("`")
+        for line in section.splitlines()
+        if line.startswith("| ") and line.rstrip().endswith("` |")
+    }
+    assert documented == reasons
