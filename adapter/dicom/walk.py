@@ -171,7 +171,10 @@ def _read_many(
             progress(len(serial), total)
         return serial
     done: dict[int, Result] = {}
-    chunks = [list(range(i, min(i + _CHUNK, len(paths)))) for i in range(0, len(paths), _CHUNK)]
+    # About 4 tasks per worker (at least _CHUNK files each): each task costs a round trip and
+    # a pickle of its results, and the fast reader makes a file cheaper than that overhead.
+    size = max(_CHUNK, -(-total // (workers * 4)))
+    chunks = [list(range(i, min(i + size, total))) for i in range(0, total, size)]
     suspects: list[int] = []
     with _pool(workers) as pool:
         futures = [
