@@ -23,7 +23,6 @@ from adapter.config import Settings, load_settings
 from adapter.errors import AdapterError, ConfigError
 from adapter.hl7.commands import add_hl7_parsers, run_hl7_command
 from adapter.label.commands import add_label_parser, add_to_report, run_label_command
-from adapter.label.service import enqueue_labels, label_targets
 from adapter.label.titles import LABEL_TABLE, TITLES_TABLE, load_vocabulary
 from adapter.mapping.tables import Tables, load_tables
 from adapter.outbox.commands import add_outbox_parser, open_outbox, run_outbox_command
@@ -121,6 +120,9 @@ def _progress_printer(stream: TextIO) -> Any:
 
 
 def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
+    # The KOS builder imports pydicom (0.3 s with numpy): only ingest loads it.
+    from adapter.label.service import enqueue_labels, label_targets
+
     if args.fhir_url:
         settings = replace(settings, fhir=replace(settings.fhir, base_url=args.fhir_url))
     if args.out is None and not settings.fhir.base_url:

@@ -14,19 +14,19 @@ import argparse
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any, TextIO
-
-from pydicom import dcmread
+from typing import TYPE_CHECKING, Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import AdapterError, ConfigError
-from adapter.label.service import LabelOutcome, build_for, labelled
 from adapter.label.titles import load_vocabulary
 from adapter.mapping.tables import load_tables
 from adapter.outbox.labels import LabelState
 from adapter.outbox.store import Outbox
 from adapter.service.ingest import log_key, run_ingest
 from adapter.service.output import write_json_atomic
+
+if TYPE_CHECKING:  # the KOS builder imports pydicom: loaded by the commands that build one
+    from adapter.label.service import LabelOutcome
 
 
 def add_label_parser(commands: Any) -> None:
@@ -68,6 +68,10 @@ def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO)
 
 
 def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pydicom import dcmread
+
+    from adapter.label.service import build_for, labelled
+
     if not settings.label.enabled:
         print("labelling is switched off (label.enabled: false): nothing would be sent", file=out)
         return 0
