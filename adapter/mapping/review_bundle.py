@@ -130,7 +130,8 @@ def _finding_line(finding: Finding, tables: Tables) -> str:
         coding = tables.conceptmap("body-site").first(finding.body_site)
         site = f" ({coding.display if coding else finding.body_site})"
     label = tables.conceptmap("findings").lookup(finding.category)[0].display
-    return f"{label}{site}, urgency {finding.urgency}: {finding.description}"
+    # "Suspected": the oncologist raises a concern on a planning scan, never a diagnosis.
+    return f"Suspected {label}{site}, urgency {finding.urgency}: {finding.description}"
 
 
 def conclusion(review: ReviewInput, tables: Tables) -> str:

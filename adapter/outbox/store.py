@@ -231,6 +231,9 @@ class Outbox:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Several writes (rows, timers, review versions) that commit or roll back together:
         every :meth:`enqueue` inside joins this one IMMEDIATE transaction."""
+        # Their tables are created first: executescript() would commit an open transaction.
+        self.timers()
+        self.reviews()
         with self._write() as db:
             yield db
 
