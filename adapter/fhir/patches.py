@@ -11,9 +11,11 @@ with a *conditional* patch inside a transaction, so before sending, each one is 
 3. ``PUT Type/id`` with ``ifMatch: W/"<versionId>"`` in the same transaction as the rest.
 
 A 412 means someone wrote in between: the deliverer reads again and re-applies (bounded).
-Applying a patch twice changes nothing: appending a note that is already there is skipped, and
-``replace``/``add`` of a member set it to the same value. So a resend after a lost answer is
-harmless, and an entry whose patch changes nothing is left out of the transaction.
+A resource whose status is already final (radiology completed it, or it was revoked) keeps
+its status: a withdrawal only appends its note there. Applying a patch twice changes nothing:
+appending a note that is already there is skipped, and ``replace``/``add`` of a member set it
+to the same value. So a resend after a lost answer is harmless, and an entry whose patch
+changes nothing is left out of the transaction.
 """
 
 from __future__ import annotations
@@ -63,12 +65,22 @@ def operations(entry: JSON) -> list[JSON]:
     return value
 
 
+# Request/Task statuses after which nothing is pending: a withdrawal must not turn work that
+# radiology completed (or that ended otherwise) into "cancelled".
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "revoked", "entered-in-error"})
+STATUS_PATHS = frozenset({"/status", "/statusReason"})
+
+
 def apply_idempotent(current: JSON, ops: list[JSON]) -> JSON:
     """``current`` with ``ops`` applied, one at a time; appending a value already in the
-    array is skipped, and an append to an absent array creates it."""
+    array is skipped, and an append to an absent array creates it. A resource whose status is
+    already final keeps its status and statusReason (a withdrawal then only adds its note)."""
     document = copy.deepcopy(current)
+    final = current.get("status") in FINAL_STATUSES
     for op in ops:
         path = str(op.get("path", ""))
+        if final and path in STATUS_PATHS:
+            continue
         if op.get("op") == "add" and path.endswith("/-"):
             try:
                 items = jsonpatch.JsonPointer(path[:-2]).resolve(document)

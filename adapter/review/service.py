@@ -486,6 +486,9 @@ def _preview_context(
     outbox = Outbox(path) if path.exists() else None
     try:
         ctx = asyncio.run(resolve_context(review, settings, outbox))
+        stored = outbox.reviews().get(review.review_id) if outbox else None
+        if stored is not None:  # as a submission would see it (section 4 of docs/review.md)
+            ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
         rows = outbox.rows_for_key(f"study:{review.study_instance_uid}") if outbox else []
     finally:
         if outbox is not None:

@@ -127,6 +127,8 @@ def test_patch_is_idempotent_and_keeps_the_rest() -> None:
     assert once["status"] == "revoked" and once["authoredOn"] == REQUEST["authoredOn"]
     assert once["note"] == [{"text": "v1"}, {"text": "withdrawn"}]
     assert apply_idempotent(once, OPS) == once  # a resend appends nothing
+    done = apply_idempotent({**REQUEST, "status": "completed"}, [*OPS, OPS[0]])
+    assert done["status"] == "completed" and done["note"][-1] == {"text": "withdrawn"}
     bare = {k: v for k, v in REQUEST.items() if k != "note"}
     assert apply_idempotent(bare, OPS)["note"] == [{"text": "withdrawn"}]
 
@@ -214,5 +216,13 @@ def test_unconfirmed_codes_are_not_emitted(capsys: pytest.CaptureFixture[str]) -
     assert concept([code], "Oncologist review") == {"text": "Oncologist review"}
     assert main(["mappings", "check"]) == 0
     out = capsys.readouterr().out
-    assert "82126-4 'PT Guidance for radiation treatment of Unspecified body region': OFF" in out
-    assert "Example Hospital MRN': used (identifier)" in out
+    # exactly the lines docs/mappings.md shows
+    assert (
+        "  procedure-codes.yaml rows[4] (code 'PT'): http://loinc.org|82126-4 'PT Guidance for "
+        "radiation treatment of Unspecified body region': OFF (not emitted until confirmed)\n"
+    ) in out
+    assert (
+        "  identifier-systems.yaml rows[0] (code 'HOSP-MRN'): urn:rtplan:identifier-system|"
+        "https://hospital.example.org/fhir/sid/mrn 'Example Hospital MRN': used (identifier)\n"
+    ) in out
+    assert "Confirm a code in a terminology browser, then remove its 'verify: true'" in out
