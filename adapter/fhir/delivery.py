@@ -10,8 +10,8 @@
 - 409, HAPI-0550 unique-constraint conflict: reconcile, then retry.
 - 412 (several matches): hold the key, raise a data-quality alert.
 - A Bundle with conditional PATCH entries (review amendments and withdrawals) is sent as a
-  read-modify-write with If-Match (``adapter/fhir/patches.py``); there a 412 means "changed
-  meanwhile": read again, up to ``PATCH_ATTEMPTS`` times.
+  read-modify-write with If-Match (``adapter/fhir/patches.py``); there a 412 (Medplum) or 409
+  (HAPI) means "changed meanwhile": read again, up to ``PATCH_ATTEMPTS`` times.
 - 400, 403, 404, 422 and other 4xx: dead, with the OperationOutcome's codes.
 
 Reasons name statuses, issue codes and element paths, never diagnostics text or values:
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 UNKNOWN_OUTCOME = frozenset({500, 502, 504})
 HAPI_CONFLICT_MARKERS = ("HAPI-0550", "HFJ_RES_SEARCH_URL")
-PATCH_ATTEMPTS = 3  # reads of a resource to patch when a 412 says it changed meanwhile
+PATCH_ATTEMPTS = 3  # reads of a resource to patch when the server says it changed meanwhile
+VERSION_CONFLICT = frozenset({409, 412})  # an If-Match that no longer matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +183,15 @@ class FhirDeliverer:
             except NoAnswer as exc:
                 # The next attempt reads again; re-applying an applied patch changes nothing.
                 return Attempt(Verdict.RETRY, f"{exc}; the patch is re-read and re-applied")
-            if response.status == 412 and resolved.guarded and attempt < PATCH_ATTEMPTS:
+            # Someone wrote between our read and our write: Medplum says 412, HAPI JPA 8.8 says
+            # 409 (a version conflict) for an If-Match inside a transaction. Read again.
+            changed = response.status in VERSION_CONFLICT and resolved.guarded
+            if changed and attempt < PATCH_ATTEMPTS:
                 continue
-            if response.status == 412 and resolved.guarded:
-                return Attempt(Verdict.RETRY, "HTTP 412: changed on the server while updating")
+            if changed:
+                return Attempt(
+                    Verdict.RETRY, f"HTTP {response.status}: changed on the server while updating"
+                )
             return await self._classify(resolved.bundle, response)
         raise AssertionError("unreachable")  # pragma: no cover
 
