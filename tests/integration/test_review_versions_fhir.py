@@ -217,3 +217,23 @@ def test_concurrent_versions_the_higher_one_wins(site: Site) -> None:
     assert site.submit(review_file(site, "concern", uid, review_id)) == 2
     assert site.submit(v2) == 2
     assert main(["review", "submit", str(v3), "--fhir-url", site.base]) == 0
+
+
+def test_withdrawal_after_radiology_completed_keeps_its_status(site: Site) -> None:
+    uid = site.ingest()
+    review_id = f"R-{uuid.uuid4().hex[:8]}"
+    assert site.submit(review_file(site, "concern", uid, review_id)) == 0
+    patient = site.study(uid)["subject"]["reference"]
+    request = one(site.base, "ServiceRequest", subject=patient)
+    task = one(site.base, "Task", focus=f"ServiceRequest/{request['id']}")
+    done = radiology_update(site.base, task)
+    done.update(status="completed", businessStatus={"text": "reported"})
+    answer = httpx.put(f"{site.base}/Task/{done['id']}", json=done, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert site.submit(review_file(site, "concern-withdrawn", uid, review_id)) == 0
+    task = one(site.base, "Task", focus=f"ServiceRequest/{request['id']}")
+    # Finished work never reads as cancelled: only the withdrawal note is added.
+    assert task["status"] == "completed" and "statusReason" not in task
+    assert task["businessStatus"]["text"] == "reported"
+    assert task["note"][-1]["text"] == "Concern withdrawn by the oncologist (review version 3)."
+    assert one(site.base, "ServiceRequest", subject=patient)["status"] == "revoked"

@@ -95,6 +95,9 @@ def test_stale_and_repeated_versions_on_the_cli(
     capsys.readouterr()
     assert main(["review", "submit", amended, "--out", str(out)]) == 0
     assert "already accepted with the same content: nothing sent" in capsys.readouterr().out
+    assert main(["review", "submit", amended, "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {"version": 2, "unchanged": True, "rows": []}
     assert main(["review", "submit", str(REVIEWS / "concern.json"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "/version: version 1 is older than version 2" in err
