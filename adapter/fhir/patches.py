@@ -32,6 +32,8 @@ import jsonpatch
 from adapter.fhir.client import FhirClient
 
 JSON = dict[str, Any]
+# = adapter.mapping.review_bundle.JSON_PATCH (not imported: it would load the review model and
+# pydantic into every FHIR delivery, ingest included)
 JSON_PATCH = "application/json-patch+json"
 
 

@@ -485,12 +485,6 @@ def patch_entry(kind: str, system: str, value: str, operations: list[JSON]) -> J
     }
 
 
-def patch_operations(entry: JSON) -> list[JSON]:
-    """The JSON Patch operations of a :func:`patch_entry` (for readers and tests)."""
-    operations: list[JSON] = json.loads(base64.b64decode(entry["resource"]["data"]))
-    return operations
-
-
 def _amend_entries(
     review: ReviewInput, tables: Tables, options: ReviewOptions, placer: str, ctx: StudyContext
 ) -> list[JSON]:
