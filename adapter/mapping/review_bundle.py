@@ -185,7 +185,7 @@ def _report(review: ReviewInput, ctx: StudyContext, tables: Tables) -> JSON:
         report["conclusionCode"] = [concept(nad, nad[0].display)]
         return report
     observations = [
-        _finding_observation(review, finding, index, status, tables)
+        _finding_observation(review, finding, index, status, tables, ctx.patient)
         for index, finding in enumerate(review.findings, 1)
     ]
     report["contained"] = observations
@@ -194,7 +194,7 @@ def _report(review: ReviewInput, ctx: StudyContext, tables: Tables) -> JSON:
 
 
 def _finding_observation(
-    review: ReviewInput, finding: Finding, index: int, status: str, tables: Tables
+    review: ReviewInput, finding: Finding, index: int, status: str, tables: Tables, patient: JSON
 ) -> JSON:
     """One finding as the oncologist stated it: a *suspected* finding on a planning scan.
 
@@ -211,6 +211,7 @@ def _finding_observation(
         "status": "final" if status == "final" else "amended",
         "category": [{"coding": [labels.coding("finding_category").as_fhir()]}],
         "code": concept(codes, codes[0].display),
+        "subject": patient,
         "effectiveDateTime": _when(review),
         "performer": [_reviewer(review)],
         "valueCodeableConcept": concept([suspected], suspected.display),
