@@ -238,7 +238,12 @@ def _mappings_check(folder: Path, out: TextIO) -> int:
         print(f"{len(tables.verify_flags)} codes are flagged verify: true:", file=out)
         for flag in tables.verify_flags:
             c = flag.coding
-            print(f"  {flag.file} {flag.row}: {c.system}|{c.code} {c.display!r}", file=out)
+            state = "OFF (not emitted until confirmed)" if flag.withheld else "used (identifier)"
+            print(f"  {flag.file} {flag.row}: {c.system}|{c.code} {c.display!r}: {state}", file=out)
+        print(
+            "Confirm a code in a terminology browser, then remove its 'verify: true' to emit it.",
+            file=out,
+        )
     return EXIT_OK
 
 

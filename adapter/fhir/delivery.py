@@ -9,6 +9,9 @@
 - 401 (after the auth layer's one refresh): dead, unauthorised.
 - 409, HAPI-0550 unique-constraint conflict: reconcile, then retry.
 - 412 (several matches): hold the key, raise a data-quality alert.
+- A Bundle with conditional PATCH entries (review amendments and withdrawals) is sent as a
+  read-modify-write with If-Match (``adapter/fhir/patches.py``); there a 412 (Medplum) or 409
+  (HAPI) means "changed meanwhile": read again, up to ``PATCH_ATTEMPTS`` times.
 - 400, 403, 404, 422 and other 4xx: dead, with the OperationOutcome's codes.
 
 Reasons name statuses, issue codes and element paths, never diagnostics text or values:
@@ -27,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 from adapter.errors import NoAnswer, NotSent
 from adapter.fhir.auth import AuthRefused
 from adapter.fhir.client import FhirClient, FhirResponse
+from adapter.fhir.patches import conditional_patches, resolve_patches
 from adapter.outbox.store import Row
 from adapter.outbox.worker import Attempt, Verdict
 
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 UNKNOWN_OUTCOME = frozenset({500, 502, 504})
 HAPI_CONFLICT_MARKERS = ("HAPI-0550", "HFJ_RES_SEARCH_URL")
+PATCH_ATTEMPTS = 3  # reads of a resource to patch when the server says it changed meanwhile
+VERSION_CONFLICT = frozenset({409, 412})  # an If-Match that no longer matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,8 @@ class FhirDeliverer:
 
     async def deliver(self, row: Row) -> Attempt:
         bundle = row.payload
+        if conditional_patches(bundle):
+            return await self._deliver_patched(bundle)
         try:
             response = await self.client.transaction(bundle)
         except AuthRefused as exc:
@@ -149,6 +157,43 @@ class FhirDeliverer:
         except NoAnswer as exc:
             return await self._unknown_outcome(bundle, str(exc))
         return await self._classify(bundle, response)
+
+    async def _deliver_patched(self, bundle: JSON) -> Attempt:
+        """Read-modify-write of the PATCH entries (adapter/fhir/patches.py); a 412 on an
+        If-Match means someone wrote in between: read again and re-apply."""
+        for attempt in range(1, PATCH_ATTEMPTS + 1):
+            try:
+                resolved = await resolve_patches(self.client, bundle)
+                if resolved.several:
+                    alert = f"{resolved.several} to update matches several resources: data quality"
+                    return Attempt(Verdict.HOLD, alert, alert=alert)
+                if resolved.missing:
+                    return Attempt(
+                        Verdict.DEAD,
+                        f"the {resolved.missing} to update is not on the server (was the earlier "
+                        "version of the review delivered? see 'rtplan outbox dead')",
+                    )
+                if resolved.failed:
+                    return Attempt(Verdict.RETRY, resolved.failed)
+                response = await self.client.transaction(resolved.bundle)
+            except AuthRefused as exc:
+                return Attempt(Verdict.DEAD, str(exc))
+            except NotSent as exc:
+                return Attempt(Verdict.RETRY, str(exc))
+            except NoAnswer as exc:
+                # The next attempt reads again; re-applying an applied patch changes nothing.
+                return Attempt(Verdict.RETRY, f"{exc}; the patch is re-read and re-applied")
+            # Someone wrote between our read and our write: Medplum says 412, HAPI JPA 8.8 says
+            # 409 (a version conflict) for an If-Match inside a transaction. Read again.
+            changed = response.status in VERSION_CONFLICT and resolved.guarded
+            if changed and attempt < PATCH_ATTEMPTS:
+                continue
+            if changed:
+                return Attempt(
+                    Verdict.RETRY, f"HTTP {response.status}: changed on the server while updating"
+                )
+            return await self._classify(resolved.bundle, response)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _classify(self, bundle: JSON, response: FhirResponse) -> Attempt:
         status = response.status

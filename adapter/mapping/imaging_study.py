@@ -30,7 +30,7 @@ from adapter.mapping.identifiers import (
     patient_identifier,
     study_identifier,
 )
-from adapter.mapping.tables import Coding, Tables
+from adapter.mapping.tables import Coding, Tables, confirmed
 
 JSON = dict[str, Any]
 ENDPOINT_CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
@@ -215,6 +215,9 @@ def _planning_labels(study: StudySummary, classification: Classification, tables
 
 
 def _concept(codings: tuple[Coding, ...]) -> JSON:
+    # Unconfirmed codes (verify: true) are not sent; a modality left with none gets no
+    # procedure code, like an unmapped one (the planning reason code and label still apply).
+    codings = confirmed(codings)
     if not codings:
         return {}
     return {"coding": [c.as_fhir() for c in codings], "text": codings[0].display}

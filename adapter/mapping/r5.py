@@ -18,7 +18,29 @@ def to_r5(resource: JSON) -> JSON:
         return _imaging_study(resource)
     if kind == "Endpoint":
         return _endpoint(resource)
+    if kind == "Task":
+        return _task(resource)
     return copy.deepcopy(resource)
+
+
+TASK_CODE_SYSTEM = "http://hl7.org/fhir/CodeSystem/task-code"
+
+
+def _task(r4: JSON) -> JSON:
+    """R5 keeps ``restriction`` for fulfilment Tasks with a focus (invariant tsk-1); any other
+    Task's due date goes to ``requestedPeriod`` ("when completion of the task is desired"),
+    the R5 element that R4 lacks (R4 has only ``restriction.period``)."""
+    r5 = copy.deepcopy(r4)
+    fulfil = any(
+        c.get("system") == TASK_CODE_SYSTEM and c.get("code") == "fulfill"
+        for c in r5.get("code", {}).get("coding", [])
+    )
+    restriction = r5.get("restriction")
+    if restriction is not None and not (fulfil and "focus" in r5):
+        period = r5.pop("restriction").get("period")
+        if period:
+            r5["requestedPeriod"] = period
+    return r5
 
 
 def _cc(coding: JSON) -> JSON:

@@ -4,16 +4,24 @@ Entries (at most 8: Medplum's limit for transactions with conditional operations
 
 1. DiagnosticReport, by conditional update on ``urn:rtplan:review|<review_id>``: the documented
    review. Version 1 is ``final`` (``partial`` when not all images were reviewed); a later
-   version ``amended``: the same resource, a new version.
+   version ``amended``: the same resource, a new version. Codes never say more than the
+   oncologist did: a complete review without findings is coded "no abnormality detected"; each
+   finding of a complete, standing review is a contained Observation whose value is
+   "Suspected" (the finding is the Observation's code); a partial review or a withdrawn
+   concern carries no code at all, only text.
 2. The oncologist-review Task, by conditional update on its identifier: ``completed`` with the
    report as output, or ``in-progress`` when not all images were reviewed.
-3. On a concern: the radiologist-review ServiceRequest and the radiology Task, by conditional
-   *create* on the placer order number, so a resubmission never resets what radiology has done.
-   The placer order number is derived from the review id and the set of findings: resubmitting
-   gives the same number; a new, different finding gives a new request.
-4. On a withdrawn concern: each known request of this review (revoked) and its radiology Task
-   (cancelled), by conditional update; each also yields an ``hl7-cancel`` request for the HL7
-   issue (ORC-1 CA).
+3. On a new concern: the radiologist-review ServiceRequest and the radiology Task, by
+   conditional *create* on the placer order number, so a resubmission never resets what
+   radiology has done. The placer order number is derived from the review id and the set of
+   findings: resubmitting gives the same number; a new, different finding gives a new request.
+4. On an amendment of a request that exists (same findings, new urgency or text) and on a
+   withdrawal: a FHIR ``PATCH`` (JSON Patch) of the ServiceRequest and the radiology Task on
+   their identifiers that changes only what the new version changes (priority, body site, due
+   date, an appended note; status, ``statusReason`` and a note for a withdrawal). Authored
+   date, identifiers, earlier notes and what radiology recorded stay. The FHIR deliverer
+   applies the patch as a read-modify-write with ``If-Match`` (``adapter/fhir/patches.py``).
+   A withdrawal also yields an ``hl7-cancel`` request for each revoked order (ORC-1 CA).
 
 Nothing here does I/O or reads the clock: what the servers or the outbox know about the study
 arrives as a :class:`StudyContext`.
@@ -21,10 +29,14 @@ arrives as a :class:`StudyContext`.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from adapter.mapping.identifiers import (
@@ -35,7 +47,7 @@ from adapter.mapping.identifiers import (
     token,
 )
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
-from adapter.mapping.tables import Tables
+from adapter.mapping.tables import Tables, concept
 from adapter.review.model import Finding, ReviewInput
 
 JSON = dict[str, Any]
@@ -43,6 +55,7 @@ REVIEW_SYSTEM = "urn:rtplan:review"
 PLACER_SYSTEM = "urn:rtplan:placer-order"
 RADIOLOGY_TASK_SYSTEM = "urn:rtplan:radiology-task"
 MAX_ENTRIES = 8
+JSON_PATCH = "application/json-patch+json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +67,10 @@ class StudyContext:
     patient_identifier: JSON | None = None
     accession: str = ""
     review_task: JSON | None = None  # the Task opened at ingest, to update
-    previous_placers: tuple[str, ...] = ()  # requests of earlier versions of this review
+    previous_placers: tuple[str, ...] = ()  # active requests of earlier versions of this review
+    # when each earlier request was opened (ISO date-time): an amendment's due date counts from
+    # the request, not from the amendment
+    request_opened: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +130,8 @@ def _finding_line(finding: Finding, tables: Tables) -> str:
         coding = tables.conceptmap("body-site").first(finding.body_site)
         site = f" ({coding.display if coding else finding.body_site})"
     label = tables.conceptmap("findings").lookup(finding.category)[0].display
-    return f"{label}{site}, urgency {finding.urgency}: {finding.description}"
+    # "Suspected": the oncologist raises a concern on a planning scan, never a diagnosis.
+    return f"Suspected {label}{site}, urgency {finding.urgency}: {finding.description}"
 
 
 def conclusion(review: ReviewInput, tables: Tables) -> str:
@@ -139,24 +156,18 @@ def conclusion(review: ReviewInput, tables: Tables) -> str:
 
 def _report(review: ReviewInput, ctx: StudyContext, tables: Tables) -> JSON:
     labels = tables.labels_table("review-codes")
-    findings = tables.conceptmap("findings")
-    sources = (
-        ["no-significant-finding"] if not review.findings else [f.category for f in review.findings]
-    )
-    codes = [findings.lookup(s)[0] for s in dict.fromkeys(sources)]
     if not review.all_images_reviewed:
         status = "partial"
     else:
         status = "final" if review.version == 1 else "amended"
-    return {
+    report: JSON = {
         "resourceType": "DiagnosticReport",
         "identifier": [{"system": REVIEW_SYSTEM, "value": review.review_id}],
         "status": status,
         "category": [{"coding": [labels.coding("report_category").as_fhir()]}],
-        "code": {
-            "coding": [labels.coding("report_code").as_fhir()],
-            "text": "Oncologist review of radiotherapy planning scan",
-        },
+        "code": concept(
+            [labels.coding("report_code")], "Oncologist review of radiotherapy planning scan"
+        ),
         "subject": ctx.patient,
         "effectiveDateTime": _when(review),
         "issued": _when(review),
@@ -164,8 +175,53 @@ def _report(review: ReviewInput, ctx: StudyContext, tables: Tables) -> JSON:
         "resultsInterpreter": [_reviewer(review)],
         "imagingStudy": [study_reference(ctx.study_uid)],
         "conclusion": conclusion(review, tables),
-        "conclusionCode": [{"coding": [c.as_fhir()], "text": c.display} for c in codes],
     }
+    # A partial look never says "nothing found", and a withdrawn concern is no diagnosis: no
+    # code at all, the conclusion text says what happened.
+    if not review.all_images_reviewed or review.concern_withdrawn:
+        return report
+    if not review.findings:
+        nad = tables.conceptmap("findings").lookup("no-significant-finding")
+        report["conclusionCode"] = [concept(nad, nad[0].display)]
+        return report
+    observations = [
+        _finding_observation(review, finding, index, status, tables, ctx.patient)
+        for index, finding in enumerate(review.findings, 1)
+    ]
+    report["contained"] = observations
+    report["result"] = [{"reference": f"#{o['id']}"} for o in observations]
+    return report
+
+
+def _finding_observation(
+    review: ReviewInput, finding: Finding, index: int, status: str, tables: Tables, patient: JSON
+) -> JSON:
+    """One finding as the oncologist stated it: a *suspected* finding on a planning scan.
+
+    ``code`` is the finding (e.g. SNOMED 128462008), ``valueCodeableConcept`` is SNOMED
+    415684004 "Suspected" (the certainty-of-presence pattern): a reader of codes alone sees
+    "metastasis: suspected", never a confirmed disorder. See docs/mappings.md.
+    """
+    labels = tables.labels_table("review-codes")
+    codes = tables.conceptmap("findings").lookup(finding.category)
+    suspected = labels.coding("finding_suspected")
+    observation: JSON = {
+        "resourceType": "Observation",
+        "id": f"finding-{index}",
+        "status": "final" if status == "final" else "amended",
+        "category": [{"coding": [labels.coding("finding_category").as_fhir()]}],
+        "code": concept(codes, codes[0].display),
+        "subject": patient,
+        "effectiveDateTime": _when(review),
+        "performer": [_reviewer(review)],
+        "valueCodeableConcept": concept([suspected], suspected.display),
+        "note": [{"text": f"Urgency {finding.urgency}: {finding.description}"}],
+    }
+    if finding.body_site:
+        site = tables.conceptmap("body-site").first(finding.body_site)
+        if site is not None:
+            observation["bodySite"] = concept([site], site.display)
+    return observation
 
 
 def _review_task(
@@ -183,7 +239,9 @@ def _review_task(
             "resourceType": "Task",
             "intent": "order",
             "priority": "routine",
-            "code": {"coding": [labels.coding("review_task_code").as_fhir()]},
+            "code": concept(
+                [labels.coding("review_task_code")], "Oncologist review of planning scan"
+            ),
             "description": labels.text("review_task_description"),
             "owner": {
                 "type": options.owner_type,
@@ -251,7 +309,7 @@ def _service_request(
         "status": status,
         "intent": "order",
         "priority": review.highest_urgency,
-        "code": {"coding": [code.as_fhir()], "text": code.display},
+        "code": concept([code], code.display),
         "subject": ctx.patient,
         "authoredOn": _when(review),
         "requester": _reviewer(review),
@@ -259,18 +317,39 @@ def _service_request(
         "reasonReference": [{"reference": report}],
         "supportingInfo": [study_reference(ctx.study_uid)],
     }
+    body_sites = _body_sites(review, tables)
+    if body_sites:
+        request["bodySite"] = body_sites
+    request["note"] = _request_notes(review, tables, "")
+    return request
+
+
+def _body_sites(review: ReviewInput, tables: Tables) -> list[JSON]:
     sites = tables.conceptmap("body-site")
     body = [sites.first(f.body_site) for f in review.findings if f.body_site]
     unique = {(c.system, c.code): c for c in body if c is not None}
-    if unique:
-        request["bodySite"] = [
-            {"coding": [c.as_fhir()], "text": c.display} for c in unique.values()
-        ]
-    lines = [_finding_line(f, tables) for f in review.findings]
-    request["note"] = [{"text": line} for line in lines] or [
-        {"text": "Radiologist review requested without a specific finding."}
+    return [concept([c], c.display) for c in unique.values()]
+
+
+def _request_notes(review: ReviewInput, tables: Tables, prefix: str) -> list[JSON]:
+    """One dated note per finding (``prefix`` marks an amendment's notes)."""
+    lines = [_finding_line(f, tables) for f in review.findings] or [
+        "Radiologist review requested without a specific finding."
     ]
-    return request
+    return [{"time": _when(review), "text": f"{prefix}{line}"} for line in lines]
+
+
+def _due(review: ReviewInput, options: ReviewOptions, opened: str) -> str:
+    """Due date of the radiology Task: from when the request was opened, by this version's
+    highest urgency (so raising the urgency brings it forward, a text correction does not
+    push it back)."""
+    days = (
+        options.radiology_due_days
+        if review.highest_urgency == "routine"
+        else options.radiology_due_days_urgent
+    )
+    start = datetime.fromisoformat(opened) if opened else review.reviewed_at
+    return (start + timedelta(days=days)).isoformat(timespec="seconds")
 
 
 def _radiology_task(
@@ -280,29 +359,31 @@ def _radiology_task(
     options: ReviewOptions,
     placer: str,
     request: str,
-    status: str,
 ) -> JSON:
     labels = tables.labels_table("review-codes")
-    priority = review.highest_urgency
-    days = (
-        options.radiology_due_days if priority == "routine" else options.radiology_due_days_urgent
-    )
-    due = review.reviewed_at + timedelta(days=days)
     return {
         "resourceType": "Task",
         "identifier": [{"system": RADIOLOGY_TASK_SYSTEM, "value": placer}],
         "basedOn": [{"reference": request}],
-        "status": status,
+        "status": "requested",
         "intent": "order",
-        "priority": priority,
-        "code": {"coding": [labels.coding("radiology_task_code").as_fhir()]},
+        "priority": review.highest_urgency,
+        "code": concept([labels.coding("radiology_task_code")], "Radiologist review"),
         "description": labels.text("radiology_task_description"),
         "focus": {"reference": request},
         "for": ctx.patient,
         "authoredOn": _when(review),
         "requester": _reviewer(review),
         "owner": _radiology_owner(options),
-        "restriction": {"period": {"end": due.isoformat(timespec="seconds")}},
+        # A fulfilment Task with a focus: restriction.period.end is its due date in R4 and R5
+        # (R5 tsk-1 allows restriction only there).
+        "restriction": {"period": {"end": _due(review, options, "")}},
+        "note": [
+            {
+                "time": _when(review),
+                "text": f"Requested by the oncologist's review, version {review.version}.",
+            }
+        ],
     }
 
 
@@ -349,29 +430,13 @@ def review_bundle(
     if review.concern_withdrawn:
         placers = list(dict.fromkeys([*ctx.previous_placers, *([current] if current else [])]))
         for placer in placers:
-            entries += _order_entries(
-                review,
-                ctx,
-                tables,
-                options,
-                placer,
-                report_url,
-                statuses=("revoked", "cancelled"),
-                create=False,
-            )
+            entries += _withdraw_entries(review, placer)
             cancels.append(_hl7_cancel(review, ctx, placer))
         current = ""
+    elif current and current in ctx.previous_placers:
+        entries += _amend_entries(review, tables, options, current, ctx)
     elif current:
-        entries += _order_entries(
-            review,
-            ctx,
-            tables,
-            options,
-            current,
-            report_url,
-            statuses=("active", "requested"),
-            create=True,
-        )
+        entries += _create_entries(review, ctx, tables, options, current, report_url)
     if len(entries) > MAX_ENTRIES:
         from adapter.errors import MappingError
 
@@ -380,30 +445,98 @@ def review_bundle(
     return ReviewOutput(bundle, current, tuple(cancels))
 
 
-def _order_entries(
+def _create_entries(
     review: ReviewInput,
     ctx: StudyContext,
     tables: Tables,
     options: ReviewOptions,
     placer: str,
     report: str,
-    *,
-    statuses: tuple[str, str],
-    create: bool,
 ) -> list[JSON]:
+    """A new request: conditional creates, so a resend never resets radiology's progress."""
     request_url = full_url("ServiceRequest", f"{PLACER_SYSTEM}|{placer}")
-    request = _service_request(review, ctx, tables, options, placer, report, statuses[0])
-    task = _radiology_task(review, ctx, tables, options, placer, request_url, statuses[1])
+    request = _service_request(review, ctx, tables, options, placer, report, "active")
+    task = _radiology_task(review, ctx, tables, options, placer, request_url)
     out = []
     for url, resource, system in (
         (request_url, request, PLACER_SYSTEM),
         (full_url("Task", f"{RADIOLOGY_TASK_SYSTEM}|{placer}"), task, RADIOLOGY_TASK_SYSTEM),
     ):
         kind = resource["resourceType"]
-        write: JSON = (
-            {"method": "POST", "url": kind, "ifNoneExist": f"identifier={token(system, placer)}"}
-            if create
-            else {"method": "PUT", "url": conditional_url(kind, system, placer)}
-        )
+        write = {
+            "method": "POST",
+            "url": kind,
+            "ifNoneExist": f"identifier={token(system, placer)}",
+        }
         out.append({"fullUrl": url, "resource": resource, "request": write})
     return out
+
+
+def patch_entry(kind: str, system: str, value: str, operations: list[JSON]) -> JSON:
+    """A transaction entry that JSON-Patches the resource with this business identifier."""
+    data = json.dumps(operations, ensure_ascii=False, separators=(",", ":")).encode()
+    return {
+        "fullUrl": full_url(kind, f"{system}|{value}"),
+        "resource": {
+            "resourceType": "Binary",
+            "contentType": JSON_PATCH,
+            "data": base64.b64encode(data).decode("ascii"),
+        },
+        "request": {"method": "PATCH", "url": conditional_url(kind, system, value)},
+    }
+
+
+def _amend_entries(
+    review: ReviewInput, tables: Tables, options: ReviewOptions, placer: str, ctx: StudyContext
+) -> list[JSON]:
+    """The same request, amended: new priority, body sites and due date, the corrected
+    finding lines appended as dated notes. Nothing else changes."""
+    prefix = f"Amended by review version {review.version}: "
+    request_ops: list[JSON] = [
+        {"op": "replace", "path": "/priority", "value": review.highest_urgency}
+    ]
+    body_sites = _body_sites(review, tables)
+    if body_sites:
+        request_ops.append({"op": "add", "path": "/bodySite", "value": body_sites})
+    request_ops += [
+        {"op": "add", "path": "/note/-", "value": note}
+        for note in _request_notes(review, tables, prefix)
+    ]
+    due = _due(review, options, ctx.request_opened.get(placer, ""))
+    task_ops: list[JSON] = [
+        {"op": "replace", "path": "/priority", "value": review.highest_urgency},
+        {"op": "add", "path": "/restriction", "value": {"period": {"end": due}}},
+        {
+            "op": "add",
+            "path": "/note/-",
+            "value": {
+                "time": _when(review),
+                "text": f"{prefix}priority {review.highest_urgency}, due {due}.",
+            },
+        },
+    ]
+    return [
+        patch_entry("ServiceRequest", PLACER_SYSTEM, placer, request_ops),
+        patch_entry("Task", RADIOLOGY_TASK_SYSTEM, placer, task_ops),
+    ]
+
+
+def _withdraw_entries(review: ReviewInput, placer: str) -> list[JSON]:
+    """A state change, not a rewrite: status, statusReason (Task; R4 ServiceRequest has
+    none) and a dated note. Authored date, identifiers, earlier notes and whatever radiology
+    recorded (owner, businessStatus, output) stay."""
+    reason = f"Concern withdrawn by the oncologist (review version {review.version})."
+    note = {"time": _when(review), "text": reason}
+    request_ops: list[JSON] = [
+        {"op": "replace", "path": "/status", "value": "revoked"},
+        {"op": "add", "path": "/note/-", "value": note},
+    ]
+    task_ops: list[JSON] = [
+        {"op": "replace", "path": "/status", "value": "cancelled"},
+        {"op": "add", "path": "/statusReason", "value": {"text": reason}},
+        {"op": "add", "path": "/note/-", "value": note},
+    ]
+    return [
+        patch_entry("ServiceRequest", PLACER_SYSTEM, placer, request_ops),
+        patch_entry("Task", RADIOLOGY_TASK_SYSTEM, placer, task_ops),
+    ]

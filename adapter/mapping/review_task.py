@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from adapter.dicom.models import PersonName, StudySummary
-from adapter.mapping.tables import Tables
+from adapter.mapping.tables import Tables, concept
 
 JSON = dict[str, Any]
 REVIEW_TASK_SYSTEM = "urn:rtplan:review-task"
@@ -145,7 +145,7 @@ def map_review_task(
         },
         "intent": "order",
         "priority": options.raised_priority if raised else "routine",
-        "code": {"coding": [code.as_fhir()], "text": "Oncologist review of planning scan"},
+        "code": concept([code], "Oncologist review of planning scan"),
         "description": labels.text("review_task_description"),
         "focus": focus,
         "for": subject,

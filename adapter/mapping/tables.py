@@ -18,7 +18,7 @@ file and the row. The result is immutable, so nothing downstream can change a ta
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -67,6 +67,13 @@ class VerifyFlag:
     file: str
     row: str
     coding: Coding
+    table: str = ""
+
+    @property
+    def withheld(self) -> bool:
+        """True when the code is not emitted (code tables); identifier tables are used as
+        they are, because without them no patient or owner is found."""
+        return self.table not in IDENTIFIER_TABLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +317,8 @@ def _conceptmap(
         if "target" not in raw_row:
             raise MappingTableError(file, label, "row has no target (write target: null)")
         rows[code] = _targets(raw_row["target"], default_target, file, label)
-        flags.extend(VerifyFlag(file, label, t) for t in rows[code] if t.verify)
-    flags.extend(VerifyFlag(file, "unmapped", t) for t in fixed if t.verify)
+        flags.extend(VerifyFlag(file, label, t, name) for t in rows[code] if t.verify)
+    flags.extend(VerifyFlag(file, "unmapped", t, name) for t in fixed if t.verify)
     table = ConceptMapTable(
         name=name,
         file=file,
@@ -338,7 +345,7 @@ def _labels(doc: Mapping[str, Any], file: str, name: str) -> tuple[LabelsTable, 
             texts[key] = value
         else:
             codings[key] = _coding(value, None, file, row)
-    flags = [VerifyFlag(file, f"labels.{k}", c) for k, c in codings.items() if c.verify]
+    flags = [VerifyFlag(file, f"labels.{k}", c, name) for k, c in codings.items() if c.verify]
     table = LabelsTable(name, file, MappingProxyType(codings), MappingProxyType(texts))
     return table, flags
 
@@ -357,6 +364,26 @@ def _rules(doc: Mapping[str, Any], file: str, name: str) -> RulesTable:
             raise MappingTableError(file, row, "a value is listed twice")
         values[key] = tuple(items)
     return RulesTable(name, file, MappingProxyType(values))
+
+
+# Tables whose targets are identifier systems or identifiers, not codes: a flagged row is still
+# used (without it no patient or owner is found) and must be confirmed before go-live.
+IDENTIFIER_TABLES = frozenset({"identifier-systems", "oncologists"})
+
+
+def confirmed(codings: Iterable[Coding]) -> tuple[Coding, ...]:
+    """The codings that may be sent. A code flagged ``verify: true`` is not emitted until the
+    site confirms it in its mapping tables (removes the flag); ``rtplan mappings check`` lists
+    the codes held back."""
+    return tuple(c for c in codings if not c.verify)
+
+
+def concept(codings: Iterable[Coding], text: str) -> dict[str, Any]:
+    """A CodeableConcept of the confirmed codings plus ``text`` (text alone when none is)."""
+    kept = confirmed(codings)
+    if not kept:
+        return {"text": text}
+    return {"coding": [c.as_fhir() for c in kept], "text": text}
 
 
 def iter_verify_flags(tables: Tables) -> Iterator[VerifyFlag]:

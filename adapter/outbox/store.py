@@ -46,6 +46,7 @@ from adapter.outbox.studies import StudyRecord
 
 if TYPE_CHECKING:
     from adapter.outbox.labels import LabelStore
+    from adapter.outbox.reviews import ReviewVersions
     from adapter.outbox.timers import Timers
 
 JSON = dict[str, Any]
@@ -179,6 +180,7 @@ class Outbox:
         self._clock = clock
         self._owner = _owner()
         self._timers: Timers | None = None
+        self._reviews: ReviewVersions | None = None
         # autocommit mode: every statement commits unless inside an explicit BEGIN.
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self._db.row_factory = sqlite3.Row
@@ -212,7 +214,11 @@ class Outbox:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: the write lock is taken up front, so two processes
-        claiming at once cannot both take the same row."""
+        claiming at once cannot both take the same row. Inside :meth:`transaction` it joins
+        the open transaction instead (SQLite has no nested BEGIN)."""
+        if self._db.in_transaction:
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -220,6 +226,24 @@ class Outbox:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Several writes (rows, timers, review versions) that commit or roll back together:
+        every :meth:`enqueue` inside joins this one IMMEDIATE transaction."""
+        # Their tables are created first: executescript() would commit an open transaction.
+        self.timers()
+        self.reviews()
+        with self._write() as db:
+            yield db
+
+    def reviews(self) -> ReviewVersions:
+        """The latest accepted version of each review, in the same database file."""
+        if self._reviews is None:
+            from adapter.outbox.reviews import ReviewVersions
+
+            self._reviews = ReviewVersions(self._db)
+        return self._reviews
 
     def _event(self, db: sqlite3.Connection, row_id: int, event: str, detail: str = "") -> None:
         db.execute(

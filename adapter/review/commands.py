@@ -3,9 +3,10 @@
     rtplan review submit FILE|- [--out DIR] [--fhir-url URL] [--json]
     rtplan review preview FILE|- [--out DIR] [--fhir-url URL]
 
-Exit status: 0 written and delivered; 1 written but some delivery gave up or is held
-(``rtplan outbox dead``); 2 invalid review, unknown study, bad usage or settings. Error
-messages name fields, never their values.
+Exit status: 0 written and delivered (or this version was already accepted with the same
+content: nothing sent); 1 written but some delivery gave up or is held (``rtplan outbox
+dead``); 2 invalid review, unknown study, a version not newer than the accepted one, bad usage
+or settings. Error messages name fields, never their values.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ def run_review_command(
             "--out", "give an output folder (--out DIR) or a FHIR server (--fhir-url)"
         )
     result = submit_review(data, settings, out_dir=args.out)
+    if result.unchanged:
+        if args.json:
+            json.dump({"version": result.version, "unchanged": True, "rows": []}, out, indent=2)
+            out.write("\n")
+        else:
+            print(
+                f"review version {result.version} was already accepted with the same content: "
+                "nothing sent.",
+                file=out,
+            )
+        return EXIT_OK
     delivery = result.delivery
     ok = delivery is not None and delivery.dead == 0 and delivery.held == 0
     summary = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from adapter.mapping.review_bundle import (
     ReviewOptions,
     ReviewOutput,
     StudyContext,
+    finding_key,
     review_bundle,
 )
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
@@ -37,6 +38,13 @@ from adapter.outbox.commands import open_outbox
 from adapter.outbox.store import NewRow, Outbox, Row
 from adapter.outbox.studies import StudyRecord
 from adapter.review.model import ReviewInput, UnknownStudyError, parse_review
+from adapter.review.versions import (
+    Decision,
+    StaleReviewError,
+    accepted_record,
+    content_hash,
+    decide,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -64,6 +72,7 @@ class SubmitResult:
     row_ids: tuple[int, ...] = ()
     hl7_rows: tuple[int, ...] = ()
     delivery: DrainReport | None = None
+    unchanged: bool = False  # this version was accepted before: nothing enqueued
 
 
 def review_options(settings: Settings) -> ReviewOptions:
@@ -300,19 +309,12 @@ async def submit_review_async(
     if not destinations:
         raise ConfigError("--out", "give an output folder (--out DIR) or a FHIR server")
     with open_outbox(settings, out_dir) as outbox:
-        ctx = await resolve_context(review, settings, outbox, transport=transport)
-        output = build_review(review, ctx, settings, tables)
-        key = f"study:{review.study_instance_uid}"
-        label = review_label(review)
-        # The HL7 rows are built (and can refuse) before anything is stored; then the review's
-        # FHIR rows, its HL7 rows and their timers are stored together (order_rows.py).
-        orders = await _prepare_orders(
-            outbox, review, output, ctx, settings, tables, destinations, transport
+        stored = await _store_version(
+            outbox, review, settings, tables, destinations, transport=transport
         )
-        review_rows = [
-            NewRow(d, t, key, KIND_REVIEW, label, output.bundle) for d, t in destinations
-        ]
-        ids, cancels = _enqueue_review(outbox, key, review_rows, orders)
+        if stored is None:  # this very version was accepted before: a resend, nothing to do
+            return SubmitResult(review.review_id, review.version, {}, "", unchanged=True)
+        output, ids, cancels = stored
         report = None
         if deliver:
             report = await deliver_rows(
@@ -326,6 +328,65 @@ async def submit_review_async(
         tuple(ids),
         tuple(cancels),
         report,
+    )
+
+
+async def _store_version(
+    outbox: Outbox,
+    review: ReviewInput,
+    settings: Settings,
+    tables: Tables,
+    destinations: list[tuple[str, str]],
+    *,
+    transport: httpx.AsyncBaseTransport | None,
+) -> tuple[ReviewOutput, list[int], list[int]] | None:
+    """Check the version, map, and store the review's rows (FHIR, HL7 and their timers) with
+    the new version record in one transaction (docs/review.md section 4); None when this very
+    version is already accepted.
+
+    Mapping needs the FHIR server (outside the write lock), so the record is read again under
+    the lock: if another submission of this review was accepted meanwhile, map again.
+
+    Raises:
+        StaleReviewError: an older version, or the same version with other content.
+    """
+    versions = outbox.reviews()
+    digest = content_hash(review)
+    key = f"study:{review.study_instance_uid}"
+    for _ in range(3):
+        stored = versions.get(review.review_id)
+        if decide(stored, review, digest) is Decision.UNCHANGED:
+            return None
+        ctx = await resolve_context(review, settings, outbox, transport=transport)
+        if stored is not None:  # the record knows which requests exist: it wins
+            ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
+        output = build_review(review, ctx, settings, tables)
+        # The HL7 rows are built (and can refuse) before anything is stored; then the review's
+        # FHIR rows, its HL7 rows and their timers are stored together (order_rows.py).
+        orders = await _prepare_orders(
+            outbox, review, output, ctx, settings, tables, destinations, transport
+        )
+        label = review_label(review)
+        review_rows = [
+            NewRow(d, t, key, KIND_REVIEW, label, output.bundle) for d, t in destinations
+        ]
+        with outbox.transaction():
+            now = versions.get(review.review_id)
+            if (now and (now.version, now.content_hash)) != (
+                stored and (stored.version, stored.content_hash)
+            ):
+                continue
+            ids, cancels = _enqueue_review(outbox, key, review_rows, orders)
+            revoked = tuple(str(c["placer_order_number"]["value"]) for c in output.hl7_cancels)
+            findings = tuple(sorted({finding_key(f) for f in review.findings}))
+            versions.accept(
+                accepted_record(
+                    review, digest, stored, placer=output.placer, findings=findings, revoked=revoked
+                )
+            )
+            return output, ids, cancels
+    raise StaleReviewError(
+        [("/version", "other versions of this review kept arriving at the same time; resubmit")]
     )
 
 
@@ -425,6 +486,9 @@ def _preview_context(
     outbox = Outbox(path) if path.exists() else None
     try:
         ctx = asyncio.run(resolve_context(review, settings, outbox))
+        stored = outbox.reviews().get(review.review_id) if outbox else None
+        if stored is not None:  # as a submission would see it (section 4 of docs/review.md)
+            ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
         rows = outbox.rows_for_key(f"study:{review.study_instance_uid}") if outbox else []
     finally:
         if outbox is not None:

@@ -18,6 +18,7 @@ from adapter.mapping.tables import load_tables
 from adapter.outbox.store import Outbox, State
 from adapter.review.model import ReviewError, UnknownStudyError, json_schema, parse_review
 from adapter.review.service import HL7, KIND_HL7_CANCEL, preview_review, submit_review
+from adapter.review.versions import StaleReviewError
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT / "fixtures" / "reviews"
@@ -183,13 +184,18 @@ def test_concern_and_withdrawal_on_embedded_default_write_order_and_cancel(
     first = submit_review(load("concern"), settings, out_dir=tmp_path)
     assert first.placer_order_number and first.delivery and first.delivery.delivered == 2
     withdrawn = submit_review(load("concern-withdrawn"), settings, out_dir=tmp_path)
-    statuses = {
-        e["resource"]["resourceType"] + e["resource"].get("status", ""): e["request"]["method"]
+    writes = [
+        (e["request"]["method"], e["request"]["url"].partition("?")[0])
         for e in withdrawn.bundle["entry"]
-    }
-    assert statuses["ServiceRequestrevoked"] == "PUT"
-    assert statuses["Taskcancelled"] == "PUT"
-    assert statuses["DiagnosticReportamended"] == "PUT"
+    ]
+    # The report is rewritten as a new version; the requests are patched (a state change).
+    assert writes == [
+        ("PUT", "DiagnosticReport"),
+        ("PUT", "Task"),
+        ("PATCH", "ServiceRequest"),
+        ("PATCH", "Task"),
+    ]
+    assert withdrawn.bundle["entry"][0]["resource"]["status"] == "amended"
     assert len(withdrawn.hl7_rows) == 1
     with Outbox(tmp_path / "outbox.sqlite") as outbox:
         row = outbox.get(withdrawn.hl7_rows[0])
@@ -204,9 +210,11 @@ def test_concern_and_withdrawal_on_embedded_default_write_order_and_cancel(
     controls = sorted(m.split(b"\rORC|", 1)[1][:2].decode() for m in messages.values())
     assert controls == ["CA", "NW"]
     assert all(first.placer_order_number.encode() in m for m in messages.values())
-    # A second submission of the same concern sends no second order.
-    again = submit_review(load("concern"), settings, out_dir=tmp_path)
-    assert again.hl7_rows == ()
+    # The same withdrawal again is a no-op; the old version 1 again is refused.
+    again = submit_review(load("concern-withdrawn"), settings, out_dir=tmp_path)
+    assert again.unchanged and again.row_ids == () and again.hl7_rows == ()
+    with pytest.raises(StaleReviewError):
+        submit_review(load("concern"), settings, out_dir=tmp_path)
 
 
 def test_withdrawing_an_unknown_concern_is_an_error(tmp_path: Path) -> None:

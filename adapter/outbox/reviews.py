@@ -1,0 +1,123 @@
+"""The latest accepted version of each review, kept in the outbox's SQLite file.
+
+A review is amended by submitting it again with a higher ``version``. Which version is the
+latest must be known *when its rows are stored*, not when they are delivered, so the record
+lives beside the outbox and is written in the same transaction as the rows it causes
+(:meth:`adapter.outbox.store.Outbox.transaction`): either both are stored or neither is, and two
+submissions of one review are serialised by SQLite's write lock.
+
+The record also keeps the radiology requests each version opened (placer order number -> the
+finding keys behind it and whether it is still active), so a withdrawal revokes exactly the
+requests that exist and an amendment updates them instead of creating new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS review_versions (
+    review_id    TEXT    PRIMARY KEY,
+    study_uid    TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    content_hash TEXT    NOT NULL,
+    state        TEXT    NOT NULL,
+    requests     TEXT    NOT NULL,
+    accepted_at  REAL    NOT NULL
+);
+"""
+RequestStatus = Literal["active", "revoked"]
+# What the accepted version says: final / partial (not all images reviewed) / amended /
+# withdrawn (the concern was withdrawn).
+ReviewState = Literal["final", "partial", "amended", "withdrawn"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One radiology request (ServiceRequest + radiology Task) a review opened."""
+
+    findings: tuple[str, ...]
+    status: RequestStatus
+    version: int  # the review version that last changed it
+    opened_at: str = ""  # ISO date-time of the review version that opened it
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedReview:
+    review_id: str
+    study_uid: str
+    version: int
+    content_hash: str
+    state: ReviewState
+    requests: Mapping[str, RequestRecord] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def active_placers(self) -> tuple[str, ...]:
+        return tuple(p for p, r in self.requests.items() if r.status == "active")
+
+    @property
+    def opened(self) -> Mapping[str, str]:
+        return MappingProxyType({p: r.opened_at for p, r in self.requests.items() if r.opened_at})
+
+
+class ReviewVersions:
+    """Read and write the ``review_versions`` table on the outbox's connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._db.executescript(SCHEMA)
+
+    def get(self, review_id: str) -> AcceptedReview | None:
+        raw = self._db.execute(
+            "SELECT review_id, study_uid, version, content_hash, state, requests "
+            "FROM review_versions WHERE review_id = ?",
+            (review_id,),
+        ).fetchone()
+        if raw is None:
+            return None
+        requests = {
+            str(placer): RequestRecord(
+                tuple(str(k) for k in value["findings"]),
+                value["status"],
+                int(value["version"]),
+                str(value.get("opened_at", "")),
+            )
+            for placer, value in json.loads(raw[5]).items()
+        }
+        return AcceptedReview(
+            str(raw[0]), str(raw[1]), int(raw[2]), str(raw[3]), raw[4], MappingProxyType(requests)
+        )
+
+    def accept(self, record: AcceptedReview) -> None:
+        """Store ``record`` as the latest version. Call it inside ``Outbox.transaction()``,
+        with the rows the version causes, after checking the version is newer."""
+        if not self._db.in_transaction:
+            raise RuntimeError("accept() must run inside Outbox.transaction()")
+        requests = {
+            placer: {
+                "findings": list(r.findings),
+                "status": r.status,
+                "version": r.version,
+                "opened_at": r.opened_at,
+            }
+            for placer, r in record.requests.items()
+        }
+        self._db.execute(
+            "INSERT OR REPLACE INTO review_versions (review_id, study_uid, version, "
+            "content_hash, state, requests, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.review_id,
+                record.study_uid,
+                record.version,
+                record.content_hash,
+                record.state,
+                json.dumps(requests, sort_keys=True),
+                time.time(),
+            ),
+        )
