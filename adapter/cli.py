@@ -28,7 +28,14 @@ from adapter.mapping.tables import Tables, load_tables
 from adapter.outbox.commands import add_outbox_parser, open_outbox, run_outbox_command
 from adapter.outbox.worker import DrainReport
 from adapter.review.commands import add_review_parser, run_review_command
-from adapter.service.deliver import deliver, enqueue, read_capabilities, targets
+from adapter.safety.commands import add_safety_parsers, run_safety_command
+from adapter.service.deliver import (
+    deliver,
+    enqueue_ingest,
+    held_by_store,
+    read_capabilities,
+    targets,
+)
 from adapter.service.ingest import IngestResult, Status, log_key, run_ingest
 from adapter.service.output import summary, write_report
 
@@ -62,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_review_parser(commands)
     add_hl7_parsers(commands)
     add_label_parser(commands)
+    add_safety_parsers(commands)
     return parser
 
 
@@ -93,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_hl7_command(args, settings, sys.stdout)
         if args.command == "label":
             return run_label_command(args, settings, sys.stdout)
+        if args.command in ("identity", "audit", "reconcile"):
+            return run_safety_command(args, settings, sys.stdout)
         tables = load_tables(settings.mappings_dir)
         if settings.label.enabled:
             load_vocabulary(tables)  # a rejection title is refused before anything is read
@@ -135,17 +145,29 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
             raise ConfigError("fhir.base_url", "the server does not support transactions")
         settings = replace(settings, fhir=replace(settings.fhir, version=capabilities.version))
     started = time.perf_counter()
-    result = run_ingest(args.paths, settings, tables, progress=_progress_printer(sys.stderr))
-    report = write_report(result, args.out) if args.out else {"summary": summary(result)}
     with open_outbox(settings, args.out) as outbox:
-        ids = enqueue(outbox, result, targets(settings, args.out))
+        # The store's record of each study fixes its patient: a disagreeing study is held.
+        result = run_ingest(
+            args.paths,
+            settings,
+            tables,
+            progress=_progress_printer(sys.stderr),
+            known=outbox.study,
+        )
+        written = enqueue_ingest(outbox, result, targets(settings, args.out))
+        result = held_by_store(result, written.held)
+        report = (
+            write_report(result, args.out, written.held)
+            if args.out
+            else {"summary": summary(result)}
+        )
         # The PACS label (a KOS per planning study): its rows join the same delivery.
         label_ids, labels = enqueue_labels(
             outbox, result, settings, tables, label_targets(settings, args.out), datetime.now(UTC)
         )
         if args.out and labels:
             add_to_report(report, labels, args.out)
-        delivery = asyncio.run(deliver(outbox, settings, ids=ids + label_ids))
+        delivery = asyncio.run(deliver(outbox, settings, ids=written.ids + label_ids))
     labels_built = all(not outcome.problem for outcome in labels.values())
     seconds = round(time.perf_counter() - started, 3)
     delivered_all = delivery.dead == 0 and delivery.held == 0 and labels_built
@@ -195,13 +217,16 @@ def _print_human(
             print(f"  incomplete: {problem}")
         if study.problem and study.status is Status.FAILED:
             print(f"  failed: {study.problem}")
+        if study.status is Status.HELD_IDENTITY:
+            print(f"  HELD (patient identity): {study.problem}; see 'rtplan identity list'")
     for rejection in result.rejections:
         print(f"{rejection.kind.value}: {rejection.path}: {rejection.reason}")
     counts = report["summary"]
     print(
         f"{counts['files']} files, {counts['studies']} studies: {counts['mapped']} mapped, "
         f"{counts['held_not_planning']} not planning (held), "
-        f"{counts['held_incomplete']} incomplete (held), {counts['failed']} failed, "
+        f"{counts['held_incomplete']} incomplete (held), "
+        f"{counts['held_identity']} patient identity (held), {counts['failed']} failed, "
         f"{counts['quarantined']} quarantined, {counts['not_dicom']} not DICOM."
     )
     print(

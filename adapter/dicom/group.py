@@ -8,10 +8,12 @@ never the values (they are patient data). Completeness problems are plain string
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Final
 
 from adapter.dicom.models import (
     Completeness,
+    DuplicateInstance,
     InstanceHeader,
     InstanceSummary,
     RTReferences,
@@ -57,14 +59,16 @@ def group_studies(headers: Iterable[InstanceHeader]) -> list[StudySummary]:
 def _study(study_uid: str, headers: list[InstanceHeader]) -> StudySummary:
     problems: list[str] = []
     unique: dict[str, InstanceHeader] = {}
-    duplicates = 0
+    dropped: list[DuplicateInstance] = []
     for header in headers:
-        if header.sop_instance_uid in unique:
-            duplicates += 1
+        kept = unique.get(header.sop_instance_uid)
+        if kept is not None:
+            same = _content(kept) == _content(header)
+            dropped.append(DuplicateInstance(header.path, header.sop_instance_uid, same))
         else:
             unique[header.sop_instance_uid] = header
-    if duplicates:
-        problems.append(f"{duplicates} duplicate SOP instance(s) ignored")
+    if dropped:
+        problems.append(f"{len(dropped)} duplicate SOP instance(s) ignored")
     instances = sorted(unique.values(), key=_instance_key)
     first = instances[0]
     for keyword, getter in _STUDY_ATTRIBUTES:
@@ -115,7 +119,14 @@ def _study(study_uid: str, headers: list[InstanceHeader]) -> StudySummary:
         completeness=Completeness(complete=not problems, problems=tuple(problems)),
         source_paths=tuple(sorted(h.path for h in instances)),
         scheduled_step_id=first.scheduled_step_id,
+        patients=tuple(dict.fromkeys(h.patient for h in instances)),
+        duplicates=tuple(dropped),
     )
+
+
+def _content(header: InstanceHeader) -> InstanceHeader:
+    """What a repeated instance must match: everything but where the file came from."""
+    return replace(header, path="", source_ae_title="")
 
 
 def _series(members: list[InstanceHeader], problems: list[str]) -> SeriesSummary:

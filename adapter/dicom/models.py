@@ -157,6 +157,17 @@ class Completeness:
 
 
 @dataclass(frozen=True, slots=True)
+class DuplicateInstance:
+    """A file whose SOP Instance UID was already read from another file of the study (the
+    first by path is kept). ``same_content`` is False when the headers differ beyond the file's
+    path and sending AE: then the study cannot be trusted and is held."""
+
+    path: str
+    sop_instance_uid: str
+    same_content: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StudySummary:
     study_instance_uid: str
     study_id: str
@@ -175,6 +186,9 @@ class StudySummary:
     completeness: Completeness
     source_paths: tuple[str, ...]
     scheduled_step_id: str = ""  # (0040,0009) in (0040,0275) Request Attributes Sequence
+    # Every distinct patient the instances name (more than one: never mapped together).
+    patients: tuple[PatientSummary, ...] = ()
+    duplicates: tuple[DuplicateInstance, ...] = ()  # files dropped as repeated SOP instances
 
     @property
     def number_of_instances(self) -> int:

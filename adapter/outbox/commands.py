@@ -80,6 +80,17 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
                 print(f"held key {hold.destination} {hold.key}: {hold.reason}", file=out)
             return 0
         ids: list[int] | None = None
+        if command in ("retry", "replay"):
+            from adapter.safety.commands import operator
+
+            row = _existing(outbox, args.id)
+            outbox.audit(
+                "operator-command",
+                outcome="success",
+                actor=operator(),
+                study_uid=row.key.removeprefix("study:") if row.key.startswith("study:") else "",
+                detail=f"outbox {command} {args.id}",
+            )
         if command == "retry":
             ids = [_existing(outbox, args.id).id]
             outbox.retry(args.id)

@@ -41,7 +41,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapter.outbox import audit, identity
 from adapter.outbox import studies as study_records
+from adapter.outbox.audit import AuditRecord
+from adapter.outbox.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
 from adapter.outbox.studies import StudyRecord
 
 if TYPE_CHECKING:
@@ -133,6 +136,7 @@ class Row:
     result: JSON | None
     created_at: float
     updated_at: float
+    after_id: int | None = None  # the row this one waits for (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,8 @@ class Outbox:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(SCHEMA)
         self._db.executescript(study_records.SCHEMA)
+        self._db.executescript(identity.SCHEMA)
+        self._db.executescript(audit.SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
         if "after_id" not in columns:  # an outbox written before rows could wait for others
             self._db.execute("ALTER TABLE outbox ADD COLUMN after_id INTEGER")
@@ -246,10 +252,48 @@ class Outbox:
         return self._reviews
 
     def _event(self, db: sqlite3.Connection, row_id: int, event: str, detail: str = "") -> None:
+        now = self._clock()
         db.execute(
             "INSERT INTO events (row_id, at, event, detail) VALUES (?, ?, ?, ?)",
-            (row_id, self._clock(), event, detail),
+            (row_id, now, event, detail),
         )
+        if event in _AUDITED:  # the audit record is part of the same transaction
+            raw = db.execute(
+                "SELECT destination, key, kind, label, result FROM outbox WHERE id=?", (row_id,)
+            ).fetchone()
+            name, outcome, what = _audit_terms(raw, event)
+            audit.append(
+                db,
+                now,
+                name,
+                outcome=outcome,
+                study_uid=audit.study_of_key(raw["key"]),
+                row_id=row_id,
+                detail=f"{what}: {detail}" if detail else what,
+            )
+
+    def audit(
+        self, event: str, *, outcome: str, actor: str, study_uid: str = "", detail: str = ""
+    ) -> None:
+        """Append an audit record for something outside the outbox (an operator command,
+        an escalation); see ``adapter.outbox.audit``."""
+        with self._write() as db:
+            audit.append(
+                db,
+                self._clock(),
+                event,
+                outcome=outcome,
+                actor=actor,
+                study_uid=study_uid,
+                detail=detail,
+            )
+
+    def audit_records(self, study_uid: str | None = None) -> list[AuditRecord]:
+        return audit.records(self._db, study_uid)
+
+    def verify_audit(self) -> int | None:
+        """The first audit record whose hash chain is broken, None when intact."""
+        return audit.verify(self._db)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -292,6 +336,32 @@ class Outbox:
         self.timers()  # set up first: creating its table (executescript) would commit
         with self._write() as db:
             yield Batch(self, db)
+
+    def record_ingest(self, studies: Sequence[IngestedStudy]) -> IngestWrite:
+        """Store an ingest in one transaction: each study's record and rows, or, when its
+        patient disagrees (with itself or with the recorded one), an identity hold instead."""
+        with self._write() as db:
+            return identity.record_ingest(
+                db, self._clock(), studies, lambda held: self._insert(db, _new_row(held))
+            )
+
+    def identity_holds(self, *, open_only: bool = False) -> list[IdentityHold]:
+        return identity.holds(self._db, open_only=open_only)
+
+    def resolve_identity(
+        self, hold_id: int, resolution: Resolution, *, by: str, note: str
+    ) -> list[int]:
+        """Close an identity hold (audited with ``by``); return the ids of released rows."""
+        with self._write() as db:
+            return identity.resolve(
+                db,
+                self._clock(),
+                hold_id,
+                resolution,
+                by=by,
+                note=note,
+                insert=lambda held: self._insert(db, _new_row(held)),
+            )
 
     def _insert(self, db: sqlite3.Connection, new: NewRow) -> int:
         # allow_nan=False: NaN is not JSON, and a peer would reject it later anyway.
@@ -534,6 +604,17 @@ class Outbox:
                 "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (sender, control_id, kind, status, detail, message, self._clock()),
             )
+            name = "result-received" if kind.startswith("ORU") else "message-received"
+            studies = sorted({audit.study_of_key(new.key) for new in rows}) or [""]
+            for study_uid in studies:
+                audit.append(
+                    db,
+                    self._clock(),
+                    name,
+                    outcome=status,
+                    study_uid=study_uid,
+                    detail=f"{kind} from {sender} control id {control_id}",
+                )
             for new in rows:
                 self._insert(db, new)
         return True
@@ -603,6 +684,13 @@ class Outbox:
             query = "SELECT * FROM outbox WHERE state=? ORDER BY id LIMIT ?"
             args = (state.value, limit)  # type: ignore[assignment]
         return [_row(raw) for raw in self._db.execute(query, args).fetchall()]
+
+    def rows_after(self, after_id: int, limit: int) -> list[Row]:
+        """Rows with ids above ``after_id``, oldest first (to page through every row)."""
+        raws = self._db.execute(
+            "SELECT * FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        ).fetchall()
+        return [_row(raw) for raw in raws]
 
     def rows_for_key(self, key: str, *, kind: str | None = None) -> list[Row]:
         """Every row of one business key (any destination, any state), oldest first.
@@ -703,6 +791,37 @@ class Batch:
         return self._outbox.timers().arm_in(self._db, key, kind, seconds, detail)
 
 
+# Row events that touch patient data at a peer, or an operator's decision: each is audited.
+_AUDITED = frozenset({"enqueued", "delivered", "dead", "key-held", "replayed", "retry-requested"})
+
+
+def _audit_terms(raw: sqlite3.Row, event: str) -> tuple[str, str, str]:
+    """(audit event, outcome, what) for a row event, in the words of the issue's audit list."""
+    destination, kind = raw["destination"], raw["kind"]
+    what = f"{destination} {kind} {raw['label']}"
+    if event == "enqueued":
+        return "queued", "success", what
+    if event == "replayed":
+        return "replay", "success", what
+    if event == "retry-requested":
+        return "retry", "success", what
+    if event == "key-held":
+        return "delivery-held", "held", what
+    if destination == "hl7":
+        name = "order-sent" if kind == "hl7-order" else "order-cancel-sent"
+        result = json.loads(raw["result"]) if raw["result"] else {}
+        ack = str(result.get("ack") or "")
+        if event == "delivered":
+            return name, f"ACK {ack}" if ack else "written", what
+        return name, f"NACK {ack}" if ack else "failed", what
+    name = "fhir-write" if destination == "fhir" else "file-write"
+    return name, "success" if event == "delivered" else "failed", what
+
+
+def _new_row(held: HeldRow) -> NewRow:
+    return NewRow(held.destination, held.target, held.key, held.kind, held.label, held.payload)
+
+
 def _target_filter(targets: Collection[tuple[str, str]] | None) -> tuple[str, list[str]]:
     """A WHERE fragment limiting rows to ``(destination, target)`` pairs (always true if None)."""
     if targets is None:
@@ -729,6 +848,7 @@ def _row(raw: sqlite3.Row, **override: Any) -> Row:
         "result": json.loads(raw["result"]) if raw["result"] else None,
         "created_at": raw["created_at"],
         "updated_at": raw["updated_at"],
+        "after_id": raw["after_id"],
     }
     values.update(override)
     return Row(**values)

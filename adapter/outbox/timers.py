@@ -138,6 +138,13 @@ class Timers:
         ).fetchall()
         return [_timer(tuple(row)) for row in rows]
 
+    def stopped(self) -> list[Timer]:
+        """Timers cancelled because the awaited event happened (ACK, result)."""
+        rows = self._db.execute(
+            "SELECT * FROM timers WHERE cancelled_at IS NOT NULL ORDER BY id"
+        ).fetchall()
+        return [_timer(tuple(row)) for row in rows]
+
     def open(self) -> list[Timer]:
         rows = self._db.execute(
             "SELECT * FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL ORDER BY due_at"

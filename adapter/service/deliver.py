@@ -7,7 +7,7 @@ behind the same outbox, so what works on a laptop is what runs against the EHR.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +17,10 @@ import tenacity
 
 from adapter.config import FhirSettings, Settings
 from adapter.errors import ConfigError
-from adapter.outbox.store import NewRow, Outbox, Row
+from adapter.outbox.identity import HeldRow, IngestedStudy, IngestWrite
+from adapter.outbox.store import Outbox, Row
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
-from adapter.service.ingest import IngestResult
+from adapter.service.ingest import IngestResult, Status
 from adapter.service.output import bundle_label, write_json_atomic
 
 if TYPE_CHECKING:
@@ -61,22 +62,54 @@ def targets(settings: Settings, out_dir: Path | None) -> list[tuple[str, str]]:
 
 def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]) -> list[int]:
     """One outbox row per mapped study and destination, keyed by the Study Instance UID, all
-    stored in one transaction with the record (patient, order) of every study read."""
-    rows = [
-        NewRow(
-            destination=destination,
-            target=target,
-            key=f"study:{study.study_uid}",
-            kind=KIND_TRANSACTION,
-            label=bundle_label(study),
-            payload=study.bundle,
+    stored in one transaction with the record (patient, order) of every study read; a study
+    whose patient disagrees is held instead (see :func:`enqueue_ingest`)."""
+    return enqueue_ingest(outbox, result, to).ids
+
+
+def enqueue_ingest(
+    outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]
+) -> IngestWrite:
+    """As :func:`enqueue`, and say which studies the store held (identity holds by UID)."""
+    destinations = list(to)
+    studies = [
+        IngestedStudy(
+            record=study.record,
+            status=study.status.value,
+            rows=tuple(
+                HeldRow(
+                    destination=destination,
+                    target=target,
+                    key=f"study:{study.study_uid}",
+                    kind=KIND_TRANSACTION,
+                    label=bundle_label(study),
+                    payload=study.bundle,
+                )
+                for destination, target in destinations
+                if study.bundle is not None
+            ),
+            held=study.problem if study.status is Status.HELD_IDENTITY else "",
         )
-        for destination, target in to
         for study in result.studies
-        if study.bundle is not None
+        if study.record is not None
     ]
-    records = [study.record for study in result.studies if study.record is not None]
-    return outbox.enqueue_many(rows, records)
+    return outbox.record_ingest(studies)
+
+
+def held_by_store(result: IngestResult, held: Mapping[str, int]) -> IngestResult:
+    """The ingest result as stored: a study the store held (another ingest recorded a different
+    patient meanwhile) reads as held, not mapped."""
+    studies = tuple(
+        s
+        if s.study_uid not in held or s.status is Status.HELD_IDENTITY
+        else replace(
+            s,
+            status=Status.HELD_IDENTITY,
+            problem="patient differs from the one recorded for this study",
+        )
+        for s in result.studies
+    )
+    return replace(result, studies=studies)
 
 
 def fhir_client(

@@ -50,6 +50,13 @@ def escalate_due(
         metrics.inc(f"escalations_{timer.kind}")
         log.warning("ESCALATION %s for order %s: %s", timer.kind, timer.key, why)
         order = outbox.order_row(timer.key)
+        outbox.audit(
+            "escalation",
+            outcome=timer.kind,
+            actor="rtplan",
+            study_uid=order.key.removeprefix("study:") if order else "",
+            detail=f"order {timer.key}: {why}",
+        )
         task = (order.payload.get("fhir") or {}).get("radiology_task") if order else None
         if order is None or task is None:
             continue

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from adapter.classify import Classification, RTIndex, classify
 from adapter.config import Settings
 from adapter.dicom.group import group_studies
-from adapter.dicom.models import Completeness, Rejection, StudySummary
+from adapter.dicom.models import Completeness, DuplicateInstance, Rejection, StudySummary
 from adapter.dicom.walk import read_all
 from adapter.errors import MappingError
 from adapter.mapping.bundle import study_bundle
@@ -34,12 +34,15 @@ JSON = dict[str, Any]
 Progress = Callable[[int, int], None]
 # Study Instance UID -> the prior-imaging check result for each planning study to be mapped.
 PriorLookup = Callable[[Sequence[StudySummary]], Mapping[str, PriorImaging]]
+# Study Instance UID -> the record the store keeps for it (its fixed patient), None if new.
+KnownStudy = Callable[[str], StudyRecord | None]
 
 
 class Status(StrEnum):
     MAPPED = "mapped"
     HELD_DIAGNOSTIC = "held-not-planning"
     HELD_INCOMPLETE = "held-incomplete"
+    HELD_IDENTITY = "held-identity"  # the patient disagrees: never mapped or sent unresolved
     FAILED = "failed"
 
 
@@ -55,6 +58,7 @@ class StudyOutcome:
     record: StudyRecord | None = None  # whose study, stored with the rows it causes
     # The study as read (its series and instances): the PACS label KOS references them.
     study: StudySummary | None = field(default=None, repr=False, compare=False)
+    duplicates: tuple[DuplicateInstance, ...] = ()  # files dropped as repeated SOP instances
 
     @property
     def key(self) -> str:
@@ -92,12 +96,14 @@ def run_ingest(
     *,
     progress: Progress | None = None,
     prior_lookup: PriorLookup | None = None,
+    known: KnownStudy | None = None,
 ) -> IngestResult:
     """Read every DICOM file under ``paths`` and map each planning study to a Bundle.
 
     ``prior_lookup`` checks for prior cross-sectional imaging (I/O) before the pure mapping.
     By default it asks the configured FHIR server; on the embedded default (no server) the
-    check is recorded as not performed.
+    check is recorded as not performed. ``known`` gives the store's record of a study: a study
+    whose patient disagrees with it (or within itself) is held (``held-identity``).
     """
     workers = settings.ingest.workers or os.cpu_count() or 1
     headers, rejections = read_all(
@@ -116,13 +122,18 @@ def run_ingest(
         (study, classify(study, rt, rules, min_supporting=settings.ingest.min_supporting_evidence))
         for study in studies
     ]
-    to_check = [s for s, d in decisions if d.is_planning and _will_map(s, d, settings)]
+    to_check = [
+        s
+        for s, d in decisions
+        if d.is_planning and _will_map(s, d, settings) and not _inconsistent_patient(s)
+    ]
     lookup = prior_lookup or _default_prior_lookup(settings, tables)
     priors = lookup(to_check) if to_check else {}
     outcomes = []
     for study, decision in decisions:
         prior = priors.get(study.study_instance_uid, _not_performed(settings))
         outcome = _decide(study, decision, settings, tables, options, prior)
+        outcome = _check_identity(study, outcome, known)
         log.info(
             "study %s: %s (%d instances)", outcome.key, outcome.status.value, outcome.instances
         )
@@ -138,6 +149,45 @@ def _will_map(study: StudySummary, decision: Classification, settings: Settings)
     if not decision.is_planning and settings.ingest.diagnostic_studies == "report":
         return False
     return study.completeness.complete or settings.ingest.incomplete_studies != "hold"
+
+
+def _inconsistent_patient(study: StudySummary) -> str:
+    """Why the study's own instances cannot be trusted to name one patient ("" if they can)."""
+    if len(study.patients) > 1:
+        return (
+            f"instances name {len(study.patients)} different patients; "
+            "not mapped together, nothing sent"
+        )
+    conflicting = sum(1 for d in study.duplicates if not d.same_content)
+    if conflicting:
+        return (
+            f"{conflicting} duplicate SOP instance(s) with different content; "
+            "not mapped, nothing sent"
+        )
+    return ""
+
+
+def _check_identity(
+    study: StudySummary, outcome: StudyOutcome, known: KnownStudy | None
+) -> StudyOutcome:
+    """Hold a study whose patient disagrees, whatever ``incomplete_studies`` says.
+
+    A study that only disagrees with the recorded patient keeps its Bundle (held in the store,
+    released if an operator confirms the new patient); one that disagrees within itself is
+    never mapped.
+    """
+    problem = _inconsistent_patient(study)
+    if problem:
+        return replace(outcome, status=Status.HELD_IDENTITY, problem=problem, bundle=None)
+    stored = known(study.study_instance_uid) if known is not None else None
+    if stored is None or outcome.record is None:
+        return outcome
+    from adapter.outbox.identity import drift_reason
+
+    problem = drift_reason(stored, outcome.record)
+    if not problem:
+        return outcome
+    return replace(outcome, status=Status.HELD_IDENTITY, problem=problem)
 
 
 def _not_performed(settings: Settings) -> PriorImaging:
@@ -186,6 +236,7 @@ def _decide(
         instances=study.number_of_instances,
         record=study_record(study),
         study=study,
+        duplicates=study.duplicates,
     )
     if not decision.is_planning and settings.ingest.diagnostic_studies == "report":
         return held

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,18 @@ def bundle_label(outcome: StudyOutcome) -> str:
     return f"ImagingStudy-{outcome.key}"
 
 
-def write_report(result: IngestResult, out_dir: Path) -> dict[str, Any]:
-    """Write quarantine copies and ``report.json``; return the report."""
+def write_report(
+    result: IngestResult, out_dir: Path, identity_holds: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """Write quarantine copies and ``report.json``; return the report. ``identity_holds``
+    (Study Instance UID -> hold id) names the hold to resolve for each held study."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    holds = identity_holds or {}
     studies = []
     for outcome in result.studies:
         entry = study_report(outcome)
+        if outcome.study_uid in holds:
+            entry["identity_hold"] = holds[outcome.study_uid]
         if outcome.bundle is not None:
             entry["output"] = f"fhir/{bundle_label(outcome)}.json"
         studies.append(entry)
@@ -72,6 +79,7 @@ def summary(result: IngestResult) -> dict[str, Any]:
         "mapped": result.count(Status.MAPPED),
         "held_not_planning": result.count(Status.HELD_DIAGNOSTIC),
         "held_incomplete": result.count(Status.HELD_INCOMPLETE),
+        "held_identity": result.count(Status.HELD_IDENTITY),
         "failed": result.count(Status.FAILED),
         "not_dicom": sum(1 for r in result.rejections if r.kind is RejectionKind.NOT_DICOM),
         "quarantined": sum(1 for r in result.rejections if r.kind is RejectionKind.QUARANTINED),
@@ -96,6 +104,12 @@ def study_report(outcome: StudyOutcome) -> dict[str, Any]:
         "complete": outcome.completeness.complete,
         "completeness_problems": list(outcome.completeness.problems),
     }
+    if outcome.duplicates:
+        # Files dropped as repeated SOP instances are named, with whether their content differs.
+        entry["duplicate_files"] = [
+            {"path": d.path, "sop_instance_uid": d.sop_instance_uid, "same_content": d.same_content}
+            for d in outcome.duplicates
+        ]
     if outcome.problem:
         entry["problem"] = outcome.problem
     return entry
