@@ -619,6 +619,14 @@ class Outbox:
                 self._insert(db, new)
         return True
 
+    def inbound_for_order(self, placer: str) -> list[tuple[str, str]]:
+        """(message type, status) of each stored inbound message about an order (results,
+        order responses), oldest first."""
+        raws = self._db.execute(
+            "SELECT kind, status FROM inbound WHERE detail=? ORDER BY id", (f"order {placer}",)
+        ).fetchall()
+        return [(str(r["kind"]), str(r["status"])) for r in raws]
+
     def inbound_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM inbound").fetchone()[0])
 

@@ -8,9 +8,10 @@ Four kinds of item (reliability.md CS7):
   delivered; a partial review (``in-progress``) or one not yet delivered is still open. It is
   overdue once the review Task's due date (``restriction.period.end``) has passed.
 - **concern**: each HL7 order, with the state of its FHIR write (the review transaction it
-  waits for), the order itself, the ACK and the radiologist's result. It is closed once ACKed
-  and its result received (T2 stopped by the ORU). It is overdue when a T1/T2 timer fired
-  or is past due while it is still open, or the RIS rejected it.
+  waits for), the order itself, the ACK (the order row's ACK code, or T1 stopped by an
+  application ACK) and the radiologist's result (an ORU^R01 stored for the order). It is
+  closed once ACKed and its result received. It is overdue when its T1 (no ACK) or T2 (no
+  result) timer fired or is past due while it is still open, or the RIS rejected it.
 - **identity**: each open identity hold (always needs an operator: counts as overdue).
 - **dead**: each dead outbox row not superseded by a later delivered copy (a replay): always
   counts as overdue, nothing will retry it by itself.
@@ -152,10 +153,18 @@ def _concerns(outbox: Outbox, rows: list[Row], now: float) -> list[Item]:
         rejected, _ = _timer_state(mine, REJECTED)
         fhir_row = by_id.get(row.after_id) if row.after_id else None
         ack = str((row.result or {}).get("ack") or "")
-        acked = (row.state is State.DELIVERED and ack in ("AA", "CA")) or t1 == "stopped"
+        inbound = outbox.inbound_for_order(placer)
+        has_result = any(kind.startswith("ORU") and status == "result" for kind, status in inbound)
+        # A result implies the RIS had the order, even if its ACK went astray.
+        acked = (
+            (row.state is State.DELIVERED and ack in ("AA", "CA")) or t1 == "stopped" or has_result
+        )
         if row.state is State.DELIVERED and not ack:
             ack = "not applicable (written to a file)"
-        result = {"stopped": "received", "fired": "overdue", "armed": "awaiting"}.get(t2, "none")
+        if has_result or t2 == "stopped":
+            result = "received"
+        else:
+            result = {"fired": "overdue", "armed": "awaiting"}.get(t2, "none")
         closed = acked and result == "received"
         if closed:
             continue

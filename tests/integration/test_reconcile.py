@@ -1,0 +1,167 @@
+"""``rtplan reconcile`` (issue 13): an overdue review, an unacknowledged concern, a concern
+without a result and an identity hold are all listed and the exit status is 1; once each is
+closed through the adapter's own paths (review submitted, ACK and ORU^R01 received on the
+inbound handler, hold resolved) the exit status is 0. Embedded default (output folder)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from adapter.cli import main
+from adapter.config import Settings
+from adapter.hl7.deliverer import T1, T2, control_id_for
+from adapter.mapping.tables import load_tables
+from adapter.outbox.store import Outbox
+from adapter.service.deliver import targets
+from adapter.service.inbound import InboundHandler
+from tests.support import FIXTURES, synth
+
+MRN = "HOSP-MRN"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def study(root: Path, seed: str) -> tuple[Path, str]:
+    folder = root / seed
+    synth.planning_ct(folder, seed=seed, slices=2, patient_id=f"PID-{seed}", issuer=MRN)
+    return folder, synth.uid_for(seed, "/study")
+
+
+def review(tmp: Path, name: str, study_uid: str, review_id: str) -> Path:
+    data = json.loads((FIXTURES / "reviews" / name).read_text())
+    path = tmp / f"{review_id}.json"
+    path.write_text(json.dumps({**data, "study_instance_uid": study_uid, "review_id": review_id}))
+    return path
+
+
+def inbound(outbox: Outbox, out: Path, raw: str) -> bytes | None:
+    settings = Settings()
+    handler = InboundHandler(outbox, load_tables(settings.mappings_dir), targets(settings, out))
+    return asyncio.run(handler(raw.replace("\n", "\r").encode()))
+
+
+def app_ack(control: str, n: int) -> str:
+    return (
+        f"MSH|^~\\&|RIS|RADIOLOGY|RTPLAN|ONCOLOGY|20260305101500+0000||ACK^O01|APPACK{n}|P|2.3.1\n"
+        f"MSA|AA|{control}\n"
+    )
+
+
+def oru(placer: str, patient: str, n: int) -> str:
+    return (
+        f"MSH|^~\\&|RIS|RADIOLOGY|RTPLAN|ONCOLOGY|20260305101500+0000||ORU^R01^ORU_R01|ORU{n}|P|"
+        "2.5.1\n"
+        f"PID|||{patient}^^^{MRN}^MR\n"
+        f"ORC|RE|{placer}^RTPLAN|F{n}^RIS||CM\n"
+        f"OBR|1|{placer}^RTPLAN|F{n}^RIS|RTPLANREVIEW^Radiologist review^L|||"
+        "20260305100000+0000" + "|" * 18 + "F\n"
+        "OBX|1|TX|18748-4^Diagnostic imaging study^LN||Benign cysts only.||||||F\n"
+    )
+
+
+def items(capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> tuple[int, Any]:
+    code, stdout = run(capsys, "reconcile", "--json", "--out", str(out), *extra)
+    return code, json.loads(stdout)
+
+
+def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, root = tmp_path / "out", tmp_path / "in"
+    folders = {seed: study(root, seed) for seed in ("rec-a", "rec-b", "rec-c", "rec-d")}
+    code, _ = run(capsys, "ingest", str(root), "--out", str(out))
+    assert code == 0
+    uid = {seed: folders[seed][1] for seed in folders}
+    # B and C: a review with a concern each (an HL7 order, written to out/hl7 here).
+    placers = {}
+    for seed in ("rec-b", "rec-c"):
+        code, stdout = run(
+            capsys,
+            "review", "submit", str(review(tmp_path, "concern.json", uid[seed], f"R-{seed}")),
+            "--out", str(out), "--json",
+        )  # fmt: skip
+        assert code == 0, stdout
+        assert json.loads(stdout)["radiology_request"] is True
+        with Outbox(out / "outbox.sqlite") as outbox:
+            (order,) = outbox.rows_for_key(f"study:{uid[seed]}", kind="hl7-order")
+        placers[seed] = str(order.payload["order"]["placer_order_number"])
+    # D: re-ingested under another patient -> an identity hold.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for path in sorted(folders["rec-d"][0].glob("*.dcm")):
+        ds = dcmread(path)
+        ds.PatientID = "SOMEONE-ELSE"
+        ds.save_as(moved / path.name)
+    code, _ = run(capsys, "ingest", str(moved), "--out", str(out))
+    assert code == 1
+    with Outbox(out / "outbox.sqlite") as outbox:
+        timers = outbox.timers()
+        # B's order was never acknowledged: its T1 is already past due.
+        timers.arm(placers["rec-b"], T1, 0, "no AA from RIS")
+        # C's order was acknowledged (application ACK on the listener), its result never came.
+        timers.arm(placers["rec-c"], T1, 0, "no AA from RIS")
+        order_c = outbox.order_row(placers["rec-c"])
+        assert order_c is not None
+        assert inbound(outbox, out, app_ack(control_id_for(order_c), 1)) is None
+        timers.arm(placers["rec-c"], T2, 0, "no radiologist result")
+
+    code, listed = items(capsys, out)
+    assert code == 1
+    found = {(i["kind"], i["study_instance_uid"]): i for i in listed["items"]}
+    review_a = found[("review", uid["rec-a"])]
+    assert review_a["overdue"] and review_a["state"] == "awaiting review" and review_a["due"]
+    concern_b = found[("concern", uid["rec-b"])]
+    assert concern_b["overdue"] and concern_b["t1"] == "armed" and concern_b["result"] == "none"
+    assert concern_b["fhir_write"] == "delivered" and concern_b["order"] == "delivered"
+    concern_c = found[("concern", uid["rec-c"])]
+    assert concern_c["overdue"] and concern_c["t1"] == "stopped"
+    assert concern_c["result"] == "awaiting" and concern_c["ack"] != "none"
+    hold = found[("identity", uid["rec-d"])]
+    assert hold["overdue"] and hold["state"] == "held"
+    assert ("review", uid["rec-b"]) not in found  # a complete review closes the review item
+    code, stdout = run(capsys, "reconcile", "--out", str(out))
+    assert code == 1 and "OVERDUE concern" in stdout and "SOMEONE-ELSE" not in stdout
+    # --since: nothing created after a far future date.
+    code, later = items(capsys, out, "--since", "2999-01-01")
+    assert code == 0 and later["open"] == 0
+
+    # Close everything through the adapter's own paths.
+    for seed in ("rec-a", "rec-d"):
+        path = review(tmp_path, "no-finding.json", uid[seed], f"R-{seed}")
+        assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0
+    with Outbox(out / "outbox.sqlite") as outbox:
+        order_b = outbox.order_row(placers["rec-b"])
+        assert order_b is not None
+        assert inbound(outbox, out, app_ack(control_id_for(order_b), 2)) is None
+        for n, seed in enumerate(("rec-b", "rec-c"), start=3):
+            reply = inbound(outbox, out, oru(placers[seed], f"PID-{seed}", n))
+            assert reply is not None and b"MSA|AA|" in reply
+    code, stdout = run(
+        capsys,
+        "identity", "resolve", str(hold["hold"]), "--keep",
+        "--by", "Dr Safe", "--reason", "wrong PatientID at the CT console", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0
+    assert run(capsys, "outbox", "--db", str(out / "outbox.sqlite"), "run")[0] == 0
+    code, listed = items(capsys, out)
+    assert (code, listed["open"], listed["overdue"]) == (0, 0, 0), listed
+    code, stdout = run(capsys, "reconcile", "--out", str(out))
+    assert code == 0 and "0 open item(s), 0 overdue" in stdout
+
+
+def test_reconcile_without_a_store_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["reconcile", "--out", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("rtplan: ") and "no outbox at" in err
+    assert err.count("\n") == 1
