@@ -130,6 +130,12 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     assert ("review", uid["rec-b"]) not in found  # a complete review closes the review item
     code, stdout = run(capsys, "reconcile", "--out", str(out))
     assert code == 1 and "OVERDUE concern" in stdout and "SOMEONE-ELSE" not in stdout
+    # The operator sees both identities side by side (the one place patient values are shown).
+    code, stdout = run(capsys, "identity", "show", str(hold["hold"]), "--out", str(out))
+    assert code == 0 and "PatientID" in stdout and "PID-rec-d" in stdout
+    assert "SOMEONE-ELSE" in stdout and "1 held row(s)" in stdout
+    code, stdout = run(capsys, "identity", "list", "--out", str(out))
+    assert f"hold {hold['hold']} study {uid['rec-d']}" in stdout and "1 open" in stdout
     # --since: nothing created after a far future date.
     code, later = items(capsys, out, "--since", "2999-01-01")
     assert code == 0 and later["open"] == 0
@@ -151,6 +157,8 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
         "--by", "Dr Safe", "--reason", "wrong PatientID at the CT console", "--out", str(out),
     )  # fmt: skip
     assert code == 0
+    code, stdout = run(capsys, "identity", "list", "--all", "--out", str(out))
+    assert "resolved (keep by Dr Safe)" in stdout and "0 open identity hold(s)" in stdout
     assert run(capsys, "outbox", "--db", str(out / "outbox.sqlite"), "run")[0] == 0
     code, listed = items(capsys, out)
     assert (code, listed["open"], listed["overdue"]) == (0, 0, 0), listed
