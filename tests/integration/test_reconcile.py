@@ -137,8 +137,8 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     code, stdout = run(capsys, "identity", "list", "--out", str(out))
     assert f"hold {hold['hold']} study {uid['rec-d']}" in stdout and "1 open" in stdout
     # --since: nothing created after a far future date.
-    code, later = items(capsys, out, "--since", "2999-01-01")
-    assert code == 0 and later["open"] == 0
+    code, stdout = run(capsys, "reconcile", "--since", "2999-01-01", "--json", "--out", str(out))
+    assert code == 0 and json.loads(stdout)["open"] == 0
 
     # Close everything through the adapter's own paths.
     for seed in ("rec-a", "rec-d"):
@@ -173,3 +173,28 @@ def test_reconcile_without_a_store_is_one_clear_line(
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("rtplan: ") and "no outbox at" in err
     assert err.count("\n") == 1
+
+
+def test_a_dead_row_is_overdue_until_a_replay_is_delivered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead letter stays an overdue item (nothing retries it by itself) until an analyst's
+    replay of it is delivered. The death is injected (a fault no embedded peer produces)."""
+    out = tmp_path / "out"
+    assert run(capsys, "ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out))[0] == 0
+    path = review(tmp_path, "no-finding.json", synth.uid_for("planning-ct", "/study"), "R-dead")
+    with Outbox(out / "outbox.sqlite") as outbox:
+        row_id = outbox.enqueue(
+            destination="files", target=str(out.resolve()), key="study:x", kind="fhir-transaction",
+            label="Injected-dead", payload={"resourceType": "Bundle"},
+        )  # fmt: skip
+        outbox.mark_dead(row_id, "rejected: HTTP 422")
+    assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0
+    code, listed = items(capsys, out)
+    assert code == 1 and [(i["kind"], i["row"]) for i in listed["items"]] == [("dead", row_id)]
+    code, stdout = run(capsys, "outbox", "--db", str(out / "outbox.sqlite"), "replay", str(row_id))
+    assert code == 0 and f"replayed row {row_id}" in stdout
+    code, listed = items(capsys, out)
+    assert (code, listed["open"]) == (0, 0)
+    code, stdout = run(capsys, "audit", "--study", "x", "--out", str(out))
+    assert "replay" in stdout and "operator-command" in stdout
