@@ -3,7 +3,7 @@
     rtplan identity list [--all]                      open identity holds (ids, reasons)
     rtplan identity show ID                           one hold: recorded vs incoming patient (PHI)
     rtplan identity resolve ID --keep|--replace --by NAME --reason TEXT
-    rtplan audit --study UID [--json]                 one study's story, oldest first
+    rtplan audit --study UID [--json|--fhir]          one study's story, oldest first
     rtplan audit --verify                             check the audit trail's hash chain
     rtplan reconcile [--since DATE] [--json]          everything still open; exit 1 if overdue
 
@@ -24,11 +24,13 @@ from typing import Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
+from adapter.outbox.audit import AuditRecord
 from adapter.outbox.commands import outbox_path
 from adapter.outbox.identity import IDENTITY_KEYWORDS, Resolution, ResolveError
 from adapter.outbox.store import Outbox
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE = 0, 1, 2
+JSON = dict[str, Any]
 
 
 def operator() -> str:
@@ -68,6 +70,9 @@ def add_safety_parsers(commands: Any) -> None:
     what.add_argument("--study", metavar="UID", help="Study Instance UID")
     what.add_argument("--verify", action="store_true", help="check the hash chain")
     audit.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    audit.add_argument(
+        "--fhir", action="store_true", help="a Bundle of FHIR AuditEvents (IHE BALP) instead"
+    )
     _store_arg(audit)
 
     reconcile = commands.add_parser("reconcile", help="everything open; exit 1 if overdue")
@@ -89,7 +94,7 @@ def run_safety_command(args: argparse.Namespace, settings: Settings, out: TextIO
         raise ConfigError("outbox.path", f"no outbox at {path}")
     with Outbox(path) as outbox:
         if args.command == "audit":
-            return _audit(outbox, args, out)
+            return _audit(outbox, args, settings, out)
         if args.command == "reconcile":
             return _reconcile(outbox, args, out)
         return _identity(outbox, args, settings, out)
@@ -142,7 +147,22 @@ def _identity(outbox: Outbox, args: argparse.Namespace, settings: Settings, out:
     return EXIT_OK if report.dead == 0 and report.held == 0 else EXIT_OPEN
 
 
-def _audit(outbox: Outbox, args: argparse.Namespace, out: TextIO) -> int:
+def _audit_events(outbox: Outbox, records: list[AuditRecord], settings: Settings) -> JSON:
+    from adapter.mapping.audit_event import audit_bundle, audit_event
+    from adapter.mapping.tables import load_tables
+
+    tables = load_tables(settings.mappings_dir)
+    systems = tables.conceptmap("identifier-systems")
+    events = []
+    for record in records:
+        study = outbox.study(record.study_uid) if record.study_uid else None
+        coding = systems.first(study.patient_issuer) if study is not None else None
+        event = audit_event(record, study, tables, coding.code if coding else "")
+        events.append((record, event))
+    return audit_bundle(events)
+
+
+def _audit(outbox: Outbox, args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.verify:
         broken = outbox.verify_audit()
         count = len(outbox.audit_records())
@@ -152,6 +172,10 @@ def _audit(outbox: Outbox, args: argparse.Namespace, out: TextIO) -> int:
         print(f"audit trail BROKEN at record {broken} (of {count})", file=out)
         return EXIT_OPEN
     records = outbox.audit_records(args.study)
+    if args.fhir and records:
+        json.dump(_audit_events(outbox, records, settings), out, indent=2, ensure_ascii=False)
+        out.write("\n")
+        return EXIT_OK
     for record in records:
         if args.json:
             print(json.dumps(record.to_json(), ensure_ascii=False), file=out)

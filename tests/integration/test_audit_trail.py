@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from pydicom import dcmread
 
 from adapter.cli import main
 from adapter.outbox.store import Outbox, State
+from tests.peers.fhir_validator_fixture import Validate
 from tests.peers.hl7_receiver import Hl7Receiver
-from tests.support import FIXTURES, make_study, read_study
+from tests.support import FIXTURES, make_study, read_study, synth
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -135,3 +137,55 @@ def test_audit_records_are_append_only_and_tampering_is_found(
         conn.execute("UPDATE audit SET detail='rewritten' WHERE id=2")
     code, stdout = run(capsys, "audit", "--verify", "--out", str(out))
     assert code == 1 and "BROKEN at record 2" in stdout
+
+
+def test_audit_events_are_valid_r4_balp_shaped(
+    fhir_validate: Validate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One study's story as FHIR AuditEvents (ingest, writes, a concern's order, an identity
+    hold and its resolution by a named operator), each valid R4 for HAPI's offline validator."""
+    out = tmp_path / "out"
+    folder = FIXTURES / "dicom" / "planning-ct"
+    study_uid = synth.uid_for("planning-ct", "/study")
+    assert run(capsys, "ingest", str(folder), "--out", str(out))[0] == 0
+    path = review_file(tmp_path, study_uid, "REV-BALP-1")
+    assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for dicom in sorted(folder.glob("*.dcm")):
+        ds = dcmread(dicom)
+        ds.PatientID = "SOMEONE-ELSE"
+        ds.save_as(moved / dicom.name)
+    assert run(capsys, "ingest", str(moved), "--out", str(out))[0] == 1
+    with Outbox(out / "outbox.sqlite") as outbox:
+        (hold,) = outbox.identity_holds(open_only=True)
+    resolve = ["identity", "resolve", str(hold.id), "--keep", "--by", "Dr Audit"]
+    assert run(capsys, *resolve, "--reason", "scanner typo", "--out", str(out))[0] == 0
+
+    code, stdout = run(capsys, "audit", "--study", study_uid, "--fhir", "--out", str(out))
+    assert code == 0
+    bundle = json.loads(stdout)
+    events = [e["resource"] for e in bundle["entry"]]
+    kinds = {e["outcomeDesc"].split(":")[0] for e in events}
+    assert {"ingest", "queued", "file-write", "order-sent", "identity-hold"} <= kinds
+    assert {"identity-resolve", "operator-command"} <= kinds
+    results = fhir_validate([bundle, *events])
+    problems = [
+        (e.get("outcomeDesc"), r.errors)
+        for e, r in zip([bundle, *events], results, strict=True)
+        if not r.ok
+    ]
+    assert problems == []
+    # The patient is an entity by identifier (the recorded one, never the held one) ...
+    patients = [
+        entity["what"]["identifier"]["value"]
+        for e in events
+        for entity in e.get("entity", [])
+        if entity["role"]["code"] == "1"
+    ]
+    assert set(patients) == {"RTP0001"}
+    # ... and the operator who resolved the hold is an agent of that event.
+    (resolved,) = [e for e in events if e["outcomeDesc"].startswith("identity-resolve")]
+    assert {"Dr Audit", "rtplan RT planning-scan adapter"} == {
+        a["who"]["display"] for a in resolved["agent"]
+    }
