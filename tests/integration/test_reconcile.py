@@ -19,6 +19,7 @@ from adapter.hl7.deliverer import T1, T2, control_id_for
 from adapter.mapping.tables import load_tables
 from adapter.outbox.store import Outbox
 from adapter.service.deliver import targets
+from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
 from tests.support import FIXTURES, synth
 
@@ -113,6 +114,11 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
         assert order_c is not None
         assert inbound(outbox, out, app_ack(control_id_for(order_c), 1)) is None
         timers.arm(placers["rec-c"], T2, 0, "no radiologist result")
+        # The escalation check fires both (what `rtplan serve` does every few seconds).
+        fired = escalate_due(outbox, targets(Settings(), out), Metrics())
+        assert sorted((t.key, t.kind) for t in fired) == sorted(
+            [(placers["rec-b"], T1), (placers["rec-c"], T2)]
+        )
 
     code, listed = items(capsys, out)
     assert code == 1
@@ -120,16 +126,22 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     review_a = found[("review", uid["rec-a"])]
     assert review_a["overdue"] and review_a["state"] == "awaiting review" and review_a["due"]
     concern_b = found[("concern", uid["rec-b"])]
-    assert concern_b["overdue"] and concern_b["t1"] == "armed" and concern_b["result"] == "none"
+    assert concern_b["overdue"] and concern_b["t1"] == "fired" and concern_b["result"] == "none"
     assert concern_b["fhir_write"] == "delivered" and concern_b["order"] == "delivered"
     concern_c = found[("concern", uid["rec-c"])]
     assert concern_c["overdue"] and concern_c["t1"] == "stopped"
-    assert concern_c["result"] == "awaiting" and concern_c["ack"] != "none"
+    assert concern_c["result"] == "overdue" and concern_c["t2"] == "fired"
+    assert concern_c["ack"] != "none"
     hold = found[("identity", uid["rec-d"])]
     assert hold["overdue"] and hold["state"] == "held"
     assert ("review", uid["rec-b"]) not in found  # a complete review closes the review item
     code, stdout = run(capsys, "reconcile", "--out", str(out))
     assert code == 1 and "OVERDUE concern" in stdout and "SOMEONE-ELSE" not in stdout
+    # Each escalation is in the study's audit trail.
+    for seed, kind in (("rec-b", T1), ("rec-c", T2)):
+        code, stdout = run(capsys, "audit", "--study", uid[seed], "--json", "--out", str(out))
+        escalations = [json.loads(line) for line in stdout.splitlines()]
+        assert [e["outcome"] for e in escalations if e["event"] == "escalation"] == [kind]
     # The operator sees both identities side by side (the one place patient values are shown).
     code, stdout = run(capsys, "identity", "show", str(hold["hold"]), "--out", str(out))
     assert code == 0 and "PatientID" in stdout and "PID-rec-d" in stdout
