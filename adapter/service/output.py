@@ -47,7 +47,7 @@ def write_report(
         entry = study_report(outcome)
         if outcome.study_uid in holds:
             entry["identity_hold"] = holds[outcome.study_uid]
-        if outcome.bundle is not None:
+        if outcome.bundle is not None and outcome.status is Status.MAPPED:
             entry["output"] = f"fhir/{bundle_label(outcome)}.json"
         studies.append(entry)
     rejected = []

@@ -21,6 +21,7 @@ from pydicom import dcmread
 
 from adapter.cli import main
 from adapter.outbox.store import Outbox
+from adapter.service.ingest import log_key
 from tests.support import make_study, read_study, study_count, synth
 
 
@@ -75,7 +76,7 @@ def assert_held(
     """Held, reported, audited and listed by reconcile; returns the hold id."""
     assert code == 1
     entry = next(s for s in report["studies"] if s["study_instance_uid"] == study_uid)
-    assert entry["status"] == "held-identity"
+    assert entry["status"] == "held-identity" and "output" not in entry  # no Bundle written
     assert report["summary"]["held_identity"] == 1
     hold = int(entry["identity_hold"])
     code, stdout = run(capsys, "audit", "--study", study_uid, "--out", str(out))
@@ -99,6 +100,8 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     code, report, _ = ingest(capsys, out, fhir_url, folder)
     assert code == 0
     before = read_study(fhir_url, study_uid)
+    bundle_file = out / "fhir" / f"ImagingStudy-{log_key(study_uid)}.json"
+    bundle_before = bundle_file.read_bytes()
     with Outbox(out / "outbox.sqlite") as outbox:
         rows_before = len(outbox.rows())
         recorded = outbox.study(study_uid)
@@ -122,6 +125,7 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     assert after["meta"]["versionId"] == before["meta"]["versionId"]
     assert after["subject"] == before["subject"]
     assert patients_named(fhir_url, "LATE0001") == patients_named(fhir_url, "MOVED0001") == 0
+    assert bundle_file.read_bytes() == bundle_before  # the output folder is unchanged too
     with Outbox(out / "outbox.sqlite") as outbox:
         assert len(outbox.rows()) == rows_before
         assert outbox.study(study_uid) == recorded

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from adapter.cli import main
 from adapter.dicom.models import PersonName
@@ -99,3 +101,31 @@ def test_ingest_records_the_study_from_its_headers(
         scheduled_step_id="SPS0001",
     )
     assert len(rows) == 1  # the record came with the study's Bundle row
+
+
+def test_an_identical_duplicate_is_named_but_not_an_identity_hold(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from adapter.config import Settings
+    from adapter.mapping.tables import load_tables
+    from adapter.service.ingest import Status, run_ingest
+    from adapter.service.output import write_report
+
+    folder = tmp_path / "study"
+    shutil.copytree(PLANNING_CT, folder)
+    first = sorted(folder.glob("*_CT_*.dcm"))[0]
+    shutil.copy(first, folder / "zz-same.dcm")
+    settings = Settings()
+    settings = replace(settings, ingest=replace(settings.ingest, incomplete_studies="map"))
+    result = run_ingest([folder], settings, load_tables(settings.mappings_dir))
+    (outcome,) = result.studies
+    assert outcome.status is Status.MAPPED  # same content: not a patient conflict
+    report = write_report(result, tmp_path / "out")
+    (entry,) = report["studies"]
+    assert entry["duplicate_files"] == [
+        {
+            "path": str(folder / "zz-same.dcm"),
+            "sop_instance_uid": dcmread(first).SOPInstanceUID,
+            "same_content": True,
+        }
+    ]
