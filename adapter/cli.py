@@ -25,7 +25,13 @@ from adapter.hl7.commands import add_hl7_parsers, run_hl7_command
 from adapter.label.commands import add_label_parser, add_to_report, run_label_command
 from adapter.label.titles import LABEL_TABLE, TITLES_TABLE, load_vocabulary
 from adapter.mapping.tables import Tables, load_tables
-from adapter.outbox.commands import add_outbox_parser, open_outbox, run_outbox_command
+from adapter.outbox.commands import (
+    add_outbox_parser,
+    open_outbox,
+    outbox_path,
+    recorded_studies,
+    run_outbox_command,
+)
 from adapter.outbox.worker import DrainReport
 from adapter.review.commands import add_review_parser, run_review_command
 from adapter.safety.commands import add_safety_parsers, run_safety_command
@@ -145,15 +151,13 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
             raise ConfigError("fhir.base_url", "the server does not support transactions")
         settings = replace(settings, fhir=replace(settings.fhir, version=capabilities.version))
     started = time.perf_counter()
-    with open_outbox(settings, args.out) as outbox:
-        # The store's record of each study fixes its patient: a disagreeing study is held.
+    # The store's record of each study fixes its patient: a disagreeing study is held (checked
+    # again inside the store's write transaction).
+    with recorded_studies(outbox_path(settings, args.out)) as known:
         result = run_ingest(
-            args.paths,
-            settings,
-            tables,
-            progress=_progress_printer(sys.stderr),
-            known=outbox.study,
+            args.paths, settings, tables, progress=_progress_printer(sys.stderr), known=known
         )
+    with open_outbox(settings, args.out) as outbox:
         written = enqueue_ingest(outbox, result, targets(settings, args.out))
         result = held_by_store(result, written.held)
         report = (

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +24,7 @@ from typing import Any, TextIO
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.outbox.store import Outbox, Row, State
+from adapter.outbox.studies import StudyRecord
 
 DEFAULT_OUTBOX = Path(".rtplan") / "outbox.sqlite"
 
@@ -36,6 +39,26 @@ def outbox_path(settings: Settings, out_dir: Path | None) -> Path:
 
 def open_outbox(settings: Settings, out_dir: Path | None = None) -> Outbox:
     return Outbox(outbox_path(settings, out_dir))
+
+
+@contextlib.contextmanager
+def recorded_studies(path: Path) -> Iterator[Callable[[str], StudyRecord | None]]:
+    """A lookup of the store's study records that never creates the store: a first ingest
+    reads its files before the outbox file exists."""
+    handle: list[Outbox] = []
+
+    def lookup(study_uid: str) -> StudyRecord | None:
+        if not handle:
+            if not path.exists():
+                return None
+            handle.append(Outbox(path))
+        return handle[0].study(study_uid)
+
+    try:
+        yield lookup
+    finally:
+        for outbox in handle:
+            outbox.close()
 
 
 def add_outbox_parser(commands: Any) -> None:
