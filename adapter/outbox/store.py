@@ -291,6 +291,14 @@ class Outbox:
     def audit_records(self, study_uid: str | None = None) -> list[AuditRecord]:
         return audit.records(self._db, study_uid)
 
+    def ingest_outcomes(self) -> dict[str, tuple[str, float]]:
+        """Each study's latest ingest outcome (``mapped``, ``held-incomplete`` ...) and when."""
+        raws = self._db.execute(
+            "SELECT study_uid, outcome, at FROM audit WHERE id IN "
+            "(SELECT MAX(id) FROM audit WHERE event='ingest' GROUP BY study_uid)"
+        ).fetchall()
+        return {str(r["study_uid"]): (str(r["outcome"]), float(r["at"])) for r in raws}
+
     def verify_audit(self) -> int | None:
         """The first audit record whose hash chain is broken, None when intact."""
         return audit.verify(self._db)

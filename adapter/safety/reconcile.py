@@ -13,6 +13,9 @@ Four kinds of item (reliability.md CS7):
   closed once ACKed and its result received. It is overdue when its T1 (no ACK) or T2 (no
   result) timer fired or is past due while it is still open, or the RIS rejected it.
 - **identity**: each open identity hold (always needs an operator: counts as overdue).
+- **study**: a study whose latest ingest left it unmapped (``held-incomplete``, ``failed``) and
+  that has no ImagingStudy row: nobody has a review Task for it. Listed, not overdue (the rest
+  of an incomplete study may still be on its way; there is no due date without a Task).
 - **dead**: each dead outbox row not superseded by a later delivered copy (a replay): always
   counts as overdue, nothing will retry it by itself.
 
@@ -227,7 +230,24 @@ def reconcile(outbox: Outbox, *, now: float, since: date | None = None) -> list[
             continue
         detail = {"hold": hold.id, "reason": hold.reason, "held_since": hold.since}
         items.append(Item("identity", hold.study_uid, "held", True, "", detail))
+    items += _unmapped(outbox, rows, cutoff)
     items += _dead(rows)
+    return items
+
+
+# Ingest outcomes that leave a study without an ImagingStudy and review Task (CS5: a study that
+# could not be assessed is listed, never silent). Identity holds are listed as such.
+_NOT_ASSESSED = ("held-incomplete", "failed")
+
+
+def _unmapped(outbox: Outbox, rows: list[Row], cutoff: float | None) -> list[Item]:
+    mapped = {study_of_key(r.key) for r in rows if r.kind == KIND_STUDY}
+    items = []
+    for uid, (outcome, at) in sorted(outbox.ingest_outcomes().items(), key=lambda i: i[1][1]):
+        if outcome not in _NOT_ASSESSED or uid in mapped or (cutoff and at < cutoff):
+            continue
+        state = f"not mapped ({outcome}): no review Task exists"
+        items.append(Item("study", uid, state, False, "", {"last_ingest": _iso(at)}))
     return items
 
 

@@ -104,6 +104,11 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
         ds.save_as(moved / path.name)
     code, _ = run(capsys, "ingest", str(moved), "--out", str(out))
     assert code == 1
+    # E: half a study (held incomplete): no ImagingStudy, no review Task; listed, not overdue.
+    partial = tmp_path / "partial"
+    synth.planning_ct(partial, seed="rec-e", slices=4, missing_slices=[2], patient_id="PID-rec-e")
+    uid["rec-e"] = synth.uid_for("rec-e", "/study")
+    assert run(capsys, "ingest", str(partial), "--out", str(out))[0] == 1
     with Outbox(out / "outbox.sqlite") as outbox:
         timers = outbox.timers()
         # B's order was never acknowledged: its T1 is already past due.
@@ -135,6 +140,9 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     hold = found[("identity", uid["rec-d"])]
     assert hold["overdue"] and hold["state"] == "held"
     assert ("review", uid["rec-b"]) not in found  # a complete review closes the review item
+    unmapped = found[("study", uid["rec-e"])]
+    assert unmapped["state"].startswith("not mapped (held-incomplete)")
+    assert not unmapped["overdue"]
     code, stdout = run(capsys, "reconcile", "--out", str(out))
     assert code == 1 and "OVERDUE concern" in stdout and "SOMEONE-ELSE" not in stdout
     # Each escalation is in the study's audit trail.
@@ -153,7 +161,10 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     assert code == 0 and json.loads(stdout)["open"] == 0
 
     # Close everything through the adapter's own paths.
-    for seed in ("rec-a", "rec-d"):
+    complete = tmp_path / "complete"
+    synth.planning_ct(complete, seed="rec-e", slices=4, patient_id="PID-rec-e")
+    assert run(capsys, "ingest", str(complete), "--out", str(out))[0] == 0
+    for seed in ("rec-a", "rec-d", "rec-e"):
         path = review(tmp_path, "no-finding.json", uid[seed], f"R-{seed}")
         assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0
     with Outbox(out / "outbox.sqlite") as outbox:
