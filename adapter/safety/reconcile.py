@@ -1,7 +1,7 @@
 """``rtplan reconcile``: everything still open, in one place, with an exit status to alert on.
 
 Read from the store only (the outbox rows, their timers, the identity holds); nothing is sent.
-Four kinds of item (reliability.md CS7):
+Five kinds of item (reliability.md CS5, CS7):
 
 - **review**: a planning study whose oncologist review is not completed. Completed means the
   latest review row for the study carries the review Task as ``completed`` *and* was
