@@ -366,8 +366,10 @@ def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: 
     settings = settings_for(tmp_path, receivers_dir=str(folder))
     uid = ingested(tmp_path, settings, out)
     first = review_for(uid, "REV-AMEND")
-    asyncio.run(submit_review_async(first, settings, out_dir=out))
     placer = asyncio.run(submit_review_async(first, settings, out_dir=out)).placer_order_number
+    assert placer
+    # An identical resubmission is a no-op (issue 9): it sends nothing more.
+    asyncio.run(submit_review_async(first, settings, out_dir=out))
     # The RIS accepted the order under its own number (ORR^O02, ORC-3).
     from adapter.service.inbound import InboundHandler
 
