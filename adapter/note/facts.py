@@ -54,6 +54,7 @@ class ReviewNote:
     accession: str
     reviewer_name: str
     reviewer_id: str
+    reviewer_system: str
     reviewed_at: str  # ISO 8601 with offset, seconds precision
     all_images_reviewed: bool
     outcome: str  # "no-significant-finding" | "unexpected-findings"
@@ -157,6 +158,7 @@ def build_note(
         accession=accession,
         reviewer_name=review.reviewer.name,
         reviewer_id=review.reviewer.identifier.value,
+        reviewer_system=review.reviewer.identifier.system,
         reviewed_at=review.reviewed_at.isoformat(timespec="seconds"),
         all_images_reviewed=review.all_images_reviewed,
         outcome=review.outcome,
