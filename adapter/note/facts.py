@@ -73,11 +73,16 @@ class ReviewNote:
         return "Radiotherapy planning scan review note"
 
 
+def review_document_number(review_id: str) -> str:
+    """``RN`` + 16 hex digits of the review id: the review's document in an MDM/ORU feed
+    (TXA-12, OBR-3), the same for every version. No patient data; fits HL7 EI fields."""
+    return "RN" + hashlib.sha256(review_id.encode()).hexdigest()[:16].upper()
+
+
 def document_number(review_id: str, version: int) -> str:
-    """``RN`` + 16 hex digits of the review id + ``V`` + version: unique per note version, no
-    patient data, and short enough for HL7 EI fields (TXA-12, OBR-2)."""
-    digest = hashlib.sha256(review_id.encode()).hexdigest()[:16].upper()
-    return f"RN{digest}V{version}"
+    """The number of one note version (DocumentReference.masterIdentifier): the review's
+    document number + ``V`` + version."""
+    return f"{review_document_number(review_id)}V{version}"
 
 
 def note_state(review: ReviewInput) -> NoteState:
