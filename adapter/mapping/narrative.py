@@ -85,10 +85,22 @@ def _coding(c: JSON) -> str:
     return f"{display} ({code})" if code and display != code else str(display)
 
 
-def _summary(value: Any) -> str:
+def _reference(ref: str, names: dict[str, str]) -> str:
+    """A reader's name for a reference: what an in-Bundle ``urn:uuid`` stands for, or
+    ``Type identifier`` for a conditional reference."""
+    if ref in names:
+        return names[ref]
+    kind, sep, query = ref.partition("?identifier=")
+    if sep:
+        return f"{kind} {query.rpartition('|')[2]}"
+    return ref
+
+
+def _summary(value: Any, names: dict[str, str] | None = None) -> str:
     """One line of plain text for an element value (before escaping)."""
+    names = names or {}
     if isinstance(value, list):
-        return "; ".join(s for s in (_summary(v) for v in value) if s)
+        return "; ".join(s for s in (_summary(v, names) for v in value) if s)
     if not isinstance(value, dict):
         return "" if value is None else str(value)
     if "coding" in value or ("text" in value and len(value) == 1):
@@ -97,12 +109,12 @@ def _summary(value: Any) -> str:
         if value.get("display"):
             return str(value["display"])
         if value.get("reference"):
-            return str(value["reference"])
+            return _reference(str(value["reference"]), names)
         return _summary(value["identifier"])
     if "value" in value and ("system" in value or "type" in value):
         return str(value["value"])
     if "code" in value and "target" in value:  # DocumentReference.relatesTo
-        return f"{value['code']}: {_summary(value['target'])}"
+        return f"{value['code']}: {_summary(value['target'], names)}"
     if "family" in value or "given" in value or ("text" in value and "use" in value):
         return str(
             value.get("text") or " ".join([*value.get("given", []), value.get("family", "")])
@@ -121,42 +133,57 @@ def _cell(text: str) -> str:
     return "<br/>".join(escape(line, quote=True) for line in lines)
 
 
-def narrative_div(resource: JSON) -> str:
-    """The XHTML ``div`` for ``resource`` (its ``text`` element itself is ignored)."""
+def narrative_div(resource: JSON, names: dict[str, str] | None = None) -> str:
+    """The XHTML ``div`` for ``resource`` (its ``text`` element itself is ignored).
+    ``names``: what each in-Bundle ``urn:uuid`` reference stands for."""
     kind = str(resource.get("resourceType", "Resource"))
     rows = []
     for element, label in FIELDS:
         if element not in resource:
             continue
-        shown = _summary(resource[element])
+        shown = _summary(resource[element], names)
         if shown.strip():
             rows.append(f"<tr><td><b>{escape(label)}</b></td><td>{_cell(shown)}</td></tr>")
     table = f"<table>{''.join(rows)}</table>" if rows else ""
     return f'<div xmlns="{XHTML}"><p><b>{escape(kind)}</b></p>{table}</div>'
 
 
-def with_narrative(resource: JSON) -> JSON:
+def with_narrative(resource: JSON, names: dict[str, str] | None = None) -> JSON:
     """A copy of ``resource`` with a generated narrative (kept when not ``generated``)."""
     out = copy.deepcopy(resource)
     existing = out.get("text")
     if isinstance(existing, dict) and existing.get("status") not in (None, "generated"):
         return out  # a narrative someone wrote by hand ("additional"/"extensions") stays
     out.pop("text", None)
-    out["text"] = {"status": "generated", "div": narrative_div(out)}
+    out["text"] = {"status": "generated", "div": narrative_div(out, names)}
     return out
 
 
 def with_narratives(bundle: JSON) -> JSON:
     """A copy of a Bundle whose every entry resource carries a generated narrative."""
+    entries = bundle.get("entry", [])
+    names = {
+        str(e["fullUrl"]): _name(e["resource"])
+        for e in entries
+        if isinstance(e.get("resource"), dict) and e.get("fullUrl")
+    }
     out = dict(bundle)
-    out["entry"] = [_entry(e) for e in bundle.get("entry", [])]
+    out["entry"] = [_entry(e, names) for e in entries]
     return out
 
 
-def _entry(entry: JSON) -> JSON:
+def _name(resource: JSON) -> str:
+    kind = str(resource.get("resourceType", "Resource"))
+    identifiers = resource.get("identifier") or []
+    if isinstance(identifiers, list) and identifiers and identifiers[0].get("value"):
+        return f"{kind} {identifiers[0]['value']}"
+    return kind
+
+
+def _entry(entry: JSON, names: dict[str, str]) -> JSON:
     if not isinstance(entry.get("resource"), dict):
         return dict(entry)
-    return {**entry, "resource": with_narrative(entry["resource"])}
+    return {**entry, "resource": with_narrative(entry["resource"], names)}
 
 
 def resources_without_narrative(bundles: Iterable[JSON]) -> list[str]:
