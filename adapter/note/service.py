@@ -90,16 +90,20 @@ def plan_note(
 
 
 def _repoint(value: Any, old: str, new: str | None) -> Any:
-    """Replace references to ``old`` by ``new``; drop them when ``new`` is None."""
+    """Replace references to ``old`` by ``new``. With ``new`` None drop them, together with
+    what they leave meaningless: an element whose ``value[x]`` was the reference (a Task
+    output) and a list left empty (FHIR allows no empty arrays)."""
     if isinstance(value, list):
-        items = [_repoint(v, old, new) for v in value]
-        return [i for i in items if i is not _DROP]
+        items = [i for i in (_repoint(v, old, new) for v in value) if i is not _DROP]
+        return items if items or not value else _DROP
     if isinstance(value, dict):
         if value.get("reference") == old:
             return _DROP if new is None else {**value, "reference": new}
         out = {}
         for key, item in value.items():
             fixed = _repoint(item, old, new)
+            if fixed is _DROP and key.startswith("value"):
+                return _DROP
             if fixed is not _DROP:
                 out[key] = fixed
         return out
