@@ -1,0 +1,58 @@
+"""The review note on real FHIR servers (Medplum and HAPI): each version is a DocumentReference;
+an amendment supersedes the previous one (relatesTo replaces), a withdrawal replaces it with a
+note that says so; the DiagnosticReport carries the note as presentedForm; every reference
+resolves; nothing is ever entered-in-error."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import httpx
+import pytest
+
+from tests.integration.test_review_fhir import Site, assert_references_resolve, one, search
+
+pytestmark = pytest.mark.peer
+
+
+@pytest.fixture
+def site(fhir_url: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> Site:
+    return Site(fhir_url, tmp_path, monkeypatch)  # type: ignore[arg-type]
+
+
+def _text(doc: dict[str, object]) -> str:
+    attachment = doc["content"][0]["attachment"]  # type: ignore[index]
+    return base64.b64decode(attachment["data"]).decode("utf-8")
+
+
+def test_amendment_supersedes_and_withdrawal_replaces(site: Site) -> None:
+    uid = site.ingest()
+    review_id = f"R-{uuid.uuid4().hex[:8]}"
+    patient = site.study(uid)["subject"]["reference"]
+    assert site.submit(site.review("concern", uid, review_id)) == 0
+    (v1,) = search(site.base, "DocumentReference", subject=patient)
+    assert (v1["status"], v1["docStatus"]) == ("current", "final")
+    report = one(site.base, "DiagnosticReport", subject=patient)
+    assert [f["contentType"] for f in report["presentedForm"]][1] == "application/pdf"
+    assert report["text"]["div"].startswith('<div xmlns="http://www.w3.org/1999/xhtml">')
+
+    assert site.submit(site.review("concern-amended", uid, review_id)) == 0
+    docs = {d["id"]: d for d in search(site.base, "DocumentReference", subject=patient)}
+    assert len(docs) == 2
+    assert docs[v1["id"]]["status"] == "superseded"
+    (v2,) = (d for d in docs.values() if d["status"] == "current")
+    assert v2["relatesTo"][0]["code"] == "replaces"
+    assert v2["relatesTo"][0]["target"]["reference"] == f"DocumentReference/{v1['id']}"
+    assert v2["docStatus"] == "amended" and "version 2 replaces version 1" in _text(v2)
+
+    assert site.submit(site.review("concern-withdrawn", uid, review_id)) == 0
+    docs = {d["id"]: d for d in search(site.base, "DocumentReference", subject=patient)}
+    assert sorted(d["status"] for d in docs.values()) == ["current", "superseded", "superseded"]
+    (v3,) = (d for d in docs.values() if d["status"] == "current")
+    assert v3["relatesTo"][0]["target"]["reference"] == f"DocumentReference/{v2['id']}"
+    assert "CONCERN WITHDRAWN" in _text(v3)
+    assert all(d["status"] != "entered-in-error" for d in docs.values())
+    pdf = httpx.get(f"{site.base}/DocumentReference/{v3['id']}", timeout=30).json()
+    assert base64.b64decode(pdf["content"][1]["attachment"]["data"]).startswith(b"%PDF-")
+    assert_references_resolve(site.base, *docs.values())
