@@ -128,7 +128,7 @@ def test_outputs_setting() -> None:
     }
     assert auto.selected(out_dir=False, mllp=False) == {"diagnostic-report", "document-reference"}
     assert auto.selected(out_dir=True, mllp=True) == {"diagnostic-report", "document-reference"}
-    chosen = load_settings(env={"RTPLAN_NOTE__OUTPUTS": "document-reference, mdm"})
+    chosen = load_settings(env={"RTPLAN_NOTE__OUTPUTS": "document-reference,mdm"})
     assert chosen.note.selected(out_dir=False, mllp=True) == {"document-reference", "mdm"}
     with pytest.raises(ConfigError, match=r"note\.outputs"):
         load_settings(env={"RTPLAN_NOTE__OUTPUTS": "pdf"})
