@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 from markupsafe import escape
 
+from adapter.errors import ConfigError
 from adapter.note.facts import ReviewNote
 
 COLUMNS = 78
@@ -169,9 +170,19 @@ def note_html(note: ReviewNote) -> str:
 
 def render_pdf(note: ReviewNote) -> bytes:
     """The PDF/A-3b note: the lines of :func:`render_text`, nothing else (no page furniture,
-    so the PDF's extracted text is the text note)."""
-    from weasyprint import HTML  # imported here: ~0.7 s, needed only when a note is rendered
+    so the PDF's extracted text is the text note).
 
+    Raises:
+        ConfigError: WeasyPrint's system libraries are missing (one line, no traceback).
+    """
+    try:
+        from weasyprint import HTML  # imported here: ~0.7 s, needed only when a note is rendered
+    except (ImportError, OSError) as exc:  # the Pango/HarfBuzz system libraries are missing
+        raise ConfigError(
+            "note",
+            "cannot render the PDF note: WeasyPrint needs Pango and HarfBuzz (Debian "
+            f"libpango-1.0-0, libpangoft2-1.0-0, libharfbuzz-subset0): {type(exc).__name__}",
+        ) from None
     with warnings.catch_warnings():
         # WeasyPrint 70 leaves its sRGB ICC profile file open when it embeds it for PDF/A.
         warnings.simplefilter("ignore", ResourceWarning)

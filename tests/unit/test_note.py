@@ -139,3 +139,22 @@ def test_render_text_without_patient_demographics() -> None:
         step.plan.rendered.note, study=replace(step.plan.rendered.note.study, patient_names=())
     )
     assert "Name: not held by the adapter" in render_text(note)
+
+
+def test_missing_pdf_libraries_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from adapter.errors import ConfigError
+    from adapter.note.render import render_pdf
+
+    real_import = builtins.__import__
+
+    def no_weasyprint(name: str, *args: object, **kwargs: object) -> object:
+        if name == "weasyprint":
+            raise OSError("cannot load library 'libpango-1.0-0'")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    note = case_steps("concern")[-1].plan.rendered.note
+    monkeypatch.setattr(builtins, "__import__", no_weasyprint)
+    with pytest.raises(ConfigError, match=r"^config note: cannot render the PDF note"):
+        render_pdf(note)
