@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
@@ -31,7 +31,12 @@ from adapter.note.fhir import (
     with_presented_form,
 )
 from adapter.note.render import render_pdf, render_text
+from adapter.outbox.store import Outbox
 from adapter.review.model import ReviewInput
+
+if TYPE_CHECKING:
+    from adapter.hl7.document_profile import DocumentOptions
+    from adapter.hl7.mdm import DocumentMessage
 
 JSON = dict[str, Any]
 KIND_NOTE = "fhir-note-transaction"
@@ -164,7 +169,7 @@ def _issuer(system: str, tables: Tables) -> str:
     return system.rsplit("/", 1)[-1][:20]
 
 
-def _document(plan: NotePlan, tables: Tables, **fields: Any) -> Any:
+def _document(plan: NotePlan, tables: Tables, **fields: Any) -> DocumentMessage:
     from adapter.hl7.mdm import DocumentMessage
     from adapter.hl7.model import OrderPatient, PatientIdentifier, Provider
     from adapter.review.orders import study_facts
@@ -209,8 +214,12 @@ def _document(plan: NotePlan, tables: Tables, **fields: Any) -> Any:
 
 
 def document_messages(
-    plan: NotePlan, profile_message: str, options: Any, tables: Tables, earlier: Sequence[JSON]
-) -> list[Any]:
+    plan: NotePlan,
+    profile_message: str,
+    options: DocumentOptions,
+    tables: Tables,
+    earlier: Sequence[JSON],
+) -> list[DocumentMessage]:
     """The MDM/ORU messages this version needs for one receiver, given the payloads of the
     earlier note rows for that receiver (oldest first). A version already sent needs none."""
     note = plan.rendered.note
@@ -267,7 +276,7 @@ def document_messages(
 
 
 def enqueue_note(
-    outbox: Any,
+    outbox: Outbox,
     plan: NotePlan,
     settings: Settings,
     tables: Tables,
