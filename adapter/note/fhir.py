@@ -175,7 +175,11 @@ def note_entries(
     report_included: bool,
     previous: JSON | None,
 ) -> list[JSON]:
-    """Transaction entries: the previous version superseded (when known), then this version."""
+    """Transaction entries: the previous version superseded, then this version.
+
+    The previous version is named (``relatesTo``) only when the outbox holds it: a conditional
+    reference to a DocumentReference the server may not have (an earlier version submitted
+    without the ``document-reference`` output) would fail the whole transaction."""
     entries: list[JSON] = []
     replaces = ""
     note = rendered.note
@@ -191,10 +195,6 @@ def note_entries(
                 "request": {"method": "PUT", "url": note_reference(number)},
             }
         )
-    elif note.replaces_version is not None:
-        from adapter.note.facts import document_number
-
-        replaces = note_reference(document_number(note.review_id, note.replaces_version))
     entries.append(
         {
             "fullUrl": note_full_url(note.document_number),

@@ -162,3 +162,16 @@ def test_narrative_escapes_hostile_text() -> None:
     root = ET.fromstring(div)
     assert "<script>" in "".join(root.itertext())  # shown as text, never as markup
     assert "\ufffd\ufffd\ufffd ok" in "".join(root.itertext())
+
+
+def test_unknown_previous_version_is_not_referenced() -> None:
+    from adapter.note.fhir import note_entries
+    from tests.note_support import TABLES
+
+    step = case_steps("concern-amended")[-1]
+    entries = note_entries(
+        step.plan.rendered, step.plan.ctx, TABLES, report_included=True, previous=None
+    )
+    (only,) = entries
+    assert only["resource"]["status"] == "current" and "relatesTo" not in only["resource"]
+    assert only["resource"]["docStatus"] == "amended"
