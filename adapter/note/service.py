@@ -31,7 +31,7 @@ from adapter.note.fhir import (
     with_presented_form,
 )
 from adapter.note.render import render_pdf, render_text
-from adapter.outbox.store import Outbox
+from adapter.outbox.store import NewRow, Outbox
 from adapter.review.model import ReviewInput
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ def document_messages(
     return [_document(plan, tables, event=event, document_number=current, change_reason=reason)]
 
 
-def enqueue_note(
+def note_rows(
     outbox: Outbox,
     plan: NotePlan,
     settings: Settings,
@@ -284,30 +284,24 @@ def enqueue_note(
     *,
     key: str,
     label: str,
-) -> list[int]:
-    """Enqueue the note's own rows: the DocumentReference transaction (one per FHIR/files
-    destination) and the MDM/ORU messages. Returns their row ids."""
-    ids: list[int] = []
+) -> list[NewRow]:
+    """The note's own rows: the DocumentReference transaction (one per FHIR/files destination)
+    and the MDM/ORU messages, built (and so checked) before anything of the review is stored.
+    Reads the outbox to know what each receiver already has.
+
+    Raises:
+        ConfigError: a note receiver profile is missing or takes another message type.
+        MessageBuildError: a message cannot be encoded (names the segment and field).
+    """
+    rows: list[NewRow] = []
     bundle = note_bundle(plan, tables)
     if bundle is not None:
-        for destination, target in destinations:
-            ids.append(
-                outbox.enqueue(
-                    destination=destination,
-                    target=target,
-                    key=key,
-                    kind=KIND_NOTE,
-                    label=label.replace("Review-", "Note-", 1),
-                    payload=bundle,
-                )
-            )
-    wanted = [
-        (settings.note.mdm_receiver, "mdm"),
-        (settings.note.oru_receiver, "oru"),
-    ]
+        note_label = label.replace("Review-", "Note-", 1)
+        rows += [NewRow(d, t, key, KIND_NOTE, note_label, bundle) for d, t in destinations]
+    wanted = [(settings.note.mdm_receiver, "mdm"), (settings.note.oru_receiver, "oru")]
     chosen = [(name, output) for name, output in wanted if output in plan.outputs]
     if not chosen:
-        return ids
+        return rows
     from adapter.hl7.deliverer import stable_control_id
     from adapter.hl7.mdm import build_document_message
     from adapter.hl7.profiles import load_profiles
@@ -315,6 +309,7 @@ def enqueue_note(
 
     profiles = load_profiles(receivers_dir(settings))
     now = datetime.now(UTC)
+    earlier_rows = [r.payload for r in outbox.rows_for_key(key, kind=KIND_DOCUMENT)]
     for name, output in chosen:
         profile = profiles.get(name)
         expected = "MDM^T02" if output == "mdm" else "ORU^R01"
@@ -323,8 +318,7 @@ def enqueue_note(
             raise ConfigError(setting, f"no receiver profile named {name!r}")
         if profile.message != expected:
             raise ConfigError(setting, f"the profile {name!r} does not take {expected}")
-        earlier = [r.payload for r in outbox.rows_for_key(key, kind=KIND_DOCUMENT)]
-        earlier = [p for p in earlier if p.get("profile") == name]
+        earlier = [p for p in earlier_rows if p.get("profile") == name]
         for doc in document_messages(plan, profile.message, profile.document, tables, earlier):
             control = stable_control_id(key, KIND_DOCUMENT, {**doc.to_json(), "profile": name})
             message = build_document_message(doc, profile, control_id=control, now=now)
@@ -337,17 +331,9 @@ def enqueue_note(
                 "control_id": control,
                 "message": base64.b64encode(message).decode("ascii"),
             }
-            ids.append(
-                outbox.enqueue(
-                    destination=HL7,
-                    target=name,
-                    key=key,
-                    kind=KIND_DOCUMENT,
-                    label=f"Note-{doc.document_number}-v{doc.version}-{doc.event}",
-                    payload=payload,
-                )
-            )
-    return ids
+            doc_label = f"Note-{doc.document_number}-v{doc.version}-{doc.event}"
+            rows.append(NewRow(HL7, name, key, KIND_DOCUMENT, doc_label, payload))
+    return rows
 
 
 __all__ = [
@@ -356,8 +342,8 @@ __all__ = [
     "NotePlan",
     "apply_note",
     "document_messages",
-    "enqueue_note",
     "note_bundle",
+    "note_rows",
     "plan_note",
     "render_note",
 ]

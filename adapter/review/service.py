@@ -35,7 +35,7 @@ from adapter.mapping.review_bundle import (
 )
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
 from adapter.mapping.tables import Tables, load_tables
-from adapter.note.service import apply_note, enqueue_note, plan_note
+from adapter.note.service import apply_note, note_rows, plan_note
 from adapter.outbox.commands import open_outbox
 from adapter.outbox.store import NewRow, Outbox, Row
 from adapter.outbox.studies import StudyRecord
@@ -378,6 +378,10 @@ async def _store_version(
             outbox, review, output, ctx, settings, tables, destinations, transport
         )
         label = review_label(review)
+        # The note's rows too are built (and can refuse) before anything is stored.
+        notes_to_store = note_rows(
+            outbox, note, settings, tables, destinations, key=key, label=label
+        )
         review_rows = [
             NewRow(d, t, key, KIND_REVIEW, label, output.bundle) for d, t in destinations
         ]
@@ -388,7 +392,7 @@ async def _store_version(
             ):
                 continue
             ids, cancels = _enqueue_review(outbox, key, review_rows, orders)
-            notes = enqueue_note(outbox, note, settings, tables, destinations, key=key, label=label)
+            notes = outbox.enqueue_many(notes_to_store)
             revoked = tuple(str(c["placer_order_number"]["value"]) for c in output.hl7_cancels)
             findings = tuple(sorted({finding_key(f) for f in review.findings}))
             versions.accept(

@@ -167,3 +167,28 @@ def test_unknown_document_key_names_file_and_key(tmp_path: Path) -> None:
 
 def test_settings_replace_keeps_defaults() -> None:
     assert replace(Settings()).note.mdm_receiver == "document-mdm"
+
+
+def test_an_unencodable_note_stores_nothing(tmp_path: Path) -> None:
+    """A note the receiver's charset cannot carry is refused before any row of the review is
+    stored: the command fails cleanly and nothing half-done waits in the outbox."""
+    from adapter.outbox.store import Outbox
+
+    out = tmp_path / "out"
+    ingest(out)
+    folder = _profiles(tmp_path)
+    path = folder / "document-mdm.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["charset"] = "8859/1"
+    path.write_text(yaml.safe_dump(data))
+    settings = Settings(hl7=Hl7Settings(receivers_dir=str(folder)))
+    with Outbox(out / "outbox.sqlite") as outbox:
+        before = len(outbox.rows_for_key(f"study:{_uid()}"))
+    with pytest.raises(MessageBuildError, match="OBX-5: has a character that 8859/1 cannot encode"):
+        submit("concern", out, settings, notes="肝臓")
+    with Outbox(out / "outbox.sqlite") as outbox:
+        assert len(outbox.rows_for_key(f"study:{_uid()}")) == before
+
+
+def _uid() -> str:
+    return str(load_review("concern")["study_instance_uid"])
