@@ -487,8 +487,12 @@ def preview_review(
     """
     tables = tables or load_tables(settings.mappings_dir)
     review = parse_review(data, tables)
-    ctx, _ = _preview_context(review, settings, out_dir)
-    return build_review(review, ctx, settings, tables)
+    ctx, rows = _preview_context(review, settings, out_dir)
+    # The review note too (presentedForm, or the DocumentReference in the report's place), so
+    # the preview is exactly the Bundle a submission would write.
+    study_rows = [(r.kind, r.payload) for r in rows]
+    note = plan_note(review, ctx, settings, tables, study_rows, out_dir=out_dir)
+    return apply_note(build_review(review, ctx, settings, tables), note, tables)
 
 
 def _preview_context(

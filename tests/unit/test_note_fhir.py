@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,3 +176,16 @@ def test_unknown_previous_version_is_not_referenced() -> None:
     (only,) = entries
     assert only["resource"]["status"] == "current" and "relatesTo" not in only["resource"]
     assert only["resource"]["docStatus"] == "amended"
+
+
+def test_preview_shows_the_note_as_a_submission_would_write_it(tmp_path: Path) -> None:
+    from adapter.cli import main
+    from adapter.config import Settings
+    from adapter.review.service import preview_review
+
+    dicom = str(Path(__file__).resolve().parents[2] / "fixtures" / "dicom" / "planning-ct")
+    assert main(["ingest", dicom, "--out", str(tmp_path)]) == 0
+    output = preview_review(load_review("concern"), Settings(), out_dir=tmp_path)
+    (report,) = resources(output.bundle, "DiagnosticReport")
+    assert [f["contentType"] for f in report["presentedForm"]] == [TEXT_TYPE, PDF_TYPE]
+    assert not list((tmp_path / "fhir").glob("Review-*"))  # preview sends nothing
