@@ -189,3 +189,12 @@ def test_preview_shows_the_note_as_a_submission_would_write_it(tmp_path: Path) -
     (report,) = resources(output.bundle, "DiagnosticReport")
     assert [f["contentType"] for f in report["presentedForm"]] == [TEXT_TYPE, PDF_TYPE]
     assert not list((tmp_path / "fhir").glob("Review-*"))  # preview sends nothing
+
+
+def test_result_and_task_update_bundles_carry_narratives() -> None:
+    from adapter.mapping.radiology_result import task_entry, transaction
+
+    task = {"resourceType": "Task", "status": "received", "intent": "order"}
+    bundle = transaction(task_entry(task, "RT0000000000000001"))
+    assert resources_without_narrative([bundle]) == []
+    _check_div(bundle["entry"][0]["resource"]["text"]["div"])
