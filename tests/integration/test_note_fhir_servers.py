@@ -56,3 +56,19 @@ def test_amendment_supersedes_and_withdrawal_replaces(site: Site) -> None:
     pdf = httpx.get(f"{site.base}/DocumentReference/{v3['id']}", timeout=30).json()
     assert base64.b64decode(pdf["content"][1]["attachment"]["data"]).startswith(b"%PDF-")
     assert_references_resolve(site.base, *docs.values())
+
+
+def test_document_reference_only_site(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site whose EHR takes notes, not DiagnosticReports (Oracle Health-like): the review
+    Task's output and the radiology request's reason point at the note."""
+    monkeypatch.setenv("RTPLAN_NOTE__OUTPUTS", "document-reference")
+    uid = site.ingest()
+    patient = site.study(uid)["subject"]["reference"]
+    assert site.submit(site.review("concern", uid, f"R-{uuid.uuid4().hex[:8]}")) == 0
+    assert search(site.base, "DiagnosticReport", subject=patient) == []
+    (doc,) = search(site.base, "DocumentReference", subject=patient)
+    task = site.review_task(uid)
+    assert task["output"][0]["valueReference"]["reference"] == f"DocumentReference/{doc['id']}"
+    request = one(site.base, "ServiceRequest", subject=patient)
+    assert request["reasonReference"] == [{"reference": f"DocumentReference/{doc['id']}"}]
+    assert_references_resolve(site.base, doc, task, request)
