@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.mapping.narrative import with_narratives
-from adapter.mapping.review_bundle import ReviewOutput, StudyContext
+from adapter.mapping.review_bundle import REVIEW_SYSTEM, ReviewOutput, StudyContext
 from adapter.mapping.tables import Tables
 from adapter.note.facts import build_note, review_document_number, study_record
 from adapter.note.fhir import (
@@ -35,6 +35,8 @@ from adapter.outbox.store import NewRow, Outbox
 from adapter.review.model import ReviewInput
 
 if TYPE_CHECKING:
+    import httpx
+
     from adapter.hl7.document_profile import DocumentOptions
     from adapter.hl7.mdm import DocumentMessage
 
@@ -92,6 +94,39 @@ def plan_note(
     return NotePlan(
         render_note(review, ctx, tables, bundles), outputs, review, ctx, previous, tuple(bundles)
     )
+
+
+async def with_server_previous(
+    plan: NotePlan, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> NotePlan:
+    """The plan with the previous version's DocumentReference taken from the FHIR server, when
+    the outbox does not hold it (an earlier version submitted through another outbox), so that
+    version is still superseded. A failed search leaves the plan as it is: the new version is
+    then written without ``relatesTo`` rather than not at all."""
+    review = plan.review
+    if (
+        plan.previous is not None
+        or review.version < 2
+        or not settings.fhir.base_url
+        or "document-reference" not in plan.outputs
+    ):
+        return plan
+    from adapter.errors import TransportError
+    from adapter.service.deliver import fhir_client
+
+    params = {"identifier": f"{REVIEW_SYSTEM}|{review.review_id}", "status": "current"}
+    try:
+        async with fhir_client(settings.fhir, transport=transport) as client:
+            response = await client.request("GET", "DocumentReference", params=params)
+    except TransportError:
+        return plan
+    if not response.ok or response.body is None:
+        return plan
+    found = [e["resource"] for e in response.body.get("entry", []) if "resource" in e]
+    previous = previous_note(
+        [{"entry": [{"resource": r} for r in found]}], review.review_id, review.version
+    )
+    return dataclasses.replace(plan, previous=previous) if previous is not None else plan
 
 
 def _repoint(value: Any, old: str, new: str | None) -> Any:
@@ -346,4 +381,5 @@ __all__ = [
     "note_rows",
     "plan_note",
     "render_note",
+    "with_server_previous",
 ]

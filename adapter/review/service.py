@@ -35,7 +35,7 @@ from adapter.mapping.review_bundle import (
 )
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
 from adapter.mapping.tables import Tables, load_tables
-from adapter.note.service import apply_note, note_rows, plan_note
+from adapter.note.service import apply_note, note_rows, plan_note, with_server_previous
 from adapter.outbox.commands import open_outbox
 from adapter.outbox.store import NewRow, Outbox, Row
 from adapter.outbox.studies import StudyRecord
@@ -371,6 +371,7 @@ async def _store_version(
         # The review note (issue 15): rendered once per version, in the outputs the site chose.
         study_rows = [(r.kind, r.payload) for r in outbox.rows_for_key(key)]
         note = plan_note(review, ctx, settings, tables, study_rows, out_dir=out_dir)
+        note = await with_server_previous(note, settings, transport=transport)
         output = apply_note(build_review(review, ctx, settings, tables), note, tables)
         # The HL7 rows are built (and can refuse) before anything is stored; then the review's
         # FHIR rows, its HL7 rows and their timers are stored together (order_rows.py).

@@ -72,3 +72,21 @@ def test_document_reference_only_site(site: Site, monkeypatch: pytest.MonkeyPatc
     request = one(site.base, "ServiceRequest", subject=patient)
     assert request["reasonReference"] == [{"reference": f"DocumentReference/{doc['id']}"}]
     assert_references_resolve(site.base, doc, task, request)
+
+
+def test_amendment_through_another_outbox_still_supersedes(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 1 went through one adapter's outbox, version 2 through another's (the study is
+    then known only to the server): the server's current note is found and superseded."""
+    uid = site.ingest()
+    review_id = f"R-{uuid.uuid4().hex[:8]}"
+    patient = site.study(uid)["subject"]["reference"]
+    assert site.submit(site.review("concern", uid, review_id)) == 0
+    (v1,) = search(site.base, "DocumentReference", subject=patient)
+    monkeypatch.setenv("RTPLAN_OUTBOX__PATH", str(site.tmp / "other-outbox.sqlite"))
+    assert site.submit(site.review("concern-amended", uid, review_id)) == 0
+    docs = {d["id"]: d for d in search(site.base, "DocumentReference", subject=patient)}
+    assert docs[v1["id"]]["status"] == "superseded"
+    (v2,) = (d for d in docs.values() if d["status"] == "current")
+    assert v2["relatesTo"][0]["target"]["reference"] == f"DocumentReference/{v1['id']}"
