@@ -198,3 +198,36 @@ def test_result_and_task_update_bundles_carry_narratives() -> None:
     bundle = transaction(task_entry(task, "RT0000000000000001"))
     assert resources_without_narrative([bundle]) == []
     _check_div(bundle["entry"][0]["resource"]["text"]["div"])
+
+
+def test_server_lookup_of_the_previous_note() -> None:
+    """The server's current note of the review is superseded; a failing server leaves the
+    plan as it is (the new version is written without relatesTo, never not at all)."""
+    import asyncio
+    from dataclasses import replace
+
+    import httpx
+
+    from adapter.config import FhirSettings, Settings
+    from adapter.note.service import with_server_previous
+
+    steps = case_steps("concern-amended")
+    first, second = (s.plan for s in steps)
+    assert first.previous is None and second.previous is not None
+    (v1,) = resources(steps[0].note_bundle or {}, "DocumentReference")
+    plan = replace(second, previous=None)
+    settings = Settings(fhir=FhirSettings(base_url="http://fhir.test/fhir", max_attempts=1))
+    seen: list[str] = []
+
+    def found(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        body = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": v1}]}
+        return httpx.Response(200, json=body)
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"resourceType": "OperationOutcome", "issue": []})
+
+    got = asyncio.run(with_server_previous(plan, settings, transport=httpx.MockTransport(found)))
+    assert got.previous == v1 and "status=current" in seen[0]
+    same = asyncio.run(with_server_previous(plan, settings, transport=httpx.MockTransport(broken)))
+    assert same.previous is None
