@@ -12,6 +12,8 @@ of Latin; IPAGothic carries Japanese (Pango falls back to it per character).
 
 from __future__ import annotations
 
+import gc
+import threading
 import unicodedata
 import warnings
 from functools import cache
@@ -25,6 +27,7 @@ from adapter.errors import ConfigError
 from adapter.note.facts import ReviewNote
 
 COLUMNS = 78
+_RENDER_LOCK = threading.Lock()
 HEADING = "## "
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 FONT_FAMILY = "'DejaVu Sans Mono', 'IPAGothic', monospace"
@@ -183,8 +186,12 @@ def render_pdf(note: ReviewNote) -> bytes:
             "cannot render the PDF note: WeasyPrint needs Pango and HarfBuzz (Debian "
             f"libpango-1.0-0, libpangoft2-1.0-0, libharfbuzz-subset0): {type(exc).__name__}",
         ) from None
-    with warnings.catch_warnings():
-        # WeasyPrint 70 leaves its sRGB ICC profile file open when it embeds it for PDF/A.
+    # WeasyPrint 70 leaves its sRGB ICC profile file open when it embeds it for PDF/A; the file
+    # is released when write_pdf returns. The warning filters are process-wide and
+    # catch_warnings is not thread-safe, so one render at a time (the GIL gives no parallelism
+    # here anyway); gc.collect() releases the file while the filter is in force.
+    with _RENDER_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         pdf: Any = HTML(string=note_html(note)).write_pdf(pdf_variant="pdf/a-3b")
+        gc.collect()
     return bytes(pdf)

@@ -6,6 +6,7 @@ Regenerate the golden notes after an intended change with
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import unicodedata
@@ -158,3 +159,18 @@ def test_missing_pdf_libraries_are_one_clear_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(builtins, "__import__", no_weasyprint)
     with pytest.raises(ConfigError, match=r"^config note: cannot render the PDF note"):
         render_pdf(note)
+
+
+def test_concurrent_renders_leak_nothing() -> None:
+    """Submissions can render in threads (the CLI's concurrent submits, the service): no
+    ResourceWarning may escape WeasyPrint's PDF/A colour profile (pytest turns it into an
+    error), and every thread gets the same bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adapter.note.render import render_pdf
+
+    note = case_steps("concern")[-1].plan.rendered.note
+    with ThreadPoolExecutor(4) as pool:
+        pdfs = list(pool.map(lambda _: render_pdf(note), range(8)))
+    assert len(set(pdfs)) == 1
+    gc.collect()  # anything left in a reference cycle would warn now, failing the test
