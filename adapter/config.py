@@ -398,6 +398,8 @@ def _check_label(label: LabelSettings) -> None:
 
 def _valid_ae(ae: str) -> bool:
     return 0 < len(ae.strip()) <= 16 and "\\" not in ae and ae.isprintable()
+
+
 def _check_note(note: NoteSettings) -> None:
     if note.outputs.strip() == "auto":
         return

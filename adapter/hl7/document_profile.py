@@ -33,8 +33,9 @@ DOCUMENT_KEYS = frozenset(
 
 
 class _Reader(Protocol):  # adapter.hl7.profiles._Reader (no import: it imports this module)
-    def str_(self, name: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str:
-        ...
+    def str_(
+        self, name: str, default: str | None = None, *, choices: tuple[str, ...] = ()
+    ) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)

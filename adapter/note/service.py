@@ -337,7 +337,7 @@ def note_rows(
     chosen = [(name, output) for name, output in wanted if output in plan.outputs]
     if not chosen:
         return rows
-    from adapter.hl7.deliverer import stable_control_id
+    from adapter.hl7.deliverer import new_control_id
     from adapter.hl7.mdm import build_document_message
     from adapter.hl7.profiles import load_profiles
     from adapter.review.service import receivers_dir
@@ -355,7 +355,7 @@ def note_rows(
             raise ConfigError(setting, f"the profile {name!r} does not take {expected}")
         earlier = [p for p in earlier_rows if p.get("profile") == name]
         for doc in document_messages(plan, profile.message, profile.document, tables, earlier):
-            control = stable_control_id(key, KIND_DOCUMENT, {**doc.to_json(), "profile": name})
+            control = new_control_id()  # random, stored in the row: resends keep it
             message = build_document_message(doc, profile, control_id=control, now=now)
             payload = {
                 "profile": name,
