@@ -82,10 +82,13 @@ def test_amendment_through_another_outbox_still_supersedes(
     uid = site.ingest()
     review_id = f"R-{uuid.uuid4().hex[:8]}"
     patient = site.study(uid)["subject"]["reference"]
-    assert site.submit(site.review("concern", uid, review_id)) == 0
+    # No concern, so no HL7 order (an order needs the patient's name, which the second outbox
+    # does not hold): only the note's own versioning is under test.
+    assert site.submit(site.review("no-finding", uid, review_id)) == 0
     (v1,) = search(site.base, "DocumentReference", subject=patient)
     monkeypatch.setenv("RTPLAN_OUTBOX__PATH", str(site.tmp / "other-outbox.sqlite"))
-    assert site.submit(site.review("concern-amended", uid, review_id)) == 0
+    amended = site.review("no-finding", uid, review_id, version=2, notes="Amended: re-checked.")
+    assert site.submit(amended) == 0
     docs = {d["id"]: d for d in search(site.base, "DocumentReference", subject=patient)}
     assert docs[v1["id"]]["status"] == "superseded"
     (v2,) = (d for d in docs.values() if d["status"] == "current")
