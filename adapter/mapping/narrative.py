@@ -23,6 +23,9 @@ from typing import Any
 JSON = dict[str, Any]
 XHTML = "http://www.w3.org/1999/xhtml"
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+#: Resources that are not DomainResources: they have no ``text`` element (a Binary carries a
+#: JSON Patch in a transaction, for example).
+NOT_DOMAIN = frozenset({"Binary", "Bundle", "Parameters"})
 MAX_VALUE = 4000  # characters of one value shown; the element itself is never shortened
 
 #: Elements shown, in this order, with their label. Anything else is left to the data.
@@ -151,6 +154,8 @@ def narrative_div(resource: JSON, names: dict[str, str] | None = None) -> str:
 def with_narrative(resource: JSON, names: dict[str, str] | None = None) -> JSON:
     """A copy of ``resource`` with a generated narrative (kept when not ``generated``)."""
     out = copy.deepcopy(resource)
+    if out.get("resourceType") in NOT_DOMAIN:
+        return out
     existing = out.get("text")
     if isinstance(existing, dict) and existing.get("status") not in (None, "generated"):
         return out  # a narrative someone wrote by hand ("additional"/"extensions") stays
@@ -192,5 +197,7 @@ def resources_without_narrative(bundles: Iterable[JSON]) -> list[str]:
         str(e["resource"].get("resourceType"))
         for b in bundles
         for e in b.get("entry", [])
-        if isinstance(e.get("resource"), dict) and not e["resource"].get("text", {}).get("div")
+        if isinstance(e.get("resource"), dict)
+        and e["resource"].get("resourceType") not in NOT_DOMAIN
+        and not e["resource"].get("text", {}).get("div")
     ]

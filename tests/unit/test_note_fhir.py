@@ -231,3 +231,12 @@ def test_server_lookup_of_the_previous_note() -> None:
     assert got.previous == v1 and "status=current" in seen[0]
     same = asyncio.run(with_server_previous(plan, settings, transport=httpx.MockTransport(broken)))
     assert same.previous is None
+
+
+def test_binary_gets_no_narrative() -> None:
+    from adapter.mapping.narrative import with_narratives
+
+    patch = {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": "W10="}
+    bundle = with_narratives({"resourceType": "Bundle", "entry": [{"resource": patch}]})
+    assert "text" not in bundle["entry"][0]["resource"]  # not a DomainResource
+    assert resources_without_narrative([bundle]) == []
