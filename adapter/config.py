@@ -159,6 +159,33 @@ class Hl7Settings:
     escalation_check_seconds: float = 30.0
 
 
+NOTE_OUTPUTS = ("diagnostic-report", "document-reference", "mdm", "oru")
+
+
+@dataclass(frozen=True, slots=True)
+class NoteSettings:
+    """The planning-scan review note (issue 15): which outputs a site gets."""
+
+    outputs: str = "auto"
+    """Comma-separated, any combination of ``diagnostic-report`` (the DiagnosticReport, with the
+    note as presentedForm), ``document-reference`` (a DocumentReference per note version),
+    ``mdm`` and ``oru`` (HL7 v2 to the profiles below). ``auto``: both FHIR outputs, plus
+    ``mdm`` and ``oru`` as ``.hl7`` files when there is an output folder and ``hl7.mllp`` is
+    off (the embedded default writes everything). Without ``diagnostic-report`` the review's
+    Bundle carries no DiagnosticReport (its Tasks then point at the DocumentReference, or at
+    nothing)."""
+    mdm_receiver: str = "document-mdm"
+    """Receiver profile (``MDM^T02``) for the ``mdm`` output."""
+    oru_receiver: str = "document-oru"
+    """Receiver profile (``ORU^R01``) for the ``oru`` output."""
+
+    def selected(self, *, out_dir: bool, mllp: bool) -> frozenset[str]:
+        if self.outputs.strip() == "auto":
+            hl7 = ("mdm", "oru") if out_dir and not mllp else ()
+            return frozenset(("diagnostic-report", "document-reference", *hl7))
+        return frozenset(o.strip() for o in self.outputs.split(",") if o.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class LabelSettings:
     """The planning label on the PACS (issue 12, docs/pacs-label.md): a Key Object Selection
@@ -194,6 +221,7 @@ class Settings:
     review: ReviewSettings = field(default_factory=ReviewSettings)
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
     label: LabelSettings = field(default_factory=LabelSettings)
+    note: NoteSettings = field(default_factory=NoteSettings)
 
 
 SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
@@ -205,6 +233,7 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
         "review": ReviewSettings,
         "hl7": Hl7Settings,
         "label": LabelSettings,
+        "note": NoteSettings,
     }
 )
 
@@ -341,6 +370,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             "archive.wado_rs_base_url", "must be an http(s) base URL without a trailing slash"
         )
+    _check_note(settings.note)
     if url.endswith("/studies"):
         raise ConfigError("archive.wado_rs_base_url", "is the service base: drop '/studies'")
 
@@ -368,3 +398,12 @@ def _check_label(label: LabelSettings) -> None:
 
 def _valid_ae(ae: str) -> bool:
     return 0 < len(ae.strip()) <= 16 and "\\" not in ae and ae.isprintable()
+
+
+def _check_note(note: NoteSettings) -> None:
+    if note.outputs.strip() == "auto":
+        return
+    chosen = [o.strip() for o in note.outputs.split(",") if o.strip()]
+    unknown = [o for o in chosen if o not in NOTE_OUTPUTS]
+    if unknown or not chosen:
+        raise ConfigError("note.outputs", f"must be auto or a list of {', '.join(NOTE_OUTPUTS)}")

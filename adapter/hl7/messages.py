@@ -263,6 +263,8 @@ def build_message(
     order: OrderRequest, profile: ReceiverProfile, *, control_id: str, now: datetime
 ) -> Any:
     """Build the hl7apy ``Message`` (TOLERANT) for ``order``; :func:`build_order` encodes it."""
+    if profile.message not in STRUCTURES:
+        raise MessageBuildError("MSH-9", "the receiver profile takes documents, not orders")
     structure = STRUCTURES[profile.message]
     v = profile.version
     order = fit_order(order, profile)

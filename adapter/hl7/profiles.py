@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +21,15 @@ from typing import Any, Literal
 import yaml
 
 from adapter.errors import MappingTableError
+from adapter.hl7.document_profile import (
+    DOCUMENT_KEYS,
+    DocumentOptions,
+    parse_document_options,
+)
 
-MessageProfile = Literal["ORM^O01", "OMG^O19", "OMI^O23"]
+MessageProfile = Literal["ORM^O01", "OMG^O19", "OMI^O23", "MDM^T02", "ORU^R01"]
+#: profiles that take the review note (issue 15) rather than radiology orders.
+DOCUMENT_MESSAGES = frozenset({"MDM^T02", "ORU^R01"})
 AckMode = Literal["original", "enhanced"]
 ProviderPlacement = Literal["both", "orc12", "obr16", "none"]
 Unencodable = Literal["error", "replace", "transliterate"]
@@ -34,6 +41,8 @@ VERSIONS: Mapping[str, tuple[str, ...]] = {
     "ORM^O01": ("2.3.1", "2.4"),
     "OMG^O19": ("2.5.1",),
     "OMI^O23": ("2.5.1",),
+    "MDM^T02": ("2.5.1",),
+    "ORU^R01": ("2.5.1",),
 }
 #: MSH-18 value → Python codec. Only charsets whose bytes we can really produce. ``UNICODE``
 #: (ISO/IEC 10646, the only Unicode entry of table 0211 before v2.5) is sent as UTF-8.
@@ -142,6 +151,7 @@ class ReceiverProfile:
     ack: AckPolicy = AckPolicy()
     connection: Connection = Connection()
     escalation: Escalation = Escalation()
+    document: DocumentOptions = field(default_factory=DocumentOptions)  # MDM / ORU only
     source: str = ""  # the file it came from, for error messages
 
     @property
@@ -155,6 +165,7 @@ TOP_KEYS = frozenset(
         "name", "title", "owner", "last_reviewed", "note", "sending", "receiving", "message",
         "version", "charset", "unencodable", "defaults", "ack", "connection", "escalation",
         "updates",
+        "document",
     }
 )  # fmt: skip
 
@@ -280,6 +291,9 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
     )
     if (tls.cert is None) != (tls.key is None):
         raise t.error("cert", "cert and key go together (mTLS)")
+    if "document" in top.data and message not in DOCUMENT_MESSAGES:
+        raise top.error("document", "only for MDM^T02 or ORU^R01 profiles")
+    document = parse_document_options(top.sub("document", DOCUMENT_KEYS))
     name = top.str_("name")
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
         raise top.error("name", "must be lower-case letters, digits and hyphens")
@@ -327,6 +341,7 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
             t1_no_aa=e.duration("t1_no_aa", timedelta(minutes=15)),
             t2_no_result=e.duration("t2_no_result", timedelta(hours=24)),
         ),
+        document=document,
         source=file,
     )
 

@@ -28,6 +28,7 @@ from adapter.mapping.imaging_study import (
     map_patient,
     patient_ref,
 )
+from adapter.mapping.narrative import with_narratives
 from adapter.mapping.r5 import to_r5
 from adapter.mapping.review_task import (
     REVIEW_TASK_SYSTEM,
@@ -128,4 +129,4 @@ def study_bundle(
     if version == "R5":
         for entry in entries:
             entry["resource"] = to_r5(entry["resource"])
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return with_narratives({"resourceType": "Bundle", "type": "transaction", "entry": entries})

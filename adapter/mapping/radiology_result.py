@@ -17,6 +17,7 @@ from typing import Any
 
 from adapter.hl7.inbound import InboundMessage
 from adapter.mapping.identifiers import full_url
+from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import RADIOLOGY_TASK_SYSTEM
 from adapter.mapping.tables import Tables
 
@@ -100,7 +101,8 @@ def task_entry(task: JSON, placer: str) -> JSON:
 
 
 def transaction(*entries: JSON) -> JSON:
-    return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
+    return with_narratives(bundle)
 
 
 def result_bundle(

@@ -22,6 +22,7 @@ from adapter.hl7.model import (
     PersonNameGroup,
     Provider,
 )
+from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import (
     PLACER_SYSTEM,
     RADIOLOGY_TASK_SYSTEM,
@@ -361,7 +362,7 @@ def _new_row(
         "targets": [list(t) for t in fhir_targets],
     }
     if task is not None:
-        update = _task_received(task, output.bundle)
+        update = with_narratives(_task_received(task, output.bundle))
         on_ack = [
             {
                 "destination": d,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.mapping.identifiers import DICOM_UID_SYSTEM, V2_0203, conditional_url, token
+from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import (
     PLACER_SYSTEM,
     REVIEW_SYSTEM,
@@ -34,6 +35,7 @@ from adapter.mapping.review_bundle import (
 )
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
 from adapter.mapping.tables import Tables, load_tables
+from adapter.note.service import apply_note, note_rows, plan_note, with_server_previous
 from adapter.outbox.commands import open_outbox
 from adapter.outbox.store import NewRow, Outbox, Row
 from adapter.outbox.studies import StudyRecord
@@ -277,6 +279,7 @@ def build_review(
     review: ReviewInput, ctx: StudyContext, settings: Settings, tables: Tables
 ) -> ReviewOutput:
     output = review_bundle(review, ctx, tables, review_options(settings))
+    output = replace(output, bundle=with_narratives(output.bundle))
     if review.concern_withdrawn and not output.hl7_cancels:
         raise UnknownStudyError(
             [("/concern_withdrawn", "no radiology request of this review is known to withdraw")]
@@ -310,15 +313,19 @@ async def submit_review_async(
         raise ConfigError("--out", "give an output folder (--out DIR) or a FHIR server")
     with open_outbox(settings, out_dir) as outbox:
         stored = await _store_version(
-            outbox, review, settings, tables, destinations, transport=transport
+            outbox, review, settings, tables, destinations, transport=transport, out_dir=out_dir
         )
         if stored is None:  # this very version was accepted before: a resend, nothing to do
             return SubmitResult(review.review_id, review.version, {}, "", unchanged=True)
-        output, ids, cancels = stored
+        output, ids, cancels, notes = stored
         report = None
         if deliver:
             report = await deliver_rows(
-                outbox, settings, ids=[*ids, *cancels], transport=transport, out_dir=out_dir
+                outbox,
+                settings,
+                ids=[*ids, *cancels, *notes],
+                transport=transport,
+                out_dir=out_dir,
             )
     return SubmitResult(
         review.review_id,
@@ -339,7 +346,8 @@ async def _store_version(
     destinations: list[tuple[str, str]],
     *,
     transport: httpx.AsyncBaseTransport | None,
-) -> tuple[ReviewOutput, list[int], list[int]] | None:
+    out_dir: Path | None = None,
+) -> tuple[ReviewOutput, list[int], list[int], list[int]] | None:
     """Check the version, map, and store the review's rows (FHIR, HL7 and their timers) with
     the new version record in one transaction (docs/review.md section 4); None when this very
     version is already accepted.
@@ -360,13 +368,21 @@ async def _store_version(
         ctx = await resolve_context(review, settings, outbox, transport=transport)
         if stored is not None:  # the record knows which requests exist: it wins
             ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
-        output = build_review(review, ctx, settings, tables)
+        # The review note (issue 15): rendered once per version, in the outputs the site chose.
+        study_rows = [(r.kind, r.payload) for r in outbox.rows_for_key(key)]
+        note = plan_note(review, ctx, settings, tables, study_rows, out_dir=out_dir)
+        note = await with_server_previous(note, settings, transport=transport)
+        output = apply_note(build_review(review, ctx, settings, tables), note, tables)
         # The HL7 rows are built (and can refuse) before anything is stored; then the review's
         # FHIR rows, its HL7 rows and their timers are stored together (order_rows.py).
         orders = await _prepare_orders(
             outbox, review, output, ctx, settings, tables, destinations, transport
         )
         label = review_label(review)
+        # The note's rows too are built (and can refuse) before anything is stored.
+        notes_to_store = note_rows(
+            outbox, note, settings, tables, destinations, key=key, label=label
+        )
         review_rows = [
             NewRow(d, t, key, KIND_REVIEW, label, output.bundle) for d, t in destinations
         ]
@@ -377,6 +393,7 @@ async def _store_version(
             ):
                 continue
             ids, cancels = _enqueue_review(outbox, key, review_rows, orders)
+            notes = outbox.enqueue_many(notes_to_store)
             revoked = tuple(str(c["placer_order_number"]["value"]) for c in output.hl7_cancels)
             findings = tuple(sorted({finding_key(f) for f in review.findings}))
             versions.accept(
@@ -384,7 +401,7 @@ async def _store_version(
                     review, digest, stored, placer=output.placer, findings=findings, revoked=revoked
                 )
             )
-            return output, ids, cancels
+            return output, ids, cancels, notes
     raise StaleReviewError(
         [("/version", "other versions of this review kept arriving at the same time; resubmit")]
     )
@@ -471,8 +488,12 @@ def preview_review(
     """
     tables = tables or load_tables(settings.mappings_dir)
     review = parse_review(data, tables)
-    ctx, _ = _preview_context(review, settings, out_dir)
-    return build_review(review, ctx, settings, tables)
+    ctx, rows = _preview_context(review, settings, out_dir)
+    # The review note too (presentedForm, or the DocumentReference in the report's place), so
+    # the preview is exactly the Bundle a submission would write.
+    study_rows = [(r.kind, r.payload) for r in rows]
+    note = plan_note(review, ctx, settings, tables, study_rows, out_dir=out_dir)
+    return apply_note(build_review(review, ctx, settings, tables), note, tables)
 
 
 def _preview_context(

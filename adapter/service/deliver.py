@@ -234,7 +234,8 @@ async def _hl7_deliverers(
 ) -> dict[tuple[str, str], Deliverer]:
     from adapter.hl7.client import MllpClient, client_tls_context
     from adapter.hl7.deliverer import Hl7Deliverer, Hl7FileDeliverer
-    from adapter.hl7.profiles import load_profiles
+    from adapter.hl7.document_deliverer import Hl7DocumentDeliverer
+    from adapter.hl7.profiles import DOCUMENT_MESSAGES, load_profiles
     from adapter.review.service import receivers_dir
 
     profiles = load_profiles(receivers_dir(settings))
@@ -243,20 +244,26 @@ async def _hl7_deliverers(
         profile = profiles.get(name)
         if profile is None:
             continue  # rows for a profile that no longer exists wait, visibly, in the outbox
+        document = profile.message in DOCUMENT_MESSAGES  # the review note (issue 15)
         if settings.hl7.mllp:
             conn = profile.connection
             tls = None
             if conn.tls.enabled:
                 tls = client_tls_context(conn.tls.ca, certfile=conn.tls.cert, keyfile=conn.tls.key)
             client = MllpClient(
-                settings.hl7.host or conn.host,
-                settings.hl7.port or conn.port,
+                # hl7.host/port point at the RIS; a document receiver keeps its own address.
+                conn.host if document else settings.hl7.host or conn.host,
+                conn.port if document else settings.hl7.port or conn.port,
                 connect_timeout=conn.connect_timeout.total_seconds(),
                 ack_timeout=conn.ack_timeout.total_seconds(),
                 tls=tls,
             )
             await stack.enter_async_context(client)
-            found[(HL7, name)] = Hl7Deliverer(profile, client, timers=outbox.timers())
+            found[(HL7, name)] = (
+                Hl7DocumentDeliverer(profile, client)
+                if document
+                else Hl7Deliverer(profile, client, timers=outbox.timers())
+            )
         elif out_dir is not None:
             found[(HL7, name)] = Hl7FileDeliverer(out_dir, profile)
     return found

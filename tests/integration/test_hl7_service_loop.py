@@ -386,7 +386,8 @@ def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: 
         first["findings"][1],
     ]
     asyncio.run(submit_review_async(second, settings, out_dir=out))
-    names = sorted(p.name for p in (out / "hl7").glob("*.hl7"))
+    # the radiology orders only (the review note's MDM/ORU files sit beside them)
+    names = sorted(p.name for p in (out / "hl7").glob("Order-*.hl7"))
 
     def read(name: str) -> hl7.Message:
         return hl7.parse((out / "hl7" / name).read_bytes().decode("utf-8"))

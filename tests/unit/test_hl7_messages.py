@@ -164,7 +164,9 @@ def test_profile_errors_name_file_and_key(tmp_path: Path) -> None:
 
 def test_shipped_profiles_load() -> None:
     profiles = load_profiles(ROOT / "mappings" / "receivers")
-    assert {p.message for p in profiles.values()} == {"ORM^O01", "OMG^O19", "OMI^O23"}
+    assert {p.message for p in profiles.values()} == {
+        "ORM^O01", "OMG^O19", "OMI^O23", "MDM^T02", "ORU^R01"
+    }  # fmt: skip
     assert profiles["default-ris"].version == "2.3.1"
     assert profiles["swfb-ris"].escalation.t2_no_result.days == 2
 

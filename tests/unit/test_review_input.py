@@ -12,7 +12,7 @@ import jsonschema  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from adapter.cli import main
-from adapter.config import Settings
+from adapter.config import NoteSettings, Settings
 from adapter.mapping.review_bundle import placer_order_number
 from adapter.mapping.tables import load_tables
 from adapter.outbox.store import Outbox, State
@@ -180,7 +180,9 @@ def test_concern_and_withdrawal_on_embedded_default_write_order_and_cancel(
     """On the embedded default the HL7 order and its cancel are files in DIR/hl7, written
     only after the review's FHIR Bundle was written (the order row waits for it)."""
     _ingest(tmp_path)
-    settings = Settings()
+    # Only the DiagnosticReport output, so the rows are the review's and the order's (the
+    # review note's outputs are tested in tests/unit/test_note_outputs.py).
+    settings = Settings(note=NoteSettings(outputs="diagnostic-report"))
     first = submit_review(load("concern"), settings, out_dir=tmp_path)
     assert first.placer_order_number and first.delivery and first.delivery.delivered == 2
     withdrawn = submit_review(load("concern-withdrawn"), settings, out_dir=tmp_path)

@@ -1,0 +1,385 @@
+"""Wire the review note into a review submission: render it, put it in the outputs the site
+chose (``note.outputs``), and enqueue its FHIR and HL7 rows in the outbox.
+
+Every row uses the study's outbox key (``study:<uid>``), like the review itself, so the outbox
+serialises them per destination: a note version never overtakes the previous one, and an MDM
+receiver gets T02, then T10/T08, then T11 in that order. HL7 note rows do not wait for the FHIR
+rows: the EHR's document feed and its FHIR API are the same record keeper, not radiology.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapter.config import Settings
+from adapter.errors import ConfigError
+from adapter.mapping.narrative import with_narratives
+from adapter.mapping.review_bundle import REVIEW_SYSTEM, ReviewOutput, StudyContext
+from adapter.mapping.tables import Tables
+from adapter.note.facts import build_note, review_document_number, study_record
+from adapter.note.fhir import (
+    RenderedNote,
+    note_entries,
+    note_full_url,
+    previous_note,
+    with_presented_form,
+)
+from adapter.note.render import render_pdf, render_text
+from adapter.outbox.store import NewRow, Outbox
+from adapter.review.model import ReviewInput
+
+if TYPE_CHECKING:
+    import httpx
+
+    from adapter.hl7.document_profile import DocumentOptions
+    from adapter.hl7.mdm import DocumentMessage
+
+JSON = dict[str, Any]
+KIND_NOTE = "fhir-note-transaction"
+KIND_DOCUMENT = "hl7-document"
+HL7 = "hl7"
+
+
+@dataclass(frozen=True, slots=True)
+class NotePlan:
+    """One rendered note version and where it goes."""
+
+    rendered: RenderedNote
+    outputs: frozenset[str]
+    review: ReviewInput
+    ctx: StudyContext
+    previous: JSON | None  # the previous version's DocumentReference, when the outbox has it
+    study_payloads: tuple[JSON, ...] = ()
+
+
+def render_note(
+    review: ReviewInput, ctx: StudyContext, tables: Tables, payloads: Sequence[JSON]
+) -> RenderedNote:
+    """The note for ``review`` (text and PDF), with what the study's Bundles say."""
+    note = build_note(
+        review,
+        tables,
+        study_uid=ctx.study_uid,
+        patient_identifier=ctx.patient_identifier,
+        accession=ctx.accession,
+        study=study_record(payloads, ctx.study_uid),
+    )
+    return RenderedNote(note, render_text(note), render_pdf(note))
+
+
+def plan_note(
+    review: ReviewInput,
+    ctx: StudyContext,
+    settings: Settings,
+    tables: Tables,
+    payloads: Sequence[tuple[str, JSON]],
+    *,
+    out_dir: Path | None,
+) -> NotePlan:
+    """Render the note and decide its outputs. ``payloads``: the study's outbox rows
+    ``(kind, payload)``, oldest first."""
+    outputs = settings.note.selected(out_dir=out_dir is not None, mllp=settings.hl7.mllp)
+    bundles = [p for _, p in payloads if isinstance(p, dict) and "entry" in p]
+    previous = previous_note(
+        [p for k, p in payloads if k == KIND_NOTE or p.get("resourceType") == "Bundle"],
+        review.review_id,
+        review.version,
+    )
+    return NotePlan(
+        render_note(review, ctx, tables, bundles), outputs, review, ctx, previous, tuple(bundles)
+    )
+
+
+async def with_server_previous(
+    plan: NotePlan, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> NotePlan:
+    """The plan with the previous version's DocumentReference taken from the FHIR server, when
+    the outbox does not hold it (an earlier version submitted through another outbox), so that
+    version is still superseded. A failed search leaves the plan as it is: the new version is
+    then written without ``relatesTo`` rather than not at all."""
+    review = plan.review
+    if (
+        plan.previous is not None
+        or review.version < 2
+        or not settings.fhir.base_url
+        or "document-reference" not in plan.outputs
+    ):
+        return plan
+    from adapter.errors import TransportError
+    from adapter.service.deliver import fhir_client
+
+    params = {"identifier": f"{REVIEW_SYSTEM}|{review.review_id}", "status": "current"}
+    try:
+        async with fhir_client(settings.fhir, transport=transport) as client:
+            response = await client.request("GET", "DocumentReference", params=params)
+    except TransportError:
+        return plan
+    if not response.ok or response.body is None:
+        return plan
+    found = [e["resource"] for e in response.body.get("entry", []) if "resource" in e]
+    previous = previous_note(
+        [{"entry": [{"resource": r} for r in found]}], review.review_id, review.version
+    )
+    return dataclasses.replace(plan, previous=previous) if previous is not None else plan
+
+
+def _repoint(value: Any, old: str, new: str | None) -> Any:
+    """Replace references to ``old`` by ``new``. With ``new`` None drop them, together with
+    what they leave meaningless: an element whose ``value[x]`` was the reference (a Task
+    output) and a list left empty (FHIR allows no empty arrays)."""
+    if isinstance(value, list):
+        items = [i for i in (_repoint(v, old, new) for v in value) if i is not _DROP]
+        return items if items or not value else _DROP
+    if isinstance(value, dict):
+        if value.get("reference") == old:
+            return _DROP if new is None else {**value, "reference": new}
+        out = {}
+        for key, item in value.items():
+            fixed = _repoint(item, old, new)
+            if fixed is _DROP and key.startswith("value"):
+                return _DROP
+            if fixed is not _DROP:
+                out[key] = fixed
+        return out
+    return value
+
+
+_DROP: Any = object()
+
+
+def apply_note(output: ReviewOutput, plan: NotePlan, tables: Tables) -> ReviewOutput:
+    """The review Bundle as the site's outputs want it.
+
+    With ``diagnostic-report``: the DiagnosticReport carries the note as presentedForm.
+    Without it: the DiagnosticReport is left out; with ``document-reference`` the note's
+    DocumentReference entries take its place (the Tasks and the request point at the note),
+    otherwise references to the report are dropped.
+    """
+    bundle = output.bundle
+    if "diagnostic-report" in plan.outputs:
+        bundle = with_presented_form(bundle, plan.rendered)
+    else:
+        entries = bundle.get("entry", [])
+        report = next(
+            (e for e in entries if e["resource"].get("resourceType") == "DiagnosticReport"), None
+        )
+        if report is not None:
+            rest = [e for e in entries if e is not report]
+            replacement: list[JSON] = []
+            new_ref: str | None = None
+            if "document-reference" in plan.outputs:
+                replacement = note_entries(
+                    plan.rendered, plan.ctx, tables, report_included=False, previous=plan.previous
+                )
+                new_ref = note_full_url(plan.rendered.note.document_number)
+            rest = [_repoint(e, str(report["fullUrl"]), new_ref) for e in rest]
+            bundle = {**bundle, "entry": [*replacement, *rest]}
+    return dataclasses.replace(output, bundle=with_narratives(bundle))
+
+
+def note_bundle(plan: NotePlan, tables: Tables) -> JSON | None:
+    """The DocumentReference transaction (its own outbox row), when the DiagnosticReport is
+    written too; None when there is none to write or it travels in the review Bundle."""
+    if "document-reference" not in plan.outputs or "diagnostic-report" not in plan.outputs:
+        return None
+    entries = note_entries(
+        plan.rendered, plan.ctx, tables, report_included=True, previous=plan.previous
+    )
+    return with_narratives({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+
+
+# -- HL7 v2: MDM and ORU ----------------------------------------------------------------------
+
+
+def _issuer(system: str, tables: Tables) -> str:
+    for source, targets in tables.conceptmap("identifier-systems").rows.items():
+        if any(t.code == system for t in targets):
+            return source
+    return system.rsplit("/", 1)[-1][:20]
+
+
+def _document(plan: NotePlan, tables: Tables, **fields: Any) -> DocumentMessage:
+    from adapter.hl7.mdm import DocumentMessage
+    from adapter.hl7.model import OrderPatient, PatientIdentifier, Provider
+    from adapter.review.orders import study_facts
+
+    review, ctx = plan.review, plan.ctx
+    facts = study_facts(plan.study_payloads, ctx.study_uid)
+    identifier = ctx.patient_identifier or {}
+    value = str(identifier.get("value", ""))
+    patient = OrderPatient(
+        identifiers=(
+            (PatientIdentifier(value, _issuer(str(identifier.get("system", "")), tables)),)
+            if value
+            else ()
+        ),
+        family=facts.family,
+        given=facts.given,
+        birth_date=facts.birth_date,
+        sex=facts.sex,
+    )
+    name = review.reviewer.name.split()
+    labels = tables.labels_table("review-note")
+    code = labels.coding("document_type")
+    system = "LN" if code.system == "http://loinc.org" else code.system
+    note = plan.rendered.note
+    status = "P" if not note.all_images_reviewed else ("F" if note.version == 1 else "C")
+    return DocumentMessage(
+        patient=patient,
+        author=Provider(
+            review.reviewer.identifier.value,
+            family=name[-1] if name else "",
+            given=" ".join(name[:-1]),
+        ),
+        activity_time=note.reviewed_at,
+        lines=tuple(plan.rendered.text.rstrip("\n").split("\n")),
+        pdf_base64=base64.b64encode(plan.rendered.pdf).decode("ascii"),
+        result_status=status,
+        observation=(code.code, code.display, system),
+        review_id=review.review_id,
+        version=review.version,
+        **fields,
+    )
+
+
+def document_messages(
+    plan: NotePlan,
+    profile_message: str,
+    options: DocumentOptions,
+    tables: Tables,
+    earlier: Sequence[JSON],
+) -> list[DocumentMessage]:
+    """The MDM/ORU messages this version needs for one receiver, given the payloads of the
+    earlier note rows for that receiver (oldest first). A version already sent needs none."""
+    note = plan.rendered.note
+    mine = [p for p in earlier if p.get("review_id") == note.review_id]
+    if any(p.get("version") == note.version for p in mine):
+        return []  # resubmission of a version already sent: the receiver has it
+    base = review_document_number(note.review_id)
+    if profile_message == "ORU^R01":
+        return [_document(plan, tables, event="R01", document_number=base)]
+    current, cancelled = "", set()
+    for p in mine:
+        if p.get("event") == "T02":
+            current = str(p["document_number"])
+        elif p.get("event") == "T11":
+            cancelled.add(str(p["document_number"]))
+    if not current:
+        return [_document(plan, tables, event="T02", document_number=base)]
+    if current in cancelled:  # its last document was cancelled: this version is a new one
+        return [
+            _document(
+                plan,
+                tables,
+                event="T02",
+                document_number=note.document_number,
+                parent_number=current,
+            )
+        ]
+    reason = f"version {note.version}: " + (
+        "concern withdrawn" if note.concern_withdrawn else "amended"
+    )
+    if note.concern_withdrawn and options.withdrawal_event == "T11":
+        # The withdrawal note first (a new document naming the one it ends), then the cancel:
+        # the EHR is never left without the documented review.
+        return [
+            _document(
+                plan,
+                tables,
+                event="T02",
+                document_number=note.document_number,
+                parent_number=current,
+                change_reason=reason,
+            ),
+            _document(
+                plan,
+                tables,
+                event="T11",
+                document_number=current,
+                availability="OB",
+                change_reason=reason,
+            ),
+        ]
+    event = options.withdrawal_event if note.concern_withdrawn else options.amendment_event
+    return [_document(plan, tables, event=event, document_number=current, change_reason=reason)]
+
+
+def note_rows(
+    outbox: Outbox,
+    plan: NotePlan,
+    settings: Settings,
+    tables: Tables,
+    destinations: Sequence[tuple[str, str]],
+    *,
+    key: str,
+    label: str,
+) -> list[NewRow]:
+    """The note's own rows: the DocumentReference transaction (one per FHIR/files destination)
+    and the MDM/ORU messages, built (and so checked) before anything of the review is stored.
+    Reads the outbox to know what each receiver already has.
+
+    Raises:
+        ConfigError: a note receiver profile is missing or takes another message type.
+        MessageBuildError: a message cannot be encoded (names the segment and field).
+    """
+    rows: list[NewRow] = []
+    bundle = note_bundle(plan, tables)
+    if bundle is not None:
+        note_label = label.replace("Review-", "Note-", 1)
+        rows += [NewRow(d, t, key, KIND_NOTE, note_label, bundle) for d, t in destinations]
+    wanted = [(settings.note.mdm_receiver, "mdm"), (settings.note.oru_receiver, "oru")]
+    chosen = [(name, output) for name, output in wanted if output in plan.outputs]
+    if not chosen:
+        return rows
+    from adapter.hl7.deliverer import new_control_id
+    from adapter.hl7.mdm import build_document_message
+    from adapter.hl7.profiles import load_profiles
+    from adapter.review.service import receivers_dir
+
+    profiles = load_profiles(receivers_dir(settings))
+    now = datetime.now(UTC)
+    earlier_rows = [r.payload for r in outbox.rows_for_key(key, kind=KIND_DOCUMENT)]
+    for name, output in chosen:
+        profile = profiles.get(name)
+        expected = "MDM^T02" if output == "mdm" else "ORU^R01"
+        setting = "note.mdm_receiver" if output == "mdm" else "note.oru_receiver"
+        if profile is None:
+            raise ConfigError(setting, f"no receiver profile named {name!r}")
+        if profile.message != expected:
+            raise ConfigError(setting, f"the profile {name!r} does not take {expected}")
+        earlier = [p for p in earlier_rows if p.get("profile") == name]
+        for doc in document_messages(plan, profile.message, profile.document, tables, earlier):
+            control = new_control_id()  # random, stored in the row: resends keep it
+            message = build_document_message(doc, profile, control_id=control, now=now)
+            payload = {
+                "profile": name,
+                "review_id": doc.review_id,
+                "version": doc.version,
+                "event": doc.event,
+                "document_number": doc.document_number,
+                "control_id": control,
+                "message": base64.b64encode(message).decode("ascii"),
+            }
+            doc_label = f"Note-{doc.document_number}-v{doc.version}-{doc.event}"
+            rows.append(NewRow(HL7, name, key, KIND_DOCUMENT, doc_label, payload))
+    return rows
+
+
+__all__ = [
+    "KIND_DOCUMENT",
+    "KIND_NOTE",
+    "NotePlan",
+    "apply_note",
+    "document_messages",
+    "note_bundle",
+    "note_rows",
+    "plan_note",
+    "render_note",
+    "with_server_previous",
+]
