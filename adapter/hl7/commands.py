@@ -34,7 +34,13 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
         from adapter.service.serve import serve
 
         if args.port is not None:
+            from adapter.config import validate_settings
+
             settings = replace(settings, hl7=replace(settings.hl7, listen_port=args.port))
+            try:
+                validate_settings(settings)
+            except ConfigError as exc:
+                raise ConfigError("--port", exc.problem) from None
         asyncio.run(serve(settings, args.out))
         return 0
     if args.command == "escalations":

@@ -22,8 +22,13 @@ from typing import Any, TextIO
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.outbox.store import Outbox, Row, State
+from adapter.private import state_dir
 
-DEFAULT_OUTBOX = Path(".rtplan") / "outbox.sqlite"
+
+def default_outbox() -> Path:
+    """``$XDG_STATE_HOME/rtplan/outbox.sqlite`` (``~/.local/state/rtplan/...``): a per-user,
+    private folder, never the current directory (which may be shared or world-readable)."""
+    return state_dir() / "outbox.sqlite"
 
 
 def outbox_path(settings: Settings, out_dir: Path | None) -> Path:
@@ -31,7 +36,7 @@ def outbox_path(settings: Settings, out_dir: Path | None) -> Path:
         return Path(settings.outbox.path)
     if out_dir is not None:
         return out_dir / "outbox.sqlite"
-    return DEFAULT_OUTBOX
+    return default_outbox()
 
 
 def open_outbox(settings: Settings, out_dir: Path | None = None) -> Outbox:
@@ -81,7 +86,12 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             return 0
         ids: list[int] | None = None
         if command == "retry":
-            ids = [_existing(outbox, args.id).id]
+            row = _existing(outbox, args.id)
+            if row.state in (State.DELIVERED, State.IN_FLIGHT):
+                raise ConfigError(
+                    "id", f"row {row.id} is {row.state.value}; only dead or waiting rows retry"
+                )
+            ids = [row.id]
             outbox.retry(args.id)
         elif command == "replay":
             row = _existing(outbox, args.id)

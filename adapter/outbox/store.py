@@ -41,8 +41,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapter.errors import ConfigError
 from adapter.outbox import studies as study_records
 from adapter.outbox.studies import StudyRecord
+from adapter.private import private_dir, touch_private
 
 if TYPE_CHECKING:
     from adapter.outbox.labels import LabelStore
@@ -174,21 +176,32 @@ def _pid_alive(pid: int) -> bool:
 class Outbox:
     """A durable, ordered outbox in one SQLite file. Safe for several processes."""
 
-    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self, path: Path, *, clock: Clock = time.time, check_same_thread: bool = True
+    ) -> None:
+        # The file holds patient data: 0600 in a 0700 folder, never opened through a symlink
+        # (SQLite gives its -wal and -shm files the database file's mode).
+        private_dir(path.parent)
+        touch_private(path)
         self.path = path
         self._clock = clock
         self._owner = _owner()
         self._timers: Timers | None = None
         self._reviews: ReviewVersions | None = None
         # autocommit mode: every statement commits unless inside an explicit BEGIN.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self._db = sqlite3.connect(
+            path, isolation_level=None, timeout=30.0, check_same_thread=check_same_thread
+        )
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(SCHEMA)
-        self._db.executescript(study_records.SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(SCHEMA)
+            self._db.executescript(study_records.SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(str(path), f"not an outbox database ({exc})") from None
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
         if "after_id" not in columns:  # an outbox written before rows could wait for others
             self._db.execute("ALTER TABLE outbox ADD COLUMN after_id INTEGER")

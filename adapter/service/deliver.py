@@ -41,12 +41,13 @@ class FileDeliverer:
         self.folder = out_dir / "fhir"
 
     async def deliver(self, row: Row) -> Attempt:
-        self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{row.label}.json"
         try:
-            write_json_atomic(target, row.payload)
+            write_json_atomic(target, row.payload)  # 0600, never through a symlink
         except OSError as exc:
             return Attempt(Verdict.RETRY, f"cannot write the output file: {exc.strerror}")
+        except ConfigError as exc:  # a symlink or a file where our folder should be
+            return Attempt(Verdict.DEAD, f"refused to write the output file: {exc}")
         return Attempt(Verdict.DELIVERED, result={"file": str(target)})
 
 
