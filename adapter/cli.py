@@ -235,7 +235,8 @@ def _map(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
         line = f"study {study.key}: {study.status.value}: {study.classification.summary}"
         print(line, file=sys.stderr)
     for rejection in result.rejections:
-        print(f"{rejection.kind.value}: {shown_path(rejection.path)}: {rejection.reason}", file=sys.stderr)
+        shown = shown_path(rejection.path)
+        print(f"{rejection.kind.value}: {shown}: {rejection.reason}", file=sys.stderr)
     return EXIT_OK if result.everything_mapped else EXIT_NOT_DONE
 
 

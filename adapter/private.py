@@ -65,7 +65,7 @@ def private_dir(path: Path) -> Path:
             pass
         except OSError as exc:
             raise ConfigError(str(folder), f"cannot create the folder: {exc.strerror}") from None
-        os.chmod(folder, FOLDER_MODE)
+        folder.chmod(FOLDER_MODE)
     return path
 
 

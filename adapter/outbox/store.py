@@ -551,6 +551,13 @@ class Outbox:
                 self._insert(db, new)
         return True
 
+    def inbound_message(self, sender: str, control_id: str) -> bytes | None:
+        """The message stored for this sender's control id, or None (a resend must match it)."""
+        raw = self._db.execute(
+            "SELECT message FROM inbound WHERE sender=? AND control_id=?", (sender, control_id)
+        ).fetchone()
+        return None if raw is None else bytes(raw[0])
+
     def inbound_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM inbound").fetchone()[0])
 

@@ -6,6 +6,7 @@ behind the same outbox, so what works on a laptop is what runs against the EHR.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import tenacity
 
-from adapter.config import FhirSettings, Settings
+from adapter.config import FhirSettings, Settings, is_loopback
 from adapter.errors import ConfigError
 from adapter.outbox.store import NewRow, Outbox, Row
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     import httpx
 
     from adapter.fhir.client import Capabilities, FhirClient
+
+log = logging.getLogger(__name__)
 
 # The FHIR stack (httpx, PyJWT, cryptography) is imported only when a FHIR destination is
 # used: it is a fifth of the embedded default's start-up time otherwise.
@@ -213,11 +216,19 @@ async def _hl7_deliverers(
             continue  # rows for a profile that no longer exists wait, visibly, in the outbox
         if settings.hl7.mllp:
             conn = profile.connection
+            host = settings.hl7.host or conn.host
             tls = None
-            if conn.tls.enabled:
+            if conn.tls.on_for(host):  # on by default unless the host is loopback
                 tls = client_tls_context(conn.tls.ca, certfile=conn.tls.cert, keyfile=conn.tls.key)
+            elif not is_loopback(host):
+                log.warning(
+                    "SECURITY: receiver %s: orders (with PID) go to %s in clear "
+                    "(connection.tls.enabled: false)",
+                    name,
+                    host,
+                )
             client = MllpClient(
-                settings.hl7.host or conn.host,
+                host,
                 settings.hl7.port or conn.port,
                 connect_timeout=conn.connect_timeout.total_seconds(),
                 ack_timeout=conn.ack_timeout.total_seconds(),

@@ -14,12 +14,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from pathlib import Path
 
-from adapter.config import Settings
-from adapter.hl7.listener import MllpServer
+from adapter.config import Settings, is_loopback
+from adapter.errors import ConfigError
+from adapter.hl7.listener import MllpServer, server_tls_context
+from adapter.hl7.profiles import load_profiles
+from adapter.hl7.trust import TrustPolicy
 from adapter.mapping.tables import load_tables
-from adapter.outbox.commands import open_outbox
+from adapter.outbox.commands import open_outbox, outbox_path
+from adapter.outbox.store import Outbox
 from adapter.service.deliver import deliver, targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
@@ -40,9 +45,23 @@ async def serve(
     metrics = metrics or Metrics()
     tables = load_tables(settings.mappings_dir)
     fhir_targets = [t for t in targets(settings, out_dir)]
-    with open_outbox(settings, out_dir) as outbox:
-        handler = InboundHandler(outbox, tables, fhir_targets)
-        server = MllpServer(handler, host=settings.hl7.listen_host, port=settings.hl7.listen_port)
+    hl7 = settings.hl7
+    with (
+        open_outbox(settings, out_dir) as outbox,
+        # The listener's own connection: its handler stores messages in a worker thread.
+        Outbox(outbox_path(settings, out_dir), check_same_thread=False) as inbound_store,
+    ):
+        handler = InboundHandler(inbound_store, tables, fhir_targets, trust_policy(settings))
+        server = MllpServer(
+            handler,
+            host=hl7.listen_host,
+            port=hl7.listen_port,
+            tls=listener_tls(settings),
+            max_frame=hl7.listen_max_frame_bytes,
+            max_connection_bytes=hl7.listen_max_connection_bytes,
+            max_connections=hl7.listen_max_connections,
+            idle_timeout=hl7.listen_idle_timeout,
+        )
         await server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -64,6 +83,36 @@ async def serve(
                     await task
             log.info("stopped; inbound %s; metrics %s", handler.stats, dict(metrics.counters))
         return int(server.port)
+
+
+def trust_policy(settings: Settings) -> TrustPolicy:
+    """The allow-list from every receiver profile (``hl7.host`` also counts as the address of
+    the configured receiver when it overrides the profile's host)."""
+    from adapter.review.service import receivers_dir
+
+    profiles = load_profiles(receivers_dir(settings))
+    extra = {settings.hl7.receiver: settings.hl7.host} if settings.hl7.host else {}
+    return TrustPolicy(profiles.values(), extra)
+
+
+def listener_tls(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for the listener when ``hl7.listen_tls_cert``/``listen_tls_key`` are set."""
+    hl7 = settings.hl7
+    if not hl7.listen_tls_cert:
+        if not is_loopback(hl7.listen_host):
+            log.warning(
+                "SECURITY: the MLLP listener on %s is plain TCP; only the receiver profiles' "
+                "inbound.peers addresses are heard (set hl7.listen_tls_cert/listen_tls_key)",
+                hl7.listen_host,
+            )
+        return None
+    try:
+        return server_tls_context(
+            hl7.listen_tls_cert, hl7.listen_tls_key, client_ca=hl7.listen_tls_client_ca or None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        problem = f"cannot load the certificate or key: {exc}"
+        raise ConfigError("hl7.listen_tls_cert", problem) from None
 
 
 async def _escalations(
