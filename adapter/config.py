@@ -487,9 +487,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_key_file(path: str) -> None:
+    """A private key that group or others can read (or write) is refused: it may already have
+    leaked, and a careless mode today is a leak tomorrow.
+
+    Raises:
+        ConfigError: ``fhir.private_key`` with the fix (``chmod 600``).
+    """
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return  # a missing key is reported when it is read, with the reason
+    if mode & 0o077:
+        raise ConfigError(
+            "fhir.private_key",
+            f"{path} is accessible to group/others (mode {mode & 0o777:o}); chmod 600 it",
+        )
+
+
 def _check_transport(settings: Settings) -> None:
     """Bearer and access tokens never travel in clear, unless the operator said so."""
     fhir = settings.fhir
+    if fhir.auth == "smart" and fhir.private_key:
+        check_key_file(fhir.private_key)
     for key, url in (("fhir.base_url", fhir.base_url), ("fhir.token_url", fhir.token_url)):
         parts = urlsplit(url)
         if not url or parts.scheme == "https" or is_loopback(parts.hostname or ""):

@@ -121,10 +121,9 @@ def _existing(outbox: Outbox, row_id: int) -> Row:
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError("--payload", f"{path}: not a JSON file: {exc}") from exc
+    from adapter.jsoninput import read_json
+
+    payload = read_json(str(path), "--payload")
     if not isinstance(payload, dict):
         raise ConfigError("--payload", f"{path}: must hold one JSON object")
     return payload
