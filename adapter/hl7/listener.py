@@ -80,6 +80,7 @@ class ListenerStats:
     oversized: int = 0
     refused_connections: int = 0
     idle_closed: int = 0
+    evicted: int = 0
 
 
 def server_tls_context(
@@ -123,13 +124,23 @@ class _Inbound(asyncio.Protocol):
         self._can_write = True
         self._drained: asyncio.Future[None] | None = None
         self.queued_bytes = 0
+        self.last_active = 0.0
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         server = self.server
-        if len(server._connections) >= server.max_connections or server._server is None:
+        peer = _peer(transport)
+        if server._server is None or (server.accept is not None and not server.accept(peer)):
+            server.stats.refused_connections += 1
+            log.warning(
+                "mllp listener: connection from %s refused (not an allowed peer)", peer.host
+            )
+            self.closed = True
+            transport.abort()
+            return
+        if len(server._connections) >= server.max_connections and not server._evict_idlest():
             server.stats.refused_connections += 1
             log.warning("mllp listener: connection refused (%d open)", len(server._connections))
             self.closed = True
@@ -137,7 +148,6 @@ class _Inbound(asyncio.Protocol):
             return
         server._connections.add(self)
         server.stats.connections += 1
-        peer = _peer(transport)
         self._touch()
         context = contextvars.copy_context()
         context.run(PEER.set, peer)
@@ -148,6 +158,7 @@ class _Inbound(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
         loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
         self._idle = loop.call_later(self.server.idle_timeout, self._idle_expired)
 
     def _idle_expired(self) -> None:
@@ -301,6 +312,11 @@ class MllpServer:
         max_connection_bytes: bytes one connection may hold in memory before reading pauses.
         max_connections: connections served at once; more are closed on arrival.
         idle_timeout: seconds of silence after which a connection is closed.
+        accept: called with each new connection's :class:`Peer`; False closes it at once.
+
+    At ``max_connections``, a new connection takes the place of the connection that has been
+    quiet longest with nothing in hand (so idle connections cannot lock a RIS out); when every
+    connection is working, the new one is closed.
     """
 
     def __init__(
@@ -316,6 +332,7 @@ class MllpServer:
         max_connection_bytes: int | None = None,
         max_connections: int = 32,
         idle_timeout: float = 300.0,
+        accept: Callable[[Peer], bool] | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -327,9 +344,24 @@ class MllpServer:
         self.max_connection_bytes = max(max_frame, max_connection_bytes or 2 * max_frame)
         self.max_connections = max(1, max_connections)
         self.idle_timeout = idle_timeout
+        self.accept = accept
         self.stats = ListenerStats()
         self._server: asyncio.Server | None = None
         self._connections: set[_Inbound] = set()
+
+    def _evict_idlest(self) -> bool:
+        """Close the quietest connection with no message in hand; False if there is none."""
+        idle = [c for c in self._connections if not c.busy and not c.frames and not c.closed]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        self.stats.evicted += 1
+        victim.stopping = True
+        victim._wake()
+        self._connections.discard(victim)
+        if victim.transport is not None:
+            victim.transport.abort()
+        return True
 
     async def start(self) -> MllpServer:
         """Bind and start accepting; ``.port`` is the bound port afterwards."""

@@ -83,6 +83,16 @@ class TrustPolicy:
             extra = [extra_peers[profile.name]] if profile.name in extra_peers else []
             self._peers[profile.name] = _networks([*profile.inbound.peers, *extra])
 
+    def may_connect(self, peer: Peer) -> bool:
+        """Whether a connection is worth keeping at all: a verified client certificate, or an
+        address some profile allows. Others are closed before they can hold any resource."""
+        if peer.client_certificate:
+            return True
+        address = _address(peer.host)
+        return address is not None and any(
+            address in net for nets in self._peers.values() for net in nets
+        )
+
     def check(self, application: str, facility: str, peer: Peer | None) -> Verdict:
         """Which profiles trust a message from ``application^facility`` over ``peer``."""
         by_sender = {

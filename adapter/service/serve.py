@@ -51,7 +51,8 @@ async def serve(
         # The listener's own connection: its handler stores messages in a worker thread.
         Outbox(outbox_path(settings, out_dir), check_same_thread=False) as inbound_store,
     ):
-        handler = InboundHandler(inbound_store, tables, fhir_targets, trust_policy(settings))
+        trust = trust_policy(settings)
+        handler = InboundHandler(inbound_store, tables, fhir_targets, trust)
         server = MllpServer(
             handler,
             host=hl7.listen_host,
@@ -61,6 +62,7 @@ async def serve(
             max_connection_bytes=hl7.listen_max_connection_bytes,
             max_connections=hl7.listen_max_connections,
             idle_timeout=hl7.listen_idle_timeout,
+            accept=trust.may_connect,
         )
         await server.start()
         loop = asyncio.get_running_loop()
