@@ -181,9 +181,9 @@ class Hl7Settings:
     listen_tls_key: str = ""
     listen_tls_client_ca: str = ""
     """CA file: when set, every sender must present a client certificate it signed."""
-    listen_max_frame_bytes: int = 4 * 1024 * 1024
+    listen_max_frame_bytes: int = 1024 * 1024
     """Longest inbound message; a longer frame is discarded and its connection closed."""
-    listen_max_connection_bytes: int = 8 * 1024 * 1024
+    listen_max_connection_bytes: int = 2 * 1024 * 1024
     """Bytes one connection may hold in memory (queued messages and a partial one)."""
     listen_max_connections: int = 32
     """Connections served at once; more are closed as they arrive."""

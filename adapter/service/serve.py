@@ -4,6 +4,11 @@
 - the outbox worker, forever (FHIR, files, HL7 orders),
 - the escalation check every ``hl7.escalation_check_seconds``.
 
+The listener has the main event loop to itself: its handler stores each message in a worker
+thread, and the outbox worker and escalation check run on their own thread and event loop,
+each with its own database connection. Another process holding the database lock delays
+deliveries and ACKs, but every connection is still read, bounded and timed out.
+
 It stops on SIGTERM/SIGINT: the listener first (so nothing new is accepted), then the worker.
 A row in flight at that moment is taken up again after its lease, or at the next start.
 """
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import threading
 from pathlib import Path
 
 from adapter.config import Settings, is_loopback
@@ -46,11 +52,8 @@ async def serve(
     tables = load_tables(settings.mappings_dir)
     fhir_targets = [t for t in targets(settings, out_dir)]
     hl7 = settings.hl7
-    with (
-        open_outbox(settings, out_dir) as outbox,
-        # The listener's own connection: its handler stores messages in a worker thread.
-        Outbox(outbox_path(settings, out_dir), check_same_thread=False) as inbound_store,
-    ):
+    # The listener's own connection: its handler stores messages in a worker thread.
+    with Outbox(outbox_path(settings, out_dir), check_same_thread=False) as inbound_store:
         trust = trust_policy(settings)
         handler = InboundHandler(inbound_store, tables, fhir_targets, trust)
         server = MllpServer(
@@ -70,19 +73,20 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         log.info("listening for HL7 on %s:%d", settings.hl7.listen_host, server.port)
-        worker = asyncio.create_task(deliver(outbox, settings, forever=True, out_dir=out_dir))
-        checker = asyncio.create_task(_escalations(outbox, fhir_targets, metrics, settings, stop))
+        halt = threading.Event()
+        background = asyncio.create_task(
+            asyncio.to_thread(_background, settings, out_dir, fhir_targets, metrics, halt)
+        )
         if started is not None:
             started.set()
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait([stopped, background], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stopped.cancel()
             await server.aclose()
-            for task in (checker, worker):
-                task.cancel()
-            for task in (checker, worker):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            halt.set()
+            await background  # re-raises what stopped the worker, if anything did
             log.info("stopped; inbound %s; metrics %s", handler.stats, dict(metrics.counters))
         return int(server.port)
 
@@ -115,6 +119,36 @@ def listener_tls(settings: Settings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         problem = f"cannot load the certificate or key: {exc}"
         raise ConfigError("hl7.listen_tls_cert", problem) from None
+
+
+def _background(
+    settings: Settings,
+    out_dir: Path | None,
+    fhir_targets: list[tuple[str, str]],
+    metrics: Metrics,
+    halt: threading.Event,
+) -> None:
+    """The outbox worker and the escalation check, on their own thread, event loop and
+    database connection: a slow or locked database delays deliveries, never the listener."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        with open_outbox(settings, out_dir) as outbox:
+            worker = asyncio.create_task(deliver(outbox, settings, forever=True, out_dir=out_dir))
+            checker = asyncio.create_task(
+                _escalations(outbox, fhir_targets, metrics, settings, stop)
+            )
+            tasks = (checker, worker)
+            while not halt.is_set() and not any(t.done() for t in tasks):
+                await asyncio.sleep(0.05)
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
 
 
 async def _escalations(
