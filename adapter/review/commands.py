@@ -50,7 +50,10 @@ def run_review_command(
 
     out = out or sys.stdout
     if args.fhir_url:
+        from adapter.config import validate_settings
+
         settings = replace(settings, fhir=replace(settings.fhir, base_url=args.fhir_url))
+        validate_settings(settings)  # https only, as for the settings file
     data = _read(args.file)
     if not isinstance(data, dict):
         raise ReviewError([("", "a review must be a JSON object")])

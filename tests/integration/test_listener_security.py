@@ -294,9 +294,7 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
     async def go() -> tuple[bytes, bytes, bytes, bytes]:
         async with running(settings, tmp_path / "out"):
             accepted = await exchange(plain_port, oru("T1", "text"), tls=with_cert)
-            forged = await exchange(
-                plain_port, oru("T2", "text", sender="EVIL|NET"), tls=with_cert
-            )
+            forged = await exchange(plain_port, oru("T2", "text", sender="EVIL|NET"), tls=with_cert)
             try:
                 anonymous = await exchange(plain_port, oru("T3", "text"), tls=without_cert)
             except (ssl.SSLError, ConnectionError, OSError):
