@@ -55,3 +55,24 @@ def test_documented_bearer_token_variable_authenticates(
 
     missing = _rtplan(args, {"RTPLAN_FHIR_TOKEN": ""}, tmp_path)
     assert missing.returncode == 2 and "RTPLAN_FHIR_TOKEN" in missing.stderr
+
+
+def test_bearer_example_from_the_docs(tmp_path: Path, fault_fhir_factory: Any) -> None:
+    """docs/delivery.md, verbatim apart from the server URL and the scans folder:
+    ``export RTPLAN_FHIR_TOKEN=...; RTPLAN_FHIR__AUTH=bearer rtplan ingest SCANS --fhir-url URL``.
+    (The peer has no Patient, so this site also lets the Bundle create it.)"""
+    server = fault_fhir_factory(require_bearer=True)
+    token = server.issue_token()
+    env = {
+        "RTPLAN_FHIR_TOKEN": token,
+        "RTPLAN_FHIR__AUTH": "bearer",
+        "RTPLAN_FHIR__CREATE_PATIENT": "true",
+        "XDG_STATE_HOME": str(tmp_path / "state"),  # where the outbox goes without --out
+    }
+    scans = FIXTURES / "dicom" / "planning-ct"
+    result = _rtplan(["ingest", str(scans), "--fhir-url", server.base_url], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    writes = [r for r in server.requests if r.method == "POST" and r.path.startswith("/fhir")]
+    assert writes and all(r.headers.get("authorization") == f"Bearer {token}" for r in writes)
+    assert (tmp_path / "state" / "rtplan" / "outbox.sqlite").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]  # nothing in the cwd
