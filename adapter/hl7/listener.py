@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from adapter.hl7.client import control_id
 from adapter.hl7.mllp import DEFAULT_MAX_FRAME, Framer, FramingError, frame
+from adapter.ratelimit import RateLimitedWarning
 
 __all__ = ["PEER", "Handler", "ListenerStats", "MllpServer", "Peer", "server_tls_context"]
 
@@ -142,7 +143,9 @@ class _Inbound(asyncio.Protocol):
             return
         if len(server._connections) >= server.max_connections and not server._evict_idlest():
             server.stats.refused_connections += 1
-            log.warning("mllp listener: connection refused (%d open)", len(server._connections))
+            server._refusals.warn(
+                "mllp listener: connection refused (%d open)", len(server._connections)
+            )
             self.closed = True
             transport.abort()
             return
@@ -345,6 +348,7 @@ class MllpServer:
         self.max_connections = max(1, max_connections)
         self.idle_timeout = idle_timeout
         self.accept = accept
+        self._refusals = RateLimitedWarning(log)
         self.stats = ListenerStats()
         self._server: asyncio.Server | None = None
         self._connections: set[_Inbound] = set()

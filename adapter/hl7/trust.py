@@ -15,14 +15,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from adapter.hl7.listener import Peer
 from adapter.hl7.profiles import ReceiverProfile
 
-__all__ = ["RateLimitedWarning", "TrustPolicy", "Verdict"]
+__all__ = ["TrustPolicy", "Verdict"]
 
 log = logging.getLogger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -113,26 +112,3 @@ class TrustPolicy:
         if not by_peer:
             return Verdict(frozenset(), "peer address not allowed for this sender")
         return Verdict(frozenset(by_peer))
-
-
-class RateLimitedWarning:
-    """A warning logged at most once per ``interval`` seconds, with the number suppressed, so
-    that a flood (5,000 unmatched ACKs) cannot flood the log."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.suppressed = 0
-        self._last = float("-inf")
-
-    def warn(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self.suppressed += 1
-            return
-        if self.suppressed:
-            message += " (%d more like it in the last %gs not logged)"
-            args = (*args, self.suppressed, self.interval)
-        self.suppressed = 0
-        self._last = now
-        self.logger.warning(message, *args)

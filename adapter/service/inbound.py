@@ -36,10 +36,11 @@ from adapter.hl7.ack import build_ack, parse_ack
 from adapter.hl7.deliverer import REJECTED, T1, T2, on_ack_rows
 from adapter.hl7.inbound import InboundMessage, InboundParseError, parse_inbound
 from adapter.hl7.listener import PEER, Peer
-from adapter.hl7.trust import RateLimitedWarning, TrustPolicy
+from adapter.hl7.trust import TrustPolicy
 from adapter.mapping.radiology_result import response_bundle, result_bundle
 from adapter.mapping.tables import Tables
 from adapter.outbox.store import NewRow, Outbox, Row
+from adapter.ratelimit import RateLimitedWarning
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -72,6 +73,7 @@ class InboundHandler:
     stats: InboundStats = field(default_factory=InboundStats)
     _lock: asyncio.Lock | None = None
     _unmatched: RateLimitedWarning = field(default_factory=lambda: RateLimitedWarning(log))
+    _refusals: RateLimitedWarning = field(default_factory=lambda: RateLimitedWarning(log))
 
     async def __call__(self, raw: bytes) -> bytes | None:
         """Handle one message off the event loop (one at a time: one database connection)."""
@@ -193,7 +195,9 @@ class InboundHandler:
             detail=f"{reason}; from {source}; {_fingerprint(raw)}",
             message=b"",
         )
-        log.warning("inbound message refused (AR): %s; from %s; %d bytes", reason, source, len(raw))
+        self._refusals.warn(
+            "inbound message refused (AR): %s; from %s; %d bytes", reason, source, len(raw)
+        )
         return self._ack(raw, "AR", control, text="not accepted from this sender")
 
     def _conflict(self, raw: bytes, sender: str, control: str) -> bytes:

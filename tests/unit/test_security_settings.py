@@ -12,8 +12,9 @@ from adapter.config import is_loopback, load_settings
 from adapter.errors import ConfigError
 from adapter.hl7.listener import Peer
 from adapter.hl7.profiles import load_profiles, parse_profile
-from adapter.hl7.trust import RateLimitedWarning, TrustPolicy
+from adapter.hl7.trust import TrustPolicy
 from adapter.mapping.fhir_text import without_control_characters
+from adapter.ratelimit import RateLimitedWarning
 from tests.support import ROOT
 
 RECEIVERS = ROOT / "mappings" / "receivers"
@@ -194,6 +195,23 @@ def test_trust_by_sender_and_address() -> None:
     assert policy.check("RIS", "RADIOLOGY", Peer("192.0.2.1", 1, True, True)).trusted
     assert not policy.check("EVIL", "NET", Peer("192.0.2.1", 1, True, True)).trusted
     assert policy.may_connect(local) and not policy.may_connect(Peer("192.0.2.1", 1))
+
+
+def test_profile_inbound_senders_and_peers_from_yaml() -> None:
+    data = {
+        "name": "r",
+        "sending": {"application": "RTPLAN"},
+        "receiving": {"application": "RIS", "facility": "RADIOLOGY"},
+        "inbound": {
+            "senders": [{"application": "RIS", "facility": "RADIOLOGY"}, {"application": "PACS"}],
+            "peers": ["10.1.0.0/16", "192.0.2.7"],
+        },
+    }
+    profile = parse_profile(data, "r.yaml")
+    policy = TrustPolicy([profile], {})
+    assert policy.check("PACS", "ANYWHERE", Peer("10.1.2.3", 1)).receivers == {"r"}
+    assert policy.check("RIS", "RADIOLOGY", Peer("192.0.2.7", 1)).trusted
+    assert not policy.check("RIS", "RADIOLOGY", Peer("192.0.2.8", 1)).trusted
 
 
 def test_profile_inbound_section_is_validated() -> None:
