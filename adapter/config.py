@@ -8,9 +8,10 @@ environment as ``RTPLAN_<SECTION>__<KEY>`` (for example ``RTPLAN_INGEST__TIMEZON
 The variable named by ``fhir.token_env`` (``RTPLAN_FHIR_TOKEN`` unless changed) holds a secret,
 not a setting: it is never read as an override and never stored in :class:`Settings`.
 
-Why not pydantic-settings: the checks below are the project's contract (one line naming the key,
-exit 2); moving the loader is a larger change than the range checks the security issue needs,
-so it is left for the store/layout rework (issue 8).
+Why not pydantic-settings (yet): it reads only the variables that match a field, so a mistyped
+``RTPLAN_*`` override would be ignored silently, where this loader refuses it (a documented
+contract); and this file is shared by every section's owner. The range checks are therefore
+table-driven here (``_FLOAT_RANGES``, ``_INT_RANGES``).
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ class Hl7Settings:
     listen_max_connection_bytes: int = 2 * 1024 * 1024
     """Bytes one connection may hold in memory (queued messages and a partial one)."""
     listen_max_connections: int = 32
-    """Connections served at once; more are closed as they arrive."""
+    """Connections served at once; at the cap the quietest idle one makes room, else the new
+    connection is closed."""
     listen_idle_timeout: float = 300.0
     """Seconds a connection may stay silent before it is closed."""
 

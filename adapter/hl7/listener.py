@@ -24,7 +24,8 @@ Bounds (docs/security.md), so that whoever can reach the port cannot exhaust the
   before it are answered;
 - one connection holds at most ``max_connection_bytes`` in memory (queued messages and the
   partial one): reading pauses until the handler catches up;
-- at most ``max_connections`` at once: more are closed as they arrive;
+- at most ``max_connections`` at once: a new connection replaces the quietest one with nothing
+  in hand, or is closed when every connection is working;
 - a connection silent for ``idle_timeout`` seconds is closed.
 
 The handler learns who is talking from :data:`PEER` (a context variable set for each
@@ -135,7 +136,7 @@ class _Inbound(asyncio.Protocol):
         peer = _peer(transport)
         if server._server is None or (server.accept is not None and not server.accept(peer)):
             server.stats.refused_connections += 1
-            log.warning(
+            server._refusals.warn(
                 "mllp listener: connection from %s refused (not an allowed peer)", peer.host
             )
             self.closed = True

@@ -207,6 +207,10 @@ class InboundHandler:
         placer = ""
         with contextlib.suppress(InboundParseError):
             placer = parse_inbound(raw).placer_order_number
+        # The escalation first: a crash between the two steps may leave an alert without its
+        # audit row, never an audit row nobody is alerted to.
+        key = placer or f"control:{control}"
+        self.outbox.timers().arm(key, CONFLICT, 0.0, f"control id {control} reused")
         self.outbox.record_inbound(
             sender=sender,
             control_id=f"conflict:{control}:{_digest(raw)}",
@@ -215,8 +219,6 @@ class InboundHandler:
             detail=f"MSH-10 {control} reused with different content; {_fingerprint(raw)}",
             message=b"",
         )
-        key = placer or f"control:{control}"
-        self.outbox.timers().arm(key, CONFLICT, 0.0, f"control id {control} reused")
         log.warning("inbound %s: control id reused with different content (AE)", control)
         return self._ack(
             raw, "AE", control, error_code=DUPLICATE_KEY, location=("MSH", 10),
