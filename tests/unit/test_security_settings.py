@@ -241,3 +241,27 @@ def test_control_characters_never_reach_fhir() -> None:
     clean = without_control_characters(bundle)
     assert clean == {"entry": [{"resource": {"description": "CTCHEST[31m", "n": 3}}]}
     assert without_control_characters("line\r\nnext\ttab") == "line\r\nnext\ttab"
+
+
+def test_orders_to_a_remote_ris_use_tls_with_the_default_profile(tmp_path: Path) -> None:
+    """The issue's finding: the default RIS profile sent PID in clear. Pointed at a remote
+    host (``hl7.host``), it now connects with TLS; at loopback it stays plain TCP."""
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    from adapter.config import Hl7Settings, Settings
+    from adapter.hl7.deliverer import Hl7Deliverer
+    from adapter.outbox.store import Outbox
+    from adapter.service.deliver import _hl7_deliverers
+
+    async def client_tls(host: str) -> bool:
+        settings = Settings(hl7=Hl7Settings(mllp=True, host=host, port=2575))
+        with Outbox(tmp_path / "o.sqlite") as outbox:
+            async with AsyncExitStack() as stack:
+                found = await _hl7_deliverers(stack, outbox, settings, {"default-ris"}, None)
+                deliverer = found[("hl7", "default-ris")]
+                assert isinstance(deliverer, Hl7Deliverer)
+                return deliverer.client.tls is not None
+
+    assert asyncio.run(client_tls("ris.hospital.example")) is True
+    assert asyncio.run(client_tls("127.0.0.1")) is False
