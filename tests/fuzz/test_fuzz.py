@@ -2,7 +2,7 @@
 MLLP framer, the ACK and ORU parsers, and the review input. The property in each case: the
 parser answers with its own, documented refusal (a Rejection, a FramingError, an invalid Ack,
 an InboundParseError, a ReviewError), never another exception, within the time and memory
-limits of the profile (tests/fuzz/conftest.py). Seeds: the fixtures."""
+limits of the run's settings (tests/fuzz/conftest.py). Seeds: the fixtures."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from adapter.hl7.inbound import InboundParseError, parse_inbound
 from adapter.hl7.mllp import Framer, FramingError, frame
 from adapter.mapping.tables import load_tables
 from adapter.review.model import ReviewError, parse_review
-from tests.fuzz.conftest import ROOT, SEEDS
+from tests.fuzz.conftest import FUZZ, ROOT, SEEDS
 
 UTC = ZoneInfo("UTC")
 _NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -54,6 +54,7 @@ def mutated(seeds: list[Path]) -> st.SearchStrategy[bytes]:
     return build()
 
 
+@FUZZ
 @given(data=mutated(DICOM_SEEDS) | st.binary(max_size=2048))
 def test_dicom_reader_never_raises(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as folder:
@@ -65,6 +66,7 @@ def test_dicom_reader_never_raises(data: bytes) -> None:
         assert result.reason  # a reason names the problem
 
 
+@FUZZ
 @given(
     messages=st.lists(
         st.binary(max_size=200).filter(lambda m: b"\x0b" not in m and b"\x1c" not in m),
@@ -92,6 +94,7 @@ def test_mllp_framer_keeps_good_frames_and_bounds_memory(
     assert hostile.buffered <= 128 and all(len(f) <= 128 for f in frames)
 
 
+@FUZZ
 @given(data=mutated(HL7_SEEDS) | st.binary(max_size=1024))
 def test_ack_and_oru_parsers_refuse_cleanly(data: bytes) -> None:
     ack = parse_ack(data)
@@ -122,6 +125,7 @@ def review_documents(draw: st.DrawFn) -> object:
     return {**seed, key: draw(JSON)}
 
 
+@FUZZ
 @given(document=review_documents())
 def test_review_input_is_accepted_or_refused_with_reasons(document: object) -> None:
     if not isinstance(document, dict):
