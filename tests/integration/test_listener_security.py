@@ -445,3 +445,60 @@ def test_a_locked_database_does_not_freeze_the_event_loop(tmp_path: Path) -> Non
     answer, ticks = asyncio.run(go())
     assert b"MSA|AA|L1" in answer
     assert ticks > 20  # the loop kept running while the store waited for the lock
+
+
+def test_rtplan_serve_with_tls_from_the_settings_file(tmp_path: Path) -> None:
+    """docs/configuration.md keys, as a user writes them: ``rtplan --config FILE serve``
+    speaks TLS only, answers a trusted sender, and stops cleanly on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ca, cert, key = _tls_files(tmp_path)
+    port = free_port()
+    config = tmp_path / "rtplan.yaml"
+    config.write_text(
+        "outbox:\n"
+        f"  path: {tmp_path / 'o.sqlite'}\n"
+        "hl7:\n"
+        f"  listen_port: {port}\n"
+        f"  listen_tls_cert: {cert}\n"
+        f"  listen_tls_key: {key}\n"
+        "  listen_max_frame_bytes: 65536\n"
+        "  listen_max_connection_bytes: 131072\n"
+        "  listen_max_connections: 4\n"
+        "  listen_idle_timeout: 30\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapter.cli", "--config", str(config), "serve"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = asyncio.run(exchange(port, oru("Y1", "text"), tls=client))
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "rtplan serve did not start"
+                time.sleep(0.3)
+        try:
+            cleartext = asyncio.run(exchange(port, oru("Y2", "text"), timeout=5))
+        except (ConnectionError, OSError, TimeoutError):
+            cleartext = b""
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert b"MSA|AE|Y1" in answer and b"204" in answer  # trusted sender, no such order
+    assert cleartext == b""  # no plaintext on a TLS listener
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
