@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from adapter.config import Settings, load_settings
+from adapter.config import Settings, load_settings, validate_settings
 from adapter.errors import AdapterError, ConfigError
 from adapter.hl7.commands import add_hl7_parsers, run_hl7_command
 from adapter.label.commands import add_label_parser, add_to_report, run_label_command
@@ -33,6 +34,7 @@ from adapter.outbox.commands import (
     run_outbox_command,
 )
 from adapter.outbox.worker import DrainReport
+from adapter.private import private_dir, write_private
 from adapter.review.commands import add_review_parser, run_review_command
 from adapter.safety.commands import add_safety_parsers, run_safety_command
 from adapter.service.deliver import (
@@ -43,7 +45,7 @@ from adapter.service.deliver import (
     targets,
 )
 from adapter.service.ingest import IngestResult, Status, log_key, run_ingest
-from adapter.service.output import summary, write_report
+from adapter.service.output import shown_path, summary, write_report
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
 
@@ -93,6 +95,9 @@ def configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything this process creates may hold patient data: owner-only, whatever the caller's
+    # umask (SQLite's -wal/-shm files and temporary files included). docs/security.md.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     try:
@@ -141,10 +146,16 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
 
     if args.fhir_url:
         settings = replace(settings, fhir=replace(settings.fhir, base_url=args.fhir_url))
+        validate_settings(settings)
     if args.out is None and not settings.fhir.base_url:
         raise ConfigError(
             "--out", "give an output folder (--out DIR) or a FHIR server (--fhir-url)"
         )
+    if args.out is not None:  # a file, a symlink or an unwritable place: say so before reading
+        private_dir(args.out)
+        probe = args.out / ".rtplan-write-check"
+        write_private(probe, b"")
+        probe.unlink()
     if settings.fhir.base_url and settings.fhir.version == "auto":
         capabilities = asyncio.run(read_capabilities(settings))
         if not capabilities.transactions:
@@ -224,7 +235,7 @@ def _print_human(
         if study.status is Status.HELD_IDENTITY:
             print(f"  HELD (patient identity): {study.problem}; see 'rtplan identity list'")
     for rejection in result.rejections:
-        print(f"{rejection.kind.value}: {rejection.path}: {rejection.reason}")
+        print(f"{rejection.kind.value}: {shown_path(rejection.path)}: {rejection.reason}")
     counts = report["summary"]
     print(
         f"{counts['files']} files, {counts['studies']} studies: {counts['mapped']} mapped, "
@@ -253,7 +264,8 @@ def _map(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
         line = f"study {study.key}: {study.status.value}: {study.classification.summary}"
         print(line, file=sys.stderr)
     for rejection in result.rejections:
-        print(f"{rejection.kind.value}: {rejection.path}: {rejection.reason}", file=sys.stderr)
+        shown = shown_path(rejection.path)
+        print(f"{rejection.kind.value}: {shown}: {rejection.reason}", file=sys.stderr)
     return EXIT_OK if result.everything_mapped else EXIT_NOT_DONE
 
 

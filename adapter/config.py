@@ -4,11 +4,22 @@ The file has one section per concern (``ingest``, ``fhir``, ``archive``, ``outbo
 ``review``) and an optional top-level ``mappings_dir``. Any key can be overridden from the
 environment as ``RTPLAN_<SECTION>__<KEY>`` (for example ``RTPLAN_INGEST__TIMEZONE=Europe/Paris``) or
 ``RTPLAN_MAPPINGS_DIR``. Everything is checked at start-up; an error names the key.
+
+The variable named by ``fhir.token_env`` (``RTPLAN_FHIR_TOKEN`` unless changed) holds a secret,
+not a setting: it is never read as an override and never stored in :class:`Settings`.
+
+Why not pydantic-settings (yet): it reads only the variables that match a field, so a mistyped
+``RTPLAN_*`` override would be ignored silently, where this loader refuses it (a documented
+contract); and this file is shared by every section's owner. The range checks are therefore
+table-driven here (``_FLOAT_RANGES``, ``_INT_RANGES``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import logging
+import math
 import os
 import types
 import typing
@@ -16,13 +27,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
 from adapter.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "RTPLAN_"
+DEFAULT_TOKEN_ENV = "RTPLAN_FHIR_TOKEN"
 # The tables shipped with the adapter, used when no mappings_dir is configured.
 DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
 
@@ -57,7 +72,7 @@ class FhirSettings:
     """False: the Patient is referenced by identifier and must exist on the server (the EHR
     owns patients). True: the Bundle creates it if no Patient has that identifier."""
     auth: Literal["none", "bearer", "smart"] = "none"
-    token_env: str = "RTPLAN_FHIR_TOKEN"
+    token_env: str = DEFAULT_TOKEN_ENV
     """``bearer``: the environment variable holding the token (never the token itself)."""
     token_url: str = ""
     client_id: str = ""
@@ -84,6 +99,9 @@ class FhirSettings:
     concurrency: int = 4
     reconcile: bool = True
     """Search by identifier after each write and alert when more than one resource matches."""
+    allow_insecure_http: bool = False
+    """True: accept ``http://`` for ``base_url`` and ``token_url`` on non-loopback hosts (tokens
+    and patient data then travel in clear; a warning is logged at start-up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +175,22 @@ class Hl7Settings:
     listen_port: int = 2576
     """``rtplan serve``: where the MLLP listener for ACKs and results listens."""
     escalation_check_seconds: float = 30.0
+    listen_tls_cert: str = ""
+    """PEM certificate chain of the listener; with ``listen_tls_key`` the listener speaks TLS
+    only. Empty: plain TCP, and each sender must come from an address its receiver profile
+    allows (``inbound.peers``)."""
+    listen_tls_key: str = ""
+    listen_tls_client_ca: str = ""
+    """CA file: when set, every sender must present a client certificate it signed."""
+    listen_max_frame_bytes: int = 1024 * 1024
+    """Longest inbound message; a longer frame is discarded and its connection closed."""
+    listen_max_connection_bytes: int = 2 * 1024 * 1024
+    """Bytes one connection may hold in memory (queued messages and a partial one)."""
+    listen_max_connections: int = 32
+    """Connections served at once; at the cap the quietest idle one makes room, else the new
+    connection is closed."""
+    listen_idle_timeout: float = 300.0
+    """Seconds a connection may stay silent before it is closed."""
 
 
 NOTE_OUTPUTS = ("diagnostic-report", "document-reference", "mdm", "oru")
@@ -260,13 +294,28 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
     mappings_dir = raw.get("mappings_dir", DEFAULT_MAPPINGS_DIR)
     settings = Settings(mappings_dir=Path(mappings_dir), **sections)
-    _check(settings)
+    validate_settings(settings)
     return settings
 
 
+def validate_settings(settings: Settings) -> None:
+    """Check every range and rule; call again after changing settings (``--fhir-url``).
+
+    Raises:
+        ConfigError: naming the first key that breaks a rule.
+    """
+    _check(settings)
+    _check_ranges(settings)
+    _check_transport(settings)
+
+
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    secrets = {DEFAULT_TOKEN_ENV, env.get("RTPLAN_FHIR__TOKEN_ENV", "")}
+    fhir_section = raw.get("fhir")
+    if isinstance(fhir_section, dict) and isinstance(fhir_section.get("token_env"), str):
+        secrets.add(fhir_section["token_env"])
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in secrets:
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key == "mappings_dir":
@@ -340,6 +389,8 @@ def _check(settings: Settings) -> None:
     fhir = settings.fhir
     if fhir.base_url and not fhir.base_url.startswith(("http://", "https://")):
         raise ConfigError("fhir.base_url", "must be an http(s) URL")
+    if fhir.token_url and not fhir.token_url.startswith(("http://", "https://")):
+        raise ConfigError("fhir.token_url", "must be an http(s) URL")
     if fhir.auth == "smart":
         for name in ("token_url", "client_id", "private_key", "key_id"):
             if not getattr(fhir, name):
@@ -407,3 +458,109 @@ def _check_note(note: NoteSettings) -> None:
     unknown = [o for o in chosen if o not in NOTE_OUTPUTS]
     if unknown or not chosen:
         raise ConfigError("note.outputs", f"must be auto or a list of {', '.join(NOTE_OUTPUTS)}")
+
+
+# Bounds: (low, high) per numeric key. Floats must also be finite. The upper bounds only stop
+# values that would break the service (a 100,000-task pool, a timer that never fires).
+_FLOAT_RANGES: Mapping[str, tuple[float, float]] = {
+    "fhir.connect_timeout": (0.001, 3600.0),
+    "fhir.read_timeout": (0.001, 3600.0),
+    "fhir.deadline": (0.001, 86400.0),
+    "fhir.max_retry_seconds": (0.001, 30 * 86400.0),
+    "fhir.initial_wait": (0.001, 86400.0),
+    "fhir.max_wait": (0.001, 86400.0),
+    "fhir.max_retry_after": (0.001, 86400.0),
+    "outbox.lease_seconds": (0.001, 86400.0),
+    "hl7.escalation_check_seconds": (0.01, 86400.0),
+    "hl7.listen_idle_timeout": (0.01, 86400.0),
+}
+_INT_RANGES: Mapping[str, tuple[int, int]] = {
+    "ingest.workers": (0, 256),
+    "fhir.max_attempts": (1, 100_000),
+    "fhir.concurrency": (1, 64),
+    "hl7.port": (0, 65535),
+    "hl7.listen_port": (0, 65535),
+    "hl7.listen_max_frame_bytes": (1024, 64 * 1024 * 1024),
+    "hl7.listen_max_connection_bytes": (1024, 1024 * 1024 * 1024),
+    "hl7.listen_max_connections": (1, 10_000),
+    "review.due_days": (0, 3650),
+    "review.prior_imaging_days": (0, 36500),
+    "review.radiology_due_days": (0, 3650),
+    "review.radiology_due_days_urgent": (0, 3650),
+}
+
+
+def _value(settings: Settings, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(settings, section), name)
+
+
+def _check_ranges(settings: Settings) -> None:
+    for key, (low, high) in _FLOAT_RANGES.items():
+        value = _value(settings, key)
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(key, f"must be a finite number from {low:g} to {high:g} seconds")
+    for key, (ilow, ihigh) in _INT_RANGES.items():
+        value = _value(settings, key)
+        if not ilow <= value <= ihigh:
+            raise ConfigError(key, f"must be a whole number from {ilow} to {ihigh}")
+    if settings.fhir.max_wait < settings.fhir.initial_wait:
+        raise ConfigError("fhir.max_wait", "must not be less than fhir.initial_wait")
+    hl7 = settings.hl7
+    if hl7.listen_max_connection_bytes < hl7.listen_max_frame_bytes:
+        raise ConfigError(
+            "hl7.listen_max_connection_bytes", "must be at least hl7.listen_max_frame_bytes"
+        )
+    if bool(hl7.listen_tls_cert) != bool(hl7.listen_tls_key):
+        raise ConfigError("hl7.listen_tls_cert", "listen_tls_cert and listen_tls_key go together")
+    if hl7.listen_tls_client_ca and not hl7.listen_tls_cert:
+        raise ConfigError("hl7.listen_tls_client_ca", "needs listen_tls_cert and listen_tls_key")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (names are not resolved)."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_file(path: str) -> None:
+    """A private key that group or others can read (or write) is refused: it may already have
+    leaked, and a careless mode today is a leak tomorrow.
+
+    Raises:
+        ConfigError: ``fhir.private_key`` with the fix (``chmod 600``).
+    """
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return  # a missing key is reported when it is read, with the reason
+    if mode & 0o077:
+        raise ConfigError(
+            "fhir.private_key",
+            f"{path} is accessible to group/others (mode {mode & 0o777:o}); chmod 600 it",
+        )
+
+
+def _check_transport(settings: Settings) -> None:
+    """Bearer and access tokens never travel in clear, unless the operator said so."""
+    fhir = settings.fhir
+    if fhir.auth == "smart" and fhir.private_key:
+        check_key_file(fhir.private_key)
+    for key, url in (("fhir.base_url", fhir.base_url), ("fhir.token_url", fhir.token_url)):
+        parts = urlsplit(url)
+        if not url or parts.scheme == "https" or is_loopback(parts.hostname or ""):
+            continue
+        if not fhir.allow_insecure_http:
+            raise ConfigError(
+                key, "must be https:// (or a loopback host, or fhir.allow_insecure_http: true)"
+            )
+        log.warning(
+            "SECURITY: %s is plain http to a non-loopback host; tokens and patient data travel "
+            "in clear (fhir.allow_insecure_http: true)",
+            key,
+        )

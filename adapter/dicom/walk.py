@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import posixpath
 import shutil
 import stat
 import tarfile
@@ -249,6 +250,12 @@ def _unsafe_name(name: str) -> str | None:
     return None
 
 
+def _member_key(name: str) -> str:
+    """One spelling per extracted path: ``a/./b.dcm``, ``a//b.dcm`` and ``a\\b.dcm`` are
+    ``a/b.dcm``, so a second spelling is a duplicate, not a replacement."""
+    return posixpath.normpath(name.replace("\\", "/"))
+
+
 def _target(dest: Path, name: str) -> Path:
     """Where a member goes; must resolve inside ``dest`` (checked, not assumed)."""
     target = (dest / name.replace("\\", "/")).resolve()
@@ -298,12 +305,12 @@ def _expand_zip(
             reason = _unsafe_name(name)
             if reason is None and stat.S_ISLNK(mode):
                 reason = "symbolic link not followed"
-            if reason is None and name in seen:
+            if reason is None and _member_key(name) in seen:
                 reason = "duplicate member name refused"
             if reason is not None:
                 refused.append(_member_rejection(archive, name, reason))
                 continue
-            seen.add(name)
+            seen.add(_member_key(name))
             _check_budget(archive, total, info.file_size, compressed, limits)
             try:
                 target = _target(dest, name)
@@ -312,6 +319,9 @@ def _expand_zip(
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             written = 0
+            if target.exists() or target.is_symlink():  # never replace (or delete) a member
+                refused.append(_member_rejection(archive, name, "duplicate member name refused"))
+                continue
             try:
                 with zf.open(info) as src, target.open("xb") as dst:
                     while block := src.read(_COPY_CHUNK):
@@ -339,6 +349,7 @@ def _expand_tar(
     refused: list[Rejection] = []
     compressed = archive.stat().st_size
     total = 0
+    seen: set[str] = set()
     with tarfile.open(archive, "r:*") as tf:
         for count, member in enumerate(tf, start=1):  # streams: no full index in memory
             if count > limits.max_archive_members:
@@ -353,9 +364,12 @@ def _expand_tar(
                 )
             if reason is None and not member.isreg():
                 reason = "special file (device/FIFO) refused"
+            if reason is None and _member_key(name) in seen:
+                reason = "duplicate member name refused"
             if reason is not None:
                 refused.append(_member_rejection(archive, name, reason))
                 continue
+            seen.add(_member_key(name))
             _check_budget(archive, total, member.size, compressed, limits)
             try:
                 safe = tarfile.data_filter(member, str(dest))  # PEP 706 rules, checked first

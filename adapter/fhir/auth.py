@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import jwt
 
+from adapter.config import check_key_file
 from adapter.errors import ConfigError, NotSent, TransportError
 
 
@@ -63,10 +64,11 @@ class SmartBackendAuth(httpx.Auth):
 
     @classmethod
     def from_key_file(cls, path: str, **kwargs: object) -> SmartBackendAuth:
+        check_key_file(path)
         try:
             pem = Path(path).read_bytes()
         except OSError as exc:
-            raise ConfigError("fhir.auth_private_key", f"cannot read the key file: {exc}") from exc
+            raise ConfigError("fhir.private_key", f"cannot read the key file: {exc}") from exc
         return cls(private_key_pem=pem, **kwargs)  # type: ignore[arg-type]
 
     def assertion(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,7 +33,13 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
         from adapter.service.serve import serve
 
         if args.port is not None:
+            from adapter.config import validate_settings
+
             settings = replace(settings, hl7=replace(settings.hl7, listen_port=args.port))
+            try:
+                validate_settings(settings)
+            except ConfigError as exc:
+                raise ConfigError("--port", exc.problem) from None
         asyncio.run(serve(settings, args.out))
         return 0
     if args.command == "escalations":
@@ -63,15 +68,10 @@ def _escalations(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
 
 
 def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    import sys
-
+    from adapter.jsoninput import read_json
     from adapter.review.service import preview_orders
 
-    text = sys.stdin.read() if args.review == "-" else Path(args.review).read_text("utf-8")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError("review", f"not JSON: {exc}") from exc
+    data: Any = read_json(args.review, "review")
     messages = preview_orders(data, settings, out_dir=args.out)
     if not messages:
         print("this review sends no HL7 order (no concern raised or withdrawn)", file=out)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapter.errors import NoAnswer, NotSent
+from adapter.errors import ConfigError, NoAnswer, NotSent
 from adapter.hl7.ack_judge import AckOutcome, judge_ack
 from adapter.hl7.client import MllpClient
 from adapter.hl7.messages import MessageBuildError, build_order
@@ -36,6 +36,7 @@ from adapter.hl7.profiles import ReceiverProfile
 from adapter.outbox.store import NewRow, Row
 from adapter.outbox.timers import Timers
 from adapter.outbox.worker import Attempt, Verdict
+from adapter.private import private_dir, replace_private
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -172,12 +173,12 @@ class Hl7FileDeliverer:
             message = render(row, self.profile)
         except MessageBuildError as exc:
             return Attempt(Verdict.DEAD, f"cannot build the message: {exc.location}")
-        self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{row.label}.hl7"
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            tmp.write_bytes(message)
-            tmp.replace(target)
+        try:  # the message holds PID: 0600, atomic, never through a symlink
+            private_dir(self.folder)
+            replace_private(target, message)
+        except ConfigError as exc:
+            return Attempt(Verdict.DEAD, f"refused to write the message file: {exc}")
         except OSError as exc:
             return Attempt(Verdict.RETRY, f"cannot write the message file: {exc.strerror}")
         return Attempt(

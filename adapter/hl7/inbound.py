@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from adapter.errors import ParseError
 from adapter.hl7.ack import Ack, component, field_of, parse_ack
-from adapter.hl7.escape import decode_message, split_segments, unescape
+from adapter.hl7.escape import CHARSETS, decode_message, split_segments, unescape
 
 KNOWN_TYPES = frozenset({"ORU^R01", "ORR^O02", "ORG^O20", "ORI^O24"})
 TEXT_TYPES = frozenset({"TX", "FT", "ST"})
@@ -59,6 +59,9 @@ def parse_inbound(raw: bytes) -> InboundMessage:
     if not segments or segments[0][0] != "MSH" or len(segments[0]) < 12:
         raise InboundParseError("MSH", "no readable MSH segment", "100")
     msh = segments[0]
+    declared = component(field_of(msh, 18), 1).strip()
+    if declared not in CHARSETS:  # never guess: a wrong guess garbles the report text
+        raise InboundParseError("MSH-18", "unsupported character set", "103")
     message_type = "^".join(field_of(msh, 9).split("^")[:2])
     if message_type not in KNOWN_TYPES:
         raise InboundParseError("MSH-9", "unsupported message type", "200")

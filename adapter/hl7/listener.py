@@ -17,12 +17,26 @@ that pipelines is read ahead only ``max_queued`` frames before reading pauses (m
 Junk bytes and framing errors are handled by the :class:`~adapter.hl7.mllp.Framer`: the bad
 frame is dropped without an ACK and counted, and the connection stays open (the sender's ACK
 timeout resends). Logs carry control ids and sizes only.
+
+Bounds (docs/security.md), so that whoever can reach the port cannot exhaust the process:
+
+- a frame longer than ``max_frame`` is discarded and its connection closed once the messages
+  before it are answered;
+- one connection holds at most ``max_connection_bytes`` in memory (queued messages and the
+  partial one): reading pauses until the handler catches up;
+- at most ``max_connections`` at once: a new connection replaces the quietest one with nothing
+  in hand, or is closed when every connection is working;
+- a connection silent for ``idle_timeout`` seconds is closed.
+
+The handler learns who is talking from :data:`PEER` (a context variable set for each
+connection's task): the address, and whether TLS with a verified client certificate is in use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import ssl
 from collections import deque
@@ -31,11 +45,27 @@ from dataclasses import dataclass
 
 from adapter.hl7.client import control_id
 from adapter.hl7.mllp import DEFAULT_MAX_FRAME, Framer, FramingError, frame
+from adapter.ratelimit import RateLimitedWarning
 
-__all__ = ["Handler", "ListenerStats", "MllpServer", "server_tls_context"]
+__all__ = ["PEER", "Handler", "ListenerStats", "MllpServer", "Peer", "server_tls_context"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[bytes], Awaitable[bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who sent the message being handled (no message content)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    client_certificate: bool = False
+    """True when the sender presented a certificate the listener's client CA verified."""
+
+
+PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("mllp_peer", default=None)
+"""The sender of the message a handler is called for (None outside a listener)."""
 
 
 @dataclass
@@ -49,6 +79,10 @@ class ListenerStats:
     handler_errors: int = 0
     junk_bytes: int = 0
     framing_errors: int = 0
+    oversized: int = 0
+    refused_connections: int = 0
+    idle_closed: int = 0
+    evicted: int = 0
 
 
 def server_tls_context(
@@ -62,6 +96,18 @@ def server_tls_context(
         context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _peer(transport: asyncio.Transport) -> Peer:
+    address = transport.get_extra_info("peername") or ("", 0)
+    ssl_object = transport.get_extra_info("ssl_object")
+    certificate = ssl_object.getpeercert() if ssl_object is not None else None
+    return Peer(
+        host=str(address[0]),
+        port=int(address[1]) if len(address) > 1 else 0,
+        tls=ssl_object is not None,
+        client_certificate=bool(certificate),
+    )
 
 
 class _Inbound(asyncio.Protocol):
@@ -79,16 +125,64 @@ class _Inbound(asyncio.Protocol):
         self._paused = False
         self._can_write = True
         self._drained: asyncio.Future[None] | None = None
+        self.queued_bytes = 0
+        self.last_active = 0.0
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.server._connections.add(self)
-        self.server.stats.connections += 1
-        self.worker = asyncio.get_running_loop().create_task(self._work())
+        server = self.server
+        peer = _peer(transport)
+        if server._server is None or (server.accept is not None and not server.accept(peer)):
+            server.stats.refused_connections += 1
+            server._refusals.warn(
+                "mllp listener: connection from %s refused (not an allowed peer)", peer.host
+            )
+            self.closed = True
+            transport.abort()
+            return
+        if len(server._connections) >= server.max_connections and not server._evict_idlest():
+            server.stats.refused_connections += 1
+            server._refusals.warn(
+                "mllp listener: connection refused (%d open)", len(server._connections)
+            )
+            self.closed = True
+            transport.abort()
+            return
+        server._connections.add(self)
+        server.stats.connections += 1
+        self._touch()
+        context = contextvars.copy_context()
+        context.run(PEER.set, peer)
+        self.worker = asyncio.get_running_loop().create_task(self._work(), context=context)
+
+    def _touch(self) -> None:
+        """Restart the idle clock (on every chunk received and every answer sent)."""
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
+        self._idle = loop.call_later(self.server.idle_timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        if self.closed or self.transport is None:
+            return
+        if self.busy or self.frames:
+            self._touch()  # still working on what it sent: not idle
+            return
+        self.server.stats.idle_closed += 1
+        log.info("mllp listener: closing a connection idle for %gs", self.server.idle_timeout)
+        self.stopping = True
+        self._wake()
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._touch()
         before_junk = self.framer.junk_bytes
+        before_oversized = self.framer.oversized
         try:
             frames = self.framer.feed(data)
         except FramingError as exc:
@@ -97,9 +191,21 @@ class _Inbound(asyncio.Protocol):
             log.warning("mllp listener: frame discarded: %s", exc)
         self.server.stats.junk_bytes += self.framer.junk_bytes - before_junk
         self.frames.extend(frames)
-        if len(self.frames) >= self.server.max_queued and not self._paused:
+        self.queued_bytes += sum(len(f) for f in frames)
+        assert self.transport is not None
+        if self.framer.oversized > before_oversized:
+            # A sender that exceeds the frame limit is not a well-behaved RIS: answer what came
+            # before, then close (reading stops now, so the rest is never buffered).
+            self.server.stats.oversized += self.framer.oversized - before_oversized
+            self.eof = True
+            self.transport.pause_reading()
             self._paused = True
-            assert self.transport is not None
+        elif not self._paused and (
+            len(self.frames) >= self.server.max_queued
+            or (self.frames and self.queued_bytes + self.framer.buffered
+                > self.server.max_connection_bytes)
+        ):  # fmt: skip
+            self._paused = True
             self.transport.pause_reading()
         self._wake()
 
@@ -112,6 +218,8 @@ class _Inbound(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._idle is not None:
+            self._idle.cancel()
         self.server._connections.discard(self)
         self._wake()
         self.resume_writing()
@@ -134,11 +242,18 @@ class _Inbound(asyncio.Protocol):
                 return None
             self._wakeup = asyncio.get_running_loop().create_future()
             await self._wakeup
-        if self._paused and len(self.frames) <= self.server.max_queued // 2:
+        message = self.frames.popleft()
+        self.queued_bytes -= len(message)
+        if (
+            self._paused
+            and not self.eof
+            and len(self.frames) <= self.server.max_queued // 2
+            and self.queued_bytes <= self.server.max_connection_bytes // 2
+        ):
             self._paused = False
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
-        return self.frames.popleft()
+        return message
 
     async def _work(self) -> None:
         try:
@@ -177,6 +292,7 @@ class _Inbound(asyncio.Protocol):
         if self.closed or self.transport is None:
             return False
         self.transport.write(data)
+        self._touch()
         stats.acks += 1
         log.debug(
             "mllp listener: %s (%d bytes) answered, %d bytes", msh10, len(message), len(ack or b"")
@@ -194,8 +310,17 @@ class MllpServer:
         handler: ``async handler(message) -> ack payload | None``.
         host, port: where to listen; port 0 picks a free port (read ``.port`` after start).
         tls: a server context (:func:`server_tls_context`), or None for plain TCP.
-        max_frame: largest inbound frame, in bytes; longer frames are discarded.
+        max_frame: largest inbound frame, in bytes; a longer frame is discarded and its
+            connection closed.
         max_queued: frames read ahead per connection before reading pauses.
+        max_connection_bytes: bytes one connection may hold in memory before reading pauses.
+        max_connections: connections served at once; more are closed on arrival.
+        idle_timeout: seconds of silence after which a connection is closed.
+        accept: called with each new connection's :class:`Peer`; False closes it at once.
+
+    At ``max_connections``, a new connection takes the place of the connection that has been
+    quiet longest with nothing in hand (so idle connections cannot lock a RIS out); when every
+    connection is working, the new one is closed.
     """
 
     def __init__(
@@ -208,6 +333,10 @@ class MllpServer:
         max_frame: int = DEFAULT_MAX_FRAME,
         max_queued: int = 16,
         handshake_timeout: float = 10.0,
+        max_connection_bytes: int | None = None,
+        max_connections: int = 32,
+        idle_timeout: float = 300.0,
+        accept: Callable[[Peer], bool] | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -216,9 +345,28 @@ class MllpServer:
         self.max_frame = max_frame
         self.max_queued = max(2, max_queued)
         self.handshake_timeout = handshake_timeout
+        self.max_connection_bytes = max(max_frame, max_connection_bytes or 2 * max_frame)
+        self.max_connections = max(1, max_connections)
+        self.idle_timeout = idle_timeout
+        self.accept = accept
+        self._refusals = RateLimitedWarning(log)
         self.stats = ListenerStats()
         self._server: asyncio.Server | None = None
         self._connections: set[_Inbound] = set()
+
+    def _evict_idlest(self) -> bool:
+        """Close the quietest connection with no message in hand; False if there is none."""
+        idle = [c for c in self._connections if not c.busy and not c.frames and not c.closed]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        self.stats.evicted += 1
+        victim.stopping = True
+        victim._wake()
+        self._connections.discard(victim)
+        if victim.transport is not None:
+            victim.transport.abort()
+        return True
 
     async def start(self) -> MllpServer:
         """Bind and start accepting; ``.port`` is the bound port afterwards."""

@@ -77,6 +77,8 @@ class Framer:
         """Complete frames returned so far."""
         self.errors = 0
         """Frames discarded for breaking the rules."""
+        self.oversized = 0
+        """Frames discarded for being longer than ``max_frame`` (a listener closes the sender)."""
         self._state = _State.HUNT
         self._body = bytearray()
         self._offset = 0  # stream offset of the next byte fed, for error messages
@@ -136,6 +138,7 @@ class Framer:
                     continue
                 if len(self._body) + (stop - i) > self.max_frame:
                     problems.append(f"frame longer than {self.max_frame} bytes")
+                    self.oversized += 1
                     self._discard()
                     self.junk_bytes += stop - i
                     i = stop  # the FS (if any) is then junk too, in HUNT

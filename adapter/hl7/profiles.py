@@ -11,6 +11,7 @@ every key.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from adapter.config import is_loopback
 from adapter.errors import MappingTableError
 from adapter.hl7.document_profile import (
     DOCUMENT_KEYS,
@@ -86,12 +88,44 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 
 @dataclass(frozen=True, slots=True)
 class Tls:
-    """TLS for the MLLP connection (paths are placeholders until the transport reads them)."""
+    """TLS for the MLLP connection.
 
-    enabled: bool = False
+    ``enabled`` unset (the default): TLS unless the host is loopback (127.0.0.0/8, ``::1``,
+    ``localhost``), so patient data never crosses a network in clear by accident.
+    ``enabled: false`` is the documented opt-out (logged as a warning for a remote host).
+    """
+
+    enabled: bool | None = None
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+
+    def on_for(self, host: str) -> bool:
+        """Whether a connection to ``host`` uses TLS."""
+        if self.enabled is None:
+            return not is_loopback(host)
+        return self.enabled
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """MSH-3/MSH-4 (first components) a receiver's messages carry; empty facility: any."""
+
+    application: str
+    facility: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """Who may send us results and responses for this receiver's orders (docs/security.md).
+
+    ``senders``: the MSH-3/MSH-4 pairs accepted (default: the profile's ``receiving`` pair).
+    ``peers``: addresses or networks accepted from a sender without a verified client
+    certificate (default: the connection host).
+    """
+
+    senders: tuple[Sender, ...] = ()
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +187,7 @@ class ReceiverProfile:
     escalation: Escalation = Escalation()
     document: DocumentOptions = field(default_factory=DocumentOptions)  # MDM / ORU only
     source: str = ""  # the file it came from, for error messages
+    inbound: Inbound = Inbound()
 
     @property
     def codec(self) -> str:
@@ -166,6 +201,7 @@ TOP_KEYS = frozenset(
         "version", "charset", "unencodable", "defaults", "ack", "connection", "escalation",
         "updates",
         "document",
+        "inbound",
     }
 )  # fmt: skip
 
@@ -284,7 +320,7 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
     if commit_only and mode != "enhanced":
         raise a.error("commit_only", "needs mode: enhanced (original mode has no commit ACK)")
     tls = Tls(
-        enabled=t.bool_("enabled", False),
+        enabled=None if t.data.get("enabled") is None else t.bool_("enabled", False),
         ca=t.optional_path("ca"),
         cert=t.optional_path("cert"),
         key=t.optional_path("key"),
@@ -294,6 +330,10 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
     if "document" in top.data and message not in DOCUMENT_MESSAGES:
         raise top.error("document", "only for MDM^T02 or ORU^R01 profiles")
     document = parse_document_options(top.sub("document", DOCUMENT_KEYS))
+    receiving_application = receiving.str_("application")
+    receiving_facility = receiving.str_("facility", "")
+    host = c.str_("host", "127.0.0.1")
+    inbound = _inbound(top, receiving_application, receiving_facility, host)
     name = top.str_("name")
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
         raise top.error("name", "must be lower-case letters, digits and hyphens")
@@ -301,8 +341,8 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
         name=name,
         sending_application=sending.str_("application"),
         sending_facility=sending.str_("facility", ""),
-        receiving_application=receiving.str_("application"),
-        receiving_facility=receiving.str_("facility", ""),
+        receiving_application=receiving_application,
+        receiving_facility=receiving_facility,
         message=message,  # type: ignore[arg-type]  # checked against VERSIONS above
         version=version,
         charset=charset,
@@ -330,7 +370,7 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
             application_ack_type=a.str_("application_ack_type", "AL", choices=ACK_TYPES),
         ),
         connection=Connection(
-            host=c.str_("host", "127.0.0.1"),
+            host=host,
             port=c.int_("port", 2575, low=1),
             connect_timeout=c.duration("connect_timeout", timedelta(seconds=10)),
             ack_timeout=c.duration("ack_timeout", timedelta(seconds=30)),
@@ -343,7 +383,39 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
         ),
         document=document,
         source=file,
+        inbound=inbound,
     )
+
+
+def _inbound(top: _Reader, application: str, facility: str, host: str) -> Inbound:
+    section = top.sub("inbound", frozenset({"senders", "peers"}))
+    senders_raw = section.data.get("senders")
+    senders: list[Sender] = []
+    if senders_raw is None:
+        senders.append(Sender(application, facility))
+    elif not isinstance(senders_raw, list) or not senders_raw:
+        raise section.error("senders", "must be a list of {application, facility}")
+    else:
+        for index, item in enumerate(senders_raw):
+            entry = _Reader(
+                top.file, section.key(f"senders[{index}]"), item,
+                frozenset({"application", "facility"}),
+            )  # fmt: skip
+            senders.append(Sender(entry.str_("application"), entry.str_("facility", "")))
+    peers_raw = section.data.get("peers")
+    if peers_raw is None:
+        peers: tuple[str, ...] = (host,)
+    elif not isinstance(peers_raw, list) or not all(isinstance(p, str) and p for p in peers_raw):
+        raise section.error("peers", "must be a list of addresses, networks or host names")
+    else:
+        peers = tuple(peers_raw)
+    for peer in peers:
+        if "/" in peer:
+            try:
+                ipaddress.ip_network(peer, strict=False)
+            except ValueError:
+                raise section.error("peers", "not an address or network") from None
+    return Inbound(tuple(senders), peers)
 
 
 def load_profile(path: Path) -> ReceiverProfile:

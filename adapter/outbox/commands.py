@@ -25,8 +25,13 @@ from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.outbox.store import Outbox, Row, State
 from adapter.outbox.studies import StudyRecord
+from adapter.private import state_dir
 
-DEFAULT_OUTBOX = Path(".rtplan") / "outbox.sqlite"
+
+def default_outbox() -> Path:
+    """``$XDG_STATE_HOME/rtplan/outbox.sqlite`` (``~/.local/state/rtplan/...``): a per-user,
+    private folder, never the current directory (which may be shared or world-readable)."""
+    return state_dir() / "outbox.sqlite"
 
 
 def outbox_path(settings: Settings, out_dir: Path | None) -> Path:
@@ -34,7 +39,7 @@ def outbox_path(settings: Settings, out_dir: Path | None) -> Path:
         return Path(settings.outbox.path)
     if out_dir is not None:
         return out_dir / "outbox.sqlite"
-    return DEFAULT_OUTBOX
+    return default_outbox()
 
 
 def open_outbox(settings: Settings, out_dir: Path | None = None) -> Outbox:
@@ -115,7 +120,12 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
                 detail=f"outbox {command} {args.id}",
             )
         if command == "retry":
-            ids = [_existing(outbox, args.id).id]
+            row = _existing(outbox, args.id)
+            if row.state in (State.DELIVERED, State.IN_FLIGHT):
+                raise ConfigError(
+                    "id", f"row {row.id} is {row.state.value}; only dead or waiting rows retry"
+                )
+            ids = [row.id]
             outbox.retry(args.id)
         elif command == "replay":
             row = _existing(outbox, args.id)
@@ -145,10 +155,9 @@ def _existing(outbox: Outbox, row_id: int) -> Row:
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError("--payload", f"{path}: not a JSON file: {exc}") from exc
+    from adapter.jsoninput import read_json
+
+    payload = read_json(str(path), "--payload")
     if not isinstance(payload, dict):
         raise ConfigError("--payload", f"{path}: must hold one JSON object")
     return payload

@@ -41,11 +41,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapter.errors import ConfigError
 from adapter.outbox import audit, identity
 from adapter.outbox import studies as study_records
 from adapter.outbox.audit import AuditRecord
 from adapter.outbox.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
 from adapter.outbox.studies import StudyRecord
+from adapter.private import private_dir, touch_private
 
 if TYPE_CHECKING:
     from adapter.outbox.labels import LabelStore
@@ -178,23 +180,34 @@ def _pid_alive(pid: int) -> bool:
 class Outbox:
     """A durable, ordered outbox in one SQLite file. Safe for several processes."""
 
-    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self, path: Path, *, clock: Clock = time.time, check_same_thread: bool = True
+    ) -> None:
+        # The file holds patient data: 0600 in a 0700 folder, never opened through a symlink
+        # (SQLite gives its -wal and -shm files the database file's mode).
+        private_dir(path.parent)
+        touch_private(path)
         self.path = path
         self._clock = clock
         self._owner = _owner()
         self._timers: Timers | None = None
         self._reviews: ReviewVersions | None = None
         # autocommit mode: every statement commits unless inside an explicit BEGIN.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self._db = sqlite3.connect(
+            path, isolation_level=None, timeout=30.0, check_same_thread=check_same_thread
+        )
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(SCHEMA)
-        self._db.executescript(study_records.SCHEMA)
-        self._db.executescript(identity.SCHEMA)
-        self._db.executescript(audit.SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(SCHEMA)
+            self._db.executescript(study_records.SCHEMA)
+            self._db.executescript(identity.SCHEMA)
+            self._db.executescript(audit.SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(str(path), f"not an outbox database ({exc})") from None
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
         if "after_id" not in columns:  # an outbox written before rows could wait for others
             self._db.execute("ALTER TABLE outbox ADD COLUMN after_id INTEGER")
@@ -634,6 +647,13 @@ class Outbox:
             "SELECT kind, status FROM inbound WHERE detail=? ORDER BY id", (f"order {placer}",)
         ).fetchall()
         return [(str(r["kind"]), str(r["status"])) for r in raws]
+
+    def inbound_message(self, sender: str, control_id: str) -> bytes | None:
+        """The message stored for this sender's control id, or None (a resend must match it)."""
+        raw = self._db.execute(
+            "SELECT message FROM inbound WHERE sender=? AND control_id=?", (sender, control_id)
+        ).fetchone()
+        return None if raw is None else bytes(raw[0])
 
     def inbound_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM inbound").fetchone()[0])

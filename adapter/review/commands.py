@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
+from adapter.jsoninput import read_json
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
 
@@ -37,14 +38,7 @@ def add_review_parser(commands: Any) -> None:
 
 
 def _read(name: str) -> object:
-    try:
-        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("file", f"cannot read the review: {exc.strerror}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError("file", f"not JSON (line {exc.lineno}, column {exc.colno})") from None
+    return read_json(name, "file")
 
 
 def run_review_command(
@@ -56,7 +50,10 @@ def run_review_command(
 
     out = out or sys.stdout
     if args.fhir_url:
+        from adapter.config import validate_settings
+
         settings = replace(settings, fhir=replace(settings.fhir, base_url=args.fhir_url))
+        validate_settings(settings)  # https only, as for the settings file
     data = _read(args.file)
     if not isinstance(data, dict):
         raise ReviewError([("", "a review must be a JSON object")])

@@ -6,6 +6,7 @@ behind the same outbox, so what works on a laptop is what runs against the EHR.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import tenacity
 
-from adapter.config import FhirSettings, Settings
+from adapter.config import FhirSettings, Settings, is_loopback
 from adapter.errors import ConfigError
 from adapter.outbox.identity import HeldRow, IngestedStudy, IngestWrite
 from adapter.outbox.store import Outbox, Row
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     import httpx
 
     from adapter.fhir.client import Capabilities, FhirClient
+
+log = logging.getLogger(__name__)
 
 # The FHIR stack (httpx, PyJWT, cryptography) is imported only when a FHIR destination is
 # used: it is a fifth of the embedded default's start-up time otherwise.
@@ -42,12 +45,13 @@ class FileDeliverer:
         self.folder = out_dir / "fhir"
 
     async def deliver(self, row: Row) -> Attempt:
-        self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{row.label}.json"
         try:
-            write_json_atomic(target, row.payload)
+            write_json_atomic(target, row.payload)  # 0600, never through a symlink
         except OSError as exc:
             return Attempt(Verdict.RETRY, f"cannot write the output file: {exc.strerror}")
+        except ConfigError as exc:  # a symlink or a file where our folder should be
+            return Attempt(Verdict.DEAD, f"refused to write the output file: {exc}")
         return Attempt(Verdict.DELIVERED, result={"file": str(target)})
 
 
@@ -247,12 +251,20 @@ async def _hl7_deliverers(
         document = profile.message in DOCUMENT_MESSAGES  # the review note (issue 15)
         if settings.hl7.mllp:
             conn = profile.connection
+            # hl7.host/port point at the RIS; a document receiver keeps its own address.
+            host = conn.host if document else settings.hl7.host or conn.host
             tls = None
-            if conn.tls.enabled:
+            if conn.tls.on_for(host):  # on by default unless the host is loopback
                 tls = client_tls_context(conn.tls.ca, certfile=conn.tls.cert, keyfile=conn.tls.key)
+            elif not is_loopback(host):
+                log.warning(
+                    "SECURITY: receiver %s: orders (with PID) go to %s in clear "
+                    "(connection.tls.enabled: false)",
+                    name,
+                    host,
+                )
             client = MllpClient(
-                # hl7.host/port point at the RIS; a document receiver keeps its own address.
-                conn.host if document else settings.hl7.host or conn.host,
+                host,
                 conn.port if document else settings.hl7.port or conn.port,
                 connect_timeout=conn.connect_timeout.total_seconds(),
                 ack_timeout=conn.ack_timeout.total_seconds(),

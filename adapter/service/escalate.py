@@ -24,6 +24,7 @@ WHY = {
     T2: "escalated: no radiologist result in time",
     REJECTED: "escalated: the RIS rejected the order",
     "identity": "escalated: order held, not sent",
+    "conflict": "escalated: a message reused a control id (MSH-10) with different content",
 }
 RAISE = {"routine": "urgent", "urgent": "asap", "asap": "stat", "stat": "stat"}
 

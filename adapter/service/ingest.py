@@ -24,6 +24,7 @@ from adapter.dicom.models import Completeness, DuplicateInstance, Rejection, Stu
 from adapter.dicom.walk import read_all
 from adapter.errors import MappingError
 from adapter.mapping.bundle import study_bundle
+from adapter.mapping.fhir_text import without_control_characters
 from adapter.mapping.imaging_study import MappingOptions
 from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions
 from adapter.mapping.tables import Tables
@@ -257,4 +258,5 @@ def _decide(
         )
     except MappingError as exc:
         return replace(held, status=Status.FAILED, problem=str(exc))
-    return replace(held, status=Status.MAPPED, bundle=bundle)
+    # A NUL or other control byte from DICOM text never reaches FHIR (docs/security.md).
+    return replace(held, status=Status.MAPPED, bundle=without_control_characters(bundle))

@@ -16,18 +16,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from adapter.dicom.models import RejectionKind
+from adapter.errors import ConfigError
+from adapter.private import private_dir, replace_private
 from adapter.service.ingest import IngestResult, Status, StudyOutcome
 
 # A quarantined file larger than this is listed but not copied.
 MAX_QUARANTINE_COPY = 64 * 1024 * 1024
+
+
+def shown_path(path: str) -> str:
+    """A file name as text that can always be printed and stored: bytes that are not valid
+    UTF-8 (kept by Python as surrogates) are shown as ``\\xNN`` escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def bundle_label(outcome: StudyOutcome) -> str:
@@ -38,9 +44,9 @@ def bundle_label(outcome: StudyOutcome) -> str:
 def write_report(
     result: IngestResult, out_dir: Path, identity_holds: Mapping[str, int] | None = None
 ) -> dict[str, Any]:
-    """Write quarantine copies and ``report.json``; return the report. ``identity_holds``
+    """Write quarantine copies and ``report.json`` (all 0600); return the report. ``identity_holds``
     (Study Instance UID -> hold id) names the hold to resolve for each held study."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)
     holds = identity_holds or {}
     studies = []
     for outcome in result.studies:
@@ -53,7 +59,7 @@ def write_report(
     rejected = []
     for rejection in result.rejections:
         item: dict[str, Any] = {
-            "path": rejection.path,
+            "path": shown_path(rejection.path),
             "kind": rejection.kind.value,
             "reason": rejection.reason,
         }
@@ -116,16 +122,12 @@ def study_report(outcome: StudyOutcome) -> dict[str, Any]:
 
 
 def write_json_atomic(target: Path, document: object) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    # One write of the whole text: json.dump would issue one write per token (27,000 for a
-    # 1,000-instance Bundle), several times slower than encoding; the bytes are the same.
-    text = json.dumps(document, ensure_ascii=False, indent=2, sort_keys=False)
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(target)
+    """A private (0600) JSON file, written atomically and never through a symlink. One write of
+    the whole text: json.dump would issue one write per token (27,000 for a 1,000-instance
+    Bundle), several times slower than encoding; the bytes are the same."""
+    private_dir(target.parent)
+    text = json.dumps(document, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+    replace_private(target, text)
 
 
 def _quarantine(source: Path, folder: Path) -> Path | None:
@@ -134,10 +136,10 @@ def _quarantine(source: Path, folder: Path) -> Path | None:
             return None
         if source.stat().st_size > MAX_QUARANTINE_COPY:
             return None
-        folder.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(str(source).encode()).hexdigest()[:16]
+        private_dir(folder)
+        digest = hashlib.sha256(str(source).encode(errors="surrogateescape")).hexdigest()[:16]
         target = folder / f"{digest}.dcm"
-        shutil.copyfile(source, target)
+        replace_private(target, source.read_bytes())
         return target
-    except OSError:
+    except (OSError, ConfigError):
         return None

@@ -4,6 +4,11 @@
 - the outbox worker, forever (FHIR, files, HL7 orders),
 - the escalation check every ``hl7.escalation_check_seconds``.
 
+The listener has the main event loop to itself: its handler stores each message in a worker
+thread, and the outbox worker and escalation check run on their own thread and event loop,
+each with its own database connection. Another process holding the database lock delays
+deliveries and ACKs, but every connection is still read, bounded and timed out.
+
 It stops on SIGTERM/SIGINT: the listener first (so nothing new is accepted), then the worker.
 A row in flight at that moment is taken up again after its lease, or at the next start.
 """
@@ -14,12 +19,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
+import threading
 from pathlib import Path
 
-from adapter.config import Settings
-from adapter.hl7.listener import MllpServer
+from adapter.config import Settings, is_loopback
+from adapter.errors import ConfigError
+from adapter.hl7.listener import MllpServer, server_tls_context
+from adapter.hl7.profiles import load_profiles
+from adapter.hl7.trust import TrustPolicy
 from adapter.mapping.tables import load_tables
-from adapter.outbox.commands import open_outbox
+from adapter.outbox.commands import open_outbox, outbox_path
+from adapter.outbox.store import Outbox
 from adapter.service.deliver import deliver, targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
@@ -40,30 +51,104 @@ async def serve(
     metrics = metrics or Metrics()
     tables = load_tables(settings.mappings_dir)
     fhir_targets = [t for t in targets(settings, out_dir)]
-    with open_outbox(settings, out_dir) as outbox:
-        handler = InboundHandler(outbox, tables, fhir_targets)
-        server = MllpServer(handler, host=settings.hl7.listen_host, port=settings.hl7.listen_port)
+    hl7 = settings.hl7
+    # The listener's own connection: its handler stores messages in a worker thread.
+    with Outbox(outbox_path(settings, out_dir), check_same_thread=False) as inbound_store:
+        trust = trust_policy(settings)
+        handler = InboundHandler(inbound_store, tables, fhir_targets, trust)
+        server = MllpServer(
+            handler,
+            host=hl7.listen_host,
+            port=hl7.listen_port,
+            tls=listener_tls(settings),
+            max_frame=hl7.listen_max_frame_bytes,
+            max_connection_bytes=hl7.listen_max_connection_bytes,
+            max_connections=hl7.listen_max_connections,
+            idle_timeout=hl7.listen_idle_timeout,
+            accept=trust.may_connect,
+        )
         await server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         log.info("listening for HL7 on %s:%d", settings.hl7.listen_host, server.port)
-        worker = asyncio.create_task(deliver(outbox, settings, forever=True, out_dir=out_dir))
-        checker = asyncio.create_task(_escalations(outbox, fhir_targets, metrics, settings, stop))
+        halt = threading.Event()
+        background = asyncio.create_task(
+            asyncio.to_thread(_background, settings, out_dir, fhir_targets, metrics, halt)
+        )
         if started is not None:
             started.set()
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait([stopped, background], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stopped.cancel()
             await server.aclose()
-            for task in (checker, worker):
-                task.cancel()
-            for task in (checker, worker):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            halt.set()
+            await background  # re-raises what stopped the worker, if anything did
             log.info("stopped; inbound %s; metrics %s", handler.stats, dict(metrics.counters))
         return int(server.port)
+
+
+def trust_policy(settings: Settings) -> TrustPolicy:
+    """The allow-list from every receiver profile (``hl7.host`` also counts as the address of
+    the configured receiver when it overrides the profile's host)."""
+    from adapter.review.service import receivers_dir
+
+    profiles = load_profiles(receivers_dir(settings))
+    extra = {settings.hl7.receiver: settings.hl7.host} if settings.hl7.host else {}
+    return TrustPolicy(profiles.values(), extra)
+
+
+def listener_tls(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for the listener when ``hl7.listen_tls_cert``/``listen_tls_key`` are set."""
+    hl7 = settings.hl7
+    if not hl7.listen_tls_cert:
+        if not is_loopback(hl7.listen_host):
+            log.warning(
+                "SECURITY: the MLLP listener on %s is plain TCP; only the receiver profiles' "
+                "inbound.peers addresses are heard (set hl7.listen_tls_cert/listen_tls_key)",
+                hl7.listen_host,
+            )
+        return None
+    try:
+        return server_tls_context(
+            hl7.listen_tls_cert, hl7.listen_tls_key, client_ca=hl7.listen_tls_client_ca or None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        problem = f"cannot load the certificate or key: {exc}"
+        raise ConfigError("hl7.listen_tls_cert", problem) from None
+
+
+def _background(
+    settings: Settings,
+    out_dir: Path | None,
+    fhir_targets: list[tuple[str, str]],
+    metrics: Metrics,
+    halt: threading.Event,
+) -> None:
+    """The outbox worker and the escalation check, on their own thread, event loop and
+    database connection: a slow or locked database delays deliveries, never the listener."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        with open_outbox(settings, out_dir) as outbox:
+            worker = asyncio.create_task(deliver(outbox, settings, forever=True, out_dir=out_dir))
+            checker = asyncio.create_task(
+                _escalations(outbox, fhir_targets, metrics, settings, stop)
+            )
+            tasks = (checker, worker)
+            while not halt.is_set() and not any(t.done() for t in tasks):
+                await asyncio.sleep(0.05)
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
 
 
 async def _escalations(

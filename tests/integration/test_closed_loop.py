@@ -96,11 +96,8 @@ def test_closed_loop(fhir_url: str, hl7_receiver: Any, tmp_path: Path) -> None:
         assert [t["status"] for t in tasks] == ["received"]
         assert tasks[0]["businessStatus"]["text"] == "acknowledged by RIS"
         # The radiologist's report comes back on our listener.
-        ack = await hl7_receiver.send(
-            "127.0.0.1",
-            settings.hl7.listen_port,
-            oru(placer, "ORU0001", "No metastatic disease; the liver lesions are cysts."),
-        )
+        report_oru = oru(placer, "ORU0001", "No metastatic disease; the liver lesions are cysts.")
+        ack = await hl7_receiver.send("127.0.0.1", settings.hl7.listen_port, report_oru)
         assert b"MSA|AA|ORU0001" in ack
 
         def completed() -> bool:
@@ -108,10 +105,9 @@ def test_closed_loop(fhir_url: str, hl7_receiver: Any, tmp_path: Path) -> None:
             return bool(found) and found[0]["status"] == "completed"
 
         await _until(completed)
-        # A resend of the same ORU is acknowledged again and processed once.
-        again = await hl7_receiver.send(
-            "127.0.0.1", settings.hl7.listen_port, oru(placer, "ORU0001", "No metastatic disease.")
-        )
+        # A resend of the same ORU (byte for byte) is acknowledged again and processed once;
+        # the same MSH-10 with other content is not a resend (AE, issue 14).
+        again = await hl7_receiver.send("127.0.0.1", settings.hl7.listen_port, report_oru)
         assert b"MSA|AA|ORU0001" in again
         stop.set()
         await server

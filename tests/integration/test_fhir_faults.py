@@ -227,6 +227,7 @@ def test_row25_smart_backend_auth(tmp_path: Path, fault_fhir_factory: Any) -> No
     server.register_client("rtplan", jwks)
     key = tmp_path / "key.pem"
     key.write_bytes(pem)
+    key.chmod(0o600)  # a key others can read is refused (docs/security.md)
     config = settings(
         server,
         auth="smart",

@@ -17,6 +17,8 @@ import pytest
 
 from adapter.config import FhirSettings, Hl7Settings, Settings
 from adapter.hl7.deliverer import KIND_ORDER, REJECTED, T1
+from adapter.hl7.profiles import load_profiles
+from adapter.hl7.trust import TrustPolicy
 from adapter.mapping.tables import load_tables
 from adapter.outbox.store import Outbox, State
 from adapter.review.service import submit_review_async
@@ -282,12 +284,12 @@ def test_enhanced_application_ack_rejection_ends_t1(code: str, tmp_path: Path) -
             payload={"profile": "swfb-ris", "order": order.to_json(), "control_id": "RTAPP0001"},
         )
         outbox.timers().arm("RTPAPP1", T1, 900)
-        handler = InboundHandler(outbox, load_tables(ROOT / "mappings"), [])
+        handler = InboundHandler(outbox, load_tables(ROOT / "mappings"), [], _trust())
         ack = (
             "MSH|^~\\&|RIS|RADIOLOGY|RTPLAN|ONCOLOGY|20260305101500||ACK^O19^ACK|RISACK1|P|2.5.1\r"
             f"MSA|{code}|RTAPP0001\r"
         ).encode()
-        assert asyncio.run(handler(ack)) is None  # an ACK is never acknowledged
+        assert handler.handle(ack) is None  # an ACK is never acknowledged
         open_kinds = [t.kind for t in outbox.timers().open()]
         assert T1 not in open_kinds
         assert open_kinds == ([] if code == "AA" else [REJECTED])
@@ -374,12 +376,12 @@ def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: 
     from adapter.service.inbound import InboundHandler
 
     with Outbox(tmp_path / "o.sqlite") as outbox:
-        handler = InboundHandler(outbox, load_tables(ROOT / "mappings"), [])
+        handler = InboundHandler(outbox, load_tables(ROOT / "mappings"), [], _trust())
         orr = (
             "MSH|^~\\&|RIS|RADIOLOGY|RTPLAN|ONCOLOGY|20260305101500||ORR^O02^ORR_O02|ORR1|P|2.3.1\r"
             f"MSA|AA|X\rORC|OK|{placer}^RTPLAN|F123^RIS\r"
         )
-        assert b"MSA|AA|ORR1" in asyncio.run(handler(orr.encode()))
+        assert b"MSA|AA|ORR1" in handler.handle(orr.encode())
     second = {**first, "version": 2}
     second["findings"] = [
         {**first["findings"][0], "urgency": "stat", "description": "Three hypodense lesions."},
@@ -414,3 +416,8 @@ def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: 
         new = read(f"Order-{placer}-2-NW.hl7")
         assert str(new.segment("ORC")(2)(1)(1)) == f"{placer}-2"
         assert str(new.segment("ORC")(7)(1)(6)) == "S"
+
+
+def _trust() -> TrustPolicy:
+    """The shipped receiver profiles' allow-list, as ``rtplan serve`` builds it (issue 14)."""
+    return TrustPolicy(load_profiles(ROOT / "mappings" / "receivers").values(), {})
