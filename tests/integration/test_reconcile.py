@@ -21,6 +21,7 @@ from adapter.outbox.store import Outbox
 from adapter.service.deliver import targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
+from adapter.service.serve import trust_policy
 from tests.support import FIXTURES, synth
 
 MRN = "HOSP-MRN"
@@ -46,7 +47,10 @@ def review(tmp: Path, name: str, study_uid: str, review_id: str) -> Path:
 
 def inbound(outbox: Outbox, out: Path, raw: str) -> bytes | None:
     settings = Settings()
-    handler = InboundHandler(outbox, load_tables(settings.mappings_dir), targets(settings, out))
+    # The allow-list of the shipped receiver profiles, as `rtplan serve` builds it (issue 14).
+    handler = InboundHandler(
+        outbox, load_tables(settings.mappings_dir), targets(settings, out), trust_policy(settings)
+    )
     return asyncio.run(handler(raw.replace("\n", "\r").encode()))
 
 
@@ -92,7 +96,7 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
         )  # fmt: skip
         assert code == 0, stdout
         assert json.loads(stdout)["radiology_request"] is True
-        with Outbox(out / "outbox.sqlite") as outbox:
+        with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
             (order,) = outbox.rows_for_key(f"study:{uid[seed]}", kind="hl7-order")
         placers[seed] = str(order.payload["order"]["placer_order_number"])
     # D: re-ingested under another patient -> an identity hold.
@@ -109,7 +113,7 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     synth.planning_ct(partial, seed="rec-e", slices=4, missing_slices=[2], patient_id="PID-rec-e")
     uid["rec-e"] = synth.uid_for("rec-e", "/study")
     assert run(capsys, "ingest", str(partial), "--out", str(out))[0] == 1
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
         timers = outbox.timers()
         # B's order was never acknowledged: its T1 is already past due.
         timers.arm(placers["rec-b"], T1, 0, "no AA from RIS")
@@ -167,7 +171,7 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     for seed in ("rec-a", "rec-d", "rec-e"):
         path = review(tmp_path, "no-finding.json", uid[seed], f"R-{seed}")
         assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
         order_b = outbox.order_row(placers["rec-b"])
         assert order_b is not None
         assert inbound(outbox, out, app_ack(control_id_for(order_b), 2)) is None
@@ -206,7 +210,7 @@ def test_a_dead_row_is_overdue_until_a_replay_is_delivered(
     out = tmp_path / "out"
     assert run(capsys, "ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out))[0] == 0
     path = review(tmp_path, "no-finding.json", synth.uid_for("planning-ct", "/study"), "R-dead")
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
         row_id = outbox.enqueue(
             destination="files", target=str(out.resolve()), key="study:x", kind="fhir-transaction",
             label="Injected-dead", payload={"resourceType": "Bundle"},
