@@ -86,6 +86,10 @@ def read_with_pydicom(
             raise Problem("truncated: an element extends past the end of the file") from None
         stopped_at = buf.tell()
         _check_structure(ds, size, limits)
+        if size > limits.max_element_length:
+            # specific_tags made pydicom seek past every other top-level element unchecked;
+            # only a file this large can hold one over the limit, so only it pays a full walk.
+            _check_skipped_elements(buf, size, limits)
         _judge_parse_warnings(caught, name, limits)
         pixel = None
         if not deflated and stopped_at < size:
@@ -100,6 +104,21 @@ def read_with_pydicom(
         if pixel is not None and pixel[0] == PIXEL_DATA and meta.transfer_syntax in NATIVE_TS:
             check_pixel_length(values, pixel[1])
         return instance_header(values, name, default_tz)
+
+
+def _check_skipped_elements(buf: mmap.mmap, size: int, limits: ReadLimits) -> None:
+    """Refuse a top-level element over ``max_element_length`` that the specific-tags read
+    skipped. Values over the limit are deferred (never allocated), so this stays bounded."""
+    resume = buf.tell()
+    buf.seek(0)
+    try:
+        ds = dcmread(
+            cast(BinaryIO, buf), stop_before_pixels=True, defer_size=limits.max_element_length
+        )
+    except (ValueError, OSError, EOFError):
+        raise Problem("truncated: an element extends past the end of the file") from None
+    _check_structure(ds, size, limits)
+    buf.seek(resume)
 
 
 def _diagnose(buf: mmap.mmap, size: int, limits: ReadLimits) -> None:

@@ -65,6 +65,35 @@ def test_element_above_max_element_length_is_refused(tmp_path: Path) -> None:
     assert "above the 1024 limit" in rejected(path, ReadLimits(max_element_length=1024)).reason
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "pydicom-path"])
+def test_unmapped_private_element_above_the_limit_is_refused(tmp_path: Path, fast: bool) -> None:
+    """Issue 14: an element the mapper never reads (a private blob) is held to the limit too."""
+    path = tmp_path / "private-blob.dcm"
+    path.write_bytes(
+        hostile.file_meta()
+        + hostile.identity()
+        + hostile.element(0x00090010, "LO", b"RTPLANTEST")
+        + hostile.element(0x00091001, "OB", b"\0" * 2048)
+    )
+    result = read_header(
+        path, default_tz=LONDON, limits=ReadLimits(max_element_length=1024), fast=fast
+    )
+    assert isinstance(result, Rejection), result
+    assert "(0009,1001) declares 2048 bytes, above the 1024 limit" in result.reason
+
+
+def test_a_65_mib_private_element_is_refused_by_default(tmp_path: Path) -> None:
+    """The documented limit is 64 MiB: 65 MiB inside the file is quarantined, naming the tag."""
+    path = tmp_path / "private-65mib.dcm"
+    blob = 65 * MiB
+    with path.open("wb") as f:
+        f.write(hostile.file_meta() + hostile.identity())
+        f.write(hostile.element(0x00090010, "LO", b"RTPLANTEST"))
+        f.write(hostile.element(0x00091001, "OB", b"", length=blob))
+        f.truncate(f.tell() + blob)  # sparse: the bytes are in the file without being written
+    assert f"(0009,1001) declares {blob} bytes" in rejected(path).reason
+
+
 def test_other_files_unaffected_by_hostile_neighbour(tmp_path: Path) -> None:
     hostile.write_huge_length(tmp_path)
     good = tmp_path / "good.dcm"
