@@ -14,9 +14,10 @@ from adapter.dicomweb.client import DicomWebSource, Limits, SourceError
 from adapter.errors import ConfigError
 
 STUDY = "1.2.3.4"
+DEFAULT = Limits()
 
 
-def source(answer: httpx.Response | bytes, limits: Limits = Limits()) -> DicomWebSource:
+def source(answer: httpx.Response | bytes, limits: Limits = DEFAULT) -> DicomWebSource:
     def handler(request: httpx.Request) -> httpx.Response:
         if isinstance(answer, httpx.Response):
             return answer
@@ -26,7 +27,7 @@ def source(answer: httpx.Response | bytes, limits: Limits = Limits()) -> DicomWe
                           transport=httpx.MockTransport(handler))  # fmt: skip
 
 
-def metadata(answer: httpx.Response | bytes, limits: Limits = Limits()) -> object:
+def metadata(answer: httpx.Response | bytes, limits: Limits = DEFAULT) -> object:
     async def run() -> object:
         async with source(answer, limits) as web:
             return await web.metadata(STUDY)
