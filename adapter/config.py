@@ -269,6 +269,19 @@ class DicomSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The HTTP API of ``rtplan serve`` (issue 11, docs/operations.md, docs/openapi.json)."""
+
+    listen_port: int = 0
+    """HTTP API port; 0 = off."""
+    listen_host: str = "127.0.0.1"
+    tokens_file: str = ""
+    """One bearer token per line; empty = every API request is refused."""
+    max_body_bytes: int = 1_048_576
+    """A request body larger than this is refused (413) before it is read."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     mappings_dir: Path = DEFAULT_MAPPINGS_DIR
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -280,6 +293,7 @@ class Settings:
     label: LabelSettings = field(default_factory=LabelSettings)
     note: NoteSettings = field(default_factory=NoteSettings)
     dicom: DicomSettings = field(default_factory=DicomSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
@@ -293,6 +307,7 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
         "label": LabelSettings,
         "note": NoteSettings,
         "dicom": DicomSettings,
+        "http": HttpSettings,
     }
 )
 
@@ -448,6 +463,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("review.prior_imaging_modalities", "list at least one modality")
     _check_label(settings.label)
     _check_dicom(settings.dicom)
+    if not 0 <= settings.http.listen_port < 65536:
+        raise ConfigError("http.listen_port", "must be 0 (off) to 65535")
+    if settings.http.max_body_bytes < 1:
+        raise ConfigError("http.max_body_bytes", "must be at least 1")
     url = settings.archive.wado_rs_base_url
     if url and (not url.startswith(("http://", "https://")) or url.endswith("/")):
         raise ConfigError(
