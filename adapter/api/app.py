@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
@@ -182,7 +182,11 @@ def create_app(
             }
         },
     )
-    async def post_review(request: Request, data: Any = Body(None)) -> Any:  # noqa: B008
+    async def post_review(request: Request) -> Any:
+        try:
+            data = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            return _invalid([("", "not JSON")])
         if not isinstance(data, dict):
             return _invalid([("", "a review must be a JSON object")])
         try:
