@@ -72,6 +72,14 @@ TRANSFER_SYNTAXES: Final[tuple[str, ...]] = (
 )
 VERIFICATION: Final = "1.2.840.10008.1.1"
 SUCCESS: Final = 0x0000
+COUNTERS: Final = (
+    "associations",
+    "associations_rejected",
+    "received",
+    "duplicates",
+    "refused",
+    "failed",
+)
 OUT_OF_RESOURCES: Final = 0xA700
 CANNOT_UNDERSTAND: Final = 0xC000
 
@@ -89,7 +97,8 @@ class Receiver:
         self.settings = settings
         self.spool = spool
         self.on_stored = on_stored
-        self.counts: Counter[str] = Counter()
+        # Every counter exists from the start (a scrape shows 0, not nothing).
+        self.counts: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
 

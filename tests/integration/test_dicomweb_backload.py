@@ -118,3 +118,28 @@ def test_a_bad_since_date_is_one_line_and_exit_2(
     _, err = capsys.readouterr()
     assert code == 2
     assert err.strip() == "rtplan: config --since: not a calendar date"
+
+
+def test_the_documented_since_rate_and_study_forms(
+    orthanc: OrthancPeer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As docs/operations.md shows them: ``--since 2024-01-01 --rate 5`` and ``--study UID``."""
+    orthanc.upload(files())
+    url = orthanc.dicomweb_url
+    out = tmp_path / "since"
+    main(["ingest", "--dicomweb", url, "--since", "2024-01-01", "--rate", "5", "--out", str(out),
+          "--json"])  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["studies_found"] == len(CASES)
+    main(["ingest", "--dicomweb", url, "--since", "2026-03-01", "--out", str(tmp_path / "x"),
+          "--json"])  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["studies_found"] == len(CASES) - 1  # diagnostic-ct
+    planning = str(dcmread(sorted((DICOM / "planning-ct").glob("*.dcm"))[0]).StudyInstanceUID)
+    code = main(["ingest", "--dicomweb", url, "--study", planning, "--out", str(out), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    # Read again on request (the --since run did it): the same Bundle again, the same label.
+    assert summary["studies_found"] == 1 and summary["mapped"] == 1
+    with Outbox(out / "outbox.sqlite") as outbox:
+        first, again = outbox.rows_for_key(f"study:{planning}", kind="fhir-transaction")
+        assert again.payload == first.payload
+        assert len(outbox.rows_for_key(f"study:{planning}", kind="dicom-kos")) <= 1

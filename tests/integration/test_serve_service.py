@@ -5,6 +5,7 @@ stops every part cleanly (exit 0, ports closed, nothing left in the spool's inco
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -71,6 +72,10 @@ def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path) -> None:
         metrics = api.get("/metrics", headers=headers).text
         assert "rtplan_receiver_received_total 10.0" in metrics
         assert "rtplan_receiver_studies_mapped_total 1.0" in metrics
+        text = (ROOT / "docs" / "operations.md").read_text()
+        documented = [n for n in re.findall(r"`(rtplan_[a-z_]+)", text) if not n.endswith("_")]
+        names = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines()}
+        assert documented and all(name in names for name in documented), documented
         api.close()
     finally:
         proc.send_signal(signal.SIGTERM)
