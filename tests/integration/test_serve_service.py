@@ -5,8 +5,8 @@ stops every part cleanly (exit 0, ports closed, nothing left in the spool's inco
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
