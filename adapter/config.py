@@ -282,6 +282,14 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LogSettings:
+    """``rtplan serve``'s log (issue 11): JSON lines on stderr, no patient data."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     mappings_dir: Path = DEFAULT_MAPPINGS_DIR
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -294,6 +302,7 @@ class Settings:
     note: NoteSettings = field(default_factory=NoteSettings)
     dicom: DicomSettings = field(default_factory=DicomSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
 
 SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
@@ -308,6 +317,7 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
         "note": NoteSettings,
         "dicom": DicomSettings,
         "http": HttpSettings,
+        "log": LogSettings,
     }
 )
 

@@ -3,6 +3,7 @@ the store's own (they survive a restart and agree across processes sharing one s
 
 * ``rtplan_outbox_rows{state,destination}``: rows by state (delivered and dead are totals)
 * ``rtplan_queue_depth`` / ``rtplan_queue_oldest_age_seconds``: open rows and the oldest's age
+* ``rtplan_ack_latency_seconds``: HL7 orders, enqueued to accepting ACK (histogram)
 * ``rtplan_escalations_fired_total``: escalation timers that fired
 * ``rtplan_receiver_*_total``: C-STORE associations and instances (received, duplicates,
   refused, failed) and received studies by outcome, since this process started
@@ -17,11 +18,19 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from adapter.outbox.store import OPEN_STATES, Outbox
+from adapter.outbox.store import OPEN_STATES, Outbox, Row
+
+ORDER_KIND = "hl7-order"
+ACK_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 14400.0, 86400.0)
 
 
 class StoreCollector(Collector):
@@ -33,8 +42,11 @@ class StoreCollector(Collector):
         by_state: Counter[tuple[str, str]] = Counter()
         depth = 0
         oldest: float | None = None
+        ack_seconds: list[float] = []
         for row in self.outbox.rows(limit=1_000_000):
             by_state[(row.state.value, row.destination)] += 1
+            if _acked(row):
+                ack_seconds.append(max(0.0, row.updated_at - row.created_at))
             if row.state.value in OPEN_STATES:
                 depth += 1
                 oldest = row.created_at if oldest is None else min(oldest, row.created_at)
@@ -51,6 +63,7 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "rtplan_queue_oldest_age_seconds", "Age of the oldest open row", value=age
         )
+        yield _histogram(ack_seconds)
         timers = self.outbox.timers()
         yield CounterMetricFamily(
             "rtplan_escalations_fired", "Escalation timers fired", value=len(timers.fired())
@@ -58,6 +71,24 @@ class StoreCollector(Collector):
         for name, count in sorted(self.receiver.items()):
             metric = "rtplan_receiver_" + "".join(c if c.isalnum() else "_" for c in name)
             yield CounterMetricFamily(metric, f"DICOM receiver: {name}", value=count)
+
+
+def _acked(row: Row) -> bool:
+    """An HL7 order the receiver accepted (not one still awaiting an application ACK)."""
+    if row.kind != ORDER_KIND or row.state.value != "delivered" or not row.result:
+        return False
+    return bool(row.result.get("ack")) and not row.result.get("awaiting")
+
+
+def _histogram(values: list[float]) -> HistogramMetricFamily:
+    buckets = [(f"{bound:g}", sum(1 for v in values if v <= bound)) for bound in ACK_BUCKETS]
+    buckets.append(("+Inf", len(values)))
+    return HistogramMetricFamily(
+        "rtplan_ack_latency_seconds",
+        "HL7 order: from enqueued to the receiver's accepting ACK",
+        buckets=buckets,
+        sum_value=sum(values),
+    )
 
 
 def metrics_text(outbox: Outbox, receiver: Mapping[str, int]) -> tuple[bytes, str]:

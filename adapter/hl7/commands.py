@@ -32,8 +32,10 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
     from dataclasses import replace
 
     if args.command == "serve":
+        from adapter.service.logs import configure_service_logging
         from adapter.service.serve import serve
 
+        configure_service_logging(settings.log)
         if args.port is not None:
             from adapter.config import validate_settings
 

@@ -67,3 +67,5 @@ def test_post_review_with_a_concern_shows_fhir_ids_and_the_acked_order(
     assert len(hl7_receiver.messages) == 1
     hl7_delivered = 'rtplan_outbox_rows{destination="hl7",state="delivered"} 1.0'
     assert hl7_delivered in metrics
+    assert 'rtplan_ack_latency_seconds_bucket{le="+Inf"} 1.0' in metrics
+    assert "rtplan_ack_latency_seconds_count 1.0" in metrics

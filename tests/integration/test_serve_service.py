@@ -74,7 +74,8 @@ def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path) -> None:
         assert "rtplan_receiver_studies_mapped_total 1.0" in metrics
         text = (ROOT / "docs" / "operations.md").read_text()
         documented = [n for n in re.findall(r"`(rtplan_[a-z_]+)", text) if not n.endswith("_")]
-        names = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines()}
+        names = {line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE")}
+        names |= {line.split("{")[0].split(" ")[0] for line in metrics.splitlines()}
         assert documented and all(name in names for name in documented), documented
         api.close()
     finally:
@@ -82,6 +83,14 @@ def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path) -> None:
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
+    # JSON lines (log.format: json, log.level: INFO, the defaults), no patient data in them.
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    messages = [entry["message"] for entry in lines]
+    assert f"received study {log_key(uid)}: mapped (10 instances)" in messages
+    assert {"time", "level", "logger", "message"} <= set(lines[0])
+    ds = dcmread(sorted(PLANNING.glob("*.dcm"))[0], stop_before_pixels=True)
+    for value in (uid, str(ds.PatientID), str(ds.PatientName), str(ds.AccessionNumber)):
+        assert value not in stderr
     assert all(closed(p) for p in (dicom_port, http_port, hl7_port))
     assert not any((out / "spool" / "incoming").iterdir())
     report = json.loads((out / "received" / f"{log_key(uid)}.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.config import DicomSettings, HttpSettings, load_settings
+from adapter.config import DicomSettings, HttpSettings, LogSettings, load_settings
 from tests.support import ROOT
 
 DOCS = ROOT / "docs"
@@ -25,6 +25,7 @@ def test_the_configuration_example_gives_the_dicom_and_http_defaults(tmp_path: P
     config.write_text(block.replace("mappings_dir: mappings", f"mappings_dir: {ROOT / 'mappings'}"))
     settings = load_settings(config, env={})
     assert settings.dicom == DicomSettings() and settings.http == HttpSettings()
+    assert settings.log == LogSettings()
 
 
 def test_the_operations_example_loads_as_documented(tmp_path: Path) -> None:
@@ -36,7 +37,9 @@ def test_the_operations_example_loads_as_documented(tmp_path: Path) -> None:
     assert settings.http == HttpSettings(listen_port=8080, tokens_file="/etc/rtplan/api-tokens")
 
 
-@pytest.mark.parametrize(("section", "cls"), [("dicom", DicomSettings), ("http", HttpSettings)])
+@pytest.mark.parametrize(
+    ("section", "cls"), [("dicom", DicomSettings), ("http", HttpSettings), ("log", LogSettings)]
+)
 def test_every_service_setting_is_documented(section: str, cls: type) -> None:
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
     for field in dataclasses.fields(cls):
