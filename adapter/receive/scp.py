@@ -112,7 +112,9 @@ class Receiver:
         ae = AE(ae_title=self.settings.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(self.settings.allowed_callers)
-        ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs for big images
+        # Larger PDUs than the 16 KiB default mean fewer reads per image; bounded, because a
+        # caller may send PDUs up to the size we announce.
+        ae.maximum_pdu_size = 1024 * 1024
         for uid in STORAGE_CLASSES:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION)

@@ -24,8 +24,9 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Final
@@ -113,6 +114,7 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
+        self._index: dict[str, PendingStudy] | None = None
         for folder in (root, root / INCOMING, root / STUDIES, root / EXPECTED):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             folder.chmod(0o700)
@@ -133,27 +135,44 @@ class Spool:
             _write_durably(incoming / name, raw)
             if identity.expected is not None:
                 _write_durably(self.root / EXPECTED / study, str(identity.expected).encode())
+            if self._index is not None:
+                entry = self._index.get(study)
+                if entry is None:
+                    self._rescan(study)
+                else:
+                    self._index[study] = replace(
+                        entry,
+                        received=entry.received + 1,
+                        last_received=time.time(),
+                        expected=identity.expected or entry.expected,
+                    )
             return True
 
     def pending(self) -> list[PendingStudy]:
-        """Studies with instances waiting, oldest activity first."""
-        found = []
+        """Studies with instances waiting, oldest activity first (from an index kept in
+        memory, built from the disk once: the receiver asks after every instance)."""
         with self._lock:
-            for folder in sorted((self.root / INCOMING).iterdir()):
-                files = [p for p in folder.glob(f"*{_SUFFIX}") if p.is_file()]
-                if not files:
-                    continue
-                expected_file = self.root / EXPECTED / folder.name
-                expected = (
-                    _count(expected_file.read_text(encoding="ascii"))
-                    if expected_file.exists()
-                    else None
-                )
-                processed = self.root / STUDIES / folder.name
-                done = len(list(processed.glob(f"*{_SUFFIX}"))) if processed.exists() else 0
-                last = max(p.stat().st_mtime for p in files)
-                found.append(PendingStudy(folder.name, len(files), done, last, expected))
+            if self._index is None:
+                self._index = {}
+                for folder in sorted((self.root / INCOMING).iterdir()):
+                    self._rescan(folder.name)
+            found = list(self._index.values())
         return sorted(found, key=lambda s: s.last_received)
+
+    def _rescan(self, key: str) -> None:
+        """Read one study's entry from the disk (at start, and after it was settled)."""
+        assert self._index is not None
+        files = [p for p in (self.root / INCOMING / key).glob(f"*{_SUFFIX}") if p.is_file()]
+        if not files:
+            self._index.pop(key, None)
+            return
+        expected_file = self.root / EXPECTED / key
+        expected = (
+            _count(expected_file.read_text(encoding="ascii")) if expected_file.exists() else None
+        )
+        done = len(list((self.root / STUDIES / key).glob(f"*{_SUFFIX}")))
+        last = max(p.stat().st_mtime for p in files)
+        self._index[key] = PendingStudy(key, len(files), done, last, expected)
 
     def ready(self, now: float, quiet_seconds: float) -> list[PendingStudy]:
         """Studies idle for ``quiet_seconds``, or whose expected count has arrived."""
@@ -190,6 +209,8 @@ class Spool:
             if not any(folder.glob(f"*{_SUFFIX}")):
                 shutil.rmtree(folder, ignore_errors=True)
             _fsync_dir(self.root / INCOMING)
+            if self._index is not None:
+                self._rescan(key)  # instances that arrived while it was processed stay
 
 
 def header_bytes(path: Path) -> bytes:

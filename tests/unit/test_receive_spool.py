@@ -111,3 +111,16 @@ def test_bad_dicom_settings_name_the_key(tmp_path: Path, text: str, key: str) ->
     config.write_text(text + "\n")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_settings(config, env={})
+
+
+def test_a_restart_finds_the_waiting_studies_on_disk(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.pending() == []  # the index is built (empty) and then kept up to date
+    for path in FILES[:3]:
+        raw = path.read_bytes()
+        spool.store(raw, identify(raw))
+    (before,) = spool.pending()
+    assert before.received == 3
+    (after,) = Spool(tmp_path / "spool").pending()  # a new process reads the disk
+    assert (after.key, after.received, after.expected) == (before.key, 3, len(FILES))
+    assert abs(after.last_received - before.last_received) < 5
