@@ -63,10 +63,17 @@ class ReviewState(BaseModel):
     orders: list[RowState]
 
 
+class LabelState(BaseModel):
+    state: str  # none | sent | accepted | failed
+    kos_instance_number: int | None
+    superseded: int
+
+
 class StudyState(BaseModel):
     study_instance_uid: str
     recorded: bool
     rows: list[RowState]
+    label: LabelState
 
 
 class Escalation(BaseModel):
@@ -248,8 +255,16 @@ def create_app(
         recorded = store.study(study_uid) is not None
         if not rows and not recorded:
             raise HTTPException(404, "no such study")
+        label = store.labels().status(study_uid)
         return StudyState(
-            study_instance_uid=study_uid, recorded=recorded, rows=[_row(r) for r in rows]
+            study_instance_uid=study_uid,
+            recorded=recorded,
+            rows=[_row(r) for r in rows],
+            label=LabelState(
+                state=label.state.value,
+                kos_instance_number=label.current.instance_number if label.current else None,
+                superseded=label.superseded,
+            ),
         )
 
     @app.get("/outbox", dependencies=auth, response_model=list[RowState], responses=UNAUTHORIZED)

@@ -93,6 +93,7 @@ def test_post_review_202_then_422_with_field_paths_409_stale_and_413(
         assert state.status_code == 200 and state.json()["versions"] == [2]
         study = api.get(f"/studies/{study_uid()}", headers=AUTH).json()
         assert study["recorded"] is True
+        assert study["label"] == {"state": "accepted", "kos_instance_number": 1, "superseded": 0}
         assert {r["kind"] for r in study["rows"]} >= {"fhir-transaction", "fhir-review-transaction"}
         rows = api.get("/outbox", params={"state": "delivered"}, headers=AUTH).json()
         assert rows and all(r["state"] == "delivered" for r in rows)
