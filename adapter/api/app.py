@@ -160,6 +160,8 @@ def create_app(
             outbox().counts()
         except Exception:  # any store failure means not ready
             return JSONResponse({"detail": "store not reachable"}, 503)
+        if settings.fhir.base_url and not await _fhir_reachable(settings):
+            return JSONResponse({"detail": "FHIR server not reachable"}, 503)
         return Health(status="ready")
 
     @app.get("/metrics", dependencies=auth, responses=UNAUTHORIZED, response_class=Response)
@@ -329,6 +331,17 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     guard = create_app(settings, None)
     app: FastAPI = guard.app  # type: ignore[attr-defined]
     return app.openapi()
+
+
+async def _fhir_reachable(settings: Settings) -> bool:
+    """The configured FHIR server answers its CapabilityStatement (within 5 s)."""
+    from adapter.service.deliver import read_capabilities
+
+    try:
+        await asyncio.wait_for(read_capabilities(settings), timeout=5.0)
+    except Exception:  # unreachable, refused, timed out, not FHIR: not ready either way
+        return False
+    return True
 
 
 def _invalid(problems: list[tuple[str, str]]) -> JSONResponse:

@@ -45,6 +45,7 @@ def test_post_review_with_a_concern_shows_fhir_ids_and_the_acked_order(
     review = json.loads((FIXTURES / "reviews" / "concern.json").read_text())
     review = {**review, "study_instance_uid": study_uid, "review_id": "REV-API-LOOP"}
     with running_api(api_settings(settings, tmp_path), None) as api:
+        assert api.get("/readyz").json() == {"status": "ready"}  # store and HAPI answer
         answer = api.post("/reviews", json=review, headers=AUTH)
         assert answer.status_code == 202, answer.text
         location = answer.headers["location"]

@@ -15,6 +15,7 @@ from adapter.api.app import openapi_document
 from adapter.cli import main
 from adapter.config import load_settings
 from tests.api_support import TOKEN, api_settings, running_api
+from tests.peers.launch import free_port
 from tests.support import FIXTURES, ROOT
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -62,6 +63,14 @@ def test_no_tokens_file_refuses_every_api_request(tmp_path: Path) -> None:
     with running_api(settings, tmp_path / "out") as api:
         assert api.get("/outbox", headers=AUTH).status_code == 401
         assert api.get("/healthz").status_code == 200
+
+
+def test_readyz_is_503_while_the_configured_fhir_server_does_not_answer(tmp_path: Path) -> None:
+    base = load_settings(None, env={"RTPLAN_FHIR__BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"})
+    with running_api(api_settings(base, tmp_path), tmp_path / "out") as api:
+        answer = api.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "FHIR server not reachable"}
 
 
 def test_post_review_202_then_422_with_field_paths_409_stale_and_413(
