@@ -34,6 +34,7 @@ from adapter.service.output import study_report, write_json_atomic
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
+RETRY_SECONDS = 60  # a study whose processing failed is tried again after this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class StudyProcessor:
         self.clock = clock
         self.counts: Counter[str] = Counter()
         self.wake = asyncio.Event()
+        self._retry_at: dict[str, float] = {}  # study key -> not before (after a failure)
 
     async def run(self, stop: asyncio.Event, *, poll_seconds: float = 0.5) -> None:
         """Process ready studies until ``stop``; a study in processing is finished first."""
@@ -94,12 +96,23 @@ class StudyProcessor:
 
     async def process_ready(self) -> list[Processed]:
         done = []
-        for study in self.spool.ready(self.clock(), self.settings.dicom.quiet_seconds):
+        now = self.clock()
+        for study in self.spool.ready(now, self.settings.dicom.quiet_seconds):
+            if self._retry_at.get(study.key, 0.0) > now:
+                continue
             try:
                 done.append(await self.process(study))
-            except Exception:  # the entry stays in the spool and is tried again
+            except Exception as exc:  # the entry stays in the spool and is tried again later
                 self.counts["errors"] += 1
-                log.exception("study %s: processing failed; it stays in the spool", study.key)
+                self._retry_at[study.key] = now + RETRY_SECONDS
+                log.error(
+                    "study %s: processing failed (%s); it stays in the spool, next try in %d s",
+                    study.key,
+                    type(exc).__name__,  # the type only: a message may carry patient data
+                    RETRY_SECONDS,
+                )
+            else:
+                self._retry_at.pop(study.key, None)
         return done
 
     async def process(self, study: PendingStudy) -> Processed:
