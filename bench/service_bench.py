@@ -26,6 +26,8 @@ Results go to stdout as Markdown (``bench/results/service.md``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -129,7 +131,8 @@ def api(posts: int, work: Path) -> dict[str, object]:
     from tests.api_support import TOKEN, api_settings, running_api
 
     out = work / "api-out"
-    main(["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out)])
     review = json.loads((FIXTURES / "reviews" / "no-finding.json").read_text())
     from pydicom import dcmread
 
@@ -163,7 +166,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--posts", type=int, default=300)
+    parser.add_argument("--parts", default="cstore,backload,api", help="comma-separated")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     if args.quick:
         args.slices, args.rounds, args.posts = 100, 1, 50
     with tempfile.TemporaryDirectory(prefix="rtplan-bench-") as tmp:
@@ -174,9 +179,9 @@ def main() -> None:
                 "python": platform.python_version(),
                 "load_before": os.getloadavg(),
             },
-            "cstore": cstore(args.slices, args.rounds, work),
-            "backload": backload(work),
-            "api": api(args.posts, work),
+            "cstore": cstore(args.slices, args.rounds, work) if "cstore" in parts else None,
+            "backload": backload(work) if "backload" in parts else None,
+            "api": api(args.posts, work) if "api" in parts else None,
             "load_after": os.getloadavg(),
         }
     print("```json")
