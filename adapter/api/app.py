@@ -17,10 +17,11 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
@@ -37,6 +38,7 @@ KIND_REVIEW = "fhir-review-transaction"  # = adapter.review.service.KIND_REVIEW
 ORDER_KINDS = ("hl7-order", "hl7-cancel")
 REVIEW_SCHEMA = "#/components/schemas/ReviewInput"  # docs/review.schema.json
 Stats = Callable[[], dict[str, int]]
+RowId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]  # SQLite INTEGER range
 
 
 class RowState(BaseModel):
@@ -279,7 +281,7 @@ def create_app(
         response_model=RowState,
         responses={**UNAUTHORIZED, 404: {"model": Problem}, 409: {"model": Problem}},
     )
-    async def retry(row_id: int) -> RowState:
+    async def retry(row_id: RowId) -> RowState:
         store = outbox()
         try:
             row = store.retry(row_id)
@@ -376,10 +378,31 @@ def _row(row: Row) -> RowState:
 def _deliver_later(
     state: dict[str, Any], settings: Settings, store: Outbox, ids: list[int], out_dir: Path | None
 ) -> None:
-    from adapter.service.deliver import deliver
-
+    """Queue ``ids`` for the one background drainer: requests arriving while it delivers are
+    taken in its next batch, so a burst of reviews shares one delivery set-up."""
     if not ids:
         return
-    task = asyncio.create_task(deliver(store, settings, ids=ids, out_dir=out_dir))
-    state["tasks"].add(task)
-    task.add_done_callback(state["tasks"].discard)
+    state.setdefault("pending", []).extend(ids)
+    drainer = state.get("drainer")
+    if drainer is None or drainer.done():
+        task = asyncio.create_task(_drain(state, settings, store, out_dir))
+        state["drainer"] = task
+        state["tasks"].add(task)
+        task.add_done_callback(state["tasks"].discard)
+
+
+async def _drain(
+    state: dict[str, Any], settings: Settings, store: Outbox, out_dir: Path | None
+) -> None:
+    while state.get("pending"):
+        batch, state["pending"] = state["pending"], []
+        # On its own thread, loop and store connection: delivery (file writes, fsyncs, peers)
+        # does not hold up the requests being answered.
+        await asyncio.to_thread(_deliver_batch, settings, store.path, batch, out_dir)
+
+
+def _deliver_batch(settings: Settings, path: Path, ids: list[int], out_dir: Path | None) -> None:
+    from adapter.service.deliver import deliver
+
+    with Outbox(path) as outbox:
+        asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out_dir))

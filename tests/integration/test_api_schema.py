@@ -1,6 +1,8 @@
 """schemathesis against the published OpenAPI document (docs/openapi.json) and the running API:
 bounded generated requests per operation; no 500s, every response matches its documented
-status, content type and schema; and without a token every protected operation is refused."""
+status, content type and schema; and without a token every protected operation is refused.
+Derandomized so CI runs the same examples every time (a random run found the row-id overflow
+now bounded by the schema)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_generated_requests_get_documented_answers_and_no_500(
     case: schemathesis.Case, api_url: str
 ) -> None:
@@ -52,7 +54,7 @@ def test_generated_requests_get_documented_answers_and_no_500(
 
 
 @schema.parametrize()
-@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_without_a_token_every_protected_operation_is_refused(
     case: schemathesis.Case, api_url: str
 ) -> None:
