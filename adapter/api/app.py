@@ -205,17 +205,16 @@ def create_app(
         except ReviewError as exc:
             return _invalid(exc.problems)
         store = outbox()
-        latest = _latest_version(store, review)
-        if latest is not None and review.version < latest:
-            return JSONResponse(
-                {"detail": f"stale version: version {latest} is already recorded"}, 409
-            )
         from adapter.review.service import submit_review_async
+        from adapter.review.versions import StaleReviewError
 
         try:
             result = await submit_review_async(
                 review, settings, out_dir=out_dir, tables=tables, deliver=False
             )
+        except StaleReviewError as exc:  # not newer than the accepted version (versions.py)
+            detail = "; ".join(message for _, message in exc.problems)
+            return JSONResponse({"detail": f"stale version: {detail}"}, 409)
         except ReviewError as exc:  # unknown study
             return _invalid(exc.problems)
         except ConfigError as exc:
@@ -353,13 +352,6 @@ def _invalid(problems: list[tuple[str, str]]) -> JSONResponse:
 
 def _digest(review_id: str) -> str:
     return hashlib.sha256(review_id.encode()).hexdigest()[:16]
-
-
-def _latest_version(store: Outbox, review: ReviewInput) -> int | None:
-    prefix = f"Review-{_digest(review.review_id)}-v"
-    rows = store.rows_for_key(f"study:{review.study_instance_uid}", kind=KIND_REVIEW)
-    versions = [int(r.label[len(prefix) :]) for r in rows if r.label.startswith(prefix)]
-    return max(versions, default=None)
 
 
 def _row(row: Row) -> RowState:

@@ -89,12 +89,20 @@ def test_post_review_202_then_422_with_field_paths_409_stale_and_413(
         paths = {p["loc"] for p in answer.json()["detail"]}
         assert "/outcome" in paths and any(p.startswith("/reviewer/") for p in paths)
         assert "maybe" not in answer.text  # field paths, never the values
-        unknown = api.post("/reviews", json=review(study_instance_uid="1.2.3.4"), headers=AUTH)
+        elsewhere = review(review_id="REV-API-2", study_instance_uid="1.2.3.4")
+        unknown = api.post("/reviews", json=elsewhere, headers=AUTH)
         assert unknown.status_code == 422
         assert [p["loc"] for p in unknown.json()["detail"]] == ["/study_instance_uid"]
         stale = api.post("/reviews", json=review(version=1), headers=AUTH)
         assert stale.status_code == 409
-        assert stale.json() == {"detail": "stale version: version 2 is already recorded"}
+        assert stale.json() == {
+            "detail": "stale version: version 1 is older than version 2 already accepted for "
+            "this review; nothing was sent"
+        }
+        changed = api.post("/reviews", json=review(version=2, notes="other text"), headers=AUTH)
+        assert changed.status_code == 409  # the same version with other content
+        again = api.post("/reviews", json=review(version=2), headers=AUTH)
+        assert again.status_code == 202 and again.json()["rows"] == []  # a resend: nothing new
         big = api.post("/reviews", content=b"{" + b" " * 2_000_000 + b"}", headers=AUTH)
         assert big.status_code == 413
         state = api.get(answer.headers.get("location") or "/reviews/REV-API-1", headers=AUTH)
