@@ -1,20 +1,21 @@
-"""The ``--dicomweb`` options of ``rtplan ingest`` and their run."""
+"""The ``--dicomweb`` options of ``rtplan ingest`` and their run.
+
+Importing this module stays light (``adapter.cli`` imports it for every command): httpx and
+pydicom are imported only when a back-load runs."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from adapter.config import Settings
-from adapter.dicomweb.backload import Backload, backload, qido_date
-from adapter.dicomweb.client import DicomWebSource
 from adapter.errors import ConfigError
-from adapter.label.commands import add_to_report
 from adapter.mapping.tables import Tables
-from adapter.outbox.commands import open_outbox
-from adapter.service.output import summary, write_report
+
+if TYPE_CHECKING:
+    from adapter.dicomweb.backload import Backload
 
 EXIT_OK, EXIT_NOT_DONE = 0, 1
 
@@ -42,6 +43,10 @@ def run_dicomweb_ingest(
         raise ConfigError("--study", "give --study or --since, not both")
     if args.rate < 0:
         raise ConfigError("--rate", "must be 0 (no limit) or more")
+    from adapter.dicomweb.backload import qido_date
+    from adapter.label.commands import add_to_report
+    from adapter.service.output import summary, write_report
+
     since = qido_date(args.since) if args.since else ""
     try:
         done = asyncio.run(_run(args, settings, tables, since, err))
@@ -78,6 +83,10 @@ def run_dicomweb_ingest(
 async def _run(
     args: argparse.Namespace, settings: Settings, tables: Tables, since: str, err: TextIO
 ) -> Backload:
+    from adapter.dicomweb.backload import backload
+    from adapter.dicomweb.client import DicomWebSource
+    from adapter.outbox.commands import open_outbox
+
     async with DicomWebSource(args.dicomweb, rate=args.rate) as source:
         with open_outbox(settings, args.out) as outbox:
             return await backload(
