@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from adapter.config import Settings, load_settings, validate_settings
+from adapter.dicomweb.commands import add_dicomweb_arguments, run_dicomweb_ingest
 from adapter.errors import AdapterError, ConfigError
 from adapter.hl7.commands import add_hl7_parsers, run_hl7_command
 from adapter.label.commands import add_label_parser, add_to_report, run_label_command
@@ -60,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser("ingest", help="map DICOM and deliver through the outbox")
-    ingest.add_argument("paths", nargs="+", type=Path, help="files, folders, .zip or .tar")
+    ingest.add_argument("paths", nargs="*", type=Path, help="files, folders, .zip or .tar")
     ingest.add_argument("--out", type=Path, help="output folder (the embedded default sink)")
     ingest.add_argument("--fhir-url", help="FHIR server base URL (overrides fhir.base_url)")
     ingest.add_argument("--json", action="store_true", help="print a JSON summary to stdout")
+    add_dicomweb_arguments(ingest)
 
     mapping = commands.add_parser("map", help="print the Bundle(s) for PATH; writes nothing")
     mapping.add_argument("paths", nargs="+", type=Path)
@@ -161,6 +163,8 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
         if not capabilities.transactions:
             raise ConfigError("fhir.base_url", "the server does not support transactions")
         settings = replace(settings, fhir=replace(settings.fhir, version=capabilities.version))
+    if args.dicomweb or not args.paths:
+        return run_dicomweb_ingest(args, settings, tables, sys.stdout, sys.stderr)
     started = time.perf_counter()
     # The store's record of each study fixes its patient: a disagreeing study is held (checked
     # again inside the store's write transaction).

@@ -246,6 +246,50 @@ class LabelSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DicomSettings:
+    """The DICOM C-STORE receiver of ``rtplan serve`` (issue 11, docs/operations.md)."""
+
+    listen_port: int = 0
+    """C-STORE receiver port; 0 = off."""
+    listen_host: str = "127.0.0.1"
+    ae_title: str = "RTPLAN"
+    """Our AE title: associations that call another title are rejected."""
+    allowed_callers: tuple[str, ...] = ()
+    """Calling AE titles accepted; empty = any."""
+    quiet_seconds: float = 60.0
+    """A study idle this long is processed (sooner when (0020,1208) says all have arrived)."""
+    spool_dir: str = ""
+    """Where received instances wait. Empty: ``<out>/spool`` with ``--out``, else
+    ``.rtplan/spool``."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """TLS (DICOM PS3.15 B.1): our certificate and key, PEM. Empty: no TLS."""
+    tls_ca: str = ""
+    """With TLS: CA file that callers' client certificates must chain to (then required)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The HTTP API of ``rtplan serve`` (issue 11, docs/operations.md, docs/openapi.json)."""
+
+    listen_port: int = 0
+    """HTTP API port; 0 = off."""
+    listen_host: str = "127.0.0.1"
+    tokens_file: str = ""
+    """One bearer token per line; empty = every API request is refused."""
+    max_body_bytes: int = 1_048_576
+    """A request body larger than this is refused (413) before it is read."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """``rtplan serve``'s log (issue 11): JSON lines on stderr, no patient data."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     mappings_dir: Path = DEFAULT_MAPPINGS_DIR
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -256,6 +300,9 @@ class Settings:
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
     label: LabelSettings = field(default_factory=LabelSettings)
     note: NoteSettings = field(default_factory=NoteSettings)
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
 
 SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
@@ -268,6 +315,9 @@ SECTIONS: Mapping[str, type[Any]] = types.MappingProxyType(
         "hl7": Hl7Settings,
         "label": LabelSettings,
         "note": NoteSettings,
+        "dicom": DicomSettings,
+        "http": HttpSettings,
+        "log": LogSettings,
     }
 )
 
@@ -370,6 +420,12 @@ def _coerce(key: str, hint: Any, value: object) -> object:
             return float(str(value))
         except ValueError:
             raise ConfigError(key, "must be a number") from None
+    if hint == tuple[str, ...]:
+        # A YAML list, or a comma-separated environment value.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(key, "must be a list of text")
+        return tuple(i.strip() for i in items if i.strip())
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, "must be text")
@@ -416,6 +472,11 @@ def _check(settings: Settings) -> None:
     if not review.modalities:
         raise ConfigError("review.prior_imaging_modalities", "list at least one modality")
     _check_label(settings.label)
+    _check_dicom(settings.dicom)
+    if not 0 <= settings.http.listen_port < 65536:
+        raise ConfigError("http.listen_port", "must be 0 (off) to 65535")
+    if settings.http.max_body_bytes < 1:
+        raise ConfigError("http.max_body_bytes", "must be at least 1")
     url = settings.archive.wado_rs_base_url
     if url and (not url.startswith(("http://", "https://")) or url.endswith("/")):
         raise ConfigError(
@@ -445,6 +506,22 @@ def _check_label(label: LabelSettings) -> None:
         )
     if label.timeout <= 0:
         raise ConfigError("label.timeout", "must be greater than 0")
+
+
+def _check_dicom(dicom: DicomSettings) -> None:
+    if not 0 <= dicom.listen_port < 65536:
+        raise ConfigError("dicom.listen_port", "must be 0 (off) to 65535")
+    if not _valid_ae(dicom.ae_title):
+        raise ConfigError("dicom.ae_title", "AE title: 1 to 16 characters, no backslash")
+    for caller in dicom.allowed_callers:
+        if not _valid_ae(caller):
+            raise ConfigError("dicom.allowed_callers", "AE title: 1 to 16 characters, no backslash")
+    if dicom.quiet_seconds <= 0:
+        raise ConfigError("dicom.quiet_seconds", "must be greater than 0")
+    if bool(dicom.tls_cert) != bool(dicom.tls_key):
+        raise ConfigError("dicom.tls_key", "give both tls_cert and tls_key, or neither")
+    if dicom.tls_ca and not dicom.tls_cert:
+        raise ConfigError("dicom.tls_ca", "needs tls_cert and tls_key")
 
 
 def _valid_ae(ae: str) -> bool:

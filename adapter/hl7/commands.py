@@ -16,6 +16,8 @@ def add_hl7_parsers(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the listener, the outbox worker and escalations")
     serve.add_argument("--out", type=Path, help="output folder (embedded default sinks)")
     serve.add_argument("--port", type=int, help="MLLP listen port (overrides hl7.listen_port)")
+    # ``rtplan serve --config FILE`` as well as ``rtplan --config FILE serve``.
+    serve.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="settings file")
     escalations = commands.add_parser("escalations", help="list fired escalations and open timers")
     escalations.add_argument("--db", type=Path, help="outbox file (default: outbox.path setting)")
     hl7 = commands.add_parser("hl7", help="HL7 v2 orders")
@@ -30,8 +32,10 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
     from dataclasses import replace
 
     if args.command == "serve":
+        from adapter.service.logs import configure_service_logging
         from adapter.service.serve import serve
 
+        configure_service_logging(settings.log)
         if args.port is not None:
             from adapter.config import validate_settings
 

@@ -2,7 +2,9 @@
 
 - the MLLP listener for ACKs, order responses and radiologist results (``hl7.listen_*``),
 - the outbox worker, forever (FHIR, files, HL7 orders),
-- the escalation check every ``hl7.escalation_check_seconds``.
+- the escalation check every ``hl7.escalation_check_seconds``,
+- the DICOM C-STORE receiver and the HTTP API when their ports are set
+  (``adapter.service.parts``; stopped first).
 
 The listener has the main event loop to itself: its handler stores each message in a worker
 thread, and the outbox worker and escalation check run on their own thread and event loop,
@@ -34,6 +36,7 @@ from adapter.outbox.store import Outbox
 from adapter.service.deliver import deliver, targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
+from adapter.service.parts import start_parts
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,13 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         log.info("listening for HL7 on %s:%d", settings.hl7.listen_host, server.port)
+        try:
+            # The C-STORE receiver and the HTTP API (each on when its port is set), with
+            # their own store connection on this loop.
+            parts = await start_parts(settings, out_dir, tables)
+        except BaseException:
+            await server.aclose()
+            raise
         halt = threading.Event()
         background = asyncio.create_task(
             asyncio.to_thread(_background, settings, out_dir, fhir_targets, metrics, halt)
@@ -84,6 +94,7 @@ async def serve(
             await asyncio.wait([stopped, background], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
+            await parts.aclose()
             await server.aclose()
             halt.set()
             await background  # re-raises what stopped the worker, if anything did

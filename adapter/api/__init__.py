@@ -1,0 +1,1 @@
+"""The HTTP API of ``rtplan serve`` (issue 11): reviews in, state out, metrics."""

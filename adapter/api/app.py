@@ -1,0 +1,400 @@
+"""The HTTP API (FastAPI). The OpenAPI document is published as ``docs/openapi.json``.
+
+Every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>`` with a
+token from ``http.tokens_file``; without tokens every such request is refused (401). Answers
+carry UIDs, states and FHIR ids, never names, birth dates or other patient data.
+
+``POST /reviews`` validates and stores the review (and its radiology order) in the outbox and
+answers 202 with the review's location; delivery runs in the background, so ``GET
+/reviews/{id}`` shows it progress to "delivered" and the order's ACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from adapter.api.guards import Guard, load_tokens, token_accepted
+from adapter.api.metrics import metrics_text
+from adapter.config import Settings
+from adapter.errors import ConfigError
+from adapter.mapping.tables import Tables, load_tables
+from adapter.outbox.commands import open_outbox
+from adapter.outbox.store import Outbox, Row, State
+from adapter.review.model import ReviewError, ReviewInput, parse_review
+
+KIND_REVIEW = "fhir-review-transaction"  # = adapter.review.service.KIND_REVIEW
+ORDER_KINDS = ("hl7-order", "hl7-cancel")
+REVIEW_SCHEMA = "#/components/schemas/ReviewInput"  # docs/review.schema.json
+Stats = Callable[[], dict[str, int]]
+RowId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]  # SQLite INTEGER range
+
+
+class RowState(BaseModel):
+    id: int
+    destination: str
+    kind: str
+    label: str
+    state: str
+    attempts: int
+    last_error: str
+    result: dict[str, Any] | None
+
+
+class Accepted(BaseModel):
+    review: str
+    version: int
+    rows: list[int]
+
+
+class ReviewState(BaseModel):
+    review: str
+    versions: list[int]
+    rows: list[RowState]
+    orders: list[RowState]
+
+
+class LabelState(BaseModel):
+    state: str  # none | sent | accepted | failed
+    kos_instance_number: int | None
+    superseded: int
+
+
+class StudyState(BaseModel):
+    study_instance_uid: str
+    recorded: bool
+    rows: list[RowState]
+    label: LabelState
+
+
+class Escalation(BaseModel):
+    order: str
+    kind: str
+    due_at: float
+    fired_at: float | None
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: str
+    msg: str
+
+
+class ValidationProblem(BaseModel):
+    detail: list[FieldProblem]
+
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": Problem}}
+
+
+def create_app(
+    settings: Settings,
+    out_dir: Path | None,
+    *,
+    tables: Tables | None = None,
+    receiver_stats: Stats | None = None,
+) -> FastAPI:
+    tokens = load_tokens(settings.http.tokens_file)
+    tables = tables or load_tables(settings.mappings_dir)
+    state: dict[str, Any] = {"tasks": set()}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The store is opened on the serving loop's thread (SQLite connections stay there).
+        with open_outbox(settings, out_dir) as outbox:
+            state["outbox"] = outbox
+            yield
+            for task in list(state["tasks"]):
+                await task  # a delivery in flight finishes (or is taken up after its lease)
+
+    app = FastAPI(
+        title="rtplan adapter API",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description=__doc__,
+    )
+
+    def outbox() -> Outbox:
+        found = state.get("outbox")
+        if not isinstance(found, Outbox):
+            raise HTTPException(503, "the store is not open")
+        return found
+
+    def authorised(request: Request) -> None:
+        if not token_accepted(request.headers.get("authorization"), tokens):
+            raise HTTPException(401, "a valid bearer token is required")
+
+    auth = [Depends(authorised)]
+
+    @app.exception_handler(HTTPException)
+    async def http_problem(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=headers)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Problem}})
+    async def readyz() -> Any:
+        try:
+            outbox().counts()
+        except Exception:  # any store failure means not ready
+            return JSONResponse({"detail": "store not reachable"}, 503)
+        if settings.fhir.base_url and not await _fhir_reachable(settings):
+            return JSONResponse({"detail": "FHIR server not reachable"}, 503)
+        return Health(status="ready")
+
+    @app.get("/metrics", dependencies=auth, responses=UNAUTHORIZED, response_class=Response)
+    async def metrics() -> Response:
+        stats = receiver_stats() if receiver_stats is not None else {}
+        body, content_type = metrics_text(outbox(), stats)
+        return Response(body, media_type=content_type)
+
+    @app.post(
+        "/reviews",
+        status_code=202,
+        dependencies=auth,
+        response_model=Accepted,
+        responses={
+            **UNAUTHORIZED,
+            409: {"model": Problem},
+            413: {"model": Problem},
+            422: {"model": ValidationProblem},
+            503: {"model": Problem},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ReviewInput"}}
+                },
+            }
+        },
+    )
+    async def post_review(request: Request) -> Any:
+        try:
+            data = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            return _invalid([("", "not JSON")])
+        if not isinstance(data, dict):
+            return _invalid([("", "a review must be a JSON object")])
+        try:
+            review = parse_review(data, tables)
+        except ReviewError as exc:
+            return _invalid(exc.problems)
+        store = outbox()
+        from adapter.review.service import submit_review_async
+        from adapter.review.versions import StaleReviewError
+
+        try:
+            result = await submit_review_async(
+                review, settings, out_dir=out_dir, tables=tables, deliver=False
+            )
+        except StaleReviewError as exc:  # not newer than the accepted version (versions.py)
+            detail = "; ".join(message for _, message in exc.problems)
+            return JSONResponse({"detail": f"stale version: {detail}"}, 409)
+        except ReviewError as exc:  # unknown study
+            return _invalid(exc.problems)
+        except ConfigError as exc:
+            return JSONResponse({"detail": str(exc)}, 503)
+        ids = [*result.row_ids, *result.hl7_rows]
+        _deliver_later(state, settings, store, ids, out_dir)
+        location = f"/reviews/{quote(review.review_id, safe='')}"
+        body = Accepted(review=review.review_id, version=review.version, rows=ids)
+        return JSONResponse(body.model_dump(), 202, headers={"Location": location})
+
+    @app.get(
+        "/reviews/{review_id}",
+        dependencies=auth,
+        response_model=ReviewState,
+        responses={**UNAUTHORIZED, 404: {"model": Problem}},
+    )
+    async def get_review(review_id: str) -> ReviewState:
+        store = outbox()
+        prefix = f"Review-{_digest(review_id)}-v"
+        rows = [r for r in store.rows(limit=100_000) if r.label.startswith(prefix)]
+        if not rows:
+            raise HTTPException(404, "no such review")
+        versions = sorted({int(r.label[len(prefix) :]) for r in rows})
+        orders = [r for k in ORDER_KINDS for r in store.rows_for_key(rows[0].key, kind=k)]
+        return ReviewState(
+            review=review_id,
+            versions=versions,
+            rows=[_row(r) for r in rows],
+            orders=[_row(r) for r in sorted(orders, key=lambda r: r.id)],
+        )
+
+    @app.get(
+        "/studies/{study_uid}",
+        dependencies=auth,
+        response_model=StudyState,
+        responses={**UNAUTHORIZED, 404: {"model": Problem}},
+    )
+    async def get_study(study_uid: str) -> StudyState:
+        store = outbox()
+        rows = store.rows_for_key(f"study:{study_uid}")
+        recorded = store.study(study_uid) is not None
+        if not rows and not recorded:
+            raise HTTPException(404, "no such study")
+        label = store.labels().status(study_uid)
+        return StudyState(
+            study_instance_uid=study_uid,
+            recorded=recorded,
+            rows=[_row(r) for r in rows],
+            label=LabelState(
+                state=label.state.value,
+                kos_instance_number=label.current.instance_number if label.current else None,
+                superseded=label.superseded,
+            ),
+        )
+
+    @app.get("/outbox", dependencies=auth, response_model=list[RowState], responses=UNAUTHORIZED)
+    async def list_outbox(state_: State | None = Query(None, alias="state")) -> list[RowState]:  # noqa: B008
+        return [_row(r) for r in outbox().rows(state=state_)]
+
+    @app.post(
+        "/outbox/{row_id}/retry",
+        dependencies=auth,
+        response_model=RowState,
+        responses={**UNAUTHORIZED, 404: {"model": Problem}, 409: {"model": Problem}},
+    )
+    async def retry(row_id: RowId) -> RowState:
+        store = outbox()
+        try:
+            row = store.retry(row_id)
+        except KeyError:
+            raise HTTPException(404, "no such row") from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        _deliver_later(state, settings, store, [row.id], out_dir)
+        return _row(row)
+
+    @app.get(
+        "/escalations", dependencies=auth, response_model=list[Escalation], responses=UNAUTHORIZED
+    )
+    async def escalations() -> list[Escalation]:
+        timers = outbox().timers()
+        return [
+            Escalation(
+                order=t.key, kind=t.kind, due_at=t.due_at, fired_at=t.fired_at, detail=t.detail
+            )
+            for t in [*timers.fired(), *timers.open()]
+        ]
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return Guard(app, settings.http.max_body_bytes)  # type: ignore[return-value]
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    review = ReviewInput.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(review.pop("$defs", {}))
+    components["ReviewInput"] = review
+    schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    schema["security"] = [{"bearer": []}]
+    for path in ("/healthz", "/readyz"):
+        schema["paths"][path]["get"]["security"] = []
+    app.openapi_schema = schema
+    return schema
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The document published as ``docs/openapi.json``."""
+    guard = create_app(settings, None)
+    app: FastAPI = guard.app  # type: ignore[attr-defined]
+    return app.openapi()
+
+
+async def _fhir_reachable(settings: Settings) -> bool:
+    """The configured FHIR server answers its CapabilityStatement (within 5 s)."""
+    from adapter.service.deliver import read_capabilities
+
+    try:
+        await asyncio.wait_for(read_capabilities(settings), timeout=5.0)
+    except Exception:  # unreachable, refused, timed out, not FHIR: not ready either way
+        return False
+    return True
+
+
+def _invalid(problems: list[tuple[str, str]]) -> JSONResponse:
+    detail = [{"loc": path or "/", "msg": message} for path, message in problems]
+    return JSONResponse({"detail": detail}, 422)
+
+
+def _digest(review_id: str) -> str:
+    return hashlib.sha256(review_id.encode()).hexdigest()[:16]
+
+
+def _row(row: Row) -> RowState:
+    return RowState(
+        id=row.id,
+        destination=row.destination,
+        kind=row.kind,
+        label=row.label,
+        state=row.state.value,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        result=json.loads(json.dumps(row.result)) if row.result is not None else None,
+    )
+
+
+def _deliver_later(
+    state: dict[str, Any], settings: Settings, store: Outbox, ids: list[int], out_dir: Path | None
+) -> None:
+    """Queue ``ids`` for the one background drainer: requests arriving while it delivers are
+    taken in its next batch, so a burst of reviews shares one delivery set-up."""
+    if not ids:
+        return
+    state.setdefault("pending", []).extend(ids)
+    drainer = state.get("drainer")
+    if drainer is None or drainer.done():
+        task = asyncio.create_task(_drain(state, settings, store, out_dir))
+        state["drainer"] = task
+        state["tasks"].add(task)
+        task.add_done_callback(state["tasks"].discard)
+
+
+async def _drain(
+    state: dict[str, Any], settings: Settings, store: Outbox, out_dir: Path | None
+) -> None:
+    while state.get("pending"):
+        batch, state["pending"] = state["pending"], []
+        # On its own thread, loop and store connection: delivery (file writes, fsyncs, peers)
+        # does not hold up the requests being answered.
+        await asyncio.to_thread(_deliver_batch, settings, store.path, batch, out_dir)
+
+
+def _deliver_batch(settings: Settings, path: Path, ids: list[int], out_dir: Path | None) -> None:
+    from adapter.service.deliver import deliver
+
+    with Outbox(path) as outbox:
+        asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out_dir))

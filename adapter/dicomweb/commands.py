@@ -1,0 +1,101 @@
+"""The ``--dicomweb`` options of ``rtplan ingest`` and their run.
+
+Importing this module stays light (``adapter.cli`` imports it for every command): httpx and
+pydicom are imported only when a back-load runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any, TextIO
+
+from adapter.config import Settings
+from adapter.errors import ConfigError
+from adapter.mapping.tables import Tables
+
+if TYPE_CHECKING:
+    from adapter.dicomweb.backload import Backload
+
+EXIT_OK, EXIT_NOT_DONE = 0, 1
+
+
+def add_dicomweb_arguments(ingest: Any) -> None:
+    group = ingest.add_argument_group("DICOMweb source (instead of PATHS)")
+    group.add_argument("--dicomweb", metavar="URL", help="DICOMweb service base URL")
+    group.add_argument("--study", metavar="UID", help="only this study (read again if done)")
+    group.add_argument("--since", metavar="DATE", help="studies on or after DATE (YYYY-MM-DD)")
+    group.add_argument(
+        "--rate", type=float, default=0.0, metavar="N", help="at most N requests a second"
+    )
+
+
+def run_dicomweb_ingest(
+    args: argparse.Namespace, settings: Settings, tables: Tables, out: TextIO, err: TextIO
+) -> int:
+    if not args.dicomweb:
+        raise ConfigError("ingest", "give PATHS, or --dicomweb URL")
+    if args.paths:
+        raise ConfigError("--dicomweb", "give PATHS or --dicomweb URL, not both")
+    if not args.dicomweb.startswith(("http://", "https://")):
+        raise ConfigError("--dicomweb", "must be an http(s) URL")
+    if args.study and args.since:
+        raise ConfigError("--study", "give --study or --since, not both")
+    if args.rate < 0:
+        raise ConfigError("--rate", "must be 0 (no limit) or more")
+    from adapter.dicomweb.backload import qido_date
+    from adapter.label.commands import add_to_report
+    from adapter.service.output import summary, write_report
+
+    since = qido_date(args.since) if args.since else ""
+    try:
+        done = asyncio.run(_run(args, settings, tables, since, err))
+    except KeyboardInterrupt:
+        # Every study finished so far is in the store; the next run skips it.
+        print("rtplan: interrupted; run the same command again to resume", file=err)
+        return EXIT_NOT_DONE
+    result = done.result()
+    report = write_report(result, args.out) if args.out else {"summary": summary(result)}
+    if args.out and done.labels:
+        add_to_report(report, done.labels, args.out)
+    document = {
+        **report["summary"],
+        "studies_found": done.found,
+        "studies_already_done": done.skipped,
+        "delivery": {"delivered": done.delivered, "dead": done.dead, "held": done.held},
+    }
+    if args.json:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+    else:
+        print(
+            f"{done.found} studies found, {done.skipped} already done, "
+            f"{len(done.studies)} read: {document['mapped']} mapped, "
+            f"{document['held_not_planning']} not planning (held), "
+            f"{document['held_incomplete']} incomplete (held), {document['failed']} failed. "
+            f"Delivery: {done.delivered} delivered, {done.dead} gave up, {done.held} held.",
+            file=out,
+        )
+    ok = result.everything_mapped and done.dead == 0 and done.held == 0
+    return EXIT_OK if ok else EXIT_NOT_DONE
+
+
+async def _run(
+    args: argparse.Namespace, settings: Settings, tables: Tables, since: str, err: TextIO
+) -> Backload:
+    from adapter.dicomweb.backload import backload
+    from adapter.dicomweb.client import DicomWebSource
+    from adapter.outbox.commands import open_outbox
+
+    async with DicomWebSource(args.dicomweb, rate=args.rate) as source:
+        with open_outbox(settings, args.out) as outbox:
+            return await backload(
+                source,
+                settings,
+                tables,
+                outbox,
+                args.out,
+                since=since,
+                study=args.study or "",
+                progress=err,
+            )

@@ -1,0 +1,1 @@
+"""Service-mode sources: the DICOM C-STORE receiver (issue 11)."""

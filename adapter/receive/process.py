@@ -1,0 +1,164 @@
+"""Received studies through the ingest pipeline, once they are complete or quiet.
+
+A C-STORE stream has no end-of-study signal: a study is processed when it has been idle for
+``dicom.quiet_seconds`` or when (0020,1208) Number of Study Related Instances says every
+instance has arrived. Processing is ``rtplan ingest`` on the study's spooled files (classification,
+identity, mapping, review Task, PACS label), then the outbox rows and study records are stored
+in one transaction; only then is the spool entry settled. A crash before that leaves the entry
+in the spool and the study is processed again at the next start (the outbox drops an identical
+row for the same key).
+
+A late instance (one arriving after its study was processed) re-runs the pipeline on the whole
+study (the kept headers plus the new instance), so the same ImagingStudy is updated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from adapter.config import Settings
+from adapter.label.service import enqueue_labels, label_targets
+from adapter.mapping.tables import Tables
+from adapter.outbox.store import Outbox
+from adapter.receive.spool import PendingStudy, Spool
+from adapter.service.deliver import deliver, enqueue, read_capabilities, targets
+from adapter.service.ingest import IngestResult, StudyOutcome, run_ingest
+from adapter.service.output import study_report, write_json_atomic
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+RETRY_SECONDS = 60  # a study whose processing failed is tried again after this long
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """One spooled study taken through the pipeline."""
+
+    key: str
+    outcomes: tuple[StudyOutcome, ...]
+    rejected: int
+    row_ids: tuple[int, ...]
+
+
+def spool_path(settings: Settings, out_dir: Path | None) -> Path:
+    if settings.dicom.spool_dir:
+        return Path(settings.dicom.spool_dir)
+    return (out_dir / "spool") if out_dir is not None else Path(".rtplan") / "spool"
+
+
+async def resolve_fhir_version(settings: Settings) -> Settings:
+    """``fhir.version: auto`` is read from the server once, as ``rtplan ingest`` does."""
+    if settings.fhir.base_url and settings.fhir.version == "auto":
+        capabilities = await read_capabilities(settings)
+        settings = replace(settings, fhir=replace(settings.fhir, version=capabilities.version))
+    return settings
+
+
+class StudyProcessor:
+    """Takes ready studies out of the spool into the outbox (and delivers their rows)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        settings: Settings,
+        tables: Tables,
+        outbox: Outbox,
+        out_dir: Path | None,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.spool = spool
+        self.settings = settings
+        self.tables = tables
+        self.outbox = outbox
+        self.out_dir = out_dir
+        self.clock = clock
+        self.counts: Counter[str] = Counter()
+        self.wake = asyncio.Event()
+        self._retry_at: dict[str, float] = {}  # study key -> not before (after a failure)
+
+    async def run(self, stop: asyncio.Event, *, poll_seconds: float = 0.5) -> None:
+        """Process ready studies until ``stop``; a study in processing is finished first."""
+        while not stop.is_set():
+            await self.process_ready()
+            self.wake.clear()
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wake.wait())]
+            await asyncio.wait(waiters, timeout=poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+            for task in waiters:
+                task.cancel()
+
+    async def process_ready(self) -> list[Processed]:
+        done = []
+        now = self.clock()
+        for study in self.spool.ready(now, self.settings.dicom.quiet_seconds):
+            if self._retry_at.get(study.key, 0.0) > now:
+                continue
+            try:
+                done.append(await self.process(study))
+            except Exception as exc:  # the entry stays in the spool and is tried again later
+                self.counts["errors"] += 1
+                self._retry_at[study.key] = now + RETRY_SECONDS
+                log.error(
+                    "study %s: processing failed (%s); it stays in the spool, next try in %d s",
+                    study.key,
+                    type(exc).__name__,  # the type only: a message may carry patient data
+                    RETRY_SECONDS,
+                )
+            else:
+                self._retry_at.pop(study.key, None)
+        return done
+
+    async def process(self, study: PendingStudy) -> Processed:
+        files = self.spool.incoming_files(study.key)
+        paths = [*self.spool.kept(study.key), *files]  # earlier headers + this batch
+        settings = replace(self.settings, ingest=replace(self.settings.ingest, workers=1))
+        result = await asyncio.to_thread(run_ingest, paths, settings, self.tables)
+        ids = self._store(result)
+        rejected = {Path(r.path) for r in result.rejections}
+        self.spool.settle(
+            study.key,
+            [f for f in files if f not in rejected],
+            quarantined=[f for f in files if f in rejected],
+        )
+        for outcome in result.studies:
+            self.counts[outcome.status.value] += 1
+            log.info(
+                "received study %s: %s (%d instances)",
+                outcome.key,
+                outcome.status.value,
+                outcome.instances,
+            )
+            if self.out_dir is not None:
+                self._report(outcome, len(rejected))
+        self.counts["rejected_files"] += len(rejected)
+        if ids:
+            await deliver(self.outbox, self.settings, ids=ids, out_dir=self.out_dir)
+        return Processed(study.key, result.studies, len(rejected), tuple(ids))
+
+    def _store(self, result: IngestResult) -> list[int]:
+        ids = enqueue(self.outbox, result, targets(self.settings, self.out_dir))
+        label_ids, _ = enqueue_labels(
+            self.outbox,
+            result,
+            self.settings,
+            self.tables,
+            label_targets(self.settings, self.out_dir),
+            datetime.now(UTC),
+        )
+        return ids + label_ids
+
+    def _report(self, outcome: StudyOutcome, rejected: int) -> None:
+        assert self.out_dir is not None
+        folder = self.out_dir / "received"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        entry = study_report(outcome)
+        entry["rejected_files"] = rejected
+        entry["processed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_json_atomic(folder / f"{outcome.key}.json", entry)

@@ -1,0 +1,74 @@
+"""The receiver as one part of ``rtplan serve``: C-STORE SCP + spool + study processor.
+
+Start order: the spool is scanned (studies left from a previous run are processed when
+ready), then the SCP listens. Stop order: the SCP stops accepting first, then the study in
+processing finishes; studies still waiting for their quiet period stay in the spool and are
+processed after the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from adapter.config import Settings
+from adapter.mapping.tables import Tables
+from adapter.outbox.store import Outbox
+from adapter.receive.process import StudyProcessor, resolve_fhir_version, spool_path
+from adapter.receive.scp import Receiver
+from adapter.receive.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class ReceiveService:
+    def __init__(
+        self, settings: Settings, tables: Tables, outbox: Outbox, out_dir: Path | None
+    ) -> None:
+        self.settings = settings
+        self.tables = tables
+        self.outbox = outbox
+        self.out_dir = out_dir
+        self.spool = Spool(spool_path(settings, out_dir))
+        self.receiver: Receiver | None = None
+        self.processor: StudyProcessor | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.receiver is not None, "not started"
+        return self.receiver.port
+
+    async def start(self) -> None:
+        settings = await resolve_fhir_version(self.settings)
+        processor = StudyProcessor(self.spool, settings, self.tables, self.outbox, self.out_dir)
+        loop = asyncio.get_running_loop()
+
+        def stored() -> None:  # called on a receiver thread
+            loop.call_soon_threadsafe(processor.wake.set)
+
+        receiver = Receiver(settings.dicom, self.spool, on_stored=stored)
+        await asyncio.to_thread(receiver.start)
+        self.receiver, self.processor = receiver, processor
+        self._task = asyncio.create_task(processor.run(self._stop))
+
+    async def aclose(self) -> None:
+        if self.receiver is not None:
+            await asyncio.to_thread(self.receiver.stop)
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        log.info("DICOM receiver stopped; %s", self.stats())
+
+    def stats(self) -> dict[str, int]:
+        """Counters without patient data: associations, instances, studies by outcome."""
+        counts: dict[str, int] = {}
+        if self.receiver is not None:
+            counts.update(self.receiver.counts)
+        if self.processor is not None:
+            counts.update({f"studies_{k}": v for k, v in self.processor.counts.items()})
+        return counts

@@ -1,0 +1,46 @@
+"""``rtplan serve``'s log: one JSON object per line on stderr, level from ``log.level``.
+
+Our log calls name studies by key (a hash), rows by id and peers by address, never patient
+data; libraries that could print values (pydicom, pynetdicom's data set dumps, httpx URLs)
+are held at WARNING whatever the level, and uvicorn's access log is off (the API logs route
+templates instead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from adapter.config import LogSettings
+
+QUIET = ("pydicom", "pynetdicom", "httpx", "httpcore", "uvicorn.access")
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exception"] = record.exc_info[0].__name__  # the type only: values may be PHI
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_service_logging(settings: LogSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.level)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

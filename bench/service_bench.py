@@ -1,0 +1,193 @@
+"""Service mode (issue 11): C-STORE receive against dcmtk's storescp, DICOMweb back-load
+against file ingest, and the HTTP API's accepted reviews/s with p99 latency.
+
+Run in the project venv from the repository root::
+
+    .venv/bin/python bench/service_bench.py              # 1,000-slice study, 3 rounds, 300 POSTs
+    .venv/bin/python bench/service_bench.py --quick      # 100 slices, 1 round, 50 POSTs
+
+1. **C-STORE receive**: one synthetic planning CT of ``--slices`` slices (256 x 256, 16-bit;
+   ``fixtures/synth.py``) sent by ``storescu`` (one association, the files in order) to
+   (a) ``storescp -od DIR`` (dcmtk, writes each instance to disk) and (b) our receiver
+   (``adapter.receive.scp.Receiver`` writing to an ``adapter.receive.spool.Spool``: raw bytes,
+   fsync per instance and per folder; its processor does not run, so only receiving is timed).
+   Wall time of the ``storescu`` process; rounds interleaved (order reversed every other round);
+   instances/s of the median round.
+2. **DICOMweb back-load**: the four bundled fixture studies uploaded to a real Orthanc
+   (``tests/peers/orthanc_fixture.py``, loopback), then ``rtplan ingest --dicomweb URL --out``
+   against ``rtplan ingest FILES --out`` of the same files (fresh output folders): studies/s.
+3. **API**: ``--posts`` review POSTs (valid reviews of one ingested study, distinct review ids)
+   one at a time over one keep-alive connection, store on SQLite; latency of each 202;
+   reviews/s and p50/p99. (PostgreSQL: the adapter has no PostgreSQL store yet.)
+
+Results go to stdout as Markdown (``bench/results/service.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adapter.config import DicomSettings  # noqa: E402
+from adapter.receive.scp import Receiver  # noqa: E402
+from adapter.receive.spool import Spool  # noqa: E402
+from tests.peers.launch import free_port  # noqa: E402
+from tests.support import FIXTURES, synth  # noqa: E402
+
+
+def storescu(port: int, files: list[Path], called: str) -> float:
+    cmd = ["storescu", "-aet", "CTSIM1", "-aec", called, "127.0.0.1", str(port), *map(str, files)]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, timeout=3600)
+    return time.perf_counter() - started
+
+
+def cstore(slices: int, rounds: int, work: Path) -> dict[str, object]:
+    study = work / "study"
+    synth.planning_ct(study, seed="bench", slices=slices, rows=256, cols=256)
+    files = sorted(study.glob("*.dcm"))
+    timings: dict[str, list[float]] = {"storescp": [], "rtplan": []}
+    for number in range(rounds):
+        order = ["storescp", "rtplan"] if number % 2 == 0 else ["rtplan", "storescp"]
+        for name in order:
+            target = work / f"{name}-{number}"
+            target.mkdir()
+            port = free_port()
+            if name == "storescp":
+                proc = subprocess.Popen(
+                    ["storescp", "-aet", "STORESCP", "-od", str(target), str(port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                time.sleep(0.5)
+                try:
+                    timings[name].append(storescu(port, files, "STORESCP"))
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+            else:
+                receiver = Receiver(DicomSettings(listen_port=port), Spool(target))
+                receiver.start()
+                try:
+                    timings[name].append(storescu(port, files, "RTPLAN"))
+                finally:
+                    receiver.stop()
+            shutil.rmtree(target)
+    medians = {k: statistics.median(v) for k, v in timings.items()}
+    rates = {k: len(files) / v for k, v in medians.items()}
+    return {
+        "instances": len(files),
+        "bytes": sum(f.stat().st_size for f in files),
+        "seconds": timings,
+        "instances_per_s": rates,
+        "ratio": rates["rtplan"] / rates["storescp"],
+    }
+
+
+def backload(work: Path) -> dict[str, object]:
+    from tests.peers.orthanc_fixture import OrthancPeer, build_shim
+
+    cases = ["planning-ct", "planning-mr", "diagnostic-ct", "pet-ct"]
+    peer = OrthancPeer(work / "orthanc", build_shim(work))
+    peer.start()
+    try:
+        peer.upload([p for c in cases for p in sorted((FIXTURES / "dicom" / c).glob("*.dcm"))])
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        base = [sys.executable, "-m", "adapter.cli", "ingest"]
+        runs = {
+            "dicomweb": [*base, "--dicomweb", peer.dicomweb_url, "--out", str(work / "web")],
+            "files": [*base, *[str(FIXTURES / "dicom" / c) for c in cases],
+                      "--out", str(work / "files")],
+        }  # fmt: skip
+        seconds = {}
+        for name, cmd in runs.items():
+            started = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, timeout=600)
+            seconds[name] = time.perf_counter() - started
+    finally:
+        peer.stop()
+    return {"studies": len(cases), "seconds": seconds,
+            "studies_per_s": {k: len(cases) / v for k, v in seconds.items()}}  # fmt: skip
+
+
+def api(posts: int, work: Path) -> dict[str, object]:
+    import httpx  # noqa: F401 - the client used by tests.api_support
+
+    from adapter.cli import main
+    from adapter.config import load_settings
+    from tests.api_support import TOKEN, api_settings, running_api
+
+    out = work / "api-out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out)])
+    review = json.loads((FIXTURES / "reviews" / "no-finding.json").read_text())
+    from pydicom import dcmread
+
+    first = sorted((FIXTURES / "dicom" / "planning-ct").glob("*_CT_0001.dcm"))[0]
+    review["study_instance_uid"] = str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+    latencies = []
+    settings = api_settings(load_settings(None, env={}), work)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with running_api(settings, out) as client:
+        started = time.perf_counter()
+        for number in range(posts):
+            body = {**review, "review_id": f"BENCH-{number}"}
+            sent = time.perf_counter()
+            answer = client.post("/reviews", json=body, headers=headers)
+            latencies.append(time.perf_counter() - sent)
+            assert answer.status_code == 202, answer.text
+        total = time.perf_counter() - started
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return {
+        "posts": posts,
+        "reviews_per_s": posts / total,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * p99,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--slices", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--posts", type=int, default=300)
+    parser.add_argument("--parts", default="cstore,backload,api", help="comma-separated")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if args.quick:
+        args.slices, args.rounds, args.posts = 100, 1, 50
+    with tempfile.TemporaryDirectory(prefix="rtplan-bench-") as tmp:
+        work = Path(tmp)
+        results = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "load_before": os.getloadavg(),
+            },
+            "cstore": cstore(args.slices, args.rounds, work) if "cstore" in parts else None,
+            "backload": backload(work) if "backload" in parts else None,
+            "api": api(args.posts, work) if "api" in parts else None,
+            "load_after": os.getloadavg(),
+        }
+    print("```json")
+    print(json.dumps(results, indent=2))
+    print("```")
+
+
+if __name__ == "__main__":
+    main()
