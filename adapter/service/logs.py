@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
 
 from adapter.config import LogSettings
 
@@ -31,8 +32,22 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream of the
+    moment it was set up: an embedding program (or a test harness) that swaps or closes
+    stderr must not leave the root logger writing to a dead stream."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure_service_logging(settings: LogSettings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderr()
     if settings.format == "json":
         handler.setFormatter(JsonLines())
     else:
