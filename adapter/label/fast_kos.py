@@ -10,7 +10,8 @@ bytes). Everything else (the copied Patient and Study attributes in the study's 
 the title, the TEXT item, the File Meta) is still built and encoded by pydicom via
 :func:`adapter.label.kos.build_head`, which also refuses a rejection title.
 
-A UID that is not plain (digits and dots, at most 64 characters) sends the whole document to
+A UID that is not valid (PS3.5 9.1: digits and dots, no leading zero, at most 64 characters)
+sends the whole document to
 the reference builder instead, so an odd value meets pydicom's own checks.
 """
 
@@ -34,7 +35,8 @@ from adapter.label.kos import build_head, build_kos, encode
 from adapter.label.plan import KosPlan
 from adapter.label.titles import LabelVocabulary
 
-_PLAIN_UID: Final = re.compile(r"[0-9.]{1,64}")
+# PS3.5 9.1: components of digits without a leading zero, dot-separated, at most 64 characters.
+_PLAIN_UID: Final = re.compile(r"(?=.{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _ITEM: Final = b"\xfe\xff\x00\xe0"  # (FFFE,E000)
 _EVIDENCE_TAG: Final = 0x0040A375  # Current Requested Procedure Evidence Sequence
 _CONTENT_TAG: Final = 0x0040A730  # Content Sequence
