@@ -35,8 +35,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-
 from adapter.config import LabelSettings, Settings
 from adapter.label.service import DIMSE_PREFIX, KOS_FILES, PACS
 from adapter.label.titles import RejectionTitleRefused, load_vocabulary, refuse_rejection_title
@@ -62,6 +60,8 @@ def checked_document(row: Row, allowed: Iterable[str]) -> tuple[bytes, Any]:
     Raises:
         RejectionTitleRefused: the title is a rejection title or not allowed.
     """
+    from pydicom import dcmread  # only when a label row is delivered
+
     data = base64.b64decode(row.payload["document"])
     ds = dcmread(BytesIO(data))
     refuse_rejection_title(ds, allowed)

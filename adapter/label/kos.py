@@ -16,85 +16,29 @@ and a changed one (a late series) gets a new SOP Instance UID in the same KOS se
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from io import BytesIO
-from typing import Any, Final
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from adapter.classify import IMAGE_MODALITIES, Classification, Strength
+from adapter.classify import Classification
 from adapter.dicom.models import SeriesSummary, StudySummary
 from adapter.errors import MappingError
+from adapter.label.plan import IMPLEMENTATION_CLASS_UID as IMPLEMENTATION_CLASS_UID
+from adapter.label.plan import IMPLEMENTATION_VERSION as IMPLEMENTATION_VERSION
+from adapter.label.plan import KOS_MODALITY as KOS_MODALITY
+from adapter.label.plan import KOS_SOP_CLASS as KOS_SOP_CLASS
+from adapter.label.plan import TEMPLATE_ID as TEMPLATE_ID
+from adapter.label.plan import TEMPLATE_RESOURCE as TEMPLATE_RESOURCE
+from adapter.label.plan import KosPlan as KosPlan
+from adapter.label.plan import content_digest as content_digest
+from adapter.label.plan import derived_uid as derived_uid
+from adapter.label.plan import image_series as image_series
+from adapter.label.plan import label_text as label_text
 from adapter.label.titles import DicomCode, LabelVocabulary, refuse_rejection_title
-
-KOS_SOP_CLASS: Final = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection Document Storage
-KOS_MODALITY: Final = "KO"
-# PS3.16 TID 2010 is identified by Mapping Resource DCMR, Template Identifier 2010.
-TEMPLATE_RESOURCE, TEMPLATE_ID = "DCMR", "2010"
-# Our own implementation UID and version name in the File Meta (PS3.7 D.3.3.2).
-IMPLEMENTATION_CLASS_UID: Final = "2.25.142881983114873361637405032511098445296"
-IMPLEMENTATION_VERSION: Final = "RTPLAN_KOS_1"
-
-
-def derived_uid(*parts: str) -> str:
-    """A UUID-derived UID (PS3.5 B.2, root 2.25): the first 16 bytes of a SHA-256 of ``parts``
-    as a decimal integer, so the same parts always give the same UID (at most 44 characters)."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()[:16]
-    return f"2.25.{int.from_bytes(digest, 'big')}"
-
-
-@dataclass(frozen=True, slots=True)
-class KosPlan:
-    """What makes one KOS instance: decided before building (the store picks the number)."""
-
-    study_uid: str
-    digest: str  # of the referenced instances and the label wording
-    instance_number: int
-    series_number: int
-
-    @property
-    def series_uid(self) -> str:
-        return derived_uid(self.study_uid, "rtplan KOS series")
-
-    @property
-    def sop_instance_uid(self) -> str:
-        return derived_uid(self.study_uid, self.digest, str(self.instance_number), "rtplan KOS")
-
-
-def image_series(study: StudySummary) -> tuple[SeriesSummary, ...]:
-    """The series a label KOS references: every CT, MR and PET series of the study."""
-    return tuple(s for s in study.series if s.modality in IMAGE_MODALITIES and s.instances)
-
-
-def label_text(classification: Classification, vocabulary: LabelVocabulary) -> str:
-    """The TEXT item: the label, then why the study was labelled (series numbers, modalities
-    and rule values only, never patient data)."""
-    reasons = [e.text for e in classification.evidence if e.strength is not Strength.COUNTER]
-    evidence = "; ".join(reasons) if reasons else "no evidence was recorded"
-    return f"{vocabulary.text} {vocabulary.evidence_heading}: {evidence}."
-
-
-def content_digest(
-    study: StudySummary, classification: Classification, vocabulary: LabelVocabulary
-) -> str:
-    """A digest of everything the document says apart from when and which version: a late
-    series or new wording changes it, re-reading the same files does not."""
-    references = [
-        [s.series_instance_uid, [[i.sop_class_uid, i.sop_instance_uid] for i in s.instances]]
-        for s in image_series(study)
-    ]
-    wording = [
-        vocabulary.title.key,
-        vocabulary.series_description,
-        label_text(classification, vocabulary),
-    ]
-    text = json.dumps([study.study_instance_uid, references, wording], ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def build_kos(
@@ -114,6 +58,25 @@ def build_kos(
         MappingError: the study is not a planning scan, or has no image instance to reference.
         RejectionTitleRefused: the title is a rejection title (never built).
     """
+    ds, series = build_head(study, classification, copied, vocabulary, plan, now)
+    ds.CurrentRequestedProcedureEvidenceSequence = Sequence([_evidence(study, series)])
+    ds.ContentSequence.extend(
+        _image_item(i.sop_class_uid, i.sop_instance_uid) for s in series for i in s.instances
+    )
+    return ds
+
+
+def build_head(
+    study: StudySummary,
+    classification: Classification,
+    copied: Dataset,
+    vocabulary: LabelVocabulary,
+    plan: KosPlan,
+    now: datetime,
+) -> tuple[Dataset, tuple[SeriesSummary, ...]]:
+    """Everything of the KOS but its references: no Current Requested Procedure Evidence
+    Sequence, and a Content Sequence holding only the TEXT item. The title is checked here.
+    :func:`build_kos` adds the references as Datasets; ``adapter.label.fast_kos`` as bytes."""
     if not classification.is_planning:
         raise MappingError("not a planning scan: no label KOS is built")
     series = image_series(study)
@@ -140,7 +103,6 @@ def build_kos(
     local = _in_study_offset(now, str(getattr(copied, "TimezoneOffsetFromUTC", "") or ""))
     ds.ContentDate = local.strftime("%Y%m%d")
     ds.ContentTime = local.strftime("%H%M%S")
-    ds.CurrentRequestedProcedureEvidenceSequence = Sequence([_evidence(study, series)])
     # SR Document Content (C.17.3) with TID 2010
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = Sequence([_code(vocabulary.title)])
@@ -151,7 +113,6 @@ def build_kos(
     ds.ContentTemplateSequence = Sequence([template])
     ds.ContentSequence = Sequence(
         [_text_item(label_text(classification, vocabulary), vocabulary.description_concept)]
-        + [_image_item(i.sop_class_uid, i.sop_instance_uid) for s in series for i in s.instances]
     )
 
     meta = FileMetaDataset()
@@ -162,7 +123,7 @@ def build_kos(
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     ds.file_meta = meta
     refuse_rejection_title(ds, vocabulary.allowed_titles)
-    return ds
+    return ds, series
 
 
 def _in_study_offset(now: datetime, offset: str) -> datetime:

@@ -212,12 +212,15 @@ async def deliver(
             # but a peer that never answers must not be hammered.
             policies[HL7] = retry_policy(settings.fhir)
         # The PACS label KOS (issue 12): files, C-STORE, STOW-RS; same retry as FHIR.
-        from adapter.label.delivery import pacs_deliverers
-        from adapter.label.service import KOS_FILES, PACS
+        # Imported only when a label is configured or a label row waits (labelling off: none).
+        from adapter.label.service import KOS_FILES, PACS, label_targets
 
-        deliverers.update(await pacs_deliverers(stack, settings, waiting, out_dir))
-        policies[PACS] = retry_policy(settings.fhir)
-        policies[KOS_FILES] = RetryPolicy()
+        if label_targets(settings, out_dir) or any(d in (KOS_FILES, PACS) for d, _ in waiting):
+            from adapter.label.delivery import pacs_deliverers
+
+            deliverers.update(await pacs_deliverers(stack, settings, waiting, out_dir))
+            policies[PACS] = retry_policy(settings.fhir)
+            policies[KOS_FILES] = RetryPolicy()
         # Rows for a destination not configured now (another FHIR server) stay untouched.
         worker = Worker(
             outbox,

@@ -5,6 +5,8 @@ two paths"."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import struct
 import subprocess
@@ -241,8 +243,8 @@ def test_deep_nesting_is_deferred_and_quarantined_by_the_pydicom_path(tmp_path: 
 def test_cli_and_reader_import_no_heavy_packages() -> None:
     """``import adapter.cli`` (every command) and reading plain files load neither pydicom
     (with numpy: 0.3 s of start-up) nor the FHIR stack (httpx, PyJWT), hl7apy or pynetdicom.
-    (The PACS label's KOS builder, used by ``ingest`` for a planning study, does import
-    pydicom: docs/benchmarks.md.)"""
+    (The PACS label's KOS builder does import pydicom, only when a label is built: the tests
+    below.)"""
     code = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -263,6 +265,64 @@ def test_cli_and_reader_import_no_heavy_packages() -> None:
         cwd=ROOT,
     )
     assert out.stdout.strip().splitlines() == ["[]", "[]"], out.stdout
+
+
+# What an ``rtplan ingest`` run may import only when a label KOS is built or delivered.
+_LABEL_BUILDER = ("adapter.label.kos", "adapter.label.fast_kos", "adapter.label.source")
+_INGEST_IMPORTS = (
+    "import json, sys\n"
+    "import adapter.cli\n"
+    "code = adapter.cli.main(['ingest', sys.argv[1], '--out', sys.argv[2]])\n"
+    "heavy = {'pydicom', 'numpy', 'pynetdicom', 'httpx', 'jwt', 'cryptography', 'hl7apy'}\n"
+    "print(code)\n"
+    "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)))\n"
+    "print(json.dumps(sorted(m for m in sys.modules if m.startswith('adapter.label.'))))\n"
+)
+
+
+def _ingest_imports(case: str, out: Path, *, label: bool) -> tuple[str, list[str], list[str]]:
+    """Exit status, heavy packages and label modules loaded by one ``rtplan ingest`` run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTPLAN_")}
+    env["RTPLAN_LABEL__ENABLED"] = "true" if label else "false"
+    env["RTPLAN_OUTBOX__PATH"] = str(out / "outbox.sqlite")
+    proc = subprocess.run(
+        [sys.executable, "-c", _INGEST_IMPORTS, str(FIXTURES / "dicom" / case), str(out / "o")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=env,
+    )
+    code, heavy, modules = proc.stdout.strip().splitlines()[-3:]
+    return code, json.loads(heavy), json.loads(modules)
+
+
+def test_ingest_with_labelling_off_imports_no_label_builder_or_toolkit(tmp_path: Path) -> None:
+    """``label.enabled: false``: a planning study is mapped and delivered without pydicom,
+    numpy or pynetdicom, and without the KOS builder or the label delivery module."""
+    code, heavy, modules = _ingest_imports("planning-ct", tmp_path, label=False)
+    assert code == "0"
+    assert heavy == []
+    assert not set(modules) & {*_LABEL_BUILDER, "adapter.label.delivery"}, modules
+
+
+def test_ingest_without_a_planning_study_imports_no_toolkit(tmp_path: Path) -> None:
+    """Labelling on, but no study to label (a diagnostic study is held): no KOS is built, so
+    neither pydicom nor the builder is loaded; the label delivery module loads without them."""
+    code, heavy, modules = _ingest_imports("diagnostic-ct", tmp_path, label=True)
+    assert heavy == [], code
+    assert not set(modules) & set(_LABEL_BUILDER), modules
+
+
+def test_ingest_that_builds_a_label_loads_the_builder(tmp_path: Path) -> None:
+    """The other side of the two tests above: a planning study with labelling on builds its
+    KOS with the fast encoder (and pydicom for the copied attributes)."""
+    code, heavy, modules = _ingest_imports("planning-ct", tmp_path, label=True)
+    assert code == "0"
+    assert "pydicom" in heavy
+    assert {"adapter.label.fast_kos", "adapter.label.source", "adapter.label.delivery"} <= set(
+        modules
+    )
 
 
 def _defined_sequence(tag: int, *items: bytes) -> bytes:
