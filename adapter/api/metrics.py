@@ -68,6 +68,13 @@ class StoreCollector(Collector):
         yield CounterMetricFamily(
             "rtplan_escalations_fired", "Escalation timers fired", value=len(timers.fired())
         )
+        # Issue 13: a study held for a patient-identity disagreement stays visible to alerting
+        # until an operator resolves it (`rtplan identity resolve`).
+        yield GaugeMetricFamily(
+            "rtplan_identity_holds_open",
+            "Studies held because their patient identity disagrees, not yet resolved",
+            value=len(self.outbox.identity_holds(open_only=True)),
+        )
         for name, count in sorted(self.receiver.items()):
             metric = "rtplan_receiver_" + "".join(c if c.isalnum() else "_" for c in name)
             yield CounterMetricFamily(metric, f"DICOM receiver: {name}", value=count)

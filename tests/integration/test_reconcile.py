@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
+from adapter.api.metrics import metrics_text
 from adapter.cli import main
 from adapter.config import Settings
 from adapter.hl7.deliverer import T1, T2, control_id_for
@@ -160,6 +161,8 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     assert "SOMEONE-ELSE" in stdout and "1 held row(s)" in stdout
     code, stdout = run(capsys, "identity", "list", "--out", str(out))
     assert f"hold {hold['hold']} study {uid['rec-d']}" in stdout and "1 open" in stdout
+    with Outbox(out / "outbox.sqlite") as outbox:  # the metric a scheduler alerts on
+        assert b"rtplan_identity_holds_open 1.0" in metrics_text(outbox, {})[0]
     # --since: nothing created after a far future date.
     code, stdout = run(capsys, "reconcile", "--since", "2999-01-01", "--json", "--out", str(out))
     assert code == 0 and json.loads(stdout)["open"] == 0
@@ -186,6 +189,8 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     assert code == 0
     code, stdout = run(capsys, "identity", "list", "--all", "--out", str(out))
     assert "resolved (keep by Dr Safe)" in stdout and "0 open identity hold(s)" in stdout
+    with Outbox(out / "outbox.sqlite") as outbox:
+        assert b"rtplan_identity_holds_open 0.0" in metrics_text(outbox, {})[0]
     assert run(capsys, "outbox", "--db", str(out / "outbox.sqlite"), "run")[0] == 0
     code, listed = items(capsys, out)
     assert (code, listed["open"], listed["overdue"]) == (0, 0, 0), listed
