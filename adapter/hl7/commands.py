@@ -35,7 +35,6 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
         from adapter.service.logs import configure_service_logging
         from adapter.service.serve import serve
 
-        configure_service_logging(settings.log)
         if args.port is not None:
             from adapter.config import validate_settings
 
@@ -44,6 +43,8 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
                 validate_settings(settings)
             except ConfigError as exc:
                 raise ConfigError("--port", exc.problem) from None
+        # Only a service that will run takes over the process's logging: a usage error does not.
+        configure_service_logging(settings.log)
         asyncio.run(serve(settings, args.out))
         return 0
     if args.command == "escalations":

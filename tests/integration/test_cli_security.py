@@ -5,6 +5,7 @@ bad input one clear line with exit status 2, never a traceback."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -171,7 +172,10 @@ def test_retry_of_a_delivered_row(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_serve_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    handlers = list(logging.getLogger().handlers)
     assert "--port" in _bad(["serve", "--port", "99999"], capsys)
+    # A usage error does not take over the process's logging (only a running service does).
+    assert logging.getLogger().handlers == handlers
 
 
 def test_settings_out_of_range_from_the_environment(
