@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers.hl7v2_validator_fixture import _java
+from tests.peers.hl7v2_validator_fixture import _java, build_jar
 
 VALIDATOR_DIR = Path(__file__).resolve().parent / "fhir-validator"
 BUILD_SH = VALIDATOR_DIR / "build.sh"
@@ -46,21 +46,7 @@ Validate = Callable[..., list[FhirResult]]
 
 
 def build_validator() -> None:
-    """Run build.sh (idempotent); pytest.fail with its output when it fails."""
-    proc = subprocess.run(
-        ["bash", str(BUILD_SH)],
-        cwd=VALIDATOR_DIR,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-    )
-    if proc.returncode != 0 or not JAR.is_file():
-        pytest.fail(
-            f"HAPI FHIR validator: build.sh failed (exit code {proc.returncode}):\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}",
-            pytrace=False,
-        )
+    build_jar("HAPI FHIR validator", BUILD_SH, JAR, BUILD_TIMEOUT)
 
 
 def run_validator(

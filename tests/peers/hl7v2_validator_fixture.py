@@ -55,22 +55,26 @@ def _java() -> str:
     return java
 
 
-def build_validator() -> None:
-    """Run build.sh (idempotent); pytest.fail with its output when it fails."""
+def build_jar(name: str, build_sh: Path, jar: Path, timeout: float = BUILD_TIMEOUT) -> None:
+    """Run a Java peer's build.sh (idempotent); pytest.fail with its output when it fails."""
     proc = subprocess.run(
-        ["bash", str(BUILD_SH)],
-        cwd=VALIDATOR_DIR,
+        ["bash", str(build_sh)],
+        cwd=build_sh.parent,
         capture_output=True,
         text=True,
-        timeout=BUILD_TIMEOUT,
+        timeout=timeout,
         check=False,
     )
-    if proc.returncode != 0 or not JAR.is_file():
+    if proc.returncode != 0 or not jar.is_file():
         pytest.fail(
-            f"HAPI HL7v2 validator: build.sh failed (exit code {proc.returncode}):\n"
+            f"{name}: build.sh failed (exit code {proc.returncode}):\n"
             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}",
             pytrace=False,
         )
+
+
+def build_validator() -> None:
+    build_jar("HAPI HL7v2 validator", BUILD_SH, JAR)
 
 
 def run_validator(java: str, messages: Sequence[bytes]) -> list[Result]:
