@@ -91,9 +91,9 @@ sys.path.insert(0, str(ROOT))
 
 from adapter.config import FhirSettings, IngestSettings, OutboxSettings, Settings  # noqa: E402
 from adapter.fhir.delivery import conditionals  # noqa: E402
-from adapter.outbox.store import Outbox  # noqa: E402
 from adapter.service.deliver import FHIR, deliver, enqueue  # noqa: E402
 from adapter.service.ingest import IngestResult, StudyOutcome  # noqa: E402
+from adapter.store.outbox import Outbox  # noqa: E402
 from tests.peers.launch import PeerProcess, free_port, start_peer  # noqa: E402
 
 JSON = dict[str, Any]
@@ -417,7 +417,7 @@ def throughput(
 def instrumented(totals: dict[str, list[float]]) -> Iterator[None]:
     """Wrap Outbox methods, FhirClient calls and JSON encode/decode to sum their wall time."""
     import adapter.fhir.client as client_mod
-    import adapter.outbox.store as store_mod
+    import adapter.store.outbox as store_mod
 
     patches: list[tuple[Any, str, Any]] = []
 

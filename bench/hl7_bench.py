@@ -221,7 +221,7 @@ def prerendered_rows(orders: list[Any], profile: Any) -> tuple[list[Any], float]
     (the message built once, its bytes and MSH-10 stored). Returns the rows and the seconds
     spent in ``prerender`` (all orders)."""
     from adapter.hl7.deliverer import KIND_ORDER, prerender
-    from adapter.outbox.store import NewRow
+    from adapter.store.outbox import NewRow
 
     rows = []
     spent = 0.0
@@ -251,8 +251,8 @@ async def outbox_drain(
     from adapter.hl7.client import MllpClient
     from adapter.hl7.deliverer import Hl7Deliverer
     from adapter.hl7.profiles import load_profiles
-    from adapter.outbox.store import Outbox, State
     from adapter.outbox.worker import RetryPolicy, Worker
+    from adapter.store.outbox import Outbox, State
 
     profile = load_profiles(ROOT / "mappings" / "receivers")["default-ris"]
     folder = Path(tempfile.mkdtemp(prefix="outbox-", dir=WORK))
@@ -318,7 +318,7 @@ async def outbox_drain(
 
 def commit_cost(rows: list[Any], count: int) -> float:
     """ms per ``Outbox.enqueue`` (one committed, fsync'd transaction per row)."""
-    from adapter.outbox.store import Outbox
+    from adapter.store.outbox import Outbox
 
     folder = Path(tempfile.mkdtemp(prefix="enqueue-", dir=WORK))
     with Outbox(folder / "outbox.sqlite") as outbox:
@@ -350,8 +350,8 @@ def ingest_template() -> Path:
 async def latency(port: int, template: Path, samples: int, warmup: int) -> dict[str, Any]:
     from adapter.config import Hl7Settings, Settings
     from adapter.mapping.tables import load_tables
-    from adapter.outbox.store import Outbox, State
     from adapter.review.service import submit_review_async
+    from adapter.store.outbox import Outbox, State
 
     concern = json.loads((ROOT / "fixtures" / "reviews" / "concern.json").read_text())
     settings = Settings(hl7=Hl7Settings(mllp=True, host="127.0.0.1", port=port))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from adapter.config import Settings
 from adapter.mapping.tables import load_tables
-from adapter.outbox.commands import open_outbox
 from adapter.receive.service import ReceiveService
+from adapter.store.location import open_outbox
 from tests.peers.launch import free_port
 
 

@@ -30,9 +30,9 @@ from adapter.api.metrics import metrics_text
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.mapping.tables import Tables, load_tables
-from adapter.outbox.commands import open_outbox
-from adapter.outbox.store import Outbox, Row, State
 from adapter.review.model import ReviewError, ReviewInput, parse_review
+from adapter.store.location import open_outbox
+from adapter.store.outbox import Outbox, Row, State
 
 KIND_REVIEW = "fhir-review-transaction"  # = adapter.review.service.KIND_REVIEW
 ORDER_KINDS = ("hl7-order", "hl7-cancel")

@@ -27,7 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from adapter.outbox.store import OPEN_STATES, Outbox, Row
+from adapter.store.outbox import OPEN_STATES, Outbox, Row
 
 ORDER_KIND = "hl7-order"
 ACK_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 14400.0, 86400.0)

@@ -24,10 +24,10 @@ from adapter.dicomweb.convert import write_instances
 from adapter.errors import ConfigError
 from adapter.label.service import LabelOutcome, enqueue_labels, label_targets
 from adapter.mapping.tables import Tables
-from adapter.outbox.store import Outbox
 from adapter.outbox.worker import DrainReport
 from adapter.service.deliver import deliver, enqueue, targets
 from adapter.service.ingest import IngestResult, StudyOutcome, log_key, run_ingest
+from adapter.store.outbox import Outbox
 
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 

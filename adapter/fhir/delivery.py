@@ -31,8 +31,8 @@ from adapter.errors import NoAnswer, NotSent
 from adapter.fhir.auth import AuthRefused
 from adapter.fhir.client import FhirClient, FhirResponse
 from adapter.fhir.patches import conditional_patches, resolve_patches
-from adapter.outbox.store import Row
 from adapter.outbox.worker import Attempt, Verdict
+from adapter.store.outbox import Row
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

@@ -33,10 +33,10 @@ from adapter.hl7.client import MllpClient
 from adapter.hl7.messages import MessageBuildError, build_order
 from adapter.hl7.model import OrderRequest
 from adapter.hl7.profiles import ReceiverProfile
-from adapter.outbox.store import NewRow, Row
-from adapter.outbox.timers import Timers
 from adapter.outbox.worker import Attempt, Verdict
 from adapter.private import private_dir, replace_private
+from adapter.store.outbox import NewRow, Row
+from adapter.store.timers import Timers
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

@@ -23,8 +23,8 @@ from adapter.errors import NoAnswer, NotSent
 from adapter.hl7.ack_judge import AckOutcome, judge_ack
 from adapter.hl7.client import MllpClient
 from adapter.hl7.profiles import ReceiverProfile
-from adapter.outbox.store import Row
 from adapter.outbox.worker import Attempt, Verdict
+from adapter.store.outbox import Row
 
 log = logging.getLogger(__name__)
 

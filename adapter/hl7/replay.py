@@ -14,7 +14,7 @@ from typing import Any
 from adapter.config import Settings
 from adapter.hl7.deliverer import KIND_ORDER, T1, new_transmission
 from adapter.hl7.profiles import load_profiles
-from adapter.outbox.store import Outbox, Row
+from adapter.store.outbox import Outbox, Row
 
 JSON = dict[str, Any]
 

@@ -39,8 +39,8 @@ from adapter.config import LabelSettings, Settings
 from adapter.label.service import DIMSE_PREFIX, KOS_FILES, PACS
 from adapter.label.titles import RejectionTitleRefused, load_vocabulary, refuse_rejection_title
 from adapter.mapping.tables import load_tables
-from adapter.outbox.store import Row
 from adapter.outbox.worker import Attempt, Deliverer, Verdict
+from adapter.store.outbox import Row
 
 log = logging.getLogger(__name__)
 # pynetdicom's DEBUG output dumps PDUs and, for some services, identifiers: keep it at WARNING.

@@ -21,9 +21,9 @@ from adapter.errors import AdapterError
 from adapter.label.plan import KosPlan, content_digest
 from adapter.label.titles import LabelVocabulary, load_vocabulary
 from adapter.mapping.tables import Tables
-from adapter.outbox.labels import KIND_KOS, LabelRecord, LabelStore, label_key
-from adapter.outbox.store import NewRow, Outbox
 from adapter.service.ingest import IngestResult, Status, StudyOutcome, log_key
+from adapter.store.labels import KIND_KOS, LabelRecord, LabelStore, label_key
+from adapter.store.outbox import NewRow, Outbox
 
 KOS_FILES, PACS = "dicom-files", "pacs"
 DIMSE_PREFIX = "dimse:"

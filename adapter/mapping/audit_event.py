@@ -1,6 +1,6 @@
 """Audit records -> FHIR R4 AuditEvents following IHE Basic Audit Log Patterns (BALP).
 
-Pure mapping: one :class:`~adapter.outbox.audit.AuditRecord` and the study's stored record in,
+Pure mapping: one :class:`~adapter.store.audit.AuditRecord` and the study's stored record in,
 one AuditEvent out. The shape follows BALP's patterns for a client with no user ("Create/Update
 ... of a Resource with no user"): ``type`` is a RESTful operation for writes to the FHIR
 server and the adapter's own code otherwise; the adapter is the requesting agent (DCM 110150
@@ -18,8 +18,8 @@ from typing import Any
 
 from adapter.mapping.identifiers import full_url, patient_identifier, study_identifier
 from adapter.mapping.tables import Tables
-from adapter.outbox.audit import SYSTEM, AuditRecord
-from adapter.outbox.studies import StudyRecord
+from adapter.store.audit import SYSTEM, AuditRecord
+from adapter.store.studies import StudyRecord
 
 JSON = dict[str, Any]
 # audit event -> AuditEvent.action (R4 audit-event-action: C create, R read, U update, E execute)

@@ -31,8 +31,8 @@ from adapter.note.fhir import (
     with_presented_form,
 )
 from adapter.note.render import render_pdf, render_text
-from adapter.outbox.store import NewRow, Outbox
 from adapter.review.model import ReviewInput
+from adapter.store.outbox import NewRow, Outbox
 
 if TYPE_CHECKING:
     import httpx

@@ -22,7 +22,7 @@ import tenacity
 from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
-from adapter.outbox.store import NewRow, Outbox, Row
+from adapter.store.outbox import NewRow, Outbox, Row
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

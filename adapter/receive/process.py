@@ -26,11 +26,11 @@ from pathlib import Path
 from adapter.config import Settings
 from adapter.label.service import enqueue_labels, label_targets
 from adapter.mapping.tables import Tables
-from adapter.outbox.store import Outbox
 from adapter.receive.spool import PendingStudy, Spool
 from adapter.service.deliver import deliver, enqueue, read_capabilities, targets
 from adapter.service.ingest import IngestResult, StudyOutcome, run_ingest
 from adapter.service.output import study_report, write_json_atomic
+from adapter.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from adapter.config import Settings
 from adapter.mapping.tables import Tables
-from adapter.outbox.store import Outbox
 from adapter.receive.process import StudyProcessor, resolve_fhir_version, spool_path
 from adapter.receive.scp import Receiver
 from adapter.receive.spool import Spool
+from adapter.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from adapter.hl7.deliverer import HL7, KIND_CANCEL, KIND_ORDER, T1, prerender
 from adapter.hl7.profiles import ReceiverProfile, load_profiles
 from adapter.mapping.review_bundle import ReviewOutput, StudyContext
 from adapter.mapping.tables import Tables
-from adapter.outbox.store import NewRow, Outbox
 from adapter.review.model import ReviewInput
 from adapter.review.orders import order_payloads, previous_orders, study_facts
+from adapter.store.outbox import NewRow, Outbox
 
 JSON = dict[str, Any]
 FHIR = "fhir"

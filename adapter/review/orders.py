@@ -30,9 +30,9 @@ from adapter.mapping.review_bundle import (
     StudyContext,
 )
 from adapter.mapping.tables import Tables
-from adapter.outbox.store import Row
-from adapter.outbox.studies import StudyRecord
 from adapter.review.model import ReviewInput
+from adapter.store.outbox import Row
+from adapter.store.studies import StudyRecord
 
 JSON = dict[str, Any]
 KIND_TASK_UPDATE = "fhir-transaction"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter.errors import TransportError
 from adapter.mapping.identifiers import token
-from adapter.outbox.studies import StudyRecord
+from adapter.store.studies import StudyRecord
 
 if TYPE_CHECKING:
     import httpx

@@ -36,9 +36,6 @@ from adapter.mapping.review_bundle import (
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
 from adapter.mapping.tables import Tables, load_tables
 from adapter.note.service import apply_note, note_rows, plan_note, with_server_previous
-from adapter.outbox.commands import open_outbox
-from adapter.outbox.store import NewRow, Outbox, Row
-from adapter.outbox.studies import StudyRecord
 from adapter.review.model import ReviewInput, UnknownStudyError, parse_review
 from adapter.review.versions import (
     Decision,
@@ -47,6 +44,9 @@ from adapter.review.versions import (
     content_hash,
     decide,
 )
+from adapter.store.location import open_outbox
+from adapter.store.outbox import NewRow, Outbox, Row
+from adapter.store.studies import StudyRecord
 
 if TYPE_CHECKING:
     import httpx
@@ -501,7 +501,7 @@ def _preview_context(
 ) -> tuple[StudyContext, list[Row]]:
     """The study as known to the outbox (if its file exists) or the FHIR server, and the
     study's outbox rows; reads only."""
-    from adapter.outbox.commands import outbox_path
+    from adapter.store.location import outbox_path
 
     path = outbox_path(settings, out_dir)
     outbox = Outbox(path) if path.exists() else None
@@ -521,7 +521,7 @@ def _preview_record(
     review: ReviewInput, settings: Settings, out_dir: Path | None
 ) -> StudyRecord | None:
     """The study's record (patient and procedure ids from its DICOM headers), if stored."""
-    from adapter.outbox.commands import outbox_path
+    from adapter.store.location import outbox_path
 
     path = outbox_path(settings, out_dir)
     if not path.exists():

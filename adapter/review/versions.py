@@ -20,8 +20,8 @@ import hashlib
 from enum import StrEnum
 from types import MappingProxyType
 
-from adapter.outbox.reviews import AcceptedReview, RequestRecord, ReviewState
 from adapter.review.model import ReviewError, ReviewInput
+from adapter.store.reviews import AcceptedReview, RequestRecord, ReviewState
 
 
 class StaleReviewError(ReviewError):

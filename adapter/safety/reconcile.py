@@ -31,9 +31,9 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM
-from adapter.outbox.audit import study_of_key
-from adapter.outbox.store import Outbox, Row, State
-from adapter.outbox.timers import Timer
+from adapter.store.audit import study_of_key
+from adapter.store.outbox import Outbox, Row, State
+from adapter.store.timers import Timer
 
 JSON = dict[str, Any]
 KIND_STUDY = "fhir-transaction"

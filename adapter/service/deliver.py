@@ -18,11 +18,11 @@ import tenacity
 
 from adapter.config import FhirSettings, Settings, is_loopback
 from adapter.errors import ConfigError
-from adapter.outbox.identity import HeldRow, IngestedStudy, IngestWrite
-from adapter.outbox.store import Outbox, Row
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
 from adapter.service.ingest import IngestResult, Status
 from adapter.service.output import bundle_label, write_json_atomic
+from adapter.store.identity import HeldRow, IngestedStudy, IngestWrite
+from adapter.store.outbox import Outbox, Row
 
 if TYPE_CHECKING:
     import httpx

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from adapter.hl7.deliverer import REJECTED, T1, T2
 from adapter.mapping.radiology_result import task_entry, task_update, transaction
-from adapter.outbox.store import NewRow, Outbox
-from adapter.outbox.timers import Timer
+from adapter.store.outbox import NewRow, Outbox
+from adapter.store.timers import Timer
 
 log = logging.getLogger(__name__)
 WHY = {

@@ -39,8 +39,8 @@ from adapter.hl7.listener import PEER, Peer
 from adapter.hl7.trust import TrustPolicy
 from adapter.mapping.radiology_result import response_bundle, result_bundle
 from adapter.mapping.tables import Tables
-from adapter.outbox.store import NewRow, Outbox, Row
 from adapter.ratelimit import RateLimitedWarning
+from adapter.store.outbox import NewRow, Outbox, Row
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

@@ -28,7 +28,7 @@ from adapter.mapping.fhir_text import without_control_characters
 from adapter.mapping.imaging_study import MappingOptions
 from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions
 from adapter.mapping.tables import Tables
-from adapter.outbox.studies import StudyRecord, study_record
+from adapter.store.studies import StudyRecord, study_record
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -183,7 +183,7 @@ def _check_identity(
     stored = known(study.study_instance_uid) if known is not None else None
     if stored is None or outcome.record is None:
         return outcome
-    from adapter.outbox.identity import drift_reason
+    from adapter.store.identity import drift_reason
 
     problem = drift_reason(stored, outcome.record)
     if not problem:

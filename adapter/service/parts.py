@@ -17,7 +17,7 @@ from typing import Any
 
 from adapter.config import Settings
 from adapter.mapping.tables import Tables
-from adapter.outbox.store import Outbox
+from adapter.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class ServiceParts:
 async def start_parts(settings: Settings, out_dir: Path | None, tables: Tables) -> ServiceParts:
     parts = ServiceParts()
     if settings.dicom.listen_port:
-        from adapter.outbox.commands import open_outbox
         from adapter.receive.service import ReceiveService
+        from adapter.store.location import open_outbox
 
         parts.outbox = open_outbox(settings, out_dir)
         parts.receiver = ReceiveService(settings, tables, parts.outbox, out_dir)

@@ -31,12 +31,12 @@ from adapter.hl7.listener import MllpServer, server_tls_context
 from adapter.hl7.profiles import load_profiles
 from adapter.hl7.trust import TrustPolicy
 from adapter.mapping.tables import load_tables
-from adapter.outbox.commands import open_outbox, outbox_path
-from adapter.outbox.store import Outbox
 from adapter.service.deliver import deliver, targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
 from adapter.service.parts import start_parts
+from adapter.store.location import open_outbox, outbox_path
+from adapter.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ async def _escalations(
     settings: Settings,
     stop: asyncio.Event,
 ) -> None:
-    from adapter.outbox.store import Outbox
+    from adapter.store.outbox import Outbox
 
     assert isinstance(outbox_, Outbox)
     while not stop.is_set():

@@ -13,9 +13,9 @@ from typing import Any
 
 from adapter.config import FhirSettings, Hl7Settings, Settings
 from adapter.mapping.tables import load_tables
-from adapter.outbox.store import Outbox
 from adapter.service.deliver import deliver, enqueue, targets
 from adapter.service.ingest import run_ingest
+from adapter.store.outbox import Outbox
 from tests.api_support import TOKEN, api_settings, running_api
 from tests.peers.launch import free_port
 from tests.support import FIXTURES, make_study

@@ -14,7 +14,7 @@ import pytest
 from pydicom import dcmread
 
 from adapter.cli import main
-from adapter.outbox.store import Outbox, State
+from adapter.store.outbox import Outbox, State
 from tests.peers.fhir_validator_fixture import Validate
 from tests.peers.hl7_receiver import Hl7Receiver
 from tests.support import FIXTURES, make_study, read_study, synth

@@ -22,8 +22,8 @@ import pytest
 from adapter.cli import main
 from adapter.config import Settings
 from adapter.dicom.walk import read_all
-from adapter.outbox.store import Outbox, State
 from adapter.service.deliver import FILES, KIND_TRANSACTION
+from adapter.store.outbox import Outbox, State
 from tests.support import FIXTURES, synth
 
 RTPLAN = [sys.executable, "-m", "adapter.cli"]
@@ -99,7 +99,7 @@ def test_without_out_nothing_lands_in_the_current_directory(tmp_path: Path) -> N
 def test_the_default_state_folder_is_private(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from adapter.outbox.commands import open_outbox
+    from adapter.store.location import open_outbox
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     old = os.umask(0o022)

@@ -17,12 +17,12 @@ import httpx
 
 from adapter.config import FhirSettings, Hl7Settings, Settings
 from adapter.mapping.tables import load_tables
-from adapter.outbox.store import Outbox, State
 from adapter.review.service import submit_review_async
 from adapter.service.deliver import deliver, enqueue, targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.ingest import run_ingest
 from adapter.service.serve import serve
+from adapter.store.outbox import Outbox, State
 from tests.peers.launch import free_port
 from tests.support import FIXTURES, make_study, synth
 
@@ -198,7 +198,7 @@ def test_poison_order_does_not_block_the_next(mllp_fault: Any, tmp_path: Path) -
 def test_escalations_fire_survive_restart_and_raise_priority(tmp_path: Path) -> None:
     """T1 and T2 with a fake clock, and a restart (a new Outbox handle) between them."""
     from adapter.hl7.deliverer import T1, T2
-    from adapter.outbox.timers import SteadyClock, Timers
+    from adapter.store.timers import SteadyClock, Timers
 
     out = tmp_path / "out"
     synth.planning_ct(out / "study", seed="escalation", slices=2)

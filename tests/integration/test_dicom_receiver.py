@@ -16,9 +16,9 @@ import pytest
 from pydicom import dcmread
 
 from adapter.config import load_settings
-from adapter.outbox.store import Outbox
 from adapter.receive.service import ReceiveService
 from adapter.service.ingest import log_key
+from adapter.store.outbox import Outbox
 from tests.peers.orthanc_fixture import OrthancPeer
 from tests.receive_support import receiver_settings, running_receiver, wait_for
 from tests.support import FIXTURES, make_study

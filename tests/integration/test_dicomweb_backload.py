@@ -17,7 +17,7 @@ import pytest
 from pydicom import dcmread
 
 from adapter.cli import main
-from adapter.outbox.store import Outbox
+from adapter.store.outbox import Outbox
 from tests.peers.orthanc_fixture import OrthancPeer
 from tests.support import FIXTURES, ROOT
 

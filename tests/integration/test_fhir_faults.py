@@ -17,8 +17,8 @@ from typing import Any
 import trustme
 
 from adapter.config import FhirSettings, Settings
-from adapter.outbox.store import Outbox, State
 from adapter.service.deliver import FHIR, KIND_TRANSACTION, deliver
+from adapter.store.outbox import Outbox, State
 from tests.peers import fault_fhir as fault
 from tests.peers.fault_fhir import FaultServer
 from tests.support import FIXTURES

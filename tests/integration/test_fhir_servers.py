@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapter.cli import main
-from adapter.outbox.store import Outbox, State
+from adapter.store.outbox import Outbox, State
 from tests.support import make_study, read_study, study_count
 
 

@@ -24,10 +24,10 @@ from adapter.hl7.deliverer import HL7
 from adapter.hl7.escape import unescape
 from adapter.hl7.messages import MessageBuildError
 from adapter.mapping.tables import load_tables
-from adapter.outbox.store import Outbox
 from adapter.review.service import submit_review_async
 from adapter.service.deliver import deliver, enqueue, targets
 from adapter.service.ingest import run_ingest
+from adapter.store.outbox import Outbox
 from tests.integration.test_closed_loop import review_for
 from tests.peers.hl7v2_validator_fixture import Validate
 from tests.support import ROOT, make_study

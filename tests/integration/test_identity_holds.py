@@ -20,8 +20,8 @@ import pytest
 from pydicom import dcmread
 
 from adapter.cli import main
-from adapter.outbox.store import Outbox
 from adapter.service.ingest import log_key
+from adapter.store.outbox import Outbox
 from tests.support import make_study, read_study, study_count, synth
 
 

@@ -14,8 +14,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from adapter.cli import main
-from adapter.outbox.store import Outbox
 from adapter.service.ingest import log_key
+from adapter.store.outbox import Outbox
 from tests.support import FIXTURES
 
 DICOM = FIXTURES / "dicom"

@@ -22,7 +22,7 @@ import trustme
 from pydicom import dcmread
 
 from adapter.cli import main
-from adapter.outbox.store import Outbox
+from adapter.store.outbox import Outbox
 from tests.support import FIXTURES
 
 PLANNING = FIXTURES / "dicom" / "planning-ct"

@@ -26,9 +26,9 @@ from adapter.config import DEFAULT_MAPPINGS_DIR, Hl7Settings, OutboxSettings, Se
 from adapter.hl7.deliverer import HL7, KIND_ORDER
 from adapter.hl7.mllp import Framer, frame
 from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
-from adapter.outbox.store import Outbox
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.serve import serve
+from adapter.store.outbox import Outbox
 from tests.peers.launch import free_port
 
 PLACER = "RTPO0001"

@@ -16,8 +16,8 @@ import pytest
 from pydicom import dcmread
 
 from adapter.cli import main
-from adapter.outbox.store import Outbox
 from adapter.service.ingest import log_key
+from adapter.store.outbox import Outbox
 from tests.peers.orthanc_fixture import OrthancPeer, value
 from tests.support import FIXTURES, ROOT
 

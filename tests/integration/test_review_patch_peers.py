@@ -13,8 +13,8 @@ import httpx
 from adapter.fhir.client import FhirClient, FhirResponse
 from adapter.fhir.delivery import FhirDeliverer
 from adapter.mapping.review_bundle import PLACER_SYSTEM, patch_entry
-from adapter.outbox.store import Row, State
 from adapter.outbox.worker import Verdict
+from adapter.store.outbox import Row, State
 
 OPS = [
     {"op": "replace", "path": "/status", "value": "revoked"},

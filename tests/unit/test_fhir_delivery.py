@@ -14,8 +14,8 @@ import pytest
 
 from adapter.fhir.client import NOT_SENT, UNKNOWN, FhirClient, NoAnswer, NotSent
 from adapter.fhir.delivery import FhirDeliverer, conditionals, is_idempotent, retry_after_seconds
-from adapter.outbox.store import Row, State
 from adapter.outbox.worker import Verdict
+from adapter.store.outbox import Row, State
 
 BUNDLE: dict[str, Any] = {
     "resourceType": "Bundle",

@@ -182,8 +182,8 @@ def test_orders_without_names_list_still_build_from_family_given() -> None:
 
 
 def test_patient_disagreement_names_fields_only() -> None:
-    from adapter.outbox.studies import StudyRecord
     from adapter.review.patient_check import disagreement
+    from adapter.store.studies import StudyRecord
 
     record = StudyRecord("1.2", "P1", "H", "MÜLLER^JÜRGEN", "1958-04-17", "M", "", "", "")
     same = {"name": [{"family": "Müller", "given": ["Jürgen", "K"]}], "birthDate": "1958-04-17"}

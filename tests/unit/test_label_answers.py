@@ -16,8 +16,8 @@ import pytest
 from adapter.label.delivery import CStoreDeliverer, _judge_stow
 from adapter.label.kos import encode
 from adapter.label.service import build_for, labelled
-from adapter.outbox.labels import KIND_KOS
-from adapter.outbox.store import Row, State
+from adapter.store.labels import KIND_KOS
+from adapter.store.outbox import Row, State
 from tests.peers.launch import free_port
 from tests.unit.test_label_kos import DICOM, SETTINGS, TABLES, VOCABULARY
 

@@ -27,9 +27,9 @@ from adapter.label.titles import (
     refuse_rejection_title,
 )
 from adapter.mapping.tables import load_tables
-from adapter.outbox.labels import KIND_KOS
-from adapter.outbox.store import Row, State
 from adapter.service.ingest import StudyOutcome, run_ingest
+from adapter.store.labels import KIND_KOS
+from adapter.store.outbox import Row, State
 from tests.peers.launch import free_port
 from tests.support import FIXTURES
 

@@ -172,7 +172,7 @@ def test_settings_replace_keeps_defaults() -> None:
 def test_an_unencodable_note_stores_nothing(tmp_path: Path) -> None:
     """A note the receiver's charset cannot carry is refused before any row of the review is
     stored: the command fails cleanly and nothing half-done waits in the outbox."""
-    from adapter.outbox.store import Outbox
+    from adapter.store.outbox import Outbox
 
     out = tmp_path / "out"
     ingest(out)

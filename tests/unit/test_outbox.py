@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import tenacity
 
-from adapter.outbox.store import Outbox, Row, State
 from adapter.outbox.worker import Attempt, RetryPolicy, Verdict, Worker
+from adapter.store.outbox import Outbox, Row, State
 
 T = ("fhir", "http://server/fhir")
 
@@ -175,7 +175,7 @@ def test_rows_of_a_killed_process_are_recovered(tmp_path: Path) -> None:
     row_id = put(outbox, "a")
     # Another process claims the row, then dies without finishing (kill -9).
     code = (
-        "import os, sys; from pathlib import Path; from adapter.outbox.store import Outbox;"
+        "import os, sys; from pathlib import Path; from adapter.store.outbox import Outbox;"
         f"o = Outbox(Path({str(path)!r})); assert o.claim(1); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
@@ -241,7 +241,7 @@ def test_a_waiting_row_gives_up_with_its_prerequisite(tmp_path: Path) -> None:
 
 
 def test_follow_ups_are_stored_with_the_delivery(tmp_path: Path) -> None:
-    from adapter.outbox.store import NewRow
+    from adapter.store.outbox import NewRow
 
     clock = Clock()
     outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
@@ -254,7 +254,7 @@ def test_follow_ups_are_stored_with_the_delivery(tmp_path: Path) -> None:
 
 
 def test_enqueue_many_is_one_transaction(tmp_path: Path) -> None:
-    from adapter.outbox.store import NewRow
+    from adapter.store.outbox import NewRow
 
     outbox = Outbox(tmp_path / "o.sqlite")
     rows = [NewRow(T[0], T[1], f"k{i}", "fhir-transaction", f"k{i}", {"n": i}) for i in range(3)]

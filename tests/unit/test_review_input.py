@@ -15,10 +15,10 @@ from adapter.cli import main
 from adapter.config import NoteSettings, Settings
 from adapter.mapping.review_bundle import placer_order_number
 from adapter.mapping.tables import load_tables
-from adapter.outbox.store import Outbox, State
 from adapter.review.model import ReviewError, UnknownStudyError, json_schema, parse_review
 from adapter.review.service import HL7, KIND_HL7_CANCEL, preview_review, submit_review
 from adapter.review.versions import StaleReviewError
+from adapter.store.outbox import Outbox, State
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT / "fixtures" / "reviews"

@@ -1,4 +1,4 @@
-"""Review versions are ordered (adapter/review/versions.py, adapter/outbox/reviews.py), the
+"""Review versions are ordered (adapter/review/versions.py, adapter/store/reviews.py), the
 amendment/withdrawal patches are applied read-modify-write with If-Match
 (adapter/fhir/patches.py), and unconfirmed codes are withheld."""
 
@@ -18,11 +18,11 @@ from adapter.fhir.delivery import PATCH_ATTEMPTS, FhirDeliverer
 from adapter.fhir.patches import apply_idempotent
 from adapter.mapping.review_bundle import patch_entry
 from adapter.mapping.tables import concept, confirmed, load_tables
-from adapter.outbox.reviews import AcceptedReview
-from adapter.outbox.store import NewRow, Outbox, Row, State
 from adapter.outbox.worker import Verdict
 from adapter.review.model import parse_review
 from adapter.review.versions import Decision, StaleReviewError, content_hash, decide
+from adapter.store.outbox import NewRow, Outbox, Row, State
+from adapter.store.reviews import AcceptedReview
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT / "fixtures" / "reviews"

@@ -12,8 +12,8 @@ from pydicom import dcmread
 
 from adapter.cli import main
 from adapter.dicom.models import PersonName
-from adapter.outbox.store import NewRow, Outbox
-from adapter.outbox.studies import StudyRecord, pn_string
+from adapter.store.outbox import NewRow, Outbox
+from adapter.store.studies import StudyRecord, pn_string
 from tests.support import FIXTURES, synth
 
 PLANNING_CT = FIXTURES / "dicom" / "planning-ct"

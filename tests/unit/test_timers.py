@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from adapter.outbox.timers import SteadyClock, Timers
+from adapter.store.timers import SteadyClock, Timers
 
 
 class Fake:

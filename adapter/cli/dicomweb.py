@@ -43,8 +43,8 @@ def run_dicomweb_ingest(
         raise ConfigError("--study", "give --study or --since, not both")
     if args.rate < 0:
         raise ConfigError("--rate", "must be 0 (no limit) or more")
+    from adapter.cli.label import add_to_report
     from adapter.dicomweb.backload import qido_date
-    from adapter.label.commands import add_to_report
     from adapter.service.output import summary, write_report
 
     since = qido_date(args.since) if args.since else ""
@@ -85,7 +85,7 @@ async def _run(
 ) -> Backload:
     from adapter.dicomweb.backload import backload
     from adapter.dicomweb.client import DicomWebSource
-    from adapter.outbox.commands import open_outbox
+    from adapter.store.location import open_outbox
 
     async with DicomWebSource(args.dicomweb, rate=args.rate) as source:
         with open_outbox(settings, args.out) as outbox:

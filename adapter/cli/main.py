@@ -20,24 +20,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from adapter.cli.dicomweb import add_dicomweb_arguments, run_dicomweb_ingest
+from adapter.cli.hl7 import add_hl7_parsers, run_hl7_command
+from adapter.cli.label import add_label_parser, add_to_report, run_label_command
+from adapter.cli.outbox import add_outbox_parser, run_outbox_command
+from adapter.cli.review import add_review_parser, run_review_command
+from adapter.cli.safety import add_safety_parsers, run_safety_command
 from adapter.config import Settings, load_settings, validate_settings
-from adapter.dicomweb.commands import add_dicomweb_arguments, run_dicomweb_ingest
 from adapter.errors import AdapterError, ConfigError
-from adapter.hl7.commands import add_hl7_parsers, run_hl7_command
-from adapter.label.commands import add_label_parser, add_to_report, run_label_command
 from adapter.label.titles import LABEL_TABLE, TITLES_TABLE, load_vocabulary
 from adapter.mapping.tables import Tables, load_tables
-from adapter.outbox.commands import (
-    add_outbox_parser,
-    open_outbox,
-    outbox_path,
-    recorded_studies,
-    run_outbox_command,
-)
 from adapter.outbox.worker import DrainReport
 from adapter.private import private_dir, write_private
-from adapter.review.commands import add_review_parser, run_review_command
-from adapter.safety.commands import add_safety_parsers, run_safety_command
 from adapter.service.deliver import (
     deliver,
     enqueue_ingest,
@@ -47,6 +41,7 @@ from adapter.service.deliver import (
 )
 from adapter.service.ingest import IngestResult, Status, log_key, run_ingest
 from adapter.service.output import shown_path, summary, write_report
+from adapter.store.location import open_outbox, outbox_path, recorded_studies
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
 

@@ -42,17 +42,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter.errors import ConfigError
-from adapter.outbox import audit, identity
-from adapter.outbox import studies as study_records
-from adapter.outbox.audit import AuditRecord
-from adapter.outbox.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
-from adapter.outbox.studies import StudyRecord
 from adapter.private import private_dir, touch_private
+from adapter.store import audit, identity
+from adapter.store import studies as study_records
+from adapter.store.audit import AuditRecord
+from adapter.store.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
+from adapter.store.studies import StudyRecord
 
 if TYPE_CHECKING:
-    from adapter.outbox.labels import LabelStore
-    from adapter.outbox.reviews import ReviewVersions
-    from adapter.outbox.timers import Timers
+    from adapter.store.labels import LabelStore
+    from adapter.store.reviews import ReviewVersions
+    from adapter.store.timers import Timers
 
 JSON = dict[str, Any]
 Clock = Callable[[], float]
@@ -259,7 +259,7 @@ class Outbox:
     def reviews(self) -> ReviewVersions:
         """The latest accepted version of each review, in the same database file."""
         if self._reviews is None:
-            from adapter.outbox.reviews import ReviewVersions
+            from adapter.store.reviews import ReviewVersions
 
             self._reviews = ReviewVersions(self._db)
         return self._reviews
@@ -289,7 +289,7 @@ class Outbox:
         self, event: str, *, outcome: str, actor: str, study_uid: str = "", detail: str = ""
     ) -> None:
         """Append an audit record for something outside the outbox (an operator command,
-        an escalation); see ``adapter.outbox.audit``."""
+        an escalation); see ``adapter.store.audit``."""
         with self._write() as db:
             audit.append(
                 db,
@@ -343,7 +343,7 @@ class Outbox:
         self, rows: Sequence[NewRow], studies: Sequence[StudyRecord] = ()
     ) -> list[int]:
         """Store several rows in one transaction (one disk sync for a whole ingest), with the
-        records of the studies they belong to (see ``adapter.outbox.studies``)."""
+        records of the studies they belong to (see ``adapter.store.studies``)."""
         with self._write() as db:
             now = self._clock()
             for record in studies:
@@ -694,14 +694,14 @@ class Outbox:
     def timers(self) -> Timers:
         """The escalation timers kept in the same database file (set up once per handle)."""
         if self._timers is None:
-            from adapter.outbox.timers import SteadyClock, Timers
+            from adapter.store.timers import SteadyClock, Timers
 
             self._timers = Timers(self._db, SteadyClock(self._clock))
         return self._timers
 
     def labels(self) -> LabelStore:
         """The PACS label records kept in the same database file (issue 12)."""
-        from adapter.outbox.labels import LabelStore
+        from adapter.store.labels import LabelStore
 
         return LabelStore(self._db, self._clock)
 

@@ -20,10 +20,10 @@ from adapter.config import Settings
 from adapter.errors import AdapterError, ConfigError
 from adapter.label.titles import load_vocabulary
 from adapter.mapping.tables import load_tables
-from adapter.outbox.labels import LabelState
-from adapter.outbox.store import Outbox
 from adapter.service.ingest import log_key, run_ingest
 from adapter.service.output import write_json_atomic
+from adapter.store.labels import LabelState
+from adapter.store.outbox import Outbox
 
 if TYPE_CHECKING:  # the KOS builder imports pydicom: loaded by the commands that build one
     from adapter.label.service import LabelOutcome
@@ -41,7 +41,7 @@ def add_label_parser(commands: Any) -> None:
 
 
 def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from adapter.outbox.commands import outbox_path
+    from adapter.store.location import outbox_path
 
     if args.label_command == "preview":
         return _preview(args, settings, out)

@@ -3,7 +3,7 @@
 A review is amended by submitting it again with a higher ``version``. Which version is the
 latest must be known *when its rows are stored*, not when they are delivered, so the record
 lives beside the outbox and is written in the same transaction as the rows it causes
-(:meth:`adapter.outbox.store.Outbox.transaction`): either both are stored or neither is, and two
+(:meth:`adapter.store.outbox.Outbox.transaction`): either both are stored or neither is, and two
 submissions of one review are serialised by SQLite's write lock.
 
 The record also keeps the radiology requests each version opened (placer order number -> the

@@ -55,8 +55,8 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
 
 
 def _escalations(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from adapter.outbox.commands import outbox_path
-    from adapter.outbox.store import Outbox
+    from adapter.store.location import outbox_path
+    from adapter.store.outbox import Outbox
 
     path = args.db or outbox_path(settings, None)
     if not path.exists():

@@ -1,6 +1,6 @@
 """Identity holds: a study whose patient disagrees is kept aside, never mapped or sent.
 
-A study's patient is fixed by the first ingest that records it (``adapter.outbox.studies``).
+A study's patient is fixed by the first ingest that records it (``adapter.store.studies``).
 An ingest is *held* instead of stored when
 
 - its instances name more than one patient (they are never mapped together),
@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from adapter.outbox import audit
-from adapter.outbox import studies as study_records
-from adapter.outbox.studies import StudyRecord
+from adapter.store import audit
+from adapter.store import studies as study_records
+from adapter.store.studies import StudyRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS identity_holds (

@@ -14,56 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.outbox.store import Outbox, Row, State
-from adapter.outbox.studies import StudyRecord
-from adapter.private import state_dir
-
-
-def default_outbox() -> Path:
-    """``$XDG_STATE_HOME/rtplan/outbox.sqlite`` (``~/.local/state/rtplan/...``): a per-user,
-    private folder, never the current directory (which may be shared or world-readable)."""
-    return state_dir() / "outbox.sqlite"
-
-
-def outbox_path(settings: Settings, out_dir: Path | None) -> Path:
-    if settings.outbox.path:
-        return Path(settings.outbox.path)
-    if out_dir is not None:
-        return out_dir / "outbox.sqlite"
-    return default_outbox()
-
-
-def open_outbox(settings: Settings, out_dir: Path | None = None) -> Outbox:
-    return Outbox(outbox_path(settings, out_dir))
-
-
-@contextlib.contextmanager
-def recorded_studies(path: Path) -> Iterator[Callable[[str], StudyRecord | None]]:
-    """A lookup of the store's study records that never creates the store: a first ingest
-    reads its files before the outbox file exists."""
-    handle: list[Outbox] = []
-
-    def lookup(study_uid: str) -> StudyRecord | None:
-        if not handle:
-            if not path.exists():
-                return None
-            handle.append(Outbox(path))
-        return handle[0].study(study_uid)
-
-    try:
-        yield lookup
-    finally:
-        for outbox in handle:
-            outbox.close()
+from adapter.store.location import outbox_path
+from adapter.store.outbox import Outbox, Row, State
 
 
 def add_outbox_parser(commands: Any) -> None:
@@ -109,7 +68,7 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             return 0
         ids: list[int] | None = None
         if command in ("retry", "replay"):
-            from adapter.safety.commands import operator
+            from adapter.cli.safety import operator
 
             row = _existing(outbox, args.id)
             outbox.audit(

@@ -24,10 +24,10 @@ from typing import Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.outbox.audit import AuditRecord
-from adapter.outbox.commands import outbox_path
-from adapter.outbox.identity import IDENTITY_KEYWORDS, Resolution, ResolveError
-from adapter.outbox.store import Outbox
+from adapter.store.audit import AuditRecord
+from adapter.store.identity import IDENTITY_KEYWORDS, Resolution, ResolveError
+from adapter.store.location import outbox_path
+from adapter.store.outbox import Outbox
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE = 0, 1, 2
 JSON = dict[str, Any]
