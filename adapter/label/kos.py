@@ -16,7 +16,7 @@ and a changed one (a late series) gets a new SOP Instance UID in the same KOS se
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from io import BytesIO
 from typing import Any
 
@@ -37,6 +37,7 @@ from adapter.label.plan import KosPlan as KosPlan
 from adapter.label.plan import content_digest as content_digest
 from adapter.label.plan import derived_uid as derived_uid
 from adapter.label.plan import image_series as image_series
+from adapter.label.plan import in_study_offset
 from adapter.label.plan import label_text as label_text
 from adapter.label.titles import DicomCode, LabelVocabulary, refuse_rejection_title
 
@@ -100,7 +101,7 @@ def build_head(
     ds.Manufacturer = vocabulary.manufacturer
     # Key Object Document (C.17.6.2)
     ds.InstanceNumber = plan.instance_number
-    local = _in_study_offset(now, str(getattr(copied, "TimezoneOffsetFromUTC", "") or ""))
+    local = in_study_offset(now, str(getattr(copied, "TimezoneOffsetFromUTC", "") or ""))
     ds.ContentDate = local.strftime("%Y%m%d")
     ds.ContentTime = local.strftime("%H%M%S")
     # SR Document Content (C.17.3) with TID 2010
@@ -124,16 +125,6 @@ def build_head(
     ds.file_meta = meta
     refuse_rejection_title(ds, vocabulary.allowed_titles)
     return ds, series
-
-
-def _in_study_offset(now: datetime, offset: str) -> datetime:
-    """``now`` expressed at the study's Timezone Offset From UTC (0008,0201) when it has one,
-    so Content Date/Time read the same way as the copied Study Date/Time."""
-    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
-        minutes = int(offset[1:3]) * 60 + int(offset[3:5])
-        sign = 1 if offset[0] == "+" else -1
-        return now.astimezone(timezone(timedelta(minutes=sign * minutes)))
-    return now
 
 
 def encode(ds: Dataset) -> bytes:

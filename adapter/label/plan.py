@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Final
 
 from adapter.classify import IMAGE_MODALITIES, Classification, Strength
@@ -77,3 +78,13 @@ def content_digest(
     ]
     text = json.dumps([study.study_instance_uid, references, wording], ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def in_study_offset(now: datetime, offset: str) -> datetime:
+    """``now`` expressed at the study's Timezone Offset From UTC (0008,0201) when it has one,
+    so Content Date/Time read the same way as the copied Study Date/Time."""
+    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        minutes = int(offset[1:3]) * 60 + int(offset[3:5])
+        sign = 1 if offset[0] == "+" else -1
+        return now.astimezone(timezone(timedelta(minutes=sign * minutes)))
+    return now

@@ -119,22 +119,31 @@ def document_for(
     *,
     instance_number: int = 1,
 ) -> tuple[bytes, KosPlan]:
-    """The encoded KOS of one labelled study (``adapter.label.fast_kos``: byte for byte what
-    :func:`build_for` and ``encode`` give, faster) and its plan (UIDs, digest).
+    """The encoded KOS of one labelled study, byte for byte what :func:`build_for` and
+    ``encode`` give, faster, and its plan (UIDs, digest).
+
+    Written without pydicom (``adapter.label.raw_kos``) when the study's file and character set
+    allow an exact copy; otherwise by ``adapter.label.fast_kos`` (pydicom for the head).
 
     Raises:
         AdapterError: the source files cannot be read again, or the study cannot be labelled.
     """
-    from adapter.label.fast_kos import kos_document  # pydicom: only when a KOS is built
-    from adapter.label.source import read_study_attributes
+    from adapter.label.raw_kos import Defer, kos_bytes, read_copied
 
     study = outcome.study
     assert study is not None
     digest = content_digest(study, outcome.classification, vocabulary)
-    copied = read_study_attributes(study.source_paths[0], study.study_instance_uid)
     plan = KosPlan(study.study_instance_uid, digest, instance_number, settings.label.series_number)
     local = now.astimezone(settings.ingest.zone)
-    document = kos_document(study, outcome.classification, copied, vocabulary, plan, local)
+    try:
+        raw = read_copied(study.source_paths[0], study.study_instance_uid)
+        document = kos_bytes(study, outcome.classification, raw, vocabulary, plan, local)
+    except Defer:
+        from adapter.label.fast_kos import kos_document  # pydicom: only for unusual studies
+        from adapter.label.source import read_study_attributes
+
+        copied = read_study_attributes(study.source_paths[0], study.study_instance_uid)
+        document = kos_document(study, outcome.classification, copied, vocabulary, plan, local)
     return document, plan
 
 

@@ -13,57 +13,15 @@ incomplete (``adapter.dicom.group``), and an incomplete study is held, not label
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from adapter.errors import AdapterError
-
-# PS3.3 C.7.1.1 Patient, C.7.2.1 General Study and C.12.1 SOP Common (Timezone Offset, so the
-# copied Study Date/Time keep their meaning). Copied when present, never invented.
-COPIED_KEYWORDS: Final = (
-    "SpecificCharacterSet",
-    "TimezoneOffsetFromUTC",
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "IssuerOfPatientIDQualifiersSequence",
-    "TypeOfPatientID",
-    "PatientBirthDate",
-    "PatientBirthTime",
-    "PatientSex",
-    "OtherPatientIDsSequence",
-    "PatientComments",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "ReferringPhysicianIdentificationSequence",
-    "StudyID",
-    "AccessionNumber",
-    "IssuerOfAccessionNumberSequence",
-    "StudyDescription",
-    "ProcedureCodeSequence",
-)
-# Type 2 in the KOS IOD: present (possibly empty) even when the source has no value.
-TYPE2_KEYWORDS: Final = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
-
-
-class SourceUnavailable(AdapterError):
-    """The study's files cannot be read again (e.g. they came from an archive that was expanded
-    into a temporary folder). Names the reason, never a value."""
+from adapter.label.copied import COPIED_KEYWORDS as COPIED_KEYWORDS
+from adapter.label.copied import TYPE2_KEYWORDS as TYPE2_KEYWORDS
+from adapter.label.copied import SourceUnavailable as SourceUnavailable
 
 
 def read_study_attributes(path: str, study_uid: str) -> Dataset:

@@ -149,6 +149,16 @@ def refuse_rejection_title(document: Any, allowed: Iterable[str]) -> None:
     item = names[0]
     value = str(getattr(item, "CodeValue", "")).strip()
     scheme = str(getattr(item, "CodingSchemeDesignator", "")).strip()
+    judge_title(value, scheme, allowed)
+
+
+def judge_title(value: str, scheme: str, allowed: Iterable[str]) -> None:
+    """The verdict on one document title (Code Value and Coding Scheme Designator, stripped),
+    shared by :func:`refuse_rejection_title` and the raw-byte checks of ``adapter.label``.
+
+    Raises:
+        RejectionTitleRefused: a rejection title (under any scheme) or one not allowed.
+    """
     if value in REJECTION_TITLE_CODES:
         raise RejectionTitleRefused(
             f"the KOS title {scheme}|{value} is a rejection title; refused, not sent"
