@@ -1,8 +1,9 @@
 """Deliver ``dicom-kos`` outbox rows: C-STORE to an archive, STOW-RS to DICOMweb, or files.
 
-Every attempt first decodes the stored document and checks its title again
-(:func:`adapter.label.titles.refuse_rejection_title`): a document whose title is a rejection
-title, or is not on the allow-list, is a dead letter and is never sent.
+Every attempt first checks the stored document's title again (the verdict of
+:func:`adapter.label.titles.refuse_rejection_title`, from the raw bytes by
+``adapter.label.raw_title`` when they allow it, else decoded by pydicom): a document whose title
+is a rejection title, or is not on the allow-list, is a dead letter and is never sent.
 
 Answers, as values:
 
@@ -70,6 +71,25 @@ def checked_document(row: Row, allowed: Iterable[str]) -> tuple[bytes, Any]:
     return data, ds
 
 
+def checked_bytes(row: Row, allowed: Iterable[str]) -> bytes:
+    """The row's KOS bytes after the same pre-send check as :func:`checked_document`, read
+    from the bytes (``adapter.label.raw_title``) when they allow it, else with pydicom.
+
+    Raises:
+        RejectionTitleRefused: the title is a rejection title or not allowed.
+    """
+    from adapter.label.raw_title import Defer, checked_title
+
+    data = base64.b64decode(row.payload["document"])
+    try:
+        sop_instance_uid = checked_title(data, allowed)
+    except Defer:
+        return checked_document(row, allowed)[0]
+    if sop_instance_uid != row.payload["sop_instance_uid"]:
+        raise RejectionTitleRefused("the stored document is not the row's KOS")
+    return data
+
+
 def _refused(exc: RejectionTitleRefused) -> Attempt:
     log.error("label KOS refused before sending: %s", exc)
     return Attempt(Verdict.DEAD, f"refused before sending: {exc}")
@@ -84,7 +104,7 @@ class KosFileDeliverer:
 
     async def deliver(self, row: Row) -> Attempt:
         try:
-            data, _ = checked_document(row, self.allowed)
+            data = checked_bytes(row, self.allowed)
         except RejectionTitleRefused as exc:
             return _refused(exc)
         target = self.folder / f"{row.label}.dcm"
@@ -194,7 +214,7 @@ class StowDeliverer:
         import httpx
 
         try:
-            data, ds = checked_document(row, self.allowed)
+            data = checked_bytes(row, self.allowed)
         except RejectionTitleRefused as exc:
             return _refused(exc)
         boundary = uuid.uuid4().hex
@@ -213,7 +233,7 @@ class StowDeliverer:
             return Attempt(Verdict.RETRY, "STOW-RS: cannot connect")
         except httpx.HTTPError as exc:
             return Attempt(Verdict.RETRY, f"STOW-RS: no answer ({type(exc).__name__})")
-        return _judge_stow(response, str(ds.SOPInstanceUID))
+        return _judge_stow(response, str(row.payload["sop_instance_uid"]))
 
 
 def _judge_stow(response: Any, sop_uid: str) -> Attempt:
