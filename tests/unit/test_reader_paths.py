@@ -269,6 +269,8 @@ def test_cli_and_reader_import_no_heavy_packages() -> None:
 
 # What an ``rtplan ingest`` run may import only when a label KOS is built or delivered.
 _LABEL_BUILDER = ("adapter.label.kos", "adapter.label.fast_kos", "adapter.label.source")
+# ...and the raw-byte label path, which a run without a label must not load either.
+_RAW_LABEL = ("adapter.label.raw_kos", "adapter.label.raw_title")
 _INGEST_IMPORTS = (
     "import json, sys\n"
     "import adapter.cli\n"
@@ -303,7 +305,7 @@ def test_ingest_with_labelling_off_imports_no_label_builder_or_toolkit(tmp_path:
     code, heavy, modules = _ingest_imports("planning-ct", tmp_path, label=False)
     assert code == "0"
     assert heavy == []
-    assert not set(modules) & {*_LABEL_BUILDER, "adapter.label.delivery"}, modules
+    assert not set(modules) & {*_LABEL_BUILDER, *_RAW_LABEL, "adapter.label.delivery"}, modules
 
 
 def test_ingest_without_a_planning_study_imports_no_toolkit(tmp_path: Path) -> None:
@@ -311,18 +313,31 @@ def test_ingest_without_a_planning_study_imports_no_toolkit(tmp_path: Path) -> N
     neither pydicom nor the builder is loaded; the label delivery module loads without them."""
     code, heavy, modules = _ingest_imports("diagnostic-ct", tmp_path, label=True)
     assert heavy == [], code
-    assert not set(modules) & set(_LABEL_BUILDER), modules
+    assert not set(modules) & {*_LABEL_BUILDER, *_RAW_LABEL}, modules
 
 
-def test_ingest_that_builds_a_label_loads_the_builder(tmp_path: Path) -> None:
-    """The other side of the two tests above: a planning study with labelling on builds its
-    KOS with the fast encoder (and pydicom for the copied attributes)."""
-    code, heavy, modules = _ingest_imports("planning-ct", tmp_path, label=True)
+def test_default_ingest_that_builds_a_label_imports_neither_pydicom_nor_numpy(
+    tmp_path: Path,
+) -> None:
+    """Labelling on (the default) and a planning study in a single-byte or UTF-8 character
+    set: the KOS is encoded from raw bytes (``adapter.label.raw_kos``), written to the output
+    folder after the raw title check (``adapter.label.raw_title``), and neither pydicom, numpy
+    nor pynetdicom is imported, nor the pydicom builders."""
+    for case in ("planning-ct", "charset-latin1", "charset-utf8"):
+        code, heavy, modules = _ingest_imports(case, tmp_path / case, label=True)
+        assert code == "0"
+        assert heavy == [], (case, heavy)
+        assert {"adapter.label.raw_kos", "adapter.label.raw_title"} <= set(modules), modules
+        assert not set(modules) & set(_LABEL_BUILDER), (case, modules)
+        assert (tmp_path / case / "o" / "dicom").is_dir()
+
+
+def test_ingest_of_an_iso_2022_study_builds_its_label_with_pydicom(tmp_path: Path) -> None:
+    """The other side: ISO 2022 (code extensions) needs pydicom's builder and its check."""
+    code, heavy, modules = _ingest_imports("charset-jp", tmp_path, label=True)
     assert code == "0"
     assert "pydicom" in heavy
-    assert {"adapter.label.fast_kos", "adapter.label.source", "adapter.label.delivery"} <= set(
-        modules
-    )
+    assert {"adapter.label.fast_kos", "adapter.label.source"} <= set(modules)
 
 
 def _defined_sequence(tag: int, *items: bytes) -> bytes:
