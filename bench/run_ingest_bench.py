@@ -433,8 +433,9 @@ def report(
         f"({small_mb:,.0f} MB); **large** = the same x{args.large_copies} distinct studies = "
         f"{large_n:,} files ({large_mb:,.0f} MB). Page cache warmed first. "
         f"Median of {args.repeats} interleaved run(s). `rtplan ingest` runs twice a repeat: "
-        "with the PACS label on (the default: the planning study gets its KOS, which imports "
-        'pydicom) and off (`RTPLAN_LABEL__ENABLED=false`). The ratios without "label off" '
+        "with the PACS label on (the default: the planning study gets its KOS, written from "
+        "raw bytes without pydicom for a single-byte or UTF-8 character set, `docs/pacs-label.md`) "
+        'and off (`RTPLAN_LABEL__ENABLED=false`). The ratios without "label off" '
         "are for the default.",
         "",
         "Wall = the whole subprocess (interpreter start-up and imports included; the same "
