@@ -1,5 +1,9 @@
 """Encode a label KOS fast: pydicom for the small head, plain bytes for the references.
 
+The second choice: ``adapter.label.raw_kos`` writes the whole document without pydicom and
+defers to this module for what it cannot copy exactly (ISO 2022 character sets, unusual source
+files). The reference bytes come from the helpers of ``raw_kos``.
+
 A planning study's KOS references every image instance twice (an IMAGE content item and an
 entry of the Current Requested Procedure Evidence Sequence): about a thousand instances make two
 thousand pydicom Datasets, which cost more to build and encode than reading every header of the
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable
 from datetime import datetime
 from io import BytesIO
 from typing import Any, Final
@@ -30,18 +33,16 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 
 from adapter.classify import Classification
-from adapter.dicom.models import SeriesSummary, StudySummary
+from adapter.dicom.models import StudySummary
 from adapter.label.kos import build_head, build_kos, encode
 from adapter.label.plan import KosPlan
+from adapter.label.raw_kos import evidence_item, image_item, sequence_element
 from adapter.label.titles import LabelVocabulary
 
 # PS3.5 9.1: components of digits without a leading zero, dot-separated, at most 64 characters.
 _PLAIN_UID: Final = re.compile(r"(?=.{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-_ITEM: Final = b"\xfe\xff\x00\xe0"  # (FFFE,E000)
 _EVIDENCE_TAG: Final = 0x0040A375  # Current Requested Procedure Evidence Sequence
 _CONTENT_TAG: Final = 0x0040A730  # Content Sequence
-# (0040,A010) Relationship Type "CONTAINS" and (0040,A040) Value Type "IMAGE " (CS, space-padded)
-_IMAGE_TAIL: Final = b"\x40\x00\x10\xa0CS\x08\x00CONTAINS" + b"\x40\x00\x40\xa0CS\x06\x00IMAGE "
 
 
 def kos_document(
@@ -73,7 +74,7 @@ def kos_document(
 
     buffer = BytesIO()
     dcmwrite(buffer, head, enforce_file_format=True)  # preamble, File Meta, tags < evidence
-    buffer.write(_element(_EVIDENCE_TAG, _evidence_item(study.study_instance_uid, series)))
+    buffer.write(sequence_element(_EVIDENCE_TAG, evidence_item(study.study_instance_uid, series)))
     between = Dataset()
     after = Dataset()
     for element in later:
@@ -83,7 +84,7 @@ def kos_document(
     text_only.add(content)
     encoded = bytearray(_encoded(text_only, charset))  # the SQ holding the TEXT item
     images = b"".join(
-        _image_item(i.sop_class_uid, i.sop_instance_uid) for s in series for i in s.instances
+        image_item(i.sop_class_uid, i.sop_instance_uid) for s in series for i in s.instances
     )
     (length,) = struct.unpack_from("<L", encoded, 8)
     struct.pack_into("<L", encoded, 8, length + len(images))
@@ -101,42 +102,3 @@ def _encoded(ds: Dataset, charset: Any) -> bytes:
     fp.is_implicit_VR = False
     write_dataset(fp, ds, parent_encoding=charset)
     return fp.getvalue()
-
-
-def _ui(tag: int, uid: str) -> bytes:
-    value = uid.encode("ascii")
-    if len(value) % 2:
-        value += b"\x00"
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"UI", len(value)) + value
-
-
-def _element(tag: int, *items: bytes) -> bytes:
-    """A sequence element of defined length holding ``items`` (each one item's dataset)."""
-    body = b"".join(_ITEM + struct.pack("<L", len(i)) + i for i in items)
-    return struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, b"SQ", 0, len(body)) + body
-
-
-def _sop_reference(sop_class: str, sop_instance: str) -> bytes:
-    """Referenced SOP Sequence (0008,1199), one item: class (0008,1150), instance (0008,1155)."""
-    return _element(0x00081199, _ui(0x00081150, sop_class) + _ui(0x00081155, sop_instance))
-
-
-def _image_item(sop_class: str, sop_instance: str) -> bytes:
-    item = _sop_reference(sop_class, sop_instance) + _IMAGE_TAIL
-    return _ITEM + struct.pack("<L", len(item)) + item
-
-
-def _evidence_item(study_uid: str, series: Iterable[SeriesSummary]) -> bytes:
-    """Referenced Series Sequence (0008,1115), then Study Instance UID (0020,000D)."""
-    entries = [
-        _element(
-            0x00081199,
-            *(
-                _ui(0x00081150, i.sop_class_uid) + _ui(0x00081155, i.sop_instance_uid)
-                for i in s.instances
-            ),
-        )
-        + _ui(0x0020000E, s.series_instance_uid)
-        for s in series
-    ]
-    return _element(0x00081115, *entries) + _ui(0x0020000D, study_uid)

@@ -285,7 +285,7 @@ def _item(dataset: bytes) -> bytes:
     return _ITEM + struct.pack("<L", len(dataset)) + dataset
 
 
-def _sequence(tag: int, *datasets: bytes) -> bytes:
+def sequence_element(tag: int, *datasets: bytes) -> bytes:
     """A sequence element of defined length holding ``datasets`` (one item each)."""
     body = b"".join(_item(d) for d in datasets)
     return _header(tag, "SQ", len(body)) + body
@@ -298,7 +298,9 @@ def _ui(tag: int, uid: str) -> bytes:
 
 def image_item(sop_class: str, sop_instance: str) -> bytes:
     """One IMAGE content item (the whole item, with its item header)."""
-    reference = _sequence(0x00081199, _ui(0x00081150, sop_class) + _ui(0x00081155, sop_instance))
+    reference = sequence_element(
+        0x00081199, _ui(0x00081150, sop_class) + _ui(0x00081155, sop_instance)
+    )
     return _item(reference + _IMAGE_TAIL)
 
 
@@ -306,7 +308,7 @@ def evidence_item(study_uid: str, series: Iterable[SeriesSummary]) -> bytes:
     """The one item (without item header) of the Current Requested Procedure Evidence
     Sequence: Referenced Series Sequence (0008,1115), then Study Instance UID (0020,000D)."""
     entries = [
-        _sequence(
+        sequence_element(
             0x00081199,
             *(
                 _ui(0x00081150, i.sop_class_uid) + _ui(0x00081155, i.sop_instance_uid)
@@ -316,7 +318,7 @@ def evidence_item(study_uid: str, series: Iterable[SeriesSummary]) -> bytes:
         + _ui(0x0020000E, s.series_instance_uid)
         for s in series
     ]
-    return _sequence(0x00081115, *entries) + _ui(0x0020000D, study_uid)
+    return sequence_element(0x00081115, *entries) + _ui(0x0020000D, study_uid)
 
 
 def kos_bytes(
@@ -367,25 +369,25 @@ def kos_bytes(
     elements[0x0020000E] = enc.uid(0x0020000E, plan.series_uid)
     elements[0x00200011] = enc.text(0x00200011, "IS", str(plan.series_number))
     elements[0x0008103E] = enc.text(0x0008103E, "LO", vocabulary.series_description)
-    elements[0x00081111] = _sequence(0x00081111)
+    elements[0x00081111] = sequence_element(0x00081111)
     elements[0x00080070] = enc.text(0x00080070, "LO", vocabulary.manufacturer)
     elements[0x00200013] = enc.text(0x00200013, "IS", str(plan.instance_number))
     elements[0x00080023] = enc.text(0x00080023, "DA", local.strftime("%Y%m%d"))
     elements[0x00080033] = enc.text(0x00080033, "TM", local.strftime("%H%M%S"))
     elements[0x0040A040] = enc.text(0x0040A040, "CS", "CONTAINER")
-    elements[_CONCEPT_NAME] = _sequence(_CONCEPT_NAME, enc.code(vocabulary.title))
+    elements[_CONCEPT_NAME] = sequence_element(_CONCEPT_NAME, enc.code(vocabulary.title))
     elements[0x0040A050] = enc.text(0x0040A050, "CS", "SEPARATE")
     template = enc.text(0x00080105, "CS", TEMPLATE_RESOURCE) + enc.text(
         0x0040DB00, "CS", TEMPLATE_ID
     )
-    elements[0x0040A504] = _sequence(0x0040A504, template)
-    elements[_EVIDENCE_TAG] = _sequence(
+    elements[0x0040A504] = sequence_element(0x0040A504, template)
+    elements[_EVIDENCE_TAG] = sequence_element(
         _EVIDENCE_TAG, evidence_item(study.study_instance_uid, series)
     )
     text_item = _item(
         enc.text(0x0040A010, "CS", "CONTAINS")
         + enc.text(0x0040A040, "CS", "TEXT")
-        + _sequence(_CONCEPT_NAME, enc.code(vocabulary.description_concept))
+        + sequence_element(_CONCEPT_NAME, enc.code(vocabulary.description_concept))
         + enc.text(0x0040A160, "UT", label_text(classification, vocabulary))
     )
     content = b"".join(
