@@ -81,9 +81,9 @@ def checked_title(data: ByteSource, allowed: Iterable[str]) -> str:
     sop = top.get(_SOP_INSTANCE)
     if type(sop) is not tuple or sop[0] != "UI":
         raise Defer  # absent or odd: let pydicom say so
-    uid = bytes(data[sop[1] : sop[1] + sop[2]]).decode("ascii", "strict").rstrip("\0 ")
+    uid = bytes(data[sop[1] : sop[1] + sop[2]]).decode("latin_1").rstrip("\0 ")
     if "\\" in uid:
-        raise Defer
+        raise Defer  # multi-valued: pydicom's MultiValue, compared as its str()
     return uid
 
 

@@ -10,6 +10,7 @@ goes to pydicom (the tests say which)."""
 from __future__ import annotations
 
 import base64
+import warnings
 from collections.abc import Callable
 from io import BytesIO
 from types import SimpleNamespace
@@ -215,6 +216,15 @@ def test_broken_documents_go_to_pydicom() -> None:
 def test_a_document_of_another_row_is_refused() -> None:
     data = (GOLDEN / "planning-ct.kos.dcm").read_bytes()
     found = assert_same_verdict(data, "1.2.3", deferred=False)
+    assert found == "refused: the stored document is not the row's KOS"
+    ds = golden()
+    uid = str(ds.SOPInstanceUID).encode()
+    at = data.index(b"\x08\x00\x18\x00UI") + 8  # (0008,0018), not the File Meta's copy
+    odd = data[:at] + uid[:-2] + b"\xe9\x00" + data[at + len(uid) :]  # not ASCII
+    assert odd != data
+    with warnings.catch_warnings():  # pydicom warns about the invalid UID, as in production
+        warnings.simplefilter("ignore")
+        found = assert_same_verdict(odd, str(ds.SOPInstanceUID), deferred=False)
     assert found == "refused: the stored document is not the row's KOS"
 
 
