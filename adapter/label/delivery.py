@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from adapter.config import LabelSettings, Settings
+from adapter.label.raw_title import Defer as RawDefer
+from adapter.label.raw_title import checked_title
 from adapter.label.service import DIMSE_PREFIX, KOS_FILES, PACS
 from adapter.label.titles import RejectionTitleRefused, load_vocabulary, refuse_rejection_title
 from adapter.mapping.tables import load_tables
@@ -78,12 +80,10 @@ def checked_bytes(row: Row, allowed: Iterable[str]) -> bytes:
     Raises:
         RejectionTitleRefused: the title is a rejection title or not allowed.
     """
-    from adapter.label.raw_title import Defer, checked_title
-
     data = base64.b64decode(row.payload["document"])
     try:
         sop_instance_uid = checked_title(data, allowed)
-    except Defer:
+    except RawDefer:
         return checked_document(row, allowed)[0]
     if sop_instance_uid != row.payload["sop_instance_uid"]:
         raise RejectionTitleRefused("the stored document is not the row's KOS")
