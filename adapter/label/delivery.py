@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 import socket
@@ -291,6 +292,37 @@ def _client_tls(label: LabelSettings) -> ssl.SSLContext:
     return context
 
 
+# The allow-list by mappings folder, with a digest of the table files it was read from. The
+# C-STORE receiver and the DICOMweb back-load deliver once per study, each time building the
+# label deliverers again: parsing every table for that (25-50 ms) cost about as much as
+# building the KOS, while hashing the files costs about a millisecond. Any change to a table
+# file's bytes (or a file added or removed) parses them again.
+_ALLOWED: dict[str, tuple[str, frozenset[str]]] = {}
+
+
+def allowed_titles(folder: Path) -> frozenset[str]:
+    """The title allow-list of the tables in ``folder`` (checked as ``load_vocabulary`` does).
+
+    Raises:
+        MappingTableError: as :func:`adapter.mapping.tables.load_tables` and
+            :func:`adapter.label.titles.load_vocabulary`.
+    """
+    digest = hashlib.sha256()
+    try:
+        for path in sorted(folder.glob("*.yaml")):
+            digest.update(path.name.encode(errors="surrogateescape") + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    except OSError:
+        return load_vocabulary(load_tables(folder)).allowed_titles  # it words the problem
+    key = str(folder)
+    known = _ALLOWED.get(key)
+    if known is not None and known[0] == digest.hexdigest():
+        return known[1]
+    allowed = load_vocabulary(load_tables(folder)).allowed_titles
+    _ALLOWED[key] = (digest.hexdigest(), allowed)
+    return allowed
+
+
 def parse_dimse_target(target: str) -> tuple[str, str, int]:
     """``dimse:AE@host:port`` -> (AE, host, port)."""
     ae, _, address = target.removeprefix(DIMSE_PREFIX).partition("@")
@@ -312,7 +344,7 @@ async def pacs_deliverers(
     )
     if not wanted:
         return {}
-    allowed = load_vocabulary(load_tables(settings.mappings_dir)).allowed_titles
+    allowed = allowed_titles(settings.mappings_dir)
     label = settings.label
     found: dict[tuple[str, str], Deliverer] = {}
     for destination, target in wanted:
