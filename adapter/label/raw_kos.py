@@ -79,7 +79,11 @@ CHARSET_CODECS: Final = {
 # VRs whose value is decoded with the character set (the others are ASCII by definition).
 _CHARSET_VRS: Final = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _MAX_CHARS: Final = {"SH": 16, "LO": 64, "CS": 16}
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")  # no ESC, CR, LF, FF or TAB in a copied value
+# No control character in a copied value (ESC would make pydicom look for ISO 2022 escape
+# sequences); LT, ST and UT may hold TAB, LF, FF and CR (PS3.5 6.2), which round-trip unchanged.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+_LONG_TEXT_VRS: Final = frozenset({"LT", "ST", "UT"})
 _PLAIN_UID: Final = re.compile(r"(?=.{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _LONG_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
                               "UT", "UV"})  # fmt: skip
@@ -224,12 +228,9 @@ def _canonical(tag: int, value: bytes, codec: str) -> bytes:
         text = core.decode(codec if vr in _CHARSET_VRS else "ascii")
     except UnicodeDecodeError:
         raise Defer("undecodable value") from None
-    if _CONTROL.search(text if vr in ("LT", "ST", "UT") else text.replace("\\", "")):
+    if (_CONTROL_IN_TEXT if vr in _LONG_TEXT_VRS else _CONTROL).search(text):
         raise Defer("control character")
-    if vr in ("LT", "ST", "UT"):
-        if _CONTROL.search(text.replace("\r\n", "").replace("\t", "")):
-            raise Defer("control character")
-    elif any(part != part.rstrip(" ") for part in text.split("\\")):
+    if vr not in _LONG_TEXT_VRS and any(part != part.rstrip(" ") for part in text.split("\\")):
         raise Defer("padding inside a multi-value")
     if vr == "UI" and core and not _PLAIN_UID.fullmatch(text):
         raise Defer("UID")
@@ -257,9 +258,9 @@ class _Encoder:
     def text(self, tag: int, vr: str, value: str) -> bytes:
         if vr in _MAX_CHARS and len(value) > _MAX_CHARS[vr]:
             raise Defer("vocabulary text longer than its VR")  # pydicom would warn
-        if _CONTROL.search(value.replace("\r\n", "") if vr in ("LT", "ST", "UT") else value):
+        if (_CONTROL_IN_TEXT if vr in _LONG_TEXT_VRS else _CONTROL).search(value):
             raise Defer("control character in the vocabulary")
-        if vr not in ("LT", "ST", "UT") and "\\" in value:
+        if vr not in _LONG_TEXT_VRS and "\\" in value:
             raise Defer("backslash in the vocabulary")
         try:
             raw = value.encode(self.codec if vr in _CHARSET_VRS else "ascii")

@@ -293,12 +293,14 @@ def sources(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
         return st.text(letters, min_size=0, max_size=max_size).map(str.strip)
 
     family, given = draw(text(24)), draw(text(24))
+    ideographic = draw(st.one_of(st.just(""), text(12).map(lambda t: f"={t}")))
+    comments = draw(st.lists(text(60), max_size=3).map("\r\n".join))
     values = {
-        "PatientName": f"{family}^{given}" if given else family,
+        "PatientName": (f"{family}^{given}" if given else family) + ideographic,
         "PatientID": draw(text(64)),
         "StudyDescription": draw(text(64)),
         "AccessionNumber": draw(text(16)),
-        "PatientComments": draw(text(200)),
+        "PatientComments": comments,
         "ReferringPhysicianName": draw(text(30)),
         "StudyID": draw(text(16)),
     }
