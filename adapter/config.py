@@ -272,6 +272,13 @@ class LabelSettings:
     """TLS: CA file to trust; client certificate and key for mutual TLS."""
     timeout: Annotated[float, FINITE, Interval(ge=0.001, le=86400.0)] = 30.0
     """Seconds for connecting and for each answer (C-STORE and STOW-RS)."""
+    max_attempts: Annotated[int, Interval(ge=1, le=100_000)] = 40
+    max_retry_seconds: Annotated[float, FINITE, Interval(ge=0.001, le=30 * 86400.0)] = 3600.0
+    initial_wait: Annotated[float, FINITE, Interval(ge=0.001, le=86400.0)] = 1.0
+    max_wait: Annotated[float, FINITE, Interval(ge=0.001, le=86400.0)] = 300.0
+    """The label's own retry policy (C-STORE and STOW-RS): at most ``max_attempts`` attempts
+    within ``max_retry_seconds`` of queueing, waits from ``initial_wait`` doubling up to
+    ``max_wait``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,6 +476,8 @@ def _check_pairs(settings: Settings) -> None:
     """Rules between two keys (the ranges of each key are on its field)."""
     if settings.fhir.max_wait < settings.fhir.initial_wait:
         raise ConfigError("fhir.max_wait", "must not be less than fhir.initial_wait")
+    if settings.label.max_wait < settings.label.initial_wait:
+        raise ConfigError("label.max_wait", "must not be less than label.initial_wait")
     hl7 = settings.hl7
     if hl7.listen_max_connection_bytes < hl7.listen_max_frame_bytes:
         raise ConfigError(
