@@ -19,10 +19,11 @@ import dataclasses
 import typing
 from collections.abc import Collection, Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar
 
 from annotated_types import Interval
-from pydantic import AllowInfNan, BeforeValidator, Field, TypeAdapter, ValidationError, create_model
+from pydantic import AllowInfNan, BeforeValidator, Field, ValidationError, create_model
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -41,7 +42,9 @@ FINITE: Final = AllowInfNan(False)
 T = TypeVar("T")
 
 # The environment one load reads (tests pass their own mapping instead of os.environ).
-_ENVIRON: ContextVar[Mapping[str, str]] = ContextVar("rtplan_settings_environ")
+_ENVIRON: ContextVar[Mapping[str, str]] = ContextVar(
+    "rtplan_settings_environ", default=MappingProxyType({})
+)
 
 
 def _comma_separated(value: object) -> object:
@@ -117,7 +120,6 @@ class SettingsReader(Generic[T]):
         self.model: type[BaseSettings] = create_model(
             f"{root.__name__}Sources", __base__=base, **fields
         )
-        self.adapter: TypeAdapter[T] = TypeAdapter(root)
 
     def refuse_unknown_variables(self, env: Mapping[str, str], secrets: Collection[str]) -> None:
         """Every ``PREFIX*`` variable but the named secrets must name a setting.
@@ -144,14 +146,17 @@ class SettingsReader(Generic[T]):
         Raises:
             ConfigError: naming the first key that is unknown, of the wrong type or out of range.
         """
+        loaded = self._validate(values, env)
+        return self.root(**{name: getattr(loaded, name) for name in self.fields})
+
+    def _validate(self, values: Mapping[str, Any], env: Mapping[str, str]) -> BaseSettings:
         token = _ENVIRON.set(env)
         try:
-            loaded = self.model(**values)
+            return self.model(**values)
         except ValidationError as exc:
             raise self.config_error(exc) from None
         finally:
             _ENVIRON.reset(token)
-        return self.root(**{name: getattr(loaded, name) for name in self.fields})
 
     def revalidate(self, settings: T) -> None:
         """Check the types and ranges of settings built or changed in code.
@@ -159,10 +164,7 @@ class SettingsReader(Generic[T]):
         Raises:
             ConfigError: naming the first key out of range.
         """
-        try:
-            self.adapter.validate_python(dataclasses.asdict(settings))  # type: ignore[call-overload]
-        except ValidationError as exc:
-            raise self.config_error(exc) from None
+        self._validate(dataclasses.asdict(settings), {})  # type: ignore[call-overload]
 
     def config_error(self, exc: ValidationError) -> ConfigError:
         error = exc.errors(include_url=False, include_input=False)[0]
