@@ -174,17 +174,23 @@ class SettingsReader(Generic[T]):
     def _problem(self, key: str, error: ErrorDetails) -> str:
         kind = error["type"]
         if kind in _RANGE_ERRORS:
-            return _range_problem(self._interval(key))
+            found = self._interval(key)
+            return _range_problem(found) if found else error["msg"]
         if kind == "literal_error":
             expected = str((error.get("ctx") or {}).get("expected", ""))
             return "must be one of " + expected.replace("'", "").replace(" or ", ", ")
         return _PROBLEMS.get(kind, error["msg"])
 
-    def _interval(self, key: str) -> tuple[Interval, bool]:
+    def _interval(self, key: str) -> tuple[Interval, bool] | None:
+        """The field's bounds (``Interval``) and whether it is a float, if it has bounds."""
         section, _, name = key.partition(".")
-        hint = typing.get_type_hints(self.sections[section], include_extras=True)[name]
-        interval = next(m for m in hint.__metadata__ if isinstance(m, Interval))
-        return interval, hint.__origin__ is float
+        if section not in self.sections:
+            return None
+        hint = typing.get_type_hints(self.sections[section], include_extras=True).get(name)
+        bounds = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Interval)]
+        if not bounds or bounds[0].ge is None or bounds[0].le is None:
+            return None
+        return bounds[0], getattr(hint, "__origin__", None) is float
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -193,11 +199,15 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return f.default
 
 
+def _number(value: Any) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _range_problem(found: tuple[Interval, bool]) -> str:
     interval, is_float = found
     low, high = interval.ge, interval.le
     if is_float:
-        return f"must be a finite number from {low:g} to {high:g} seconds"
+        return f"must be a finite number from {_number(low)} to {_number(high)} seconds"
     return f"must be a whole number from {low} to {high}"
 
 
