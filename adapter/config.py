@@ -10,8 +10,9 @@ on the fields (``Interval``), the rules between fields are :func:`validate_setti
 sections stay frozen dataclasses so that code can ``dataclasses.replace`` them.
 
 Adding a setting is one line: a field with its default (and its range) in its section. Adding a
-section is its dataclass plus one line in :class:`Settings`. Then document it in
-``docs/configuration.md`` (a test checks that every key is there).
+section is its dataclass plus one line in :class:`Settings` (the loader reads, overrides and
+checks it, refusing unknown keys, without a change). Then document it in
+``docs/configuration.md`` (a test checks that every key is there, with its default).
 
 The variable named by ``fhir.token_env`` (``RTPLAN_FHIR_TOKEN`` unless changed) holds a secret,
 not a setting: it is never read as an override and never stored in :class:`Settings`.
@@ -31,7 +32,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from annotated_types import Interval
-from pydantic import ConfigDict
 
 from adapter.errors import ConfigError
 from adapter.settings_source import FINITE, SettingsReader, TextList
@@ -43,16 +43,12 @@ DEFAULT_TOKEN_ENV = "RTPLAN_FHIR_TOKEN"
 # The tables shipped with the adapter, used when no mappings_dir is configured.
 DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
 
-# Every section refuses a key it does not have.
-SECTION_CONFIG = ConfigDict(extra="forbid")
 Port = Annotated[int, Interval(ge=0, le=65535)]
 Days = Annotated[int, Interval(ge=0, le=3650)]
 
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    __pydantic_config__ = SECTION_CONFIG
-
     timezone: str = "Europe/London"
     """IANA zone for DICOM times that carry no Timezone Offset From UTC (0008,0201)."""
     diagnostic_studies: Literal["report", "map"] = "report"
@@ -73,8 +69,6 @@ class IngestSettings:
 
 @dataclass(frozen=True, slots=True)
 class FhirSettings:
-    __pydantic_config__ = SECTION_CONFIG
-
     base_url: str = ""
     """The FHIR server; empty means the embedded default (no server)."""
     version: Literal["R4", "R5", "auto"] = "auto"
@@ -117,8 +111,6 @@ class FhirSettings:
 
 @dataclass(frozen=True, slots=True)
 class OutboxSettings:
-    __pydantic_config__ = SECTION_CONFIG
-
     path: str = ""
     """SQLite file. Empty: ``<out>/outbox.sqlite`` with ``--out``, else
     ``.rtplan/outbox.sqlite``."""
@@ -127,8 +119,6 @@ class OutboxSettings:
 
 @dataclass(frozen=True, slots=True)
 class ArchiveSettings:
-    __pydantic_config__ = SECTION_CONFIG
-
     wado_rs_base_url: str = ""
     """DICOMweb WADO-RS service base URL (no ``/studies``, no trailing slash). Empty: no
     Endpoint is written."""
@@ -138,8 +128,6 @@ class ArchiveSettings:
 @dataclass(frozen=True, slots=True)
 class ReviewSettings:
     """The oncologist review (issue 4): review Task at ingest, radiology request on concern."""
-
-    __pydantic_config__ = SECTION_CONFIG
 
 
     due_days: Days = 14
@@ -177,8 +165,6 @@ class ReviewSettings:
 @dataclass(frozen=True, slots=True)
 class Hl7Settings:
     """Orders for radiologist review (issue 5): which receiver, and how to reach it."""
-
-    __pydantic_config__ = SECTION_CONFIG
 
 
     receiver: str = "default-ris"
@@ -223,8 +209,6 @@ NOTE_OUTPUTS = ("diagnostic-report", "document-reference", "mdm", "oru")
 class NoteSettings:
     """The planning-scan review note (issue 15): which outputs a site gets."""
 
-    __pydantic_config__ = SECTION_CONFIG
-
 
     outputs: str = "auto"
     """Comma-separated, any combination of ``diagnostic-report`` (the DiagnosticReport, with the
@@ -250,8 +234,6 @@ class NoteSettings:
 class LabelSettings:
     """The planning label on the PACS (issue 12, docs/pacs-label.md): a Key Object Selection
     document per planning study."""
-
-    __pydantic_config__ = SECTION_CONFIG
 
 
     enabled: bool = True
@@ -285,8 +267,6 @@ class LabelSettings:
 class DicomSettings:
     """The DICOM C-STORE receiver of ``rtplan serve`` (issue 11, docs/operations.md)."""
 
-    __pydantic_config__ = SECTION_CONFIG
-
 
     listen_port: Port = 0
     """C-STORE receiver port; 0 = off."""
@@ -311,8 +291,6 @@ class DicomSettings:
 class HttpSettings:
     """The HTTP API of ``rtplan serve`` (issue 11, docs/operations.md, docs/openapi.json)."""
 
-    __pydantic_config__ = SECTION_CONFIG
-
 
     listen_port: Port = 0
     """HTTP API port; 0 = off."""
@@ -326,8 +304,6 @@ class HttpSettings:
 @dataclass(frozen=True, slots=True)
 class LogSettings:
     """``rtplan serve``'s log (issue 11): JSON lines on stderr, no patient data."""
-
-    __pydantic_config__ = SECTION_CONFIG
 
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

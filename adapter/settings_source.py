@@ -23,7 +23,14 @@ from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar
 
 from annotated_types import Interval
-from pydantic import AllowInfNan, BeforeValidator, Field, ValidationError, create_model
+from pydantic import (
+    AllowInfNan,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -40,6 +47,7 @@ FINITE: Final = AllowInfNan(False)
 """Float metadata: NaN and infinity are refused."""
 
 T = TypeVar("T")
+_SECTION_CONFIG: Final = ConfigDict(extra="forbid")
 
 # The environment one load reads (tests pass their own mapping instead of os.environ).
 _ENVIRON: ContextVar[Mapping[str, str]] = ContextVar(
@@ -100,6 +108,9 @@ class SettingsReader(Generic[T]):
             for name, hint in self.hints.items()
             if isinstance(hint, type) and dataclasses.is_dataclass(hint)
         }
+        for cls in self.sections.values():
+            # Every section refuses a key it does not have (a typo in the file is an error).
+            cls.__pydantic_config__ = _SECTION_CONFIG
         self.keys = {
             name: frozenset(f.name for f in dataclasses.fields(cls))
             for name, cls in self.sections.items()

@@ -180,3 +180,6 @@ def test_a_new_section_is_read_and_overridden_without_a_loader_change() -> None:
     with pytest.raises(ConfigError) as caught:
         reader.refuse_unknown_variables({"RTPLAN_STORE__URI": "x"}, secrets=())
     assert caught.value.key == "RTPLAN_STORE__URI"
+    with pytest.raises(ConfigError) as caught:
+        reader.load({"store": {"uri": "sqlite:///x"}}, {})
+    assert (caught.value.key, caught.value.problem) == ("store.uri", "unknown setting")
