@@ -129,3 +129,24 @@ def test_fhir_and_the_pacs_label_each_keep_their_own_count(
     pacs_rows = _dead(out / "outbox.sqlite", "pacs")
     assert fhir_rows and {(r.state, r.attempts) for r in fhir_rows} == {("dead", 3)}
     assert pacs_rows and {(r.state, r.attempts) for r in pacs_rows} == {("dead", 2)}
+
+
+def test_a_nak_is_never_resent_whatever_max_resends_says(tmp_path: Path) -> None:
+    """AE is the receiver's answer, not a lost message: one transmission, a dead letter."""
+    out = tmp_path / "out"
+    assert main(["ingest", str(STUDY), "--out", str(out)]) == 0
+    receivers = tmp_path / "receivers"
+    shutil.copytree(ROOT / "mappings" / "receivers", receivers)
+    with MllpFaultPeer() as ris:
+        ris.default = mllp_fault.ack("AE", error_code="207")
+        _profile(receivers, "default-ris", ris.port, max_resends=4, resend_wait="10ms")
+        settings = Settings(
+            hl7=Hl7Settings(mllp=True, receivers_dir=str(receivers)),
+            note=NoteSettings(outputs="diagnostic-report"),
+            outbox=OutboxSettings(path=str(out / "outbox.sqlite")),
+        )
+        submit_review(load_review("concern"), settings, out_dir=out)
+        frames = len(ris.frames)
+    (order,) = _dead(out / "outbox.sqlite", "hl7", "default-ris")
+    assert (order.state, order.attempts, frames) == ("dead", 1, 1)
+    assert "rejected by the receiver" in order.last_error
