@@ -71,6 +71,11 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             from adapter.cli.safety import operator
 
             row = _existing(outbox, args.id)
+            if command == "retry" and row.state in (State.DELIVERED, State.IN_FLIGHT):
+                # Refused before the audit records the command as done (issue 8).
+                raise ConfigError(
+                    "id", f"row {row.id} is {row.state.value}; only dead or waiting rows retry"
+                )
             outbox.audit(
                 "operator-command",
                 outcome="success",
@@ -80,10 +85,6 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             )
         if command == "retry":
             row = _existing(outbox, args.id)
-            if row.state in (State.DELIVERED, State.IN_FLIGHT):
-                raise ConfigError(
-                    "id", f"row {row.id} is {row.state.value}; only dead or waiting rows retry"
-                )
             ids = [row.id]
             outbox.retry(args.id)
         elif command == "replay":

@@ -2,9 +2,10 @@
 
 The row's payload holds the :class:`OrderRequest`, the receiver profile's name and what to do
 once the RIS has the order (``on_ack``: FHIR rows such as "radiology Task received"). The
-message is rebuilt from the payload on every attempt with the same MSH-10 (derived from the
-row id) and the same MSH-7 (the row's creation time), so a resend is byte for byte the same
-message and the receiver can recognise it.
+message is built once, when the row is stored (:func:`prerender`), with a fresh random MSH-10
+(:func:`new_control_id`): MSH-10 names a transmission, the placer order number names the order.
+Every attempt sends those stored bytes, so a resend is byte for byte the same message (same
+MSH-10, same MSH-7) and the receiver can recognise it; a replay is a new transmission.
 
 ACK discipline (reliability.md §1.5, rows 5-10):
 
@@ -15,7 +16,8 @@ ACK discipline (reliability.md §1.5, rows 5-10):
 - AE / AR / CE / CR: dead, no blind resend; an escalation is recorded. The reason carries
   MSA-1, the ERR code and the control id, not MSA-3 text (it may echo the message).
 - wrong MSA-2, garbage, no ACK, timeout, dropped connection: resend the same message, a
-  bounded number of times (the profile's ``max_resends``).
+  bounded number of times (the profile's ``connection.max_resends``, applied by the outbox
+  worker's retry policy for this receiver: ``adapter/service/retry_policies.py``).
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ def new_transmission(row: Row, profile: ReceiverProfile, now: datetime) -> JSON:
 
 
 def control_id_for(row: Row) -> str:
-    """MSH-10 of a row: the one decided at enqueue, else one derived from the row id. Either
-    way it is the same on every resend."""
+    """MSH-10 of a row: the random one decided at enqueue. Rows stored before MSH-10 was stored
+    with them fall back to one derived from the row id. Either way every resend keeps it."""
     return str(row.payload.get("control_id") or f"RTP{row.id:09d}")
 
 

@@ -135,6 +135,14 @@ class Connection:
     connect_timeout: timedelta = timedelta(seconds=10)
     ack_timeout: timedelta = timedelta(seconds=30)
     max_resends: int = 3
+    """Sends after the first, same message (same MSH-10), when there is no valid answer (refused,
+    timeout, dropped connection, wrong MSA-2, garbage): at most ``1 + max_resends`` attempts."""
+    resend_wait: timedelta = timedelta(seconds=1)
+    """First wait before a resend; it doubles each time (plus up to one ``resend_wait`` of
+    jitter), up to ``max_resend_wait``."""
+    max_resend_wait: timedelta = timedelta(minutes=5)
+    give_up_after: timedelta = timedelta(hours=1)
+    """No resend once the order has waited this long since it was queued."""
     tls: Tls = Tls()
 
 
@@ -311,10 +319,26 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
     )
     c = top.sub(
         "connection",
-        frozenset({"host", "port", "connect_timeout", "ack_timeout", "max_resends", "tls"}),
+        frozenset(
+            {
+                "host",
+                "port",
+                "connect_timeout",
+                "ack_timeout",
+                "max_resends",
+                "resend_wait",
+                "max_resend_wait",
+                "give_up_after",
+                "tls",
+            }
+        ),
     )
     t = c.sub("tls", frozenset({"enabled", "ca", "cert", "key"}))
     e = top.sub("escalation", frozenset({"t1_no_aa", "t2_no_result"}))
+    resend_wait = c.duration("resend_wait", timedelta(seconds=1))
+    max_resend_wait = c.duration("max_resend_wait", timedelta(minutes=5))
+    if max_resend_wait < resend_wait:
+        raise c.error("max_resend_wait", "must not be less than resend_wait")
     mode = a.str_("mode", "original", choices=("original", "enhanced"))
     commit_only = a.bool_("commit_only", False)
     if commit_only and mode != "enhanced":
@@ -375,6 +399,9 @@ def parse_profile(data: Any, file: str) -> ReceiverProfile:
             connect_timeout=c.duration("connect_timeout", timedelta(seconds=10)),
             ack_timeout=c.duration("ack_timeout", timedelta(seconds=30)),
             max_resends=c.int_("max_resends", 3, high=100),
+            resend_wait=resend_wait,
+            max_resend_wait=max_resend_wait,
+            give_up_after=c.duration("give_up_after", timedelta(hours=1)),
             tls=tls,
         ),
         escalation=Escalation(

@@ -4,9 +4,11 @@ A :class:`Deliverer` turns one row into one :class:`Attempt` (delivered / retry 
 It never raises for a peer's answer: a rejection is a value. An exception from a deliverer is
 a bug or "no answer at all" and is treated as a retry, so a row is never lost to it.
 
-The retry policy is a pair of tenacity values per destination (``stop`` and ``wait``). The
-worker evaluates them against the row's own history (attempts, age since enqueue), so the
-policy holds across restarts; ``Retry-After`` from a server overrides the wait, up to a cap.
+The retry policy is a pair of tenacity values (``stop`` and ``wait``) per destination, or per
+``(destination, target)`` where targets differ (each HL7 receiver profile has its own
+``connection.max_resends``). The worker evaluates them against the row's own history (attempts,
+age since enqueue), so the policy holds across restarts; ``Retry-After`` from a server
+overrides the wait, up to a cap. This is the one retry mechanism: deliverers never loop.
 """
 
 from __future__ import annotations
@@ -63,6 +65,27 @@ class RetryPolicy:
     max_retry_after: float = 120.0
     """A Retry-After longer than this is not waited for: the row gives up and escalates."""
 
+    @classmethod
+    def backoff(
+        cls,
+        *,
+        max_attempts: int,
+        max_seconds: float,
+        initial_wait: float,
+        max_wait: float,
+        max_retry_after: float = 120.0,
+    ) -> RetryPolicy:
+        """At most ``max_attempts`` attempts (the first included) within ``max_seconds`` of the
+        row's enqueueing; between them ``initial_wait * 2^(n-1)`` plus up to one
+        ``initial_wait`` of jitter, capped at ``max_wait``."""
+        return cls(
+            stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_after_delay(max_seconds),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=initial_wait, max=max_wait, jitter=initial_wait
+            ),
+            max_retry_after=max_retry_after,
+        )
+
 
 @dataclass
 class DrainReport:
@@ -91,6 +114,7 @@ class Worker:
         deliverers: Mapping[tuple[str, str], Deliverer],
         policies: Mapping[str, RetryPolicy] | None = None,
         *,
+        target_policies: Mapping[tuple[str, str], RetryPolicy] | None = None,
         concurrency: int = 4,
         lease_seconds: float = 300.0,
         sleep: Sleep = asyncio.sleep,
@@ -100,6 +124,7 @@ class Worker:
         self.outbox = outbox
         self.deliverers = deliverers
         self.policies = policies or {}
+        self.target_policies = target_policies or {}
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self._sleep = sleep
@@ -185,9 +210,14 @@ class Worker:
         report.dead += 1
         log.warning("row %d (%s): dead: %s", row.id, row.label, attempt.reason)
 
+    def policy_for(self, destination: str, target: str) -> RetryPolicy:
+        """The target's own policy, else its destination's, else the default."""
+        found = self.target_policies.get((destination, target))
+        return found or self.policies.get(destination) or RetryPolicy()
+
     def _retry_delay(self, row: Row, attempt: Attempt) -> tuple[float | None, str]:
         """Seconds to wait before the next try, or None and why the row gives up."""
-        policy = self.policies.get(row.destination, RetryPolicy())
+        policy = self.policy_for(row.destination, row.target)
         state = _state(row, self._clock())
         if policy.stop(state):
             return None, f"gave up after {row.attempts} attempt(s)"

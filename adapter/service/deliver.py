@@ -14,13 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import tenacity
-
 from adapter.config import FhirSettings, Settings, is_loopback
 from adapter.errors import ConfigError
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
 from adapter.service.ingest import IngestResult, Status
 from adapter.service.output import bundle_label, write_json_atomic
+from adapter.service.retry_policies import fhir_policy, label_policy, receiver_policies
 from adapter.store.identity import HeldRow, IngestedStudy, IngestWrite
 from adapter.store.outbox import Outbox, Row
 
@@ -152,18 +151,6 @@ def fhir_client(
     )
 
 
-def retry_policy(fhir: FhirSettings) -> RetryPolicy:
-    return RetryPolicy(
-        stop=tenacity.stop_after_attempt(fhir.max_attempts)
-        | tenacity.stop_after_delay(fhir.max_retry_seconds),
-        # multiplier * 2^(attempt-1), plus up to one initial wait of jitter, capped at max_wait.
-        wait=tenacity.wait_exponential_jitter(
-            multiplier=fhir.initial_wait, max=fhir.max_wait, jitter=fhir.initial_wait
-        ),
-        max_retry_after=fhir.max_retry_after,
-    )
-
-
 async def read_capabilities(settings: Settings) -> Capabilities:
     async with fhir_client(settings.fhir) as client:
         return await client.capabilities()
@@ -205,13 +192,16 @@ async def deliver(
         hl7_targets = {t for d, t in waiting if d == HL7}
         if settings.hl7.mllp or out_dir is not None:
             hl7_targets.add(settings.hl7.receiver)
-        policies = {FHIR: retry_policy(settings.fhir), FILES: RetryPolicy()}
+        policies = {FHIR: fhir_policy(settings.fhir), FILES: RetryPolicy()}
+        target_policies: dict[tuple[str, str], RetryPolicy] = {}
         if hl7_targets:
             deliverers.update(await _hl7_deliverers(stack, outbox, settings, hl7_targets, out_dir))
-            # Same back-off as FHIR: a resend keeps its MSH-10 and the receiver de-duplicates,
-            # but a peer that never answers must not be hammered.
-            policies[HL7] = retry_policy(settings.fhir)
-        # The PACS label KOS (issue 12): files, C-STORE, STOW-RS; same retry as FHIR.
+            # Over MLLP each receiver has its own policy (its profile's max_resends and waits);
+            # a resend keeps its MSH-10 and the receiver de-duplicates. .hl7 files: the FHIR one.
+            policies[HL7] = fhir_policy(settings.fhir)
+            if settings.hl7.mllp:
+                target_policies.update(_hl7_policies(settings, hl7_targets))
+        # The PACS label KOS (issue 12): files, C-STORE, STOW-RS; the label's own retry policy.
         # Imported only when a label is configured or a label row waits (labelling off: none).
         from adapter.label.service import KOS_FILES, PACS, label_targets
 
@@ -219,13 +209,14 @@ async def deliver(
             from adapter.label.delivery import pacs_deliverers
 
             deliverers.update(await pacs_deliverers(stack, settings, waiting, out_dir))
-            policies[PACS] = retry_policy(settings.fhir)
+            policies[PACS] = label_policy(settings.label, settings.fhir)
             policies[KOS_FILES] = RetryPolicy()
         # Rows for a destination not configured now (another FHIR server) stay untouched.
         worker = Worker(
             outbox,
             deliverers,
             policies,
+            target_policies=target_policies,
             concurrency=settings.fhir.concurrency,
             lease_seconds=settings.outbox.lease_seconds,
         )
@@ -282,3 +273,12 @@ async def _hl7_deliverers(
         elif out_dir is not None:
             found[(HL7, name)] = Hl7FileDeliverer(out_dir, profile)
     return found
+
+
+def _hl7_policies(
+    settings: Settings, profile_names: set[str]
+) -> dict[tuple[str, str], RetryPolicy]:
+    from adapter.hl7.profiles import load_profiles
+    from adapter.review.service import receivers_dir
+
+    return receiver_policies(HL7, load_profiles(receivers_dir(settings)), profile_names)

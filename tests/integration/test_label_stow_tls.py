@@ -78,7 +78,7 @@ def test_stow_rs_over_https_verifies_with_the_configured_ca(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, ca_file = https_stow
-    monkeypatch.setenv("RTPLAN_FHIR__MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("RTPLAN_LABEL__MAX_ATTEMPTS", "1")  # the label's own policy
     config = tmp_path / "rtplan.yaml"
     config.write_text(f"label:\n  stow_rs_url: {url}\n")
     untrusted = tmp_path / "untrusted"

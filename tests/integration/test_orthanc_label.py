@@ -159,8 +159,8 @@ def test_archive_down_then_up_the_kos_arrives_once(orthanc_factory: Any, tmp_pat
         **os.environ,
         "RTPLAN_LABEL__CSTORE": peer.cstore_target,
         "RTPLAN_LABEL__TIMEOUT": "2",
-        "RTPLAN_FHIR__INITIAL_WAIT": "0.2",
-        "RTPLAN_FHIR__MAX_WAIT": "0.5",
+        "RTPLAN_LABEL__INITIAL_WAIT": "0.2",
+        "RTPLAN_LABEL__MAX_WAIT": "0.5",
     }
     command = [sys.executable, "-m", "adapter.cli", "ingest", str(PLANNING), str(DIAGNOSTIC),
                "--out", str(out)]  # fmt: skip
@@ -238,7 +238,7 @@ def test_cstore_over_tls_with_a_client_certificate(
     assert_labelled_once(peer, before, out)
 
     # Without TLS the same archive is unreachable: the row retries, then gives up, visibly.
-    monkeypatch.setenv("RTPLAN_FHIR__MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("RTPLAN_LABEL__MAX_ATTEMPTS", "1")
     plain = tmp_path / "plain"
     config.write_text(f"label:\n  cstore: \"{peer.cstore_target}\"\n  timeout: 3\n")
     assert main(["--config", str(config), "ingest", str(PLANNING), "--out", str(plain)]) == 1
