@@ -149,6 +149,12 @@ class Database:
     def close(self) -> None:
         self._conn.close()
 
+    def __del__(self) -> None:
+        # A handle dropped without close() closes its connection, as sqlite3's does (psycopg
+        # would otherwise warn from its own finaliser).
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
     # -- statements ---------------------------------------------------------------------------
 
     def _sql(self, sql: str) -> str:

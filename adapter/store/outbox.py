@@ -593,11 +593,14 @@ class Outbox:
             return None
         return row if row.destination == "hl7" else None
 
-    def timers(self) -> Timers:
-        """The escalation timers kept in the same database file (set up once per handle)."""
-        if self._timers is None:
-            from adapter.store.timers import SteadyClock, Timers
+    def timers(self, clock: Callable[[], float] | None = None) -> Timers:
+        """The escalation timers kept in the same database (one per handle). ``clock``: a
+        handle on its own steady clock instead (tests of wall-clock jumps and restarts)."""
+        from adapter.store.timers import SteadyClock, Timers
 
+        if clock is not None:
+            return Timers(self._db, clock)
+        if self._timers is None:
             self._timers = Timers(self._db, SteadyClock(self._clock))
         return self._timers
 
