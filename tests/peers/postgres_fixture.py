@@ -15,8 +15,9 @@ Fixtures:
 * ``store_url`` (parametrised ``sqlite`` / ``postgresql``): what ``Outbox(...)`` opens, a
   SQLite path in ``tmp_path`` or a fresh PostgreSQL database. The store tests take it so that
   each runs on both backends.
-* ``cli_store_env``: the same for the CLI (``RTPLAN_STORE__URL`` in the environment), for
-  subprocess tests that should run on PostgreSQL as well.
+* ``cli_store`` (parametrised): the same for the CLI: a :class:`CliStore` whose ``env`` (and
+  this process's environment) has ``RTPLAN_STORE__URL`` set to a fresh PostgreSQL database,
+  or unset for SQLite; ``cli_store.location(default)`` is what the test opens to check.
 """
 
 from __future__ import annotations
@@ -150,20 +151,29 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
     return cluster.new_database()
 
 
+@dataclass(frozen=True)
+class CliStore:
+    backend: str
+    url: str | None  # RTPLAN_STORE__URL, None on SQLite
+    env: dict[str, str]  # for subprocess runs
+
+    def location(self, sqlite_file: Path) -> Path | str:
+        """What the CLI wrote to: the PostgreSQL database, else the SQLite file it names."""
+        return sqlite_file if self.url is None else self.url
+
+
 @pytest.fixture(params=BACKENDS)
-def cli_store_env(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    """The environment of a CLI run on each backend: ``RTPLAN_STORE__URL`` unset (the SQLite
-    file the other options name) or set to a fresh PostgreSQL database. Also set in this
-    process (``monkeypatch``) for in-process ``main([...])`` calls."""
+def cli_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> CliStore:
+    """A CLI run on each backend: ``RTPLAN_STORE__URL`` unset (the SQLite file the other
+    options name) or set to a fresh PostgreSQL database, in ``env`` and in this process's
+    environment (``monkeypatch``, for in-process ``main([...])`` calls)."""
     env = dict(os.environ)
     if request.param == "postgresql":
         cluster: PgCluster = request.getfixturevalue("postgres")
         url = cluster.new_database()
         env["RTPLAN_STORE__URL"] = url
         monkeypatch.setenv("RTPLAN_STORE__URL", url)
-    else:
-        env.pop("RTPLAN_STORE__URL", None)
-        monkeypatch.delenv("RTPLAN_STORE__URL", raising=False)
-    return env
+        return CliStore(request.param, url, env)
+    env.pop("RTPLAN_STORE__URL", None)
+    monkeypatch.delenv("RTPLAN_STORE__URL", raising=False)
+    return CliStore(request.param, None, env)
