@@ -254,3 +254,19 @@ def test_each_timer_fires_once_across_instances(pg_url: str) -> None:
     for thread in threads:
         thread.join()
     assert sorted(fired) == sorted(f"PO{n}" for n in range(30))
+
+
+def test_the_operations_doc_says_what_the_store_does() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("## Choosing the store", 1)[1].split("\n## ", 1)[0]
+    # The command as the two-instance test runs it (RTPLAN_STORE__URL + rtplan outbox run).
+    command = "RTPLAN_STORE__URL=postgresql://rtplan@db.example.org/rtplan rtplan outbox run"
+    assert command in section
+    two = (ROOT / "tests" / "integration" / "test_store_two_instances.py").read_text()
+    assert "RTPLAN_STORE__URL=url" in two and '[RTPLAN, "outbox", "run"]' in two
+    assert "(`outbox.lease_seconds`, default 300 s)" in section
+    assert load_settings(env={}).outbox.lease_seconds == 300.0
+    assert "postgresql://rtplan:***@" in section  # as test_store_url_setting_and_its_errors
+    tests = ("tests/integration/test_store_two_instances.py", "tests/unit/test_store_backends.py")
+    for named in tests:
+        assert named in section and (ROOT / named).exists()
