@@ -99,10 +99,7 @@ def trial(
         RTPLAN_FHIR__BASE_URL=peer.base, RTPLAN_FHIR__CONCURRENCY="4", RTPLAN_LABEL__ENABLED="false"
     )
     argv = [RTPLAN, "outbox", "run"]
-    if isinstance(location, Path):
-        argv += ["--db", str(location)]
-    else:
-        env["RTPLAN_STORE__URL"] = location
+    env["RTPLAN_STORE__URL"] = f"sqlite:///{location}" if isinstance(location, Path) else location
     medplum = psutil.Process(peer.pid)
     cpu0 = sum(medplum.cpu_times()[:2])
     started = time.perf_counter()
@@ -197,7 +194,7 @@ def cluster_version() -> str:
     answer = subprocess.run(
         [str(pg_bin() / "postgres"), "--version"], capture_output=True, text=True, check=False
     )
-    return answer.stdout.strip().rsplit(" ", 1)[-1]
+    return answer.stdout.split(")")[-1].strip()  # "postgres (PostgreSQL) 15.18-0+deb12u1"
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -142,6 +143,9 @@ class Database:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=30)
         except psycopg.Error as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            password = urlsplit(url).password
+            if password:  # libpq may quote a fragment of the URL it could not parse
+                first = first.replace(password, "***")
             raise StoreUnavailable("store.url", f"cannot open {redact(url)}: {first}") from None
         conn.row_factory = _pg_row_factory
         return cls(Dialect.POSTGRESQL, conn, redact(url))
