@@ -194,7 +194,8 @@ def cluster_version() -> str:
     answer = subprocess.run(
         [str(pg_bin() / "postgres"), "--version"], capture_output=True, text=True, check=False
     )
-    return answer.stdout.split(")")[-1].strip()  # "postgres (PostgreSQL) 15.18-0+deb12u1"
+    # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+    return answer.stdout.removeprefix("postgres (PostgreSQL)").strip()
 
 
 if __name__ == "__main__":
