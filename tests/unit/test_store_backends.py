@@ -270,3 +270,18 @@ def test_the_operations_doc_says_what_the_store_does() -> None:
     tests = ("tests/integration/test_store_two_instances.py", "tests/unit/test_store_backends.py")
     for named in tests:
         assert named in section and (ROOT / named).exists()
+
+
+def test_outbox_commands_on_postgresql(
+    pg_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Outbox(pg_url) as outbox:
+        row_id = put(outbox, "study:1.2.3")
+        outbox.mark_dead(row_id, "peer said no")
+    monkeypatch.setenv("RTPLAN_STORE__URL", pg_url)
+    assert main(["outbox", "dead"]) == 0
+    assert "peer said no" in capsys.readouterr().out
+    assert main(["outbox", "show", str(row_id)]) == 0
+    assert "dead" in capsys.readouterr().out
+    assert main(["audit", "--verify"]) == 0
+    assert "audit trail intact" in capsys.readouterr().out
