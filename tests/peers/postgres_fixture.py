@@ -79,10 +79,34 @@ def _run_as(user: str | None) -> dict[str, object]:
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_clusters() -> None:
+    """Stop and remove the clusters of test sessions that were killed before their teardown
+    (their ``owner.pid`` names a process that is gone). Only folders this module made."""
+    for root in Path("/tmp").glob("rtplan-pg-*"):
+        marker = root / "owner.pid"
+        try:
+            owner = int(marker.read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            stop_cluster(PgCluster(root, root, 0, "", itertools.count()))
+
+
 def start_cluster(*, durable: bool = False) -> PgCluster:
     """Start a cluster in a new temp folder. ``durable=False`` turns fsync off (tests only:
     the data is thrown away); the benchmark passes True to compare with SQLite's FULL sync."""
     bin_dir = pg_bin()
+    remove_stale_clusters()
     owner: str | None = None
     if os.geteuid() == 0:
         owner = "postgres"
@@ -92,6 +116,7 @@ def start_cluster(*, durable: bool = False) -> PgCluster:
             pytest.fail("running as root and no 'postgres' account to run the test cluster as")
     # Short path: a Unix socket path must stay under 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="rtplan-pg-", dir="/tmp"))
+    (root / "owner.pid").write_text(str(os.getpid()))
     data, log = root / "data", root / "server.log"
     if owner is not None:
         account = pwd.getpwnam(owner)
