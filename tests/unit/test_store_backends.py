@@ -15,8 +15,10 @@ import pytest
 from adapter.cli import main
 from adapter.config import load_settings
 from adapter.errors import ConfigError
+from adapter.store.identity import HeldRow, IngestedStudy, Resolution
 from adapter.store.migrations import LATEST, MIGRATIONS
 from adapter.store.outbox import NewRow, Outbox, State
+from adapter.store.studies import StudyRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 BEFORE_MIGRATIONS = ROOT / "fixtures" / "store" / "outbox-before-migrations.sqlite"
@@ -285,3 +287,26 @@ def test_outbox_commands_on_postgresql(
     assert "dead" in capsys.readouterr().out
     assert main(["audit", "--verify"]) == 0
     assert "audit trail intact" in capsys.readouterr().out
+
+
+def test_identity_holds_and_their_resolution(store_url: Path | str) -> None:
+    def study(patient_id: str) -> IngestedStudy:
+        record = StudyRecord("1.2.9", patient_id, "HOSP", "DOE^JANE", "1960-01-02", "F",
+                             "ACC1", "RP1", "")  # fmt: skip
+        row = HeldRow(T[0], T[1], "study:1.2.9", "fhir-transaction", "ImagingStudy",
+                      {"patient": patient_id})  # fmt: skip
+        return IngestedStudy(record, "mapped", (row,))
+
+    with Outbox(store_url) as outbox:
+        first = outbox.record_ingest([study("P1")])
+        assert len(first.ids) == 1 and first.held == {}
+        moved = outbox.record_ingest([study("P2")])  # the same study under another patient
+        assert moved.ids == [] and set(moved.held) == {"1.2.9"}
+        assert outbox.record_ingest([study("P2")]).held == moved.held  # one open hold
+        (hold,) = outbox.identity_holds(open_only=True)
+        released = outbox.resolve_identity(hold.id, Resolution.REPLACE, by="Dr R", note="merge")
+        assert len(released) == 1 and outbox.get(released[0]).payload == {"patient": "P2"}
+        record = outbox.study("1.2.9")
+        assert record is not None and record.patient_id == "P2"
+        assert outbox.identity_holds(open_only=True) == []
+        assert outbox.verify_audit() is None
