@@ -36,6 +36,8 @@ from psycopg.pq import TransactionStatus
 from adapter.errors import ConfigError
 
 Params = Sequence[Any]
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.DatabaseError, psycopg.Error)
+"""What either driver raises for a database it cannot use (see ``Outbox.__init__``)."""
 APPEND_LOCK = 0x7274_706C  # "rtpl": pg_advisory_xact_lock key of exclusive writes
 
 

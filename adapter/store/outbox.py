@@ -47,11 +47,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapter.errors import ConfigError
 from adapter.private import private_dir, touch_private
 from adapter.store import audit, claims, identity
 from adapter.store import studies as study_records
 from adapter.store.audit import AuditRecord
-from adapter.store.db import Database, DbRow, Dialect, open_database
+from adapter.store.db import DRIVER_ERRORS, Database, DbRow, Dialect, open_database
 from adapter.store.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
 from adapter.store.migrations import migrate
 from adapter.store.studies import StudyRecord
@@ -159,6 +160,10 @@ class Outbox:
         self._db = open_database(store, check_same_thread=check_same_thread)
         try:
             migrate(self._db)
+        except DRIVER_ERRORS as exc:  # a database of something else: one line, no traceback
+            self._db.close()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(self._db.name, f"not an outbox database ({first})") from None
         except BaseException:
             self._db.close()
             raise

@@ -310,3 +310,14 @@ def test_identity_holds_and_their_resolution(store_url: Path | str) -> None:
         assert record is not None and record.patient_id == "P2"
         assert outbox.identity_holds(open_only=True) == []
         assert outbox.verify_audit() is None
+
+
+def test_a_database_of_something_else_is_one_clear_error(store_url: Path | str) -> None:
+    with Outbox(store_url) as outbox:  # a store whose outbox table is not ours
+        cascade = " CASCADE" if isinstance(store_url, str) else ""  # PostgreSQL: its index
+        outbox._db.execute("DROP TABLE outbox" + cascade)
+        outbox._db.execute("CREATE TABLE outbox (id TEXT)")
+        outbox._db.execute("DELETE FROM schema_version WHERE version > 1")
+    with pytest.raises(ConfigError, match=r"not an outbox database \(") as caught:
+        Outbox(store_url)
+    assert "\n" not in str(caught.value)
