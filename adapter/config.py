@@ -118,6 +118,17 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Which database holds the outbox and the records (docs/operations.md "Choosing the store")."""
+
+    url: str = ""
+    """``sqlite:///PATH`` (a SQLite file; ``sqlite:////abs/path`` for an absolute one) or
+    ``postgresql://USER@HOST/DB`` (several instances may share it). Empty: the SQLite file
+    that ``outbox.path`` / ``--out`` / ``--db`` name. A password belongs in libpq's
+    ``PGPASSWORD`` or ``~/.pgpass``, not here; it is never printed."""
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveSettings:
     wado_rs_base_url: str = ""
     """DICOMweb WADO-RS service base URL (no ``/studies``, no trailing slash). Empty: no
@@ -317,6 +328,7 @@ class Settings:
     fhir: FhirSettings = field(default_factory=FhirSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
     label: LabelSettings = field(default_factory=LabelSettings)
@@ -404,6 +416,9 @@ def _check(settings: Settings) -> None:
     _check_note(settings.note)
     if url.endswith("/studies"):
         raise ConfigError("archive.wado_rs_base_url", "is the service base: drop '/studies'")
+    store_url = settings.store.url
+    if store_url and not store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError("store.url", "must start with sqlite:/// or postgresql://")
 
 
 def _check_label(label: LabelSettings) -> None:

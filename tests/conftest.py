@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.peers.hl7v2_validator_fixture",
     "tests.peers.fhir_validator_fixture",
     "tests.peers.orthanc_fixture",
+    "tests.peers.postgres_fixture",
 ]
 FHIR_SERVERS = ["medplum", "hapi"]
 

@@ -390,10 +390,12 @@ async def _drain(
         batch, state["pending"] = state["pending"], []
         # On its own thread, loop and store connection: delivery (file writes, fsyncs, peers)
         # does not hold up the requests being answered.
-        await asyncio.to_thread(_deliver_batch, settings, store.path, batch, out_dir)
+        await asyncio.to_thread(_deliver_batch, settings, store.location, batch, out_dir)
 
 
-def _deliver_batch(settings: Settings, path: Path, ids: list[int], out_dir: Path | None) -> None:
+def _deliver_batch(
+    settings: Settings, path: Path | str, ids: list[int], out_dir: Path | None
+) -> None:
     from adapter.service.deliver import deliver
 
     with Outbox(path) as outbox:

@@ -55,13 +55,9 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
 
 
 def _escalations(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from adapter.store.location import outbox_path
-    from adapter.store.outbox import Outbox
+    from adapter.store.location import open_existing
 
-    path = args.db or outbox_path(settings, None)
-    if not path.exists():
-        raise ConfigError("outbox.path", f"no outbox at {path}")
-    with Outbox(path) as outbox:
+    with open_existing(settings, None, args.db) as outbox:
         timers = outbox.timers()
         for timer in timers.fired():
             when = datetime.fromtimestamp(timer.fired_at or 0, UTC).isoformat(timespec="seconds")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from adapter.config import Settings
-from adapter.errors import AdapterError, ConfigError
+from adapter.errors import AdapterError
 from adapter.label.titles import load_vocabulary
 from adapter.mapping.tables import load_tables
 from adapter.service.ingest import log_key, run_ingest
@@ -41,14 +41,11 @@ def add_label_parser(commands: Any) -> None:
 
 
 def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from adapter.store.location import outbox_path
+    from adapter.store.location import open_existing
 
     if args.label_command == "preview":
         return _preview(args, settings, out)
-    path = args.db or outbox_path(settings, None)
-    if not path.exists():
-        raise ConfigError("outbox.path", f"no outbox at {path}")
-    with Outbox(path) as outbox:
+    with open_existing(settings, None, args.db) as outbox:
         store = outbox.labels()
         studies = [args.study] if args.study else store.studies()
         counts = dict.fromkeys([s.value for s in LabelState], 0)

@@ -41,7 +41,7 @@ from adapter.service.deliver import (
 )
 from adapter.service.ingest import IngestResult, Status, log_key, run_ingest
 from adapter.service.output import shown_path, summary, write_report
-from adapter.store.location import open_outbox, outbox_path, recorded_studies
+from adapter.store.location import open_outbox, recorded_studies, store_location
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
 
@@ -163,7 +163,7 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
     started = time.perf_counter()
     # The store's record of each study fixes its patient: a disagreeing study is held (checked
     # again inside the store's write transaction).
-    with recorded_studies(outbox_path(settings, args.out)) as known:
+    with recorded_studies(store_location(settings, args.out)) as known:
         result = run_ingest(
             args.paths, settings, tables, progress=_progress_printer(sys.stderr), known=known
         )

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.store.location import outbox_path
+from adapter.store.location import open_existing
 from adapter.store.outbox import Outbox, Row, State
 
 
@@ -47,10 +47,7 @@ def add_outbox_parser(commands: Any) -> None:
 def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from adapter.service.deliver import deliver  # the service layer sits above the outbox
 
-    path = args.db or outbox_path(settings, None)
-    if not path.exists():
-        raise ConfigError("outbox.path", f"no outbox at {path}")
-    with Outbox(path) as outbox:
+    with open_existing(settings, None, args.db) as outbox:
         command = args.outbox_command
         if command == "list":
             state = State(args.state) if args.state else None

@@ -26,7 +26,7 @@ from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.store.audit import AuditRecord
 from adapter.store.identity import IDENTITY_KEYWORDS, Resolution, ResolveError
-from adapter.store.location import outbox_path
+from adapter.store.location import open_existing
 from adapter.store.outbox import Outbox
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE = 0, 1, 2
@@ -89,10 +89,7 @@ def _date(text: str) -> date:
 
 
 def run_safety_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    path = outbox_path(settings, args.out)
-    if not path.exists():
-        raise ConfigError("outbox.path", f"no outbox at {path}")
-    with Outbox(path) as outbox:
+    with open_existing(settings, args.out) as outbox:
         if args.command == "audit":
             return _audit(outbox, args, settings, out)
         if args.command == "reconcile":

@@ -128,7 +128,7 @@ class Worker:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self._sleep = sleep
-        self._clock = clock or outbox._clock
+        self._clock = clock or outbox.clock
         self.poll_interval = poll_interval
         self._targets = list(deliverers)
         self._watch: set[int] | None = None

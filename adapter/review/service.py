@@ -501,10 +501,10 @@ def _preview_context(
 ) -> tuple[StudyContext, list[Row]]:
     """The study as known to the outbox (if its file exists) or the FHIR server, and the
     study's outbox rows; reads only."""
-    from adapter.store.location import outbox_path
+    from adapter.store.location import store_exists, store_location
 
-    path = outbox_path(settings, out_dir)
-    outbox = Outbox(path) if path.exists() else None
+    location = store_location(settings, out_dir)
+    outbox = Outbox(location) if store_exists(location) else None
     try:
         ctx = asyncio.run(resolve_context(review, settings, outbox))
         stored = outbox.reviews().get(review.review_id) if outbox else None
@@ -521,12 +521,12 @@ def _preview_record(
     review: ReviewInput, settings: Settings, out_dir: Path | None
 ) -> StudyRecord | None:
     """The study's record (patient and procedure ids from its DICOM headers), if stored."""
-    from adapter.store.location import outbox_path
+    from adapter.store.location import store_exists, store_location
 
-    path = outbox_path(settings, out_dir)
-    if not path.exists():
+    location = store_location(settings, out_dir)
+    if not store_exists(location):
         return None
-    with Outbox(path) as outbox:
+    with Outbox(location) as outbox:
         return outbox.study(review.study_instance_uid)
 
 

@@ -35,7 +35,7 @@ from adapter.service.deliver import deliver, targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
 from adapter.service.parts import start_parts
-from adapter.store.location import open_outbox, outbox_path
+from adapter.store.location import open_outbox, store_location
 from adapter.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ async def serve(
     fhir_targets = [t for t in targets(settings, out_dir)]
     hl7 = settings.hl7
     # The listener's own connection: its handler stores messages in a worker thread.
-    with Outbox(outbox_path(settings, out_dir), check_same_thread=False) as inbound_store:
+    with Outbox(store_location(settings, out_dir), check_same_thread=False) as inbound_store:
         trust = trust_policy(settings)
         handler = InboundHandler(inbound_store, tables, fhir_targets, trust)
         server = MllpServer(

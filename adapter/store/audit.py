@@ -9,7 +9,8 @@ record one that was rolled back.
 
 Append-only is enforced by the database (triggers refuse UPDATE and DELETE), and each record
 carries the SHA-256 of its predecessor's hash and its own fields, so an edit made by going
-around SQLite is found by :func:`verify` (``rtplan audit --verify``). This follows the
+around the adapter (editing the database directly) is found by :func:`verify`
+(``rtplan audit --verify``). This follows the
 local-record half of reliability.md CS6; IHE BALP AuditEvents can be derived from these rows.
 """
 
@@ -17,29 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    at        REAL    NOT NULL,
-    event     TEXT    NOT NULL,
-    outcome   TEXT    NOT NULL,
-    actor     TEXT    NOT NULL,
-    study_uid TEXT    NOT NULL,
-    row_id    INTEGER,
-    detail    TEXT    NOT NULL,
-    prev_hash TEXT    NOT NULL,
-    hash      TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_study ON audit (study_uid, id);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-"""
+from adapter.store.db import Database, DbRow
+
 SYSTEM = "rtplan"
 GENESIS = "0" * 64
 
@@ -78,7 +61,7 @@ def _digest(prev: str, fields: tuple[object, ...]) -> str:
 
 
 def append(
-    db: sqlite3.Connection,
+    db: Database,
     at: float,
     event: str,
     *,
@@ -104,7 +87,7 @@ def study_of_key(key: str) -> str:
     return key.removeprefix("study:") if key.startswith("study:") else ""
 
 
-def _record(raw: sqlite3.Row) -> AuditRecord:
+def _record(raw: DbRow) -> AuditRecord:
     return AuditRecord(
         id=int(raw["id"]),
         at=float(raw["at"]),
@@ -117,7 +100,7 @@ def _record(raw: sqlite3.Row) -> AuditRecord:
     )
 
 
-def records(db: sqlite3.Connection, study_uid: str | None = None) -> list[AuditRecord]:
+def records(db: Database, study_uid: str | None = None) -> list[AuditRecord]:
     """Every record (or one study's), oldest first."""
     if study_uid is None:
         raws = db.execute("SELECT * FROM audit ORDER BY id").fetchall()
@@ -128,7 +111,7 @@ def records(db: sqlite3.Connection, study_uid: str | None = None) -> list[AuditR
     return [_record(raw) for raw in raws]
 
 
-def verify(db: sqlite3.Connection) -> int | None:
+def verify(db: Database) -> int | None:
     """The id of the first record whose chain is broken, None when the trail is intact."""
     prev = GENESIS
     for raw in db.execute("SELECT * FROM audit ORDER BY id"):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -34,25 +33,9 @@ from enum import StrEnum
 
 from adapter.store import audit
 from adapter.store import studies as study_records
+from adapter.store.db import Database, DbRow
 from adapter.store.studies import StudyRecord
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS identity_holds (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_uid   TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    incoming    TEXT NOT NULL,
-    rows        TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    held_at     REAL NOT NULL,
-    resolved_at REAL,
-    resolved_by TEXT,
-    resolution  TEXT,
-    note        TEXT
-);
-CREATE INDEX IF NOT EXISTS identity_holds_open ON identity_holds (study_uid)
-    WHERE resolved_at IS NULL;
-"""
 # DICOM keywords of the patient fields, in StudyRecord.identity order.
 IDENTITY_KEYWORDS = (
     "PatientID",
@@ -146,7 +129,7 @@ def drift_reason(recorded: StudyRecord, incoming: StudyRecord) -> str:
 
 
 def record_ingest(
-    db: sqlite3.Connection,
+    db: Database,
     now: float,
     studies: Sequence[IngestedStudy],
     insert: Callable[[HeldRow], int],
@@ -178,7 +161,7 @@ def _fingerprint(study: IngestedStudy, reason: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _hold(db: sqlite3.Connection, now: float, study: IngestedStudy, reason: str) -> int:
+def _hold(db: Database, now: float, study: IngestedStudy, reason: str) -> int:
     """Store the hold (the same ingest held twice is one open hold) and audit it."""
     uid = study.record.study_uid
     fingerprint = _fingerprint(study, reason)
@@ -191,7 +174,7 @@ def _hold(db: sqlite3.Connection, now: float, study: IngestedStudy, reason: str)
         audit.append(db, now, "identity-hold", outcome="still-held", study_uid=uid,
                      detail=f"hold {hold_id}: {reason}")  # fmt: skip
         return hold_id
-    cursor = db.execute(
+    hold_id = db.insert(
         "INSERT INTO identity_holds (study_uid, reason, incoming, rows, fingerprint, held_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         (
@@ -203,14 +186,13 @@ def _hold(db: sqlite3.Connection, now: float, study: IngestedStudy, reason: str)
             now,
         ),
     )
-    hold_id = int(cursor.lastrowid or 0)
     audit.append(
         db, now, "identity-hold", outcome="held", study_uid=uid, detail=f"hold {hold_id}: {reason}"
     )
     return hold_id
 
 
-def _from_raw(raw: sqlite3.Row) -> IdentityHold:
+def _from_raw(raw: DbRow) -> IdentityHold:
     return IdentityHold(
         id=int(raw["id"]),
         study_uid=str(raw["study_uid"]),
@@ -225,14 +207,14 @@ def _from_raw(raw: sqlite3.Row) -> IdentityHold:
     )
 
 
-def holds(db: sqlite3.Connection, *, open_only: bool = False) -> list[IdentityHold]:
+def holds(db: Database, *, open_only: bool = False) -> list[IdentityHold]:
     query = "SELECT * FROM identity_holds"
     if open_only:
         query += " WHERE resolved_at IS NULL"
     return [_from_raw(raw) for raw in db.execute(query + " ORDER BY id").fetchall()]
 
 
-def get(db: sqlite3.Connection, hold_id: int) -> IdentityHold | None:
+def get(db: Database, hold_id: int) -> IdentityHold | None:
     raw = db.execute("SELECT * FROM identity_holds WHERE id=?", (hold_id,)).fetchone()
     return None if raw is None else _from_raw(raw)
 
@@ -242,7 +224,7 @@ class ResolveError(ValueError):
 
 
 def resolve(
-    db: sqlite3.Connection,
+    db: Database,
     now: float,
     hold_id: int,
     resolution: Resolution,

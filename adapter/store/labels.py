@@ -1,4 +1,4 @@
-"""The PACS label state of each study, in the outbox database (one small additive table).
+"""The PACS label state of each study, in the store's database (one small additive table).
 
 Every label KOS the adapter builds is a row here: its SOP Instance UID, instance number, the
 digest of what it says, and the encoded document. A later KOS for the same study (a late
@@ -15,25 +15,13 @@ adapter must never send). Delivery itself is ordinary outbox rows (kind ``dicom-
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pacs_labels (
-    sop_instance_uid TEXT    PRIMARY KEY,
-    study_uid        TEXT    NOT NULL,
-    instance_number  INTEGER NOT NULL,
-    digest           TEXT    NOT NULL,
-    document         BLOB    NOT NULL,
-    created_at       REAL    NOT NULL,
-    superseded_by    TEXT,
-    superseded_at    REAL
-);
-CREATE INDEX IF NOT EXISTS pacs_labels_study ON pacs_labels (study_uid, instance_number);
-"""
+from adapter.store.db import Database, DbRow
+
 KIND_KOS = "dicom-kos"
 
 
@@ -72,10 +60,9 @@ class LabelStatus:
 class LabelStore:
     """Reads and writes ``pacs_labels`` on the outbox's own connection."""
 
-    def __init__(self, db: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
-        self._db.executescript(SCHEMA)
 
     def latest(self, study_uid: str) -> LabelRecord | None:
         raw = self._db.execute(
@@ -95,22 +82,17 @@ class LabelStore:
     ) -> LabelRecord:
         """Store a new KOS; the study's previous one (if any) is marked superseded by it."""
         now = self._clock()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute(
+        with self._db.write() as db:
+            db.execute(
                 "UPDATE pacs_labels SET superseded_by=?, superseded_at=? "
                 "WHERE study_uid=? AND superseded_by IS NULL",
                 (sop_instance_uid, now, study_uid),
             )
-            self._db.execute(
+            db.execute(
                 "INSERT INTO pacs_labels (sop_instance_uid, study_uid, instance_number, digest, "
                 "document, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (sop_instance_uid, study_uid, instance_number, digest, document, now),
             )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         record = self.latest(study_uid)
         assert record is not None
         return record
@@ -125,7 +107,7 @@ class LabelStore:
         """True when this KOS already has an outbox row (any state) for the destination."""
         raw = self._db.execute(
             "SELECT 1 FROM outbox WHERE key=? AND kind=? AND destination=? AND target=? "
-            "AND json_extract(payload, '$.sop_instance_uid')=? LIMIT 1",
+            f"AND {self._db.json_text('payload', 'sop_instance_uid')}=? LIMIT 1",
             (label_key(study_uid), KIND_KOS, destination, target, sop_instance_uid),
         ).fetchone()
         return raw is not None
@@ -137,7 +119,7 @@ class LabelStore:
         current = records[-1]
         raws = self._db.execute(
             "SELECT destination, target, state FROM outbox WHERE key=? AND kind=? "
-            "AND json_extract(payload, '$.sop_instance_uid')=? ORDER BY id",
+            f"AND {self._db.json_text('payload', 'sop_instance_uid')}=? ORDER BY id",
             (label_key(study_uid), KIND_KOS, current.sop_instance_uid),
         ).fetchall()
         # The newest row per destination decides (a replay after a dead letter counts).
@@ -161,7 +143,7 @@ class LabelStore:
         return [r["study_uid"] for r in raws.fetchall()]
 
 
-def _record(raw: sqlite3.Row) -> LabelRecord:
+def _record(raw: DbRow) -> LabelRecord:
     return LabelRecord(
         sop_instance_uid=raw["sop_instance_uid"],
         study_uid=raw["study_uid"],

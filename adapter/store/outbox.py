@@ -1,7 +1,10 @@
 """The durable outbox: every outbound effect is a row before anyone tries it.
 
-One SQLite file (WAL, ``synchronous=FULL`` so a committed row survives power loss, not only a
-crash). The SQL is plain and portable so that a PostgreSQL backend can take its place.
+The rows live in the store's database (``adapter.store.db``): an embedded SQLite file (WAL,
+``synchronous=FULL`` so a committed row survives power loss, not only a crash) or PostgreSQL,
+shared by several ``rtplan`` processes. Most statements are written once for both; the claim
+is written per engine (``adapter.store.claims``), and the schema comes from the numbered
+migrations of ``adapter.store.migrations``.
 
 Row life cycle::
 
@@ -21,9 +24,12 @@ it gives up with it if that row dies. This is how an HL7 order waits for the rev
 transaction. A deliverer may also return follow-up rows, which are stored in the same
 transaction that marks its row delivered (an ACK and the Task update it causes are one step).
 
-A claimed row carries a lease and its owner (host:pid). After a crash the rows of a dead owner
-on this host, or any row whose lease ran out, are claimable again: delivery is at-least-once,
-and the receivers de-duplicate (conditional updates, MSH-10).
+A claimed row carries a lease and its owner (host:pid). After a crash any row whose lease ran
+out is claimable again; on SQLite (one host) so is a row whose owner's pid is gone. On
+PostgreSQL the instances may run on several hosts, so only the lease counts. A process that
+finishes a row after its lease ran out and another instance took it over records nothing (the
+new owner's outcome stands). Delivery is therefore at-least-once, and the receivers
+de-duplicate (conditional FHIR writes, MSH-10); see docs/operations.md "Choosing the store".
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,10 +49,12 @@ from typing import TYPE_CHECKING, Any
 
 from adapter.errors import ConfigError
 from adapter.private import private_dir, touch_private
-from adapter.store import audit, identity
+from adapter.store import audit, claims, identity
 from adapter.store import studies as study_records
 from adapter.store.audit import AuditRecord
+from adapter.store.db import DRIVER_ERRORS, Database, DbRow, Dialect, open_database
 from adapter.store.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
+from adapter.store.migrations import migrate
 from adapter.store.studies import StudyRecord
 
 if TYPE_CHECKING:
@@ -54,63 +62,10 @@ if TYPE_CHECKING:
     from adapter.store.reviews import ReviewVersions
     from adapter.store.timers import Timers
 
+log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 Clock = Callable[[], float]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    destination     TEXT    NOT NULL,
-    target          TEXT    NOT NULL,
-    key             TEXT    NOT NULL,
-    kind            TEXT    NOT NULL,
-    label           TEXT    NOT NULL,
-    payload         TEXT    NOT NULL,
-    payload_hash    TEXT    NOT NULL,
-    state           TEXT    NOT NULL CHECK (state IN
-                        ('pending', 'in_flight', 'retrying', 'delivered', 'dead')),
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL    NOT NULL,
-    lease_until     REAL,
-    owner           TEXT,
-    last_error      TEXT,
-    result          TEXT,
-    created_at      REAL    NOT NULL,
-    updated_at      REAL    NOT NULL,
-    after_id        INTEGER REFERENCES outbox (id)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
--- Claims walk the open rows in id order and stop at the limit: the cost of a claim does not
--- grow with the backlog (partial indexes hold only the rows a claim can take).
-CREATE INDEX IF NOT EXISTS outbox_open ON outbox (id) WHERE state IN ('pending', 'retrying');
-CREATE INDEX IF NOT EXISTS outbox_key ON outbox (destination, target, key, id);
-CREATE TABLE IF NOT EXISTS key_holds (
-    destination TEXT NOT NULL,
-    target      TEXT NOT NULL,
-    key         TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    since       REAL NOT NULL,
-    PRIMARY KEY (destination, target, key)
-);
-CREATE TABLE IF NOT EXISTS inbound (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    sender      TEXT    NOT NULL,
-    control_id  TEXT    NOT NULL,
-    kind        TEXT    NOT NULL,
-    status      TEXT    NOT NULL,
-    detail      TEXT    NOT NULL,
-    message     BLOB    NOT NULL,
-    received_at REAL    NOT NULL,
-    UNIQUE (sender, control_id)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    row_id  INTEGER NOT NULL,
-    at      REAL    NOT NULL,
-    event   TEXT    NOT NULL,
-    detail  TEXT    NOT NULL
-);
-"""
 OPEN_STATES = ("pending", "retrying", "in_flight")
 
 
@@ -163,63 +118,69 @@ class Hold:
     since: float
 
 
+# A row may be finished by its owner, or by anyone when it is not in flight (an analyst
+# marking a waiting row). One taken over by another instance after its lease ran out is not.
+_STILL_OURS = "(state <> 'in_flight' OR owner = ?)"
+
+
+def _lost_lease(row_id: int) -> None:
+    log.warning(
+        "row %d: its lease ran out and another instance took it over; this outcome is not "
+        "recorded (the receivers de-duplicate the repeated delivery)",
+        row_id,
+    )
+
+
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 class Outbox:
-    """A durable, ordered outbox in one SQLite file. Safe for several processes."""
+    """A durable, ordered outbox in the store's database. Safe for several processes."""
 
     def __init__(
-        self, path: Path, *, clock: Clock = time.time, check_same_thread: bool = True
+        self, store: Path | str, *, clock: Clock = time.time, check_same_thread: bool = True
     ) -> None:
-        # The file holds patient data: 0600 in a 0700 folder, never opened through a symlink
-        # (SQLite gives its -wal and -shm files the database file's mode).
-        private_dir(path.parent)
-        touch_private(path)
-        self.path = path
+        """``store``: a SQLite file path, ``sqlite:///PATH`` or a ``postgresql://`` URL."""
+        if not str(store).startswith(("postgresql://", "postgres://")):
+            path = Path(str(store).removeprefix("sqlite:///"))
+            # The file holds patient data: 0600 in a 0700 folder, never opened through a
+            # symlink (SQLite gives its -wal and -shm files the database file's mode).
+            private_dir(path.parent)
+            touch_private(path)
+            store = path
+        self.path = store if isinstance(store, Path) else None  # the SQLite file, if any
+        self.location: Path | str = store
+        """What opens this store again (``Outbox(outbox.location)``); may hold a password."""
         self._clock = clock
         self._owner = _owner()
         self._timers: Timers | None = None
         self._reviews: ReviewVersions | None = None
-        # autocommit mode: every statement commits unless inside an explicit BEGIN.
-        self._db = sqlite3.connect(
-            path, isolation_level=None, timeout=30.0, check_same_thread=check_same_thread
-        )
-        self._db.row_factory = sqlite3.Row
+        self._db = open_database(store, check_same_thread=check_same_thread)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._db.executescript(SCHEMA)
-            self._db.executescript(study_records.SCHEMA)
-            self._db.executescript(identity.SCHEMA)
-            self._db.executescript(audit.SCHEMA)
-        except sqlite3.DatabaseError as exc:
+            migrate(self._db)
+        except DRIVER_ERRORS as exc:  # a database of something else: one line, no traceback
             self._db.close()
-            raise ConfigError(str(path), f"not an outbox database ({exc})") from None
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
-        if "after_id" not in columns:  # an outbox written before rows could wait for others
-            self._db.execute("ALTER TABLE outbox ADD COLUMN after_id INTEGER")
-        # Inbound results and ACKs find their order by placer number or MSH-10.
-        self._db.execute(
-            "CREATE INDEX IF NOT EXISTS outbox_placer ON outbox "
-            "(json_extract(payload, '$.order.placer_order_number')) WHERE destination = 'hl7'"
-        )
-        self._db.execute(
-            "CREATE INDEX IF NOT EXISTS outbox_waiting ON outbox (after_id) "
-            "WHERE after_id IS NOT NULL AND state IN ('pending', 'retrying')"
-        )
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(self._db.name, f"not an outbox database ({first})") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def clock(self) -> Clock:
+        """The store's clock (epoch seconds): due times and leases are measured on it."""
+        return self._clock
+
+    @property
+    def name(self) -> str:
+        """The file path or the URL without its password (safe to print)."""
+        return self._db.name
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._db.dialect
 
     def close(self) -> None:
         self._db.close()
@@ -230,41 +191,28 @@ class Outbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: the write lock is taken up front, so two processes
-        claiming at once cannot both take the same row. Inside :meth:`transaction` it joins
-        the open transaction instead (SQLite has no nested BEGIN)."""
-        if self._db.in_transaction:
-            yield self._db
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _write(self) -> contextlib.AbstractContextManager[Database]:
+        """One exclusive write transaction (SQLite's write lock; PostgreSQL's append lock), so
+        two processes cannot interleave the rows, events and audit records they append.
+        Inside :meth:`transaction` it joins the open transaction."""
+        return self._db.write()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Database]:
         """Several writes (rows, timers, review versions) that commit or roll back together:
-        every :meth:`enqueue` inside joins this one IMMEDIATE transaction."""
-        # Their tables are created first: executescript() would commit an open transaction.
-        self.timers()
-        self.reviews()
+        every :meth:`enqueue` inside joins this one transaction."""
         with self._write() as db:
             yield db
 
     def reviews(self) -> ReviewVersions:
-        """The latest accepted version of each review, in the same database file."""
+        """The latest accepted version of each review, in the same database."""
         if self._reviews is None:
             from adapter.store.reviews import ReviewVersions
 
             self._reviews = ReviewVersions(self._db)
         return self._reviews
 
-    def _event(self, db: sqlite3.Connection, row_id: int, event: str, detail: str = "") -> None:
+    def _event(self, db: Database, row_id: int, event: str, detail: str = "") -> None:
         now = self._clock()
         db.execute(
             "INSERT INTO events (row_id, at, event, detail) VALUES (?, ?, ?, ?)",
@@ -274,6 +222,7 @@ class Outbox:
             raw = db.execute(
                 "SELECT destination, key, kind, label, result FROM outbox WHERE id=?", (row_id,)
             ).fetchone()
+            assert raw is not None
             name, outcome, what = _audit_terms(raw, event)
             audit.append(
                 db,
@@ -354,7 +303,6 @@ class Outbox:
     def batch(self) -> Iterator[Batch]:
         """One transaction for rows that belong together (a review's FHIR rows, its HL7 order
         and the order's T1 timer): all are stored, or none is when the block raises."""
-        self.timers()  # set up first: creating its table (executescript) would commit
         with self._write() as db:
             yield Batch(self, db)
 
@@ -384,7 +332,7 @@ class Outbox:
                 insert=lambda held: self._insert(db, _new_row(held)),
             )
 
-    def _insert(self, db: sqlite3.Connection, new: NewRow) -> int:
+    def _insert(self, db: Database, new: NewRow) -> int:
         # allow_nan=False: NaN is not JSON, and a peer would reject it later anyway.
         text = json.dumps(
             new.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
@@ -398,7 +346,7 @@ class Outbox:
         ).fetchone()
         if found is not None:
             return int(found["id"])
-        cursor = db.execute(
+        row_id = db.insert(
             "INSERT INTO outbox (destination, target, key, kind, label, payload, "
             "payload_hash, state, next_attempt_at, created_at, updated_at, after_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
@@ -416,7 +364,6 @@ class Outbox:
                 new.after_id,
             ),
         )
-        row_id = int(cursor.lastrowid or 0)
         detail = f"after row {new.after_id}" if new.after_id else ""
         self._event(db, row_id, "enqueued", detail)
         return row_id
@@ -429,82 +376,39 @@ class Outbox:
         targets: Collection[tuple[str, str]] | None = None,
     ) -> list[Row]:
         """Take up to ``limit`` due rows, at most one per key, oldest first; only rows for
-        ``targets`` (``(destination, target)`` pairs) when given."""
+        ``targets`` (``(destination, target)`` pairs) when given. Rows whose lease ran out (and,
+        on SQLite, rows of a dead process on this host) are taken over first."""
         if limit <= 0 or (targets is not None and not targets):
             return []  # nothing can be delivered (and INDEXED BY refuses a constant-false WHERE)
         where, args = _target_filter(targets)
         now = self._clock()
-        with self._write() as db:
-            self._recover(db, now)
-            self._abandon_orphans(db, now)
-            # INDEXED BY: SQLite's planner otherwise prefers outbox_due and sorts every due
-            # row to return one (6 ms at 5,000 queued rows instead of 0.01 ms).
-            rows = db.execute(
-                f"""
-                SELECT o.* FROM outbox o INDEXED BY outbox_open
-                WHERE o.state IN ('pending', 'retrying') AND o.next_attempt_at <= ?
-                  AND NOT EXISTS (
-                      SELECT 1 FROM outbox e
-                      WHERE e.destination = o.destination AND e.target = o.target
-                        AND e.key = o.key AND e.id < o.id
-                        AND e.state IN ('pending', 'retrying', 'in_flight'))
-                  AND NOT EXISTS (
-                      SELECT 1 FROM key_holds h
-                      WHERE h.destination = o.destination AND h.target = o.target
-                        AND h.key = o.key)
-                  AND (o.after_id IS NULL OR EXISTS (
-                      SELECT 1 FROM outbox p WHERE p.id = o.after_id AND p.state = 'delivered'))
-                  AND {where}
-                ORDER BY o.id LIMIT ?
-                """,
-                (now, *args, limit),
-            ).fetchall()
-            claimed = []
-            for raw in rows:
-                db.execute(
-                    "UPDATE outbox SET state='in_flight', attempts=attempts+1, lease_until=?, "
-                    "owner=?, updated_at=? WHERE id=?",
-                    (now + lease_seconds, self._owner, now, raw["id"]),
-                )
+        # A shared write on PostgreSQL: claims of several instances run together and skip
+        # each other's locked rows (SKIP LOCKED); on SQLite it is the one write lock.
+        with self._db.write(exclusive=False) as db:
+            # Orphans first: giving them up is audited, which takes the append lock, and no
+            # row lock may be held while waiting for it (another writer holding the lock may
+            # be finishing one of those rows).
+            found = claims.orphans(db)
+            if found:
+                with self._write():
+                    self._abandon_orphans(db, now, found)
+            for row_id in claims.recover(db, now, self._owner):
+                self._event(db, row_id, "recovered")
+            raws = claims.claim(db, now, lease_seconds, self._owner, limit, where, args)
+            for raw in raws:
                 self._event(db, raw["id"], "claimed", self._owner)
-                claimed.append(_row(raw, state=State.IN_FLIGHT, attempts=raw["attempts"] + 1))
-        return claimed
+        return [_row(raw) for raw in raws]
 
-    def _recover(self, db: sqlite3.Connection, now: float) -> None:
-        """Make rows of crashed owners claimable again (lease ran out, or owner pid is gone)."""
-        host = socket.gethostname()
-        stale = db.execute(
-            "SELECT id, owner, lease_until FROM outbox WHERE state='in_flight'"
-        ).fetchall()
-        for raw in stale:
-            owner_host, _, pid = (raw["owner"] or "").rpartition(":")
-            expired = raw["lease_until"] is None or raw["lease_until"] < now
-            dead_owner = owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
-            if expired or (dead_owner and raw["owner"] != self._owner):
-                db.execute(
-                    "UPDATE outbox SET state='retrying', next_attempt_at=?, owner=NULL, "
-                    "lease_until=NULL, last_error=?, updated_at=? WHERE id=?",
-                    (now, "recovered after the delivering process stopped", now, raw["id"]),
-                )
-                self._event(db, raw["id"], "recovered")
-
-    def _abandon_orphans(self, db: sqlite3.Connection, now: float) -> None:
+    def _abandon_orphans(self, db: Database, now: float, found: list[tuple[int, int]]) -> None:
         """Rows waiting for a row that gave up give up too (an order whose FHIR transaction
         was rejected must not be sent); say which row they waited for."""
-        # INDEXED BY: only rows that wait for another row are looked at, not every pending row.
-        orphans = db.execute(
-            "SELECT o.id, o.after_id FROM outbox o INDEXED BY outbox_waiting "
-            "JOIN outbox p ON p.id = o.after_id "
-            "WHERE o.after_id IS NOT NULL AND o.state IN ('pending', 'retrying') "
-            "AND p.state = 'dead'"
-        ).fetchall()
-        for raw in orphans:
-            reason = f"row {raw['after_id']} it waited for gave up"
+        for row_id, after_id in found:
+            reason = f"row {after_id} it waited for gave up"
             db.execute(
                 "UPDATE outbox SET state='dead', last_error=?, updated_at=? WHERE id=?",
-                (reason, now, raw["id"]),
+                (reason, now, row_id),
             )
-            self._event(db, raw["id"], "dead", reason)
+            self._event(db, row_id, "dead", reason)
 
     def mark_delivered(
         self, row_id: int, result: JSON, follow_ups: Sequence[NewRow] = ()
@@ -518,11 +422,14 @@ class Outbox:
     def mark_retry(self, row_id: int, *, delay: float, error: str) -> None:
         now = self._clock()
         with self._write() as db:
-            db.execute(
+            taken = db.execute(
                 "UPDATE outbox SET state='retrying', next_attempt_at=?, last_error=?, owner=NULL, "
-                "lease_until=NULL, updated_at=? WHERE id=?",
-                (now + max(0.0, delay), error, now, row_id),
-            )
+                f"lease_until=NULL, updated_at=? WHERE id=? AND {_STILL_OURS} RETURNING id",
+                (now + max(0.0, delay), error, now, row_id, self._owner),
+            ).fetchone()
+            if taken is None:
+                _lost_lease(row_id)
+                return
             self._event(db, row_id, "retry", f"in {delay:.1f}s: {error}")
 
     def mark_dead(self, row_id: int, reason: str, result: JSON | None = None) -> None:
@@ -541,22 +448,21 @@ class Outbox:
         now = self._clock()
         result_text = None if result is None else json.dumps(result, ensure_ascii=False)
         with self._write() as db:
-            db.execute(
+            taken = db.execute(
                 "UPDATE outbox SET state=?, result=COALESCE(?, result), "
                 "last_error=COALESCE(?, last_error), owner=NULL, lease_until=NULL, "
-                "updated_at=? WHERE id=?",
-                (state, result_text, error, now, row_id),
-            )
+                f"updated_at=? WHERE id=? AND {_STILL_OURS} RETURNING id",
+                (state, result_text, error, now, row_id, self._owner),
+            ).fetchone()
+            if taken is None:  # another instance owns it now; its outcome stands
+                _lost_lease(row_id)
+                return []
             self._event(db, row_id, event, error or "")
             return [self._insert(db, new) for new in follow_ups]
 
     def hold_key(self, row: Row, reason: str) -> None:
         with self._write() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO key_holds (destination, target, key, reason, since) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (row.destination, row.target, row.key, reason, self._clock()),
-            )
+            _hold(db, row.destination, row.target, row.key, reason, self._clock())
             self._event(db, row.id, "key-held", reason)
 
     # -- analyst actions ----------------------------------------------------------------
@@ -656,7 +562,7 @@ class Outbox:
         return None if raw is None else bytes(raw[0])
 
     def inbound_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM inbound").fetchone()[0])
+        return int(self._db.scalar("SELECT COUNT(*) FROM inbound"))
 
     def inbound_messages(self, detail: str) -> list[bytes]:
         """The stored inbound messages with this detail (``order <placer>``), oldest first."""
@@ -669,7 +575,8 @@ class Outbox:
         """The newest HL7 new-order row for a placer order number."""
         raw = self._db.execute(
             "SELECT * FROM outbox WHERE destination='hl7' AND kind='hl7-order' "
-            "AND json_extract(payload, '$.order.placer_order_number') = ? ORDER BY id DESC LIMIT 1",
+            f"AND {self._db.json_text('payload', 'order', 'placer_order_number')} = ? "
+            "ORDER BY id DESC LIMIT 1",
             (placer,),
         ).fetchone()
         return None if raw is None else _row(raw)
@@ -678,7 +585,7 @@ class Outbox:
         """The HL7 row whose MSH-10 is ``control_id`` (stored with the row, or ``RTP`` + id)."""
         raw = self._db.execute(
             "SELECT * FROM outbox WHERE destination='hl7' "
-            "AND json_extract(payload, '$.control_id') = ? ORDER BY id DESC LIMIT 1",
+            f"AND {self._db.json_text('payload', 'control_id')} = ? ORDER BY id DESC LIMIT 1",
             (control_id,),
         ).fetchone()
         if raw is not None:
@@ -691,11 +598,14 @@ class Outbox:
             return None
         return row if row.destination == "hl7" else None
 
-    def timers(self) -> Timers:
-        """The escalation timers kept in the same database file (set up once per handle)."""
-        if self._timers is None:
-            from adapter.store.timers import SteadyClock, Timers
+    def timers(self, clock: Callable[[], float] | None = None) -> Timers:
+        """The escalation timers kept in the same database (one per handle). ``clock``: a
+        handle on its own steady clock instead (tests of wall-clock jumps and restarts)."""
+        from adapter.store.timers import SteadyClock, Timers
 
+        if clock is not None:
+            return Timers(self._db, clock)
+        if self._timers is None:
             self._timers = Timers(self._db, SteadyClock(self._clock))
         return self._timers
 
@@ -782,23 +692,21 @@ class Outbox:
         )
         args: tuple[Any, ...] = tuple(target_args)
         if ids is not None:
-            query += f" AND o.id IN ({','.join('?' * len(ids))})" if ids else " AND 0"
+            query += f" AND o.id IN ({','.join('?' * len(ids))})" if ids else " AND 1=0"
             args += tuple(ids)
-        return int(self._db.execute(query, args).fetchone()[0])
+        return int(self._db.scalar(query, args))
 
     def seconds_until_due(self, targets: Collection[tuple[str, str]] | None = None) -> float | None:
         """Seconds until the next open row is due (0 if one is due now), None if none is open."""
         where, args = _target_filter(targets)
-        raw = self._db.execute(
+        raw = self._db.scalar(
             "SELECT MIN(next_attempt_at) FROM outbox o WHERE o.state IN ('pending', 'retrying') "
             "AND NOT EXISTS (SELECT 1 FROM key_holds h WHERE h.destination=o.destination "
             f"AND h.target=o.target AND h.key=o.key) AND {where}",
             args,
-        ).fetchone()[0]
+        )
         if raw is None:
-            in_flight = self._db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE state='in_flight'"
-            ).fetchone()[0]
+            in_flight = self._db.scalar("SELECT COUNT(*) FROM outbox WHERE state='in_flight'")
             return 1.0 if in_flight else None
         return max(0.0, float(raw) - self._clock())
 
@@ -806,7 +714,7 @@ class Outbox:
 class Batch:
     """Rows and timers stored in the transaction of :meth:`Outbox.batch`."""
 
-    def __init__(self, outbox: Outbox, db: sqlite3.Connection) -> None:
+    def __init__(self, outbox: Outbox, db: Database) -> None:
         self._outbox = outbox
         self._db = db
 
@@ -816,22 +724,27 @@ class Batch:
 
     def hold(self, destination: str, target: str, key: str, reason: str) -> None:
         """Hold a key (nothing more is sent for it until an analyst retries)."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO key_holds (destination, target, key, reason, since) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (destination, target, key, reason, self._outbox._clock()),
-        )
+        _hold(self._db, destination, target, key, reason, self._outbox.clock())
 
     def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
         """Start an escalation timer in the same transaction."""
         return self._outbox.timers().arm_in(self._db, key, kind, seconds, detail)
 
 
+def _hold(db: Database, destination: str, target: str, key: str, reason: str, now: float) -> None:
+    db.execute(
+        "INSERT INTO key_holds (destination, target, key, reason, since) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (destination, target, key) DO UPDATE SET reason=excluded.reason, "
+        "since=excluded.since",
+        (destination, target, key, reason, now),
+    )
+
+
 # Row events that touch patient data at a peer, or an operator's decision: each is audited.
 _AUDITED = frozenset({"enqueued", "delivered", "dead", "key-held", "replayed", "retry-requested"})
 
 
-def _audit_terms(raw: sqlite3.Row, event: str) -> tuple[str, str, str]:
+def _audit_terms(raw: DbRow, event: str) -> tuple[str, str, str]:
     """(audit event, outcome, what) for a row event, in the words of the issue's audit list."""
     destination, kind = raw["destination"], raw["kind"]
     what = f"{destination} {kind} {raw['label']}"
@@ -861,14 +774,14 @@ def _new_row(held: HeldRow) -> NewRow:
 def _target_filter(targets: Collection[tuple[str, str]] | None) -> tuple[str, list[str]]:
     """A WHERE fragment limiting rows to ``(destination, target)`` pairs (always true if None)."""
     if targets is None:
-        return "1", []
+        return "1=1", []
     if not targets:
-        return "0", []
+        return "1=0", []
     pairs = " OR ".join("(o.destination = ? AND o.target = ?)" for _ in targets)
     return f"({pairs})", [value for pair in targets for value in pair]
 
 
-def _row(raw: sqlite3.Row, **override: Any) -> Row:
+def _row(raw: DbRow, **override: Any) -> Row:
     values = {
         "id": raw["id"],
         "destination": raw["destination"],

@@ -1,10 +1,11 @@
-"""The latest accepted version of each review, kept in the outbox's SQLite file.
+"""The latest accepted version of each review, kept in the store beside the outbox.
 
 A review is amended by submitting it again with a higher ``version``. Which version is the
 latest must be known *when its rows are stored*, not when they are delivered, so the record
 lives beside the outbox and is written in the same transaction as the rows it causes
 (:meth:`adapter.store.outbox.Outbox.transaction`): either both are stored or neither is, and two
-submissions of one review are serialised by SQLite's write lock.
+submissions of one review are serialised by the store's exclusive write (SQLite's write lock,
+PostgreSQL's append lock: ``adapter.store.db``).
 
 The record also keeps the radiology requests each version opened (placer order number -> the
 finding keys behind it and whether it is still active), so a withdrawal revokes exactly the
@@ -14,24 +15,14 @@ requests that exist and an amendment updates them instead of creating new ones.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS review_versions (
-    review_id    TEXT    PRIMARY KEY,
-    study_uid    TEXT    NOT NULL,
-    version      INTEGER NOT NULL,
-    content_hash TEXT    NOT NULL,
-    state        TEXT    NOT NULL,
-    requests     TEXT    NOT NULL,
-    accepted_at  REAL    NOT NULL
-);
-"""
+from adapter.store.db import Database
+
 RequestStatus = Literal["active", "revoked"]
 # What the accepted version says: final / partial (not all images reviewed) / amended /
 # withdrawn (the concern was withdrawn).
@@ -69,9 +60,8 @@ class AcceptedReview:
 class ReviewVersions:
     """Read and write the ``review_versions`` table on the outbox's connection."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._db.executescript(SCHEMA)
 
     def get(self, review_id: str) -> AcceptedReview | None:
         raw = self._db.execute(
@@ -109,8 +99,11 @@ class ReviewVersions:
             for placer, r in record.requests.items()
         }
         self._db.execute(
-            "INSERT OR REPLACE INTO review_versions (review_id, study_uid, version, "
-            "content_hash, state, requests, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO review_versions (review_id, study_uid, version, content_hash, state, "
+            "requests, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (review_id) DO UPDATE "
+            "SET study_uid=excluded.study_uid, version=excluded.version, "
+            "content_hash=excluded.content_hash, state=excluded.state, "
+            "requests=excluded.requests, accepted_at=excluded.accepted_at",
             (
                 record.review_id,
                 record.study_uid,

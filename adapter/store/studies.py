@@ -16,26 +16,11 @@ and phonetic groups), ``birth_date`` is ``YYYY-MM-DD``.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from adapter.dicom.models import PersonName, StudySummary
+from adapter.store.db import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid              TEXT PRIMARY KEY,
-    patient_id             TEXT NOT NULL,
-    patient_issuer         TEXT NOT NULL,
-    patient_name           TEXT NOT NULL,
-    birth_date             TEXT NOT NULL,
-    sex                    TEXT NOT NULL,
-    accession              TEXT NOT NULL,
-    requested_procedure_id TEXT NOT NULL,
-    scheduled_step_id      TEXT NOT NULL,
-    recorded_at            REAL NOT NULL,
-    updated_at             REAL NOT NULL
-);
-"""
 _FIELDS = (
     "study_uid",
     "patient_id",
@@ -94,14 +79,14 @@ def study_record(study: StudySummary) -> StudyRecord:
     )
 
 
-def load(db: sqlite3.Connection, study_uid: str) -> StudyRecord | None:
+def load(db: Database, study_uid: str) -> StudyRecord | None:
     raw = db.execute(
         f"SELECT {', '.join(_FIELDS)} FROM studies WHERE study_uid=?", (study_uid,)
     ).fetchone()
     return None if raw is None else StudyRecord(*(str(value) for value in tuple(raw)))
 
 
-def save(db: sqlite3.Connection, record: StudyRecord, now: float) -> StudyRecord:
+def save(db: Database, record: StudyRecord, now: float) -> StudyRecord:
     """Insert the record, or fill in the order fields an earlier ingest lacked.
 
     The patient fields of an existing record are never changed here (the caller holds a
@@ -132,7 +117,7 @@ def save(db: sqlite3.Connection, record: StudyRecord, now: float) -> StudyRecord
     return result
 
 
-def replace_patient(db: sqlite3.Connection, record: StudyRecord, now: float) -> None:
+def replace_patient(db: Database, record: StudyRecord, now: float) -> None:
     """Set a study's patient fields (an operator's audited identity resolution only)."""
     db.execute(
         "UPDATE studies SET patient_id=?, patient_issuer=?, patient_name=?, birth_date=?, "

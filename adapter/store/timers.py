@@ -1,6 +1,7 @@
 """Escalation timers that survive restarts: T1 (no AA from the RIS), T2 (no radiologist result).
 
-A timer is a row in the outbox database: its key (the placer order number), its kind, and
+A timer is a row in the store's database (table ``timers``): its key (the placer order
+number), its kind, and
 when it is due. Due times are stored as UTC epoch seconds so they survive a restart. While the
 process runs, "now" is measured on the monotonic clock from the moment the process started
 (:class:`SteadyClock`), so a wall-clock jump (DST, NTP step, an operator) neither fires a timer
@@ -12,24 +13,11 @@ A fired timer is never deleted: it is the escalation record that ``rtplan escala
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS timers (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    key          TEXT NOT NULL,
-    kind         TEXT NOT NULL,
-    due_at       REAL NOT NULL,
-    armed_at     REAL NOT NULL,
-    fired_at     REAL,
-    cancelled_at REAL,
-    detail       TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS timers_open ON timers (fired_at, cancelled_at, due_at);
-"""
+from adapter.store.db import Database, Dialect
 
 
 class SteadyClock:
@@ -61,34 +49,23 @@ class Timer:
 
 
 class Timers:
-    """Timers stored beside the outbox, in the same SQLite file."""
+    """Timers stored beside the outbox, in the same database (``Outbox.timers()``)."""
 
-    def __init__(self, db: sqlite3.Connection, clock: Callable[[], float]) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float]) -> None:
         self._db = db
         self._clock = clock
-        self._db.executescript(SCHEMA)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        if self._db.in_transaction:  # inside Outbox.transaction(): commit with its rows
-            yield self._db
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> Iterator[Database]:
+        with self._db.write() as db:  # inside Outbox.transaction(): commit with its rows
+            yield db
 
     def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
         """Start a timer unless one of that kind is already open for the key."""
         with self._transaction() as db:
             return self.arm_in(db, key, kind, seconds, detail)
 
-    def arm_in(
-        self, db: sqlite3.Connection, key: str, kind: str, seconds: float, detail: str = ""
-    ) -> int:
+    def arm_in(self, db: Database, key: str, kind: str, seconds: float, detail: str = "") -> int:
         """:meth:`arm` inside a transaction the caller holds (rows and timers commit together)."""
         now = self._clock()
         found = db.execute(
@@ -98,38 +75,40 @@ class Timers:
         ).fetchone()
         if found is not None:
             return int(found[0])
-        cursor = db.execute(
+        return db.insert(
             "INSERT INTO timers (key, kind, due_at, armed_at, detail) VALUES (?, ?, ?, ?, ?)",
             (key, kind, now + seconds, now, detail),
         )
-        return int(cursor.lastrowid or 0)
 
     def cancel(self, key: str, kind: str) -> bool:
         """Stop the open timer (the awaited event happened); True if one was open."""
-        cursor = self._db.execute(
-            "UPDATE timers SET cancelled_at=? WHERE key=? AND kind=? AND fired_at IS NULL "
-            "AND cancelled_at IS NULL",
-            (self._clock(), key, kind),
-        )
-        return cursor.rowcount > 0
+        with self._transaction() as db:
+            cancelled = db.execute(
+                "UPDATE timers SET cancelled_at=? WHERE key=? AND kind=? AND fired_at IS NULL "
+                "AND cancelled_at IS NULL RETURNING id",
+                (self._clock(), key, kind),
+            ).fetchall()
+        return bool(cancelled)
 
     def take_due(self) -> list[Timer]:
-        """Mark every due timer fired and return them (each fires exactly once)."""
+        """Mark every due timer fired and return them (each fires exactly once, also with
+        several instances on PostgreSQL: a timer another instance is firing is skipped)."""
         now = self._clock()
+        lock = " FOR UPDATE SKIP LOCKED" if self._db.dialect is Dialect.POSTGRESQL else ""
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT * FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL "
-                "AND due_at <= ? ORDER BY due_at",
+                f"AND due_at <= ? ORDER BY due_at{lock}",
                 (now,),
             ).fetchall()
             for row in rows:
                 db.execute("UPDATE timers SET fired_at=? WHERE id=?", (now, row[0]))
-        return [_timer((*row[:5], now, *row[6:])) for row in rows]
+        return [_timer((*tuple(row)[:5], now, *tuple(row)[6:])) for row in rows]
 
     def seconds_until_next(self) -> float | None:
-        raw = self._db.execute(
+        raw = self._db.scalar(
             "SELECT MIN(due_at) FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL"
-        ).fetchone()[0]
+        )
         return None if raw is None else max(0.0, float(raw) - self._clock())
 
     def fired(self) -> list[Timer]:

@@ -198,7 +198,7 @@ def test_poison_order_does_not_block_the_next(mllp_fault: Any, tmp_path: Path) -
 def test_escalations_fire_survive_restart_and_raise_priority(tmp_path: Path) -> None:
     """T1 and T2 with a fake clock, and a restart (a new Outbox handle) between them."""
     from adapter.hl7.deliverer import T1, T2
-    from adapter.store.timers import SteadyClock, Timers
+    from adapter.store.timers import SteadyClock
 
     out = tmp_path / "out"
     synth.planning_ct(out / "study", seed="escalation", slices=2)
@@ -224,7 +224,7 @@ def test_escalations_fire_survive_restart_and_raise_priority(tmp_path: Path) -> 
     wall, mono = [1_000_000.0], [0.0]
     path = tmp_path / "o.sqlite"
     with Outbox(path) as outbox:
-        timers = Timers(outbox._db, SteadyClock(lambda: wall[0], lambda: mono[0]))
+        timers = outbox.timers(SteadyClock(lambda: wall[0], lambda: mono[0]))
         timers.arm(placer, T1, 900, "no AA from RIS")
         timers.arm(placer, T2, 86400, "no radiologist result")
     metrics = Metrics()

@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 from adapter.cli import main
 from adapter.service.ingest import log_key
 from adapter.store.outbox import Outbox
+from tests.peers.postgres_fixture import CliStore
 from tests.support import FIXTURES
 
 DICOM = FIXTURES / "dicom"
@@ -104,7 +105,7 @@ def copy_without_declared_counts(dest: Path) -> Path:
 
 
 def test_a_late_series_gets_a_new_kos_that_supersedes_the_first(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_store: CliStore
 ) -> None:
     folder = copy_without_declared_counts(tmp_path)
     out = tmp_path / "out"
@@ -126,10 +127,12 @@ def test_a_late_series_gets_a_new_kos_that_supersedes_the_first(
     report = json.loads((out / "report.json").read_text())
     (entry,) = report["studies"]
     assert entry["pacs_label"]["supersedes"] == first.SOPInstanceUID
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(cli_store.location(out / "outbox.sqlite")) as outbox:
         history = outbox.labels().history(study_uid(folder))
     assert [r.superseded_by for r in history] == [second.SOPInstanceUID, None]
-    code, stdout, _ = run(capsys, "label", "status", "--db", str(out / "outbox.sqlite"))
+    # On PostgreSQL the store is named by RTPLAN_STORE__URL (--db names a SQLite file).
+    db = ["--db", str(out / "outbox.sqlite")] if cli_store.url is None else []
+    code, stdout, _ = run(capsys, "label", "status", *db)
     assert stdout.splitlines()[0] == (
         f"{key} accepted KOS #2 (supersedes 1 earlier) dicom-files:delivered"
     )

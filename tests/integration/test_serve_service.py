@@ -5,7 +5,6 @@ stops every part cleanly (exit 0, ports closed, nothing left in the spool's inco
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -18,8 +17,10 @@ import pytest
 from pydicom import dcmread
 
 from adapter.service.ingest import log_key
+from adapter.store.outbox import Outbox
 from tests.integration.test_dicom_receiver import storescu
 from tests.peers.launch import free_port
+from tests.peers.postgres_fixture import CliStore
 from tests.receive_support import wait_for
 from tests.support import FIXTURES, ROOT
 
@@ -32,7 +33,7 @@ def closed(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path) -> None:
+def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path, cli_store: CliStore) -> None:
     dicom_port, http_port, hl7_port = free_port(), free_port(), free_port()
     (tmp_path / "tokens").write_text("s3cret-token\n")
     config = tmp_path / "rtplan.yaml"
@@ -44,7 +45,7 @@ def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path) -> None:
         f"hl7:\n  listen_port: {hl7_port}\n"
     )
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**cli_store.env, "PYTHONPATH": str(ROOT)}  # SQLite, then RTPLAN_STORE__URL=PostgreSQL
     cmd = [sys.executable, "-m", "adapter.cli", "serve", "--config", str(config), "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -95,3 +96,5 @@ def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path) -> None:
     assert not any((out / "spool" / "incoming").iterdir())
     report = json.loads((out / "received" / f"{log_key(uid)}.json").read_text())
     assert report["status"] == "mapped"
+    with Outbox(cli_store.location(out / "outbox.sqlite")) as store:
+        assert store.study(uid) is not None and store.counts()["delivered"] >= 1

@@ -71,9 +71,9 @@ def test_sqlite_is_durable_mode(tmp_path: Path) -> None:
     assert outbox._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_order_is_kept_per_key_and_keys_run_in_parallel(tmp_path: Path) -> None:
+def test_order_is_kept_per_key_and_keys_run_in_parallel(store_url: Path | str) -> None:
     clock = Clock()
-    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    outbox = Outbox(store_url, clock=clock)
     for n in range(5):
         put(outbox, "a", n)
         put(outbox, "b", n)
@@ -86,15 +86,15 @@ def test_order_is_kept_per_key_and_keys_run_in_parallel(tmp_path: Path) -> None:
     assert outbox.counts()["delivered"] == 10
 
 
-def test_identical_pending_payload_is_not_queued_twice(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_identical_pending_payload_is_not_queued_twice(store_url: Path | str) -> None:
+    outbox = Outbox(store_url)
     assert put(outbox, "a", 1) == put(outbox, "a", 1)
     assert put(outbox, "a", 2) != put(outbox, "a", 1)
 
 
-def test_retry_policy_gives_up_and_keeps_the_payload(tmp_path: Path) -> None:
+def test_retry_policy_gives_up_and_keeps_the_payload(store_url: Path | str) -> None:
     clock = Clock()
-    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    outbox = Outbox(store_url, clock=clock)
     row_id = put(outbox, "a", 7)
     deliverer = Scripted({"a": [Attempt(Verdict.RETRY, "HTTP 502")] * 10})
     policy = RetryPolicy(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(10))
@@ -106,9 +106,9 @@ def test_retry_policy_gives_up_and_keeps_the_payload(tmp_path: Path) -> None:
     assert row.payload == {"n": 7}
 
 
-def test_retry_after_is_honoured_and_absurd_values_give_up(tmp_path: Path) -> None:
+def test_retry_after_is_honoured_and_absurd_values_give_up(store_url: Path | str) -> None:
     clock = Clock()
-    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    outbox = Outbox(store_url, clock=clock)
     put(outbox, "a")
     put(outbox, "b")
     deliverer = Scripted(
@@ -125,9 +125,9 @@ def test_retry_after_is_honoured_and_absurd_values_give_up(tmp_path: Path) -> No
     assert "over the 120s cap" in outbox.get(2).last_error
 
 
-def test_hold_stops_the_key_until_retried(tmp_path: Path) -> None:
+def test_hold_stops_the_key_until_retried(store_url: Path | str) -> None:
     clock = Clock()
-    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    outbox = Outbox(store_url, clock=clock)
     first = put(outbox, "a", 1)
     later = put(outbox, "a", 2)
     other = put(outbox, "b", 1)
@@ -144,8 +144,8 @@ def test_hold_stops_the_key_until_retried(tmp_path: Path) -> None:
     assert outbox.holds() == []
 
 
-def test_replay_with_a_corrected_payload(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_replay_with_a_corrected_payload(store_url: Path | str) -> None:
+    outbox = Outbox(store_url)
     row_id = put(outbox, "a", 1)
     outbox.mark_dead(row_id, "rejected: HTTP 400")
     new_id = outbox.replay(row_id, {"n": 2})
@@ -153,9 +153,9 @@ def test_replay_with_a_corrected_payload(tmp_path: Path) -> None:
     assert outbox.get(row_id).state is State.DEAD  # history kept
 
 
-def test_a_deliverer_exception_never_loses_the_row(tmp_path: Path) -> None:
+def test_a_deliverer_exception_never_loses_the_row(store_url: Path | str) -> None:
     clock = Clock()
-    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    outbox = Outbox(store_url, clock=clock)
     put(outbox, "a")
 
     class Broken(Scripted):
@@ -186,8 +186,8 @@ def test_rows_of_a_killed_process_are_recovered(tmp_path: Path) -> None:
     assert ("recovered", "") in [(e[1], e[2]) for e in outbox.events(row_id)]
 
 
-def test_a_live_owner_keeps_its_rows(tmp_path: Path) -> None:
-    path = tmp_path / "o.sqlite"
+def test_a_live_owner_keeps_its_rows(store_url: Path | str) -> None:
+    path = store_url
     first, second = Outbox(path), Outbox(path)
     put(first, "a")
     assert first.claim(1)
@@ -201,9 +201,9 @@ def test_schema_rejects_unknown_states(tmp_path: Path) -> None:
         outbox._db.execute("UPDATE outbox SET state='lost'")
 
 
-def test_a_waiting_row_goes_only_after_its_prerequisite(tmp_path: Path) -> None:
+def test_a_waiting_row_goes_only_after_its_prerequisite(store_url: Path | str) -> None:
     clock = Clock()
-    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    outbox = Outbox(store_url, clock=clock)
     first = put(outbox, "fhir-side", 1)
     order = outbox.enqueue(
         destination=T[0],
@@ -220,9 +220,9 @@ def test_a_waiting_row_goes_only_after_its_prerequisite(tmp_path: Path) -> None:
     assert outbox.get(order).state is State.DELIVERED
 
 
-def test_a_waiting_row_gives_up_with_its_prerequisite(tmp_path: Path) -> None:
+def test_a_waiting_row_gives_up_with_its_prerequisite(store_url: Path | str) -> None:
     clock = Clock()
-    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    outbox = Outbox(store_url, clock=clock)
     first = put(outbox, "fhir-side", 1)
     order = outbox.enqueue(
         destination=T[0],
@@ -240,11 +240,11 @@ def test_a_waiting_row_gives_up_with_its_prerequisite(tmp_path: Path) -> None:
     assert outbox.get(order).last_error == f"row {first} it waited for gave up"
 
 
-def test_follow_ups_are_stored_with_the_delivery(tmp_path: Path) -> None:
+def test_follow_ups_are_stored_with_the_delivery(store_url: Path | str) -> None:
     from adapter.store.outbox import NewRow
 
     clock = Clock()
-    outbox = Outbox(tmp_path / "o.sqlite", clock=clock)
+    outbox = Outbox(store_url, clock=clock)
     put(outbox, "order", 1)
     follow = NewRow(T[0], T[1], "task", "fhir-transaction", "task-update", {"n": 9})
     deliverer = Scripted({"order": [Attempt(Verdict.DELIVERED, follow_ups=(follow,))]})
@@ -253,10 +253,10 @@ def test_follow_ups_are_stored_with_the_delivery(tmp_path: Path) -> None:
     assert outbox.counts()["delivered"] == 2
 
 
-def test_enqueue_many_is_one_transaction(tmp_path: Path) -> None:
+def test_enqueue_many_is_one_transaction(store_url: Path | str) -> None:
     from adapter.store.outbox import NewRow
 
-    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox = Outbox(store_url)
     rows = [NewRow(T[0], T[1], f"k{i}", "fhir-transaction", f"k{i}", {"n": i}) for i in range(3)]
     rows.append(NewRow(T[0], T[1], "bad", "fhir-transaction", "bad", {"n": float("nan")}))
     with pytest.raises(ValueError):
@@ -265,8 +265,8 @@ def test_enqueue_many_is_one_transaction(tmp_path: Path) -> None:
     assert len(outbox.enqueue_many(rows[:3])) == 3
 
 
-def test_claim_with_no_deliverable_targets_takes_nothing(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_claim_with_no_deliverable_targets_takes_nothing(store_url: Path | str) -> None:
+    outbox = Outbox(store_url)
     put(outbox, "a")
     assert outbox.claim(5, targets=[]) == []
     assert [r.key for r in outbox.claim(5, targets=[T])] == ["a"]

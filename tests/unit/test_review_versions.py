@@ -23,6 +23,7 @@ from adapter.review.model import parse_review
 from adapter.review.versions import Decision, StaleReviewError, content_hash, decide
 from adapter.store.outbox import NewRow, Outbox, Row, State
 from adapter.store.reviews import AcceptedReview
+from tests.peers.postgres_fixture import CliStore
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT / "fixtures" / "reviews"
@@ -62,9 +63,9 @@ def test_content_hash_ignores_key_order_and_whitespace() -> None:
     assert content_hash(review("concern")) != content_hash(review("concern", notes="other"))
 
 
-def test_version_record_commits_with_its_rows_or_not_at_all(tmp_path: Path) -> None:
+def test_version_record_commits_with_its_rows_or_not_at_all(store_url: Path | str) -> None:
     record = stored(1, "h")
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store_url) as outbox:
         with pytest.raises(RuntimeError, match=r"inside Outbox\.transaction"):
             outbox.reviews().accept(record)
         new = NewRow("files", "t", "study:1.2", "k", "l", {"a": 1})
@@ -81,16 +82,17 @@ def test_version_record_commits_with_its_rows_or_not_at_all(tmp_path: Path) -> N
 
 
 def test_stale_and_repeated_versions_on_the_cli(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_store: CliStore
 ) -> None:
     out = tmp_path / "out"
+    store = cli_store.location(out / "outbox.sqlite")
     assert (
         main(["ingest", str(ROOT / "fixtures" / "dicom" / "planning-ct"), "--out", str(out)]) == 0
     )
     amended = str(REVIEWS / "concern-amended.json")
     assert main(["review", "submit", str(REVIEWS / "concern.json"), "--out", str(out)]) == 0
     assert main(["review", "submit", amended, "--out", str(out)]) == 0
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store) as outbox:
         rows = len(outbox.rows())
     capsys.readouterr()
     assert main(["review", "submit", amended, "--out", str(out)]) == 0
@@ -105,7 +107,7 @@ def test_stale_and_repeated_versions_on_the_cli(
     data = json.loads((REVIEWS / "concern-amended.json").read_text())
     changed.write_text(json.dumps({**data, "notes": "different"}))
     assert main(["review", "submit", str(changed), "--out", str(out)]) == 2
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store) as outbox:
         assert len(outbox.rows()) == rows  # nothing enqueued for a refused or repeated version
 
 

@@ -14,6 +14,7 @@ from adapter.cli import main
 from adapter.dicom.models import PersonName
 from adapter.store.outbox import NewRow, Outbox
 from adapter.store.studies import StudyRecord, pn_string
+from tests.peers.postgres_fixture import CliStore
 from tests.support import FIXTURES, synth
 
 PLANNING_CT = FIXTURES / "dicom" / "planning-ct"
@@ -47,24 +48,26 @@ def test_pn_string_is_the_dicom_form() -> None:
     assert pn_string(PersonName()) == ""
 
 
-def test_record_is_stored_with_the_rows_and_read_back(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+def test_record_is_stored_with_the_rows_and_read_back(store_url: Path | str) -> None:
+    with Outbox(store_url) as outbox:
         assert outbox.study("1.2.3") is None
         ids = outbox.enqueue_many([row("study:1.2.3", {"a": 1})], [record()])
         assert len(ids) == 1
         assert outbox.study("1.2.3") == record()
 
 
-def test_a_failed_write_stores_neither_rows_nor_record(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+def test_a_failed_write_stores_neither_rows_nor_record(store_url: Path | str) -> None:
+    with Outbox(store_url) as outbox:
         with pytest.raises(ValueError):  # NaN is not JSON: the row cannot be stored
             outbox.enqueue_many([row("study:1.2.3", {"a": math.nan})], [record()])
         assert outbox.study("1.2.3") is None
         assert outbox.rows() == []
 
 
-def test_order_fields_are_filled_in_never_overwritten_and_patient_kept(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+def test_order_fields_are_filled_in_never_overwritten_and_patient_kept(
+    store_url: Path | str,
+) -> None:
+    with Outbox(store_url) as outbox:
         outbox.enqueue_many([], [record()])
         later = record(accession="ACC9", requested_procedure_id="RP2", patient_id="OTHER")
         outbox.enqueue_many([], [later])
@@ -80,13 +83,13 @@ def test_the_table_lives_in_the_outbox_file(tmp_path: Path) -> None:
 
 
 def test_ingest_records_the_study_from_its_headers(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_store: CliStore
 ) -> None:
     out = tmp_path / "out"
     assert main(["ingest", str(PLANNING_CT), "--out", str(out)]) == 0
     capsys.readouterr()
     study_uid = synth.uid_for("planning-ct", "/study")
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(cli_store.location(out / "outbox.sqlite")) as outbox:
         stored = outbox.study(study_uid)
         rows = outbox.rows_for_key(f"study:{study_uid}")
     assert stored == StudyRecord(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
+from adapter.store.outbox import Outbox
 from adapter.store.timers import SteadyClock, Timers
 
 
@@ -16,14 +16,13 @@ class Fake:
         return self.value
 
 
-def open_timers(path: Path, wall: Fake, mono: Fake) -> Timers:
-    db = sqlite3.connect(path, isolation_level=None)
-    return Timers(db, SteadyClock(wall, mono))
+def open_timers(store: Path | str, wall: Fake, mono: Fake) -> Timers:
+    return Outbox(store).timers(SteadyClock(wall, mono))
 
 
-def test_fires_once_when_due(tmp_path: Path) -> None:
+def test_fires_once_when_due(store_url: Path | str) -> None:
     wall, mono = Fake(1000.0), Fake(0.0)
-    timers = open_timers(tmp_path / "t.sqlite", wall, mono)
+    timers = open_timers(store_url, wall, mono)
     timers.arm("PO1", "T1", 60, "no AA")
     assert timers.arm("PO1", "T1", 60) == timers.open()[0].id  # not armed twice
     mono.value = 59.0
@@ -35,26 +34,26 @@ def test_fires_once_when_due(tmp_path: Path) -> None:
     assert [t.key for t in timers.fired()] == ["PO1"]
 
 
-def test_cancelled_timer_never_fires(tmp_path: Path) -> None:
+def test_cancelled_timer_never_fires(store_url: Path | str) -> None:
     wall, mono = Fake(1000.0), Fake(0.0)
-    timers = open_timers(tmp_path / "t.sqlite", wall, mono)
+    timers = open_timers(store_url, wall, mono)
     timers.arm("PO1", "T1", 10)
     assert timers.cancel("PO1", "T1")
     mono.value = 100.0
     assert timers.take_due() == [] and timers.open() == []
 
 
-def test_wall_clock_jump_while_running_changes_nothing(tmp_path: Path) -> None:
+def test_wall_clock_jump_while_running_changes_nothing(store_url: Path | str) -> None:
     wall, mono = Fake(1000.0), Fake(0.0)
-    timers = open_timers(tmp_path / "t.sqlite", wall, mono)
+    timers = open_timers(store_url, wall, mono)
     timers.arm("PO1", "T2", 3600)
     wall.value += 7200  # the wall clock jumps two hours ahead (NTP step, DST error)
     mono.value = 10.0
     assert timers.take_due() == []  # only 10 steady seconds have passed
 
 
-def test_survives_a_restart_between_t1_and_t2(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite"
+def test_survives_a_restart_between_t1_and_t2(store_url: Path | str) -> None:
+    path = store_url
     wall, mono = Fake(1000.0), Fake(0.0)
     first = open_timers(path, wall, mono)
     first.arm("PO1", "T1", 60)
