@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydicom.data import get_testdata_file
 
-from adapter.cli import _progress_printer, main
+from adapter.cli.main import _progress_printer, main
 from tests.support import FIXTURES, synth
 
 DICOM = FIXTURES / "dicom"
