@@ -18,8 +18,8 @@ if TYPE_CHECKING:
         TransportError,
         UnmappedCode,
     )
-    from adapter.mapping.tables import Tables, load_tables
-    from adapter.service.ingest import IngestResult, Status, StudyOutcome, run_ingest
+    from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome, run_ingest
+    from adapter.tables import Tables, load_tables
 
 __all__ = [
     "AdapterError",
@@ -59,12 +59,12 @@ _HOME = {
     "ParseError": "adapter.errors",
     "TransportError": "adapter.errors",
     "UnmappedCode": "adapter.errors",
-    "Tables": "adapter.mapping.tables",
-    "load_tables": "adapter.mapping.tables",
-    "IngestResult": "adapter.service.ingest",
-    "Status": "adapter.service.ingest",
-    "StudyOutcome": "adapter.service.ingest",
-    "run_ingest": "adapter.service.ingest",
+    "Tables": "adapter.tables",
+    "load_tables": "adapter.tables",
+    "IngestResult": "adapter.ingest.pipeline",
+    "Status": "adapter.ingest.pipeline",
+    "StudyOutcome": "adapter.ingest.pipeline",
+    "run_ingest": "adapter.ingest.pipeline",
 }
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from adapter.dicom.models import SeriesSummary, StudySummary
-from adapter.mapping.tables import RulesTable
+from adapter.tables import RulesTable
 
 IMAGE_MODALITIES = frozenset({"CT", "MR", "PT"})
 RT_REFERENCING_MODALITIES = frozenset({"RTSTRUCT", "RTPLAN"})

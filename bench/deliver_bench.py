@@ -27,7 +27,7 @@ has exactly one ImagingStudy):
   conditional entry (as ``FhirClient.counts`` sends it): what reconcile costs without the
   outbox;
 * ``outbox``: a fresh SQLite outbox (WAL, ``synchronous=FULL`` as ``Outbox`` sets it),
-  ``adapter.service.deliver.enqueue`` of all Bundles (``Outbox.enqueue_many``: one
+  ``adapter.jobs.deliver.enqueue`` of all Bundles (``Outbox.enqueue_many``: one
   transaction), then ``deliver(outbox, settings)``
   (a ``Worker`` draining with ``fhir.concurrency`` rows in flight), reconcile on and off.
   The timed span is enqueue + drain; both parts are also reported.
@@ -91,8 +91,8 @@ sys.path.insert(0, str(ROOT))
 
 from adapter.config import FhirSettings, IngestSettings, OutboxSettings, Settings  # noqa: E402
 from adapter.fhir.delivery import conditionals  # noqa: E402
-from adapter.service.deliver import FHIR, deliver, enqueue  # noqa: E402
-from adapter.service.ingest import IngestResult, StudyOutcome  # noqa: E402
+from adapter.ingest.pipeline import IngestResult, StudyOutcome  # noqa: E402
+from adapter.jobs.deliver import FHIR, deliver, enqueue  # noqa: E402
 from adapter.store.outbox import Outbox  # noqa: E402
 from tests.peers.launch import PeerProcess, free_port, start_peer  # noqa: E402
 
@@ -111,8 +111,8 @@ TEMPLATE_ACCESSION = "ACC0001"
 
 def template_study(work: Path, instances: int) -> StudyOutcome:
     """Ingest one synthetic planning CT of ``instances`` files (cached under ``work``)."""
-    from adapter.mapping.tables import load_tables
-    from adapter.service.ingest import run_ingest
+    from adapter.ingest.pipeline import run_ingest
+    from adapter.tables import load_tables
     from fixtures.synth import planning_ct
 
     folder = work / f"template-{instances}"

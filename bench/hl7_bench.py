@@ -349,9 +349,9 @@ def ingest_template() -> Path:
 
 async def latency(port: int, template: Path, samples: int, warmup: int) -> dict[str, Any]:
     from adapter.config import Hl7Settings, Settings
-    from adapter.mapping.tables import load_tables
-    from adapter.review.service import submit_review_async
+    from adapter.jobs.review import submit_review_async
     from adapter.store.outbox import Outbox, State
+    from adapter.tables import load_tables
 
     concern = json.loads((ROOT / "fixtures" / "reviews" / "concern.json").read_text())
     settings = Settings(hl7=Hl7Settings(mllp=True, host="127.0.0.1", port=port))

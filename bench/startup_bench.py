@@ -10,7 +10,7 @@ first on ``PYTHONPATH``; both trees use this venv. Interleaved runs of
 ``python -X importtime -c "import ..."`` give the cumulative import time (as ``-X importtime``
 reports it) and the subprocess wall time, for what every command imports
 (``adapter.cli``) and for what ``rtplan ingest`` imports before reading (plus
-``adapter.service.deliver``); medians with min-max, and which heavy packages were loaded. Writes
+the ingest job's module); medians with min-max, and which heavy packages were loaded. Writes
 ``bench/results/startup.md`` (``--results``).
 """
 
@@ -33,7 +33,12 @@ WORK = ROOT / "bench" / ".work"
 # the classifier, the mapping and the outbox).
 PROBES = {
     "every command (`import adapter.cli`)": ("adapter.cli",),
-    "`rtplan ingest` (+ `adapter.service.deliver`)": ("adapter.cli", "adapter.service.deliver"),
+    # The ingest job's module: ``adapter.jobs.ingest`` since issue 8, ``adapter.service.deliver``
+    # in older trees (the first that exists in the tree measured).
+    "`rtplan ingest` (+ the ingest job)": (
+        "adapter.cli",
+        "adapter.jobs.ingest|adapter.service.deliver",
+    ),
 }
 HEAVY = "{'pydicom', 'numpy', 'httpx', 'jwt', 'hl7apy'}"
 
@@ -50,8 +55,18 @@ def export(ref: str) -> Path:
     return target
 
 
-def measure(tree: Path, modules: tuple[str, ...]) -> tuple[float, float, str]:
+def present(tree: Path, choices: str) -> str:
+    """The first of ``a|b|...`` that is a module or package in ``tree``."""
+    for name in choices.split("|"):
+        path = tree.joinpath(*name.split("."))
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return name
+    raise SystemExit(f"none of {choices} in {tree}")
+
+
+def measure(tree: Path, probe: tuple[str, ...]) -> tuple[float, float, str]:
     """(seconds of imports by ``-X importtime``, subprocess wall, heavy packages loaded)."""
+    modules = tuple(present(tree, m) for m in probe)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     code = (
         f"import sys, {', '.join(modules)}; "

@@ -12,7 +12,7 @@ a throwaway PostgreSQL cluster from Debian's ``postgresql`` package
 
 Backlog: ``--studies`` distinct copies of one ingested planning CT (deliver_bench.py's
 ``Studies``: each copy its own UIDs and Patient), one FHIR transaction row each, enqueued with
-``adapter.service.deliver.enqueue`` into a fresh store before each trial; Medplum is emptied
+``adapter.jobs.deliver.enqueue`` into a fresh store before each trial; Medplum is emptied
 (``POST /$reset``) before each trial and checked after it (ImagingStudy total = studies).
 
 Configurations, interleaved in each round:
@@ -49,7 +49,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapter.service.deliver import FHIR, enqueue  # noqa: E402
+from adapter.jobs.deliver import FHIR, enqueue  # noqa: E402
 from adapter.store.outbox import Outbox  # noqa: E402
 from bench.deliver_bench import Peer, Studies, as_result, template_study  # noqa: E402
 from tests.peers.launch import free_port  # noqa: E402

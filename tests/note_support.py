@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from adapter.config import FhirSettings, IngestSettings, NoteSettings, Settings
+from adapter.ingest.pipeline import run_ingest
+from adapter.jobs.deliver import KIND_TRANSACTION
 from adapter.mapping.review_bundle import ReviewOutput
-from adapter.mapping.tables import load_tables
-from adapter.note.service import KIND_NOTE, NotePlan, apply_note, note_bundle, plan_note
-from adapter.review.model import ReviewInput, parse_review
+from adapter.mapping.review_input import ReviewInput, parse_review
+from adapter.review.note.service import KIND_NOTE, NotePlan, apply_note, note_bundle, plan_note
 from adapter.review.service import KIND_REVIEW, build_review, context_from_payloads
-from adapter.service.deliver import KIND_TRANSACTION
-from adapter.service.ingest import run_ingest
+from adapter.tables import load_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ROOT / "fixtures" / "reviews"

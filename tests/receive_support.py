@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from adapter.config import Settings
-from adapter.mapping.tables import load_tables
 from adapter.receive.service import ReceiveService
 from adapter.store.location import open_outbox
+from adapter.tables import load_tables
 from tests.peers.launch import free_port
 
 

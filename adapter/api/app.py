@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -29,12 +29,18 @@ from adapter.api.guards import Guard, load_tokens, token_accepted
 from adapter.api.metrics import metrics_text
 from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.mapping.tables import Tables, load_tables
-from adapter.review.model import ReviewError, ReviewInput, parse_review
+from adapter.jobs.deliver import deliver
+from adapter.jobs.fhir import fhir_session, read_capabilities
+from adapter.jobs.review import submit_review_async
+from adapter.mapping.review_input import ReviewError, ReviewInput, parse_review
+from adapter.review.versions import StaleReviewError
 from adapter.store.location import open_outbox
 from adapter.store.outbox import Outbox, Row, State
+from adapter.tables import Tables, load_tables
 
-KIND_REVIEW = "fhir-review-transaction"  # = adapter.review.service.KIND_REVIEW
+if TYPE_CHECKING:
+    from adapter.fhir.client import FhirClient
+
 ORDER_KINDS = ("hl7-order", "hl7-cancel")
 REVIEW_SCHEMA = "#/components/schemas/ReviewInput"  # docs/review.schema.json
 Stats = Callable[[], dict[str, int]]
@@ -112,7 +118,10 @@ def create_app(
     *,
     tables: Tables | None = None,
     receiver_stats: Stats | None = None,
+    fhir: FhirClient | None = None,
 ) -> FastAPI:
+    """The API; ``fhir`` is the serving process's FHIR client (``rtplan serve`` passes it):
+    readiness and review submissions use it instead of opening their own."""
     tokens = load_tokens(settings.http.tokens_file)
     tables = tables or load_tables(settings.mappings_dir)
     state: dict[str, Any] = {"tasks": set()}
@@ -162,7 +171,7 @@ def create_app(
             outbox().counts()
         except Exception:  # any store failure means not ready
             return JSONResponse({"detail": "store not reachable"}, 503)
-        if settings.fhir.base_url and not await _fhir_reachable(settings):
+        if settings.fhir.base_url and not await _fhir_reachable(settings, fhir):
             return JSONResponse({"detail": "FHIR server not reachable"}, 503)
         return Health(status="ready")
 
@@ -205,12 +214,9 @@ def create_app(
         except ReviewError as exc:
             return _invalid(exc.problems)
         store = outbox()
-        from adapter.review.service import submit_review_async
-        from adapter.review.versions import StaleReviewError
-
         try:
             result = await submit_review_async(
-                review, settings, out_dir=out_dir, tables=tables, deliver=False
+                review, settings, out_dir=out_dir, tables=tables, deliver=False, fhir=fhir
             )
         except StaleReviewError as exc:  # not newer than the accepted version (versions.py)
             detail = "; ".join(message for _, message in exc.problems)
@@ -334,12 +340,19 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     return app.openapi()
 
 
-async def _fhir_reachable(settings: Settings) -> bool:
+async def _fhir_reachable(settings: Settings, fhir: FhirClient | None) -> bool:
     """The configured FHIR server answers its CapabilityStatement (within 5 s)."""
-    from adapter.service.deliver import read_capabilities
+
+    async def ask() -> None:
+        if fhir is not None:
+            await read_capabilities(fhir)
+            return
+        async with fhir_session(settings) as own:  # the API served on its own (tests, scripts)
+            if own is not None:
+                await read_capabilities(own)
 
     try:
-        await asyncio.wait_for(read_capabilities(settings), timeout=5.0)
+        await asyncio.wait_for(ask(), timeout=5.0)
     except Exception:  # unreachable, refused, timed out, not FHIR: not ready either way
         return False
     return True
@@ -396,7 +409,5 @@ async def _drain(
 def _deliver_batch(
     settings: Settings, path: Path | str, ids: list[int], out_dir: Path | None
 ) -> None:
-    from adapter.service.deliver import deliver
-
     with Outbox(path) as outbox:
         asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out_dir))

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from adapter.api.app import Stats, create_app
 from adapter.config import Settings
-from adapter.mapping.tables import Tables
+from adapter.tables import Tables
+
+if TYPE_CHECKING:
+    from adapter.fhir.client import FhirClient
 
 
 def api_server(
@@ -24,8 +27,9 @@ def api_server(
     tables: Tables | None = None,
     receiver_stats: Stats | None = None,
     port: int | None = None,
+    fhir: FhirClient | None = None,
 ) -> uvicorn.Server:
-    app = create_app(settings, out_dir, tables=tables, receiver_stats=receiver_stats)
+    app = create_app(settings, out_dir, tables=tables, receiver_stats=receiver_stats, fhir=fhir)
     config = uvicorn.Config(
         app,
         host=settings.http.listen_host,

@@ -6,16 +6,18 @@ pydicom are imported only when a back-load runs."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import TYPE_CHECKING, Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.mapping.tables import Tables
+from adapter.jobs.output import add_to_report, summary, write_report
+from adapter.store.location import open_outbox
+from adapter.tables import Tables
 
 if TYPE_CHECKING:
     from adapter.dicomweb.backload import Backload
+    from adapter.fhir.client import FhirClient
 
 EXIT_OK, EXIT_NOT_DONE = 0, 1
 
@@ -30,9 +32,8 @@ def add_dicomweb_arguments(ingest: Any) -> None:
     )
 
 
-def run_dicomweb_ingest(
-    args: argparse.Namespace, settings: Settings, tables: Tables, out: TextIO, err: TextIO
-) -> int:
+def check_dicomweb_arguments(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--dicomweb`` combination before anything is read."""
     if not args.dicomweb:
         raise ConfigError("ingest", "give PATHS, or --dicomweb URL")
     if args.paths:
@@ -43,17 +44,21 @@ def run_dicomweb_ingest(
         raise ConfigError("--study", "give --study or --since, not both")
     if args.rate < 0:
         raise ConfigError("--rate", "must be 0 (no limit) or more")
-    from adapter.cli.label import add_to_report
-    from adapter.dicomweb.backload import qido_date
-    from adapter.service.output import summary, write_report
+
+
+async def run_dicomweb_ingest(
+    args: argparse.Namespace,
+    settings: Settings,
+    tables: Tables,
+    fhir: FhirClient | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """The back-load, in the command's event loop with its FHIR client (see ``_ingest``)."""
+    from adapter.dicomweb.backload import qido_date  # httpx, pydicom: a back-load only
 
     since = qido_date(args.since) if args.since else ""
-    try:
-        done = asyncio.run(_run(args, settings, tables, since, err))
-    except KeyboardInterrupt:
-        # Every study finished so far is in the store; the next run skips it.
-        print("rtplan: interrupted; run the same command again to resume", file=err)
-        return EXIT_NOT_DONE
+    done = await _run(args, settings, tables, since, err, fhir)
     result = done.result()
     report = write_report(result, args.out) if args.out else {"summary": summary(result)}
     if args.out and done.labels:
@@ -81,11 +86,15 @@ def run_dicomweb_ingest(
 
 
 async def _run(
-    args: argparse.Namespace, settings: Settings, tables: Tables, since: str, err: TextIO
+    args: argparse.Namespace,
+    settings: Settings,
+    tables: Tables,
+    since: str,
+    err: TextIO,
+    fhir: FhirClient | None,
 ) -> Backload:
-    from adapter.dicomweb.backload import backload
+    from adapter.dicomweb.backload import backload  # httpx, pydicom: a back-load only
     from adapter.dicomweb.client import DicomWebSource
-    from adapter.store.location import open_outbox
 
     async with DicomWebSource(args.dicomweb, rate=args.rate) as source:
         with open_outbox(settings, args.out) as outbox:
@@ -98,4 +107,5 @@ async def _run(
                 since=since,
                 study=args.study or "",
                 progress=err,
+                fhir=fhir,
             )

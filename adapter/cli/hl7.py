@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from adapter.config import Settings
+from adapter.config import Settings, validate_settings
 from adapter.errors import ConfigError
+from adapter.jsoninput import read_json
+from adapter.store.location import open_existing
 
 
 def add_hl7_parsers(commands: Any) -> None:
@@ -29,15 +32,12 @@ def add_hl7_parsers(commands: Any) -> None:
 
 
 def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from dataclasses import replace
-
     if args.command == "serve":
+        # Lazy (downward) for start-up time only: the service loads hl7apy, httpx, FastAPI.
         from adapter.service.logs import configure_service_logging
         from adapter.service.serve import serve
 
         if args.port is not None:
-            from adapter.config import validate_settings
-
             settings = replace(settings, hl7=replace(settings.hl7, listen_port=args.port))
             try:
                 validate_settings(settings)
@@ -55,8 +55,6 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
 
 
 def _escalations(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from adapter.store.location import open_existing
-
     with open_existing(settings, None, args.db) as outbox:
         timers = outbox.timers()
         for timer in timers.fired():
@@ -69,8 +67,7 @@ def _escalations(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
 
 
 def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from adapter.jsoninput import read_json
-    from adapter.review.service import preview_orders
+    from adapter.review.service import preview_orders  # lazy for start-up time: hl7apy
 
     data: Any = read_json(args.review, "review")
     messages = preview_orders(data, settings, out_dir=args.out)

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import AdapterError
+from adapter.ingest.pipeline import log_key, run_ingest
 from adapter.label.titles import load_vocabulary
-from adapter.mapping.tables import load_tables
-from adapter.service.ingest import log_key, run_ingest
-from adapter.service.output import write_json_atomic
 from adapter.store.labels import LabelState
+from adapter.store.location import open_existing
 from adapter.store.outbox import Outbox
+from adapter.tables import load_tables
 
 if TYPE_CHECKING:  # the KOS builder imports pydicom: loaded by the commands that build one
-    from adapter.label.service import LabelOutcome
+    pass
 
 
 def add_label_parser(commands: Any) -> None:
@@ -41,8 +41,6 @@ def add_label_parser(commands: Any) -> None:
 
 
 def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from adapter.store.location import open_existing
-
     if args.label_command == "preview":
         return _preview(args, settings, out)
     with open_existing(settings, None, args.db) as outbox:
@@ -65,6 +63,7 @@ def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO)
 
 
 def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    # Lazy (downward) for start-up time only: the KOS builder loads pydicom.
     from pydicom import dcmread
 
     from adapter.label.service import build_for, labelled
@@ -106,10 +105,3 @@ def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     return 1 if problems else 0
 
 
-def add_to_report(report: dict[str, Any], outcomes: dict[str, LabelOutcome], out_dir: Path) -> None:
-    """Add each study's label outcome to ``report.json`` (and rewrite it)."""
-    for entry in report.get("studies", []):
-        outcome = outcomes.get(entry.get("study_instance_uid", ""))
-        if outcome is not None:
-            entry["pacs_label"] = outcome.as_json()
-    write_json_atomic(out_dir / "report.json", report)

@@ -16,32 +16,29 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from adapter.cli.dicomweb import add_dicomweb_arguments, run_dicomweb_ingest
+from adapter.cli.dicomweb import (
+    add_dicomweb_arguments,
+    check_dicomweb_arguments,
+    run_dicomweb_ingest,
+)
 from adapter.cli.hl7 import add_hl7_parsers, run_hl7_command
-from adapter.cli.label import add_label_parser, add_to_report, run_label_command
+from adapter.cli.label import add_label_parser, run_label_command
 from adapter.cli.outbox import add_outbox_parser, run_outbox_command
 from adapter.cli.review import add_review_parser, run_review_command
 from adapter.cli.safety import add_safety_parsers, run_safety_command
 from adapter.config import Settings, load_settings, validate_settings
 from adapter.errors import AdapterError, ConfigError
+from adapter.ingest.pipeline import IngestResult, Status, log_key, run_ingest
+from adapter.jobs.fhir import fhir_session, resolve_version
+from adapter.jobs.ingest import ingest_files
+from adapter.jobs.output import shown_path
 from adapter.label.titles import LABEL_TABLE, TITLES_TABLE, load_vocabulary
-from adapter.mapping.tables import Tables, load_tables
 from adapter.outbox.worker import DrainReport
 from adapter.private import private_dir, write_private
-from adapter.service.deliver import (
-    deliver,
-    enqueue_ingest,
-    held_by_store,
-    read_capabilities,
-    targets,
-)
-from adapter.service.ingest import IngestResult, Status, log_key, run_ingest
-from adapter.service.output import shown_path, summary, write_report
-from adapter.store.location import open_outbox, recorded_studies, store_location
+from adapter.tables import Tables, load_tables
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
 
@@ -138,9 +135,6 @@ def _progress_printer(stream: TextIO) -> Any:
 
 
 def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
-    # The KOS builder imports pydicom (0.3 s with numpy): only ingest loads it.
-    from adapter.label.service import enqueue_labels, label_targets
-
     if args.fhir_url:
         settings = replace(settings, fhir=replace(settings.fhir, base_url=args.fhir_url))
         validate_settings(settings)
@@ -153,35 +147,35 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
         probe = args.out / ".rtplan-write-check"
         write_private(probe, b"")
         probe.unlink()
-    if settings.fhir.base_url and settings.fhir.version == "auto":
-        capabilities = asyncio.run(read_capabilities(settings))
-        if not capabilities.transactions:
-            raise ConfigError("fhir.base_url", "the server does not support transactions")
-        settings = replace(settings, fhir=replace(settings.fhir, version=capabilities.version))
     if args.dicomweb or not args.paths:
-        return run_dicomweb_ingest(args, settings, tables, sys.stdout, sys.stderr)
-    started = time.perf_counter()
-    # The store's record of each study fixes its patient: a disagreeing study is held (checked
-    # again inside the store's write transaction).
-    with recorded_studies(store_location(settings, args.out)) as known:
-        result = run_ingest(
-            args.paths, settings, tables, progress=_progress_printer(sys.stderr), known=known
+        check_dicomweb_arguments(args)
+    # One event loop and one FHIR client for the whole command: capabilities, the prior-imaging
+    # check and delivery all go through it.
+    try:
+        return asyncio.run(_ingest_job(args, settings, tables))
+    except KeyboardInterrupt:
+        if not args.dicomweb:
+            raise
+        # Every study finished so far is in the store; the next run skips it.
+        print("rtplan: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_NOT_DONE
+
+
+async def _ingest_job(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
+    async with fhir_session(settings) as fhir:
+        settings = await resolve_version(settings, fhir)
+        if args.dicomweb or not args.paths:
+            return await run_dicomweb_ingest(args, settings, tables, fhir, sys.stdout, sys.stderr)
+        started = time.perf_counter()
+        run = await ingest_files(
+            args.paths,
+            settings,
+            tables,
+            out_dir=args.out,
+            fhir=fhir,
+            progress=_progress_printer(sys.stderr),
         )
-    with open_outbox(settings, args.out) as outbox:
-        written = enqueue_ingest(outbox, result, targets(settings, args.out))
-        result = held_by_store(result, written.held)
-        report = (
-            write_report(result, args.out, written.held)
-            if args.out
-            else {"summary": summary(result)}
-        )
-        # The PACS label (a KOS per planning study): its rows join the same delivery.
-        label_ids, labels = enqueue_labels(
-            outbox, result, settings, tables, label_targets(settings, args.out), datetime.now(UTC)
-        )
-        if args.out and labels:
-            add_to_report(report, labels, args.out)
-        delivery = asyncio.run(deliver(outbox, settings, ids=written.ids + label_ids))
+    result, report, labels, delivery = run.result, run.report, run.labels, run.delivery
     labels_built = all(not outcome.problem for outcome in labels.values())
     seconds = round(time.perf_counter() - started, 3)
     delivered_all = delivery.dead == 0 and delivery.held == 0 and labels_built

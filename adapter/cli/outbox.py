@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from adapter.cli.safety import operator
 from adapter.config import Settings
 from adapter.errors import ConfigError
+from adapter.jsoninput import read_json
 from adapter.store.location import open_existing
 from adapter.store.outbox import Outbox, Row, State
 
@@ -45,7 +47,7 @@ def add_outbox_parser(commands: Any) -> None:
 
 
 def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from adapter.service.deliver import deliver  # the service layer sits above the outbox
+    from adapter.jobs.deliver import deliver  # lazy for start-up time (the delivery stack)
 
     with open_existing(settings, None, args.db) as outbox:
         command = args.outbox_command
@@ -65,8 +67,6 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             return 0
         ids: list[int] | None = None
         if command in ("retry", "replay"):
-            from adapter.cli.safety import operator
-
             row = _existing(outbox, args.id)
             if command == "retry" and row.state in (State.DELIVERED, State.IN_FLIGHT):
                 # Refused before the audit records the command as done (issue 8).
@@ -88,7 +88,7 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             row = _existing(outbox, args.id)
             payload = _read_payload(args.payload) if args.payload else None
             if row.destination == "hl7":  # a new transmission: new MSH-10, same placer number
-                from adapter.hl7.replay import replay_hl7
+                from adapter.hl7.replay import replay_hl7  # lazy for start-up time: hl7apy
 
                 ids = [replay_hl7(outbox, row, settings, payload)]
             else:
@@ -112,8 +112,6 @@ def _existing(outbox: Outbox, row_id: int) -> Row:
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
-    from adapter.jsoninput import read_json
-
     payload = read_json(str(path), "--payload")
     if not isinstance(payload, dict):
         raise ConfigError("--payload", f"{path}: must hold one JSON object")

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from adapter.config import Settings
+from adapter.config import Settings, validate_settings
 from adapter.errors import ConfigError
 from adapter.jsoninput import read_json
 
@@ -45,13 +45,13 @@ def run_review_command(
     args: argparse.Namespace, settings: Settings, out: TextIO | None = None
 ) -> int:
     """Run ``rtplan review``; AdapterError propagates to the CLI (exit 2)."""
-    from adapter.review.model import ReviewError
-    from adapter.review.service import preview_review, submit_review
+    # Lazy (downward) for start-up time only: the review stack loads hl7apy and httpx.
+    from adapter.jobs.review import submit_review
+    from adapter.mapping.review_input import ReviewError
+    from adapter.review.service import preview_review
 
     out = out or sys.stdout
     if args.fhir_url:
-        from adapter.config import validate_settings
-
         settings = replace(settings, fhir=replace(settings.fhir, base_url=args.fhir_url))
         validate_settings(settings)  # https only, as for the settings file
     data = _read(args.file)

@@ -24,10 +24,13 @@ from typing import Any, TextIO
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
+from adapter.safety.audit_event import audit_bundle, audit_event
+from adapter.safety.reconcile import lines, reconcile
 from adapter.store.audit import AuditRecord
 from adapter.store.identity import IDENTITY_KEYWORDS, Resolution, ResolveError
 from adapter.store.location import open_existing
 from adapter.store.outbox import Outbox
+from adapter.tables import load_tables
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE = 0, 1, 2
 JSON = dict[str, Any]
@@ -137,7 +140,7 @@ def _identity(outbox: Outbox, args: argparse.Namespace, settings: Settings, out:
     print(f"hold {hold.id} resolved ({resolution.value}) by {args.by}", file=out)
     if not released:
         return EXIT_OK
-    from adapter.service.deliver import deliver
+    from adapter.jobs.deliver import deliver  # lazy for start-up time (the delivery stack)
 
     report = asyncio.run(deliver(outbox, settings, ids=released))
     print(f"delivered {report.delivered}, gave up {report.dead}, held {report.held}", file=out)
@@ -145,9 +148,6 @@ def _identity(outbox: Outbox, args: argparse.Namespace, settings: Settings, out:
 
 
 def _audit_events(outbox: Outbox, records: list[AuditRecord], settings: Settings) -> JSON:
-    from adapter.mapping.audit_event import audit_bundle, audit_event
-    from adapter.mapping.tables import load_tables
-
     tables = load_tables(settings.mappings_dir)
     systems = tables.conceptmap("identifier-systems")
     events = []
@@ -190,8 +190,6 @@ def _audit(outbox: Outbox, args: argparse.Namespace, settings: Settings, out: Te
 
 
 def _reconcile(outbox: Outbox, args: argparse.Namespace, out: TextIO) -> int:
-    from adapter.safety.reconcile import lines, reconcile
-
     items = reconcile(outbox, now=time.time(), since=args.since)
     overdue = sum(1 for item in items if item.overdue)
     if args.json:

@@ -9,25 +9,28 @@ store already has a record of ("resume"). ``--study UID`` always reads that stud
 
 from __future__ import annotations
 
-import asyncio
 import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from adapter.config import Settings
 from adapter.dicom.models import Rejection
 from adapter.dicomweb.client import DicomWebSource
 from adapter.dicomweb.convert import write_instances
 from adapter.errors import ConfigError
+from adapter.ingest.pipeline import IngestResult, StudyOutcome, log_key
+from adapter.jobs.deliver import deliver, enqueue, targets
+from adapter.jobs.ingest import read_and_map
 from adapter.label.service import LabelOutcome, enqueue_labels, label_targets
-from adapter.mapping.tables import Tables
 from adapter.outbox.worker import DrainReport
-from adapter.service.deliver import deliver, enqueue, targets
-from adapter.service.ingest import IngestResult, StudyOutcome, log_key, run_ingest
 from adapter.store.outbox import Outbox
+from adapter.tables import Tables
+
+if TYPE_CHECKING:
+    from adapter.fhir.client import FhirClient
 
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 
@@ -78,7 +81,9 @@ async def backload(
     since: str = "",
     study: str = "",
     progress: TextIO | None = None,
+    fhir: FhirClient | None = None,
 ) -> Backload:
+    """Back-load the studies found; ``fhir`` is the process's client (prior imaging, delivery)."""
     done = Backload()
     uids = await source.study_uids(since=since, study=study)
     done.found = len(uids)
@@ -91,7 +96,9 @@ async def backload(
         items = await source.metadata(uid)
         with tempfile.TemporaryDirectory(prefix="rtplan-dicomweb-") as tmp:
             write_instances(items, Path(tmp))
-            result = await asyncio.to_thread(run_ingest, [Path(tmp)], one_reader, tables)
+            result = await read_and_map(
+                [Path(tmp)], one_reader, tables, fhir=fhir, in_thread=True
+            )
             # The resume point: rows, labels and the study record in the store.
             ids = enqueue(outbox, result, targets(settings, out_dir))
             label_ids, labels = enqueue_labels(
@@ -107,7 +114,9 @@ async def backload(
         done.rejections.extend(result.rejections)
         done.files += result.files
         if ids or label_ids:
-            done.add_delivery(await deliver(outbox, settings, ids=ids + label_ids, out_dir=out_dir))
+            ids += label_ids
+            report = await deliver(outbox, settings, ids=ids, out_dir=out_dir, fhir=fhir)
+            done.add_delivery(report)
         states = ", ".join(s.status.value for s in result.studies) or "no instances"
         _say(progress, f"study {number}/{len(uids)} {log_key(uid)}: {states}")
     return done

@@ -17,7 +17,7 @@ ACK discipline (reliability.md §1.5, rows 5-10):
   MSA-1, the ERR code and the control id, not MSA-3 text (it may echo the message).
 - wrong MSA-2, garbage, no ACK, timeout, dropped connection: resend the same message, a
   bounded number of times (the profile's ``connection.max_resends``, applied by the outbox
-  worker's retry policy for this receiver: ``adapter/service/retry_policies.py``).
+  worker's retry policy for this receiver: ``adapter/jobs/retry_policies.py``).
 """
 
 from __future__ import annotations

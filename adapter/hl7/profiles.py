@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from adapter.config import is_loopback
+from adapter.config import Settings, is_loopback
 from adapter.errors import MappingTableError
 from adapter.hl7.document_profile import (
     DOCUMENT_KEYS,
@@ -37,6 +37,15 @@ ProviderPlacement = Literal["both", "orc12", "obr16", "none"]
 Unencodable = Literal["error", "replace", "transliterate"]
 StudyIds = Literal["none", "obr"]
 UpdateStyle = Literal["change", "cancel-replace"]
+
+
+def receivers_dir(settings: Settings) -> Path:
+    """The folder of receiver profiles: ``hl7.receivers_dir``, else ``<mappings>/receivers``."""
+    return (
+        Path(settings.hl7.receivers_dir)
+        if settings.hl7.receivers_dir
+        else settings.mappings_dir / "receivers"
+    )
 
 #: allowed versions per message profile; the first is the default.
 VERSIONS: Mapping[str, tuple[str, ...]] = {

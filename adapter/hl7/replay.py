@@ -8,12 +8,13 @@ MSH-10 and MSH-7, the same placer order number, and (over MLLP) a new T1.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from adapter.config import Settings
 from adapter.hl7.deliverer import KIND_ORDER, T1, new_transmission
-from adapter.hl7.profiles import load_profiles
+from adapter.hl7.profiles import load_profiles, receivers_dir
 from adapter.store.outbox import Outbox, Row
 
 JSON = dict[str, Any]
@@ -26,8 +27,6 @@ def replay_hl7(outbox: Outbox, row: Row, settings: Settings, payload: JSON | Non
     Raises:
         MessageBuildError: the order cannot be built for its receiver.
     """
-    from adapter.review.service import receivers_dir
-
     profile = load_profiles(receivers_dir(settings)).get(row.target)
     if profile is None:
         return outbox.replay(row.id, payload)  # waits, visibly, for its profile to return
@@ -41,6 +40,4 @@ def replay_hl7(outbox: Outbox, row: Row, settings: Settings, payload: JSON | Non
 
 
 def _with_payload(row: Row, payload: JSON) -> Row:
-    from dataclasses import replace
-
     return replace(row, payload=payload)

@@ -40,11 +40,11 @@ from typing import Any
 from adapter.config import LabelSettings, Settings
 from adapter.label.raw_title import Defer as RawDefer
 from adapter.label.raw_title import checked_title
-from adapter.label.service import DIMSE_PREFIX, KOS_FILES, PACS
+from adapter.label.service import DIMSE_PREFIX, KOS_FILES, PACS, label_targets
 from adapter.label.titles import RejectionTitleRefused, load_vocabulary, refuse_rejection_title
-from adapter.mapping.tables import load_tables
 from adapter.outbox.worker import Attempt, Deliverer, Verdict
 from adapter.store.outbox import Row
+from adapter.tables import load_tables
 
 log = logging.getLogger(__name__)
 # pynetdicom's DEBUG output dumps PDUs and, for some services, identifiers: keep it at WARNING.
@@ -304,7 +304,7 @@ def allowed_titles(folder: Path) -> frozenset[str]:
     """The title allow-list of the tables in ``folder`` (checked as ``load_vocabulary`` does).
 
     Raises:
-        MappingTableError: as :func:`adapter.mapping.tables.load_tables` and
+        MappingTableError: as :func:`adapter.tables.load_tables` and
             :func:`adapter.label.titles.load_vocabulary`.
     """
     digest = hashlib.sha256()
@@ -337,8 +337,6 @@ async def pacs_deliverers(
     out_dir: Path | None,
 ) -> dict[tuple[str, str], Deliverer]:
     """Deliverers for the label destinations that are configured or still have rows."""
-    from adapter.label.service import label_targets
-
     wanted = dict.fromkeys(
         [*label_targets(settings, out_dir), *[w for w in waiting if w[0] in (KOS_FILES, PACS)]]
     )

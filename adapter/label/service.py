@@ -18,12 +18,12 @@ from typing import Any
 
 from adapter.config import Settings
 from adapter.errors import AdapterError
+from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome, log_key
 from adapter.label.plan import KosPlan, content_digest
 from adapter.label.titles import LabelVocabulary, load_vocabulary
-from adapter.mapping.tables import Tables
-from adapter.service.ingest import IngestResult, Status, StudyOutcome, log_key
 from adapter.store.labels import KIND_KOS, LabelRecord, LabelStore, label_key
 from adapter.store.outbox import NewRow, Outbox
+from adapter.tables import Tables
 
 KOS_FILES, PACS = "dicom-files", "pacs"
 DIMSE_PREFIX = "dimse:"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from adapter.errors import AdapterError, MappingTableError
-from adapter.mapping.tables import SYSTEM_ALIASES, Coding, Tables
+from adapter.tables import SYSTEM_ALIASES, Coding, Tables
 
 # DICOM CID 7010 rejection titles (PS3.16): 113001 Rejected for Quality Reasons, 113037 Rejected
 # for Patient Safety Reasons, 113038 Incorrect Modality Worklist Entry, 113039 Data Retention

@@ -37,7 +37,7 @@ from adapter.mapping.review_task import (
     map_review_task,
     review_task_value,
 )
-from adapter.mapping.tables import Tables
+from adapter.tables import Tables
 
 JSON = dict[str, Any]
 

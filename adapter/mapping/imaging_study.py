@@ -30,7 +30,7 @@ from adapter.mapping.identifiers import (
     patient_identifier,
     study_identifier,
 )
-from adapter.mapping.tables import Coding, Tables, confirmed
+from adapter.tables import Coding, Tables, confirmed
 
 JSON = dict[str, Any]
 ENDPOINT_CONNECTION = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"

@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+from adapter.errors import MappingError
 from adapter.mapping.identifiers import (
     DICOM_UID_SYSTEM,
     V2_0203,
@@ -46,9 +47,9 @@ from adapter.mapping.identifiers import (
     full_url,
     token,
 )
+from adapter.mapping.review_input import Finding, ReviewInput
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
-from adapter.mapping.tables import Tables, concept
-from adapter.review.model import Finding, ReviewInput
+from adapter.tables import Tables, concept
 
 JSON = dict[str, Any]
 REVIEW_SYSTEM = "urn:rtplan:review"
@@ -438,8 +439,6 @@ def review_bundle(
     elif current:
         entries += _create_entries(review, ctx, tables, options, current, report_url)
     if len(entries) > MAX_ENTRIES:
-        from adapter.errors import MappingError
-
         raise MappingError(f"a review Bundle would have {len(entries)} entries (max {MAX_ENTRIES})")
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return ReviewOutput(bundle, current, tuple(cancels))

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from adapter.dicom.models import PersonName, StudySummary
-from adapter.mapping.tables import Tables, concept
+from adapter.tables import Tables, concept
 
 JSON = dict[str, Any]
 REVIEW_TASK_SYSTEM = "urn:rtplan:review-task"

@@ -22,15 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapter.config import Settings
+from adapter.ingest.pipeline import IngestResult, StudyOutcome
+from adapter.jobs.deliver import deliver, enqueue, targets
+from adapter.jobs.ingest import read_and_map
+from adapter.jobs.output import study_report, write_json_atomic
 from adapter.label.service import enqueue_labels, label_targets
-from adapter.mapping.tables import Tables
 from adapter.receive.spool import PendingStudy, Spool
-from adapter.service.deliver import deliver, enqueue, read_capabilities, targets
-from adapter.service.ingest import IngestResult, StudyOutcome, run_ingest
-from adapter.service.output import study_report, write_json_atomic
 from adapter.store.outbox import Outbox
+from adapter.tables import Tables
+
+if TYPE_CHECKING:
+    from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -53,14 +58,6 @@ def spool_path(settings: Settings, out_dir: Path | None) -> Path:
     return (out_dir / "spool") if out_dir is not None else Path(".rtplan") / "spool"
 
 
-async def resolve_fhir_version(settings: Settings) -> Settings:
-    """``fhir.version: auto`` is read from the server once, as ``rtplan ingest`` does."""
-    if settings.fhir.base_url and settings.fhir.version == "auto":
-        capabilities = await read_capabilities(settings)
-        settings = replace(settings, fhir=replace(settings.fhir, version=capabilities.version))
-    return settings
-
-
 class StudyProcessor:
     """Takes ready studies out of the spool into the outbox (and delivers their rows)."""
 
@@ -73,8 +70,10 @@ class StudyProcessor:
         out_dir: Path | None,
         *,
         clock: Clock = time.time,
+        fhir: FhirClient | None = None,
     ) -> None:
         self.spool = spool
+        self.fhir = fhir  # the process's FHIR client: prior imaging and delivery
         self.settings = settings
         self.tables = tables
         self.outbox = outbox
@@ -119,7 +118,7 @@ class StudyProcessor:
         files = self.spool.incoming_files(study.key)
         paths = [*self.spool.kept(study.key), *files]  # earlier headers + this batch
         settings = replace(self.settings, ingest=replace(self.settings.ingest, workers=1))
-        result = await asyncio.to_thread(run_ingest, paths, settings, self.tables)
+        result = await read_and_map(paths, settings, self.tables, fhir=self.fhir, in_thread=True)
         ids = self._store(result)
         rejected = {Path(r.path) for r in result.rejections}
         self.spool.settle(
@@ -128,6 +127,10 @@ class StudyProcessor:
             quarantined=[f for f in files if f in rejected],
         )
         for outcome in result.studies:
+            if self.out_dir is not None:
+                self._report(outcome, len(rejected))
+            # Counted once its report is written: a watcher of the counts (the API's stats,
+            # a test) then finds the report too.
             self.counts[outcome.status.value] += 1
             log.info(
                 "received study %s: %s (%d instances)",
@@ -135,11 +138,9 @@ class StudyProcessor:
                 outcome.status.value,
                 outcome.instances,
             )
-            if self.out_dir is not None:
-                self._report(outcome, len(rejected))
         self.counts["rejected_files"] += len(rejected)
         if ids:
-            await deliver(self.outbox, self.settings, ids=ids, out_dir=self.out_dir)
+            await deliver(self.outbox, self.settings, ids=ids, out_dir=self.out_dir, fhir=self.fhir)
         return Processed(study.key, result.studies, len(rejected), tuple(ids))
 
     def _store(self, result: IngestResult) -> list[int]:

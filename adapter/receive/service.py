@@ -12,22 +12,33 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapter.config import Settings
-from adapter.mapping.tables import Tables
-from adapter.receive.process import StudyProcessor, resolve_fhir_version, spool_path
+from adapter.jobs.fhir import resolve_version
+from adapter.receive.process import StudyProcessor, spool_path
 from adapter.receive.scp import Receiver
 from adapter.receive.spool import Spool
 from adapter.store.outbox import Outbox
+from adapter.tables import Tables
+
+if TYPE_CHECKING:
+    from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
 
 
 class ReceiveService:
     def __init__(
-        self, settings: Settings, tables: Tables, outbox: Outbox, out_dir: Path | None
+        self,
+        settings: Settings,
+        tables: Tables,
+        outbox: Outbox,
+        out_dir: Path | None,
+        fhir: FhirClient | None = None,
     ) -> None:
         self.settings = settings
+        self.fhir = fhir  # the process's FHIR client (``rtplan serve`` opens it)
         self.tables = tables
         self.outbox = outbox
         self.out_dir = out_dir
@@ -43,8 +54,10 @@ class ReceiveService:
         return self.receiver.port
 
     async def start(self) -> None:
-        settings = await resolve_fhir_version(self.settings)
-        processor = StudyProcessor(self.spool, settings, self.tables, self.outbox, self.out_dir)
+        settings = await resolve_version(self.settings, self.fhir)  # "auto", as ingest does
+        processor = StudyProcessor(
+            self.spool, settings, self.tables, self.outbox, self.out_dir, fhir=self.fhir
+        )
         loop = asyncio.get_running_loop()
 
         def stored() -> None:  # called on a receiver thread

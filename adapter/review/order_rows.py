@@ -17,12 +17,13 @@ from typing import Any
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.hl7.deliverer import HL7, KIND_CANCEL, KIND_ORDER, T1, prerender
+from adapter.hl7.inbound import InboundParseError, parse_inbound
 from adapter.hl7.profiles import ReceiverProfile, load_profiles
 from adapter.mapping.review_bundle import ReviewOutput, StudyContext
-from adapter.mapping.tables import Tables
-from adapter.review.model import ReviewInput
+from adapter.mapping.review_input import ReviewInput
 from adapter.review.orders import order_payloads, previous_orders, study_facts
 from adapter.store.outbox import NewRow, Outbox
+from adapter.tables import Tables
 
 JSON = dict[str, Any]
 FHIR = "fhir"
@@ -128,8 +129,6 @@ def prepare_orders(
 def filler_number(outbox: Outbox, placer: str) -> str:
     """The filler order number the RIS gave this order (ORC-3 of its last order response or
     result on our listener), "" when it never said."""
-    from adapter.hl7.inbound import InboundParseError, parse_inbound
-
     found = ""
     for raw in outbox.inbound_messages(f"order {placer}"):
         try:

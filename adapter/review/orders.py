@@ -29,10 +29,10 @@ from adapter.mapping.review_bundle import (
     ReviewOutput,
     StudyContext,
 )
-from adapter.mapping.tables import Tables
-from adapter.review.model import ReviewInput
+from adapter.mapping.review_input import ReviewInput
 from adapter.store.outbox import Row
 from adapter.store.studies import StudyRecord
+from adapter.tables import Tables
 
 JSON = dict[str, Any]
 KIND_TASK_UPDATE = "fhir-transaction"

@@ -22,9 +22,7 @@ from adapter.mapping.identifiers import token
 from adapter.store.studies import StudyRecord
 
 if TYPE_CHECKING:
-    import httpx
-
-    from adapter.config import Settings
+    from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -60,24 +58,17 @@ def disagreement(patient: JSON, record: StudyRecord) -> list[str]:
 
 
 async def patient_disagreement(
-    settings: Settings,
-    identifier: JSON | None,
-    record: StudyRecord | None,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
+    fhir: FhirClient | None, identifier: JSON | None, record: StudyRecord | None
 ) -> list[str]:
     """Fields on which the FHIR server's Patient (found by the study's patient identifier)
     disagrees with the DICOM headers; empty when there is nothing to compare (no server, no
     record, no such Patient) or the server cannot be asked (logged: the order is not held for
     an unreachable server, the review's own FHIR row will wait for it anyway)."""
-    if not settings.fhir.base_url or record is None or not identifier:
+    if fhir is None or record is None or not identifier:
         return []
-    from adapter.service.deliver import fhir_client
-
     params = {"identifier": token(str(identifier.get("system", "")), str(identifier["value"]))}
     try:
-        async with fhir_client(settings.fhir, transport=transport) as client:
-            response = await client.request("GET", "Patient", params=params)
+        response = await fhir.request("GET", "Patient", params=params)
     except TransportError as exc:
         log.warning(
             "patient check skipped: the FHIR server did not answer (%s)", type(exc).__name__

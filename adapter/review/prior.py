@@ -1,4 +1,4 @@
-"""The prior cross-sectional imaging check (service layer: it asks the FHIR server).
+"""The prior cross-sectional imaging check (it asks the FHIR server, through the client given).
 
 The RCR says the oncologist's review matters most when the patient has had no recent
 cross-sectional imaging of that part of the body. Before a planning study is mapped, this looks
@@ -26,7 +26,7 @@ from adapter.errors import AdapterError, MappingError
 from adapter.mapping.identifiers import DICOM_UID_SYSTEM, token
 from adapter.mapping.imaging_study import MappingOptions, patient_ref
 from adapter.mapping.review_task import PriorCheck, PriorImaging
-from adapter.mapping.tables import Tables
+from adapter.tables import Tables
 
 if TYPE_CHECKING:
     from adapter.fhir.client import FhirClient
@@ -175,15 +175,12 @@ def _replace(base: PriorImaging, check: PriorCheck, found: int) -> PriorImaging:
 
 
 async def check_all(
-    studies: Sequence[StudySummary], settings: Settings, tables: Tables
+    studies: Sequence[StudySummary], settings: Settings, tables: Tables, client: FhirClient
 ) -> dict[str, PriorImaging]:
-    """Check every study (by Study Instance UID) against the configured FHIR server."""
-    from adapter.service.deliver import fhir_client
-
+    """Check every study (by Study Instance UID) against the server behind ``client``."""
     results: dict[str, PriorImaging] = {}
-    async with fhir_client(settings.fhir) as client:
-        for study in studies:
-            results[study.study_instance_uid] = await check_prior_imaging(
-                client, study, settings, tables
-            )
+    for study in studies:
+        results[study.study_instance_uid] = await check_prior_imaging(
+            client, study, settings, tables
+        )
     return results

@@ -17,11 +17,13 @@ import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
-from adapter.errors import ConfigError
+from adapter.errors import TransportError
+from adapter.hl7.profiles import receivers_dir
 from adapter.mapping.identifiers import DICOM_UID_SYSTEM, V2_0203, conditional_url, token
 from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import (
@@ -33,10 +35,10 @@ from adapter.mapping.review_bundle import (
     finding_key,
     review_bundle,
 )
+from adapter.mapping.review_input import ReviewInput, UnknownStudyError, parse_review
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
-from adapter.mapping.tables import Tables, load_tables
-from adapter.note.service import apply_note, note_rows, plan_note, with_server_previous
-from adapter.review.model import ReviewInput, UnknownStudyError, parse_review
+from adapter.review.note.service import apply_note, note_rows, plan_note, with_server_previous
+from adapter.review.patient_check import patient_disagreement
 from adapter.review.versions import (
     Decision,
     StaleReviewError,
@@ -44,13 +46,12 @@ from adapter.review.versions import (
     content_hash,
     decide,
 )
-from adapter.store.location import open_outbox
+from adapter.store.location import store_exists, store_location
 from adapter.store.outbox import NewRow, Outbox, Row
 from adapter.store.studies import StudyRecord
+from adapter.tables import Tables, load_tables
 
 if TYPE_CHECKING:
-    import httpx
-
     from adapter.fhir.client import FhirClient
     from adapter.outbox.worker import DrainReport
     from adapter.review.order_rows import PreparedOrder
@@ -188,8 +189,6 @@ def context_from_payloads(
 async def _search(client: FhirClient, kind: str, params: Mapping[str, str]) -> list[JSON]:
     response = await client.request("GET", kind, params=params)
     if not response.ok or response.body is None:
-        from adapter.errors import TransportError
-
         raise TransportError(f"{kind} search: HTTP {response.status}")
     return [e["resource"] for e in response.body.get("entry", []) if "resource" in e]
 
@@ -252,23 +251,17 @@ async def context_from_server(client: FhirClient, study_uid: str, review_id: str
 
 
 async def resolve_context(
-    review: ReviewInput,
-    settings: Settings,
-    outbox: Outbox | None,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
+    review: ReviewInput, outbox: Outbox | None, fhir: FhirClient | None
 ) -> StudyContext:
-    """Outbox first (what this adapter mapped), then the FHIR server, else UnknownStudyError."""
+    """Outbox first (what this adapter mapped), then the FHIR server (through the process's
+    client, when there is one), else UnknownStudyError."""
     if outbox is not None:
         rows = outbox.rows_for_key(f"study:{review.study_instance_uid}")
         found = context_from_rows(review.study_instance_uid, review.review_id, rows)
         if found is not None:
             return found
-    if settings.fhir.base_url:
-        from adapter.service.deliver import fhir_client
-
-        async with fhir_client(settings.fhir, transport=transport) as client:
-            return await context_from_server(client, review.study_instance_uid, review.review_id)
+    if fhir is not None:
+        return await context_from_server(fhir, review.study_instance_uid, review.review_id)
     raise UnknownStudyError([UNKNOWN_STUDY])
 
 
@@ -287,65 +280,14 @@ def build_review(
     return output
 
 
-async def submit_review_async(
-    data: Mapping[str, Any] | ReviewInput,
-    settings: Settings,
-    *,
-    out_dir: Path | None = None,
-    tables: Tables | None = None,
-    deliver: bool = True,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> SubmitResult:
-    """Validate, map, enqueue (one row per destination, plus HL7 cancel rows) and deliver.
-
-    Raises:
-        ReviewError: the review is invalid (each problem names its field).
-        UnknownStudyError: the study is not known.
-        ConfigError: neither an output folder nor a FHIR server is configured.
-    """
-    from adapter.service.deliver import deliver as deliver_rows
-    from adapter.service.deliver import targets
-
-    tables = tables or load_tables(settings.mappings_dir)
-    review = parse_review(data, tables)
-    destinations = targets(settings, out_dir)
-    if not destinations:
-        raise ConfigError("--out", "give an output folder (--out DIR) or a FHIR server")
-    with open_outbox(settings, out_dir) as outbox:
-        stored = await _store_version(
-            outbox, review, settings, tables, destinations, transport=transport, out_dir=out_dir
-        )
-        if stored is None:  # this very version was accepted before: a resend, nothing to do
-            return SubmitResult(review.review_id, review.version, {}, "", unchanged=True)
-        output, ids, cancels, notes = stored
-        report = None
-        if deliver:
-            report = await deliver_rows(
-                outbox,
-                settings,
-                ids=[*ids, *cancels, *notes],
-                transport=transport,
-                out_dir=out_dir,
-            )
-    return SubmitResult(
-        review.review_id,
-        review.version,
-        output.bundle,
-        output.placer,
-        tuple(ids),
-        tuple(cancels),
-        report,
-    )
-
-
-async def _store_version(
+async def store_version(
     outbox: Outbox,
     review: ReviewInput,
     settings: Settings,
     tables: Tables,
     destinations: list[tuple[str, str]],
     *,
-    transport: httpx.AsyncBaseTransport | None,
+    fhir: FhirClient | None,
     out_dir: Path | None = None,
 ) -> tuple[ReviewOutput, list[int], list[int], list[int]] | None:
     """Check the version, map, and store the review's rows (FHIR, HL7 and their timers) with
@@ -365,18 +307,18 @@ async def _store_version(
         stored = versions.get(review.review_id)
         if decide(stored, review, digest) is Decision.UNCHANGED:
             return None
-        ctx = await resolve_context(review, settings, outbox, transport=transport)
+        ctx = await resolve_context(review, outbox, fhir)
         if stored is not None:  # the record knows which requests exist: it wins
             ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
         # The review note (issue 15): rendered once per version, in the outputs the site chose.
         study_rows = [(r.kind, r.payload) for r in outbox.rows_for_key(key)]
         note = plan_note(review, ctx, settings, tables, study_rows, out_dir=out_dir)
-        note = await with_server_previous(note, settings, transport=transport)
+        note = await with_server_previous(note, fhir)
         output = apply_note(build_review(review, ctx, settings, tables), note, tables)
         # The HL7 rows are built (and can refuse) before anything is stored; then the review's
         # FHIR rows, its HL7 rows and their timers are stored together (order_rows.py).
         orders = await _prepare_orders(
-            outbox, review, output, ctx, settings, tables, destinations, transport
+            outbox, review, output, ctx, settings, tables, destinations, fhir
         )
         label = review_label(review)
         # The note's rows too are built (and can refuse) before anything is stored.
@@ -415,12 +357,10 @@ async def _prepare_orders(
     settings: Settings,
     tables: Tables,
     destinations: list[tuple[str, str]],
-    transport: httpx.AsyncBaseTransport | None,
+    fhir: FhirClient | None,
 ) -> list[PreparedOrder]:
-    from datetime import UTC, datetime
-
-    from adapter.review.order_rows import held, prepare_orders  # imports hl7apy: when needed
-    from adapter.review.patient_check import patient_disagreement
+    # Lazy (downward) for start-up time only: hl7apy, loaded when a review has an order.
+    from adapter.review.order_rows import held, prepare_orders
 
     if not output.placer and not output.hl7_cancels:
         return []
@@ -436,9 +376,7 @@ async def _prepare_orders(
         now=datetime.now(UTC),
     )
     record = outbox.study(review.study_instance_uid)
-    fields = await patient_disagreement(
-        settings, ctx.patient_identifier, record, transport=transport
-    )
+    fields = await patient_disagreement(fhir, ctx.patient_identifier, record)
     return held(orders, fields)
 
 
@@ -448,31 +386,9 @@ def _enqueue_review(
     if not orders:
         with outbox.batch() as batch:
             return [batch.enqueue(row) for row in review_rows], []
-    from adapter.review.order_rows import enqueue_review
+    from adapter.review.order_rows import enqueue_review  # lazy for start-up time: hl7apy
 
     return enqueue_review(outbox, key, review_rows, orders)
-
-
-def receivers_dir(settings: Settings) -> Path:
-    return (
-        Path(settings.hl7.receivers_dir)
-        if settings.hl7.receivers_dir
-        else settings.mappings_dir / "receivers"
-    )
-
-
-def submit_review(
-    data: Mapping[str, Any] | ReviewInput,
-    settings: Settings,
-    *,
-    out_dir: Path | None = None,
-    tables: Tables | None = None,
-    deliver: bool = True,
-) -> SubmitResult:
-    """Synchronous :func:`submit_review_async` (for scripts and the CLI)."""
-    return asyncio.run(
-        submit_review_async(data, settings, out_dir=out_dir, tables=tables, deliver=deliver)
-    )
 
 
 def preview_review(
@@ -501,12 +417,10 @@ def _preview_context(
 ) -> tuple[StudyContext, list[Row]]:
     """The study as known to the outbox (if its file exists) or the FHIR server, and the
     study's outbox rows; reads only."""
-    from adapter.store.location import store_exists, store_location
-
     location = store_location(settings, out_dir)
     outbox = Outbox(location) if store_exists(location) else None
     try:
-        ctx = asyncio.run(resolve_context(review, settings, outbox))
+        ctx = asyncio.run(_resolve_with_own_client(review, settings, outbox))
         stored = outbox.reviews().get(review.review_id) if outbox else None
         if stored is not None:  # as a submission would see it (section 4 of docs/review.md)
             ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
@@ -517,12 +431,23 @@ def _preview_context(
     return ctx, rows
 
 
+async def _resolve_with_own_client(
+    review: ReviewInput, settings: Settings, outbox: Outbox | None
+) -> StudyContext:
+    """For the synchronous previews (one command, one loop): a client only if the outbox does
+    not know the study."""
+    if not settings.fhir.base_url:
+        return await resolve_context(review, outbox, None)
+    from adapter.fhir.connect import fhir_client  # lazy for start-up time: httpx, PyJWT
+
+    async with fhir_client(settings.fhir) as client:
+        return await resolve_context(review, outbox, client)
+
+
 def _preview_record(
     review: ReviewInput, settings: Settings, out_dir: Path | None
 ) -> StudyRecord | None:
     """The study's record (patient and procedure ids from its DICOM headers), if stored."""
-    from adapter.store.location import store_exists, store_location
-
     location = store_location(settings, out_dir)
     if not store_exists(location):
         return None
@@ -538,8 +463,7 @@ def preview_orders(
     tables: Tables | None = None,
 ) -> list[str]:
     """The HL7 message(s) a submission would send (MSH-10 ``PREVIEW``); sends nothing."""
-    from datetime import UTC, datetime
-
+    # Lazy (downward) for start-up time only: hl7apy.
     from adapter.hl7.preview import preview
     from adapter.review.orders import order_payloads, study_facts
 

@@ -20,7 +20,7 @@ import hashlib
 from enum import StrEnum
 from types import MappingProxyType
 
-from adapter.review.model import ReviewError, ReviewInput
+from adapter.mapping.review_input import ReviewError, ReviewInput
 from adapter.store.reviews import AcceptedReview, RequestRecord, ReviewState
 
 

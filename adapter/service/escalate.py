@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from adapter.hl7.deliverer import REJECTED, T1, T2
-from adapter.mapping.radiology_result import task_entry, task_update, transaction
+from adapter.review.radiology_result import task_entry, task_update, transaction
 from adapter.store.outbox import NewRow, Outbox
 from adapter.store.timers import Timer
 

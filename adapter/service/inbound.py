@@ -37,10 +37,10 @@ from adapter.hl7.deliverer import REJECTED, T1, T2, on_ack_rows
 from adapter.hl7.inbound import InboundMessage, InboundParseError, parse_inbound
 from adapter.hl7.listener import PEER, Peer
 from adapter.hl7.trust import TrustPolicy
-from adapter.mapping.radiology_result import response_bundle, result_bundle
-from adapter.mapping.tables import Tables
 from adapter.ratelimit import RateLimitedWarning
+from adapter.review.radiology_result import response_bundle, result_bundle
 from adapter.store.outbox import NewRow, Outbox, Row
+from adapter.tables import Tables
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

@@ -13,11 +13,15 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
-from adapter.mapping.tables import Tables
+from adapter.store.location import open_outbox
 from adapter.store.outbox import Outbox
+from adapter.tables import Tables
+
+if TYPE_CHECKING:
+    from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +48,24 @@ class ServiceParts:
             self.outbox.close()
 
 
-async def start_parts(settings: Settings, out_dir: Path | None, tables: Tables) -> ServiceParts:
+async def start_parts(
+    settings: Settings, out_dir: Path | None, tables: Tables, fhir: FhirClient | None = None
+) -> ServiceParts:
+    """Start the parts whose ports are set; ``fhir`` is the process's FHIR client."""
     parts = ServiceParts()
     if settings.dicom.listen_port:
+        # Lazy (downward) for start-up time only: pynetdicom, pydicom; FastAPI, uvicorn.
         from adapter.receive.service import ReceiveService
-        from adapter.store.location import open_outbox
 
         parts.outbox = open_outbox(settings, out_dir)
-        parts.receiver = ReceiveService(settings, tables, parts.outbox, out_dir)
+        parts.receiver = ReceiveService(settings, tables, parts.outbox, out_dir, fhir)
         await parts.receiver.start()
     if settings.http.listen_port:
         from adapter.api.server import api_server, run_until
 
-        parts.api = api_server(settings, out_dir, tables=tables, receiver_stats=parts.stats)
+        parts.api = api_server(
+            settings, out_dir, tables=tables, receiver_stats=parts.stats, fhir=fhir
+        )
         parts._api_task = asyncio.create_task(run_until(parts.api, parts._api_stop))
         while not parts.api.started:
             if parts._api_task.done():

@@ -6,10 +6,12 @@
 - the DICOM C-STORE receiver and the HTTP API when their ports are set
   (``adapter.service.parts``; stopped first).
 
-The listener has the main event loop to itself: its handler stores each message in a worker
-thread, and the outbox worker and escalation check run on their own thread and event loop,
-each with its own database connection. Another process holding the database lock delays
-deliveries and ACKs, but every connection is still read, bounded and timed out.
+The listener, the C-STORE receiver and the HTTP API share the main event loop and its one FHIR
+client (``adapter.jobs.fhir.fhir_session``); the listener's handler stores each message in a worker
+thread. The outbox worker and escalation check run on their own thread and event loop, each
+with its own database connection (and FHIR client), because the store's calls are
+synchronous: another process holding the database lock delays deliveries and ACKs, but every
+connection is still read, bounded and timed out.
 
 It stops on SIGTERM/SIGINT: the listener first (so nothing new is accepted), then the worker.
 A row in flight at that moment is taken up again after its lease, or at the next start.
@@ -24,19 +26,24 @@ import signal
 import ssl
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapter.config import Settings, is_loopback
 from adapter.errors import ConfigError
 from adapter.hl7.listener import MllpServer, server_tls_context
-from adapter.hl7.profiles import load_profiles
+from adapter.hl7.profiles import load_profiles, receivers_dir
 from adapter.hl7.trust import TrustPolicy
-from adapter.mapping.tables import load_tables
-from adapter.service.deliver import deliver, targets
+from adapter.jobs.deliver import deliver, targets
+from adapter.jobs.fhir import fhir_session
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
 from adapter.service.parts import start_parts
 from adapter.store.location import open_outbox, store_location
 from adapter.store.outbox import Outbox
+from adapter.tables import Tables, load_tables
+
+if TYPE_CHECKING:
+    from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +60,23 @@ async def serve(
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     tables = load_tables(settings.mappings_dir)
-    fhir_targets = [t for t in targets(settings, out_dir)]
+    # The listener's own connection: its handler stores messages in a worker thread. The
+    # main loop's FHIR client serves the C-STORE receiver and the HTTP API.
+    async with fhir_session(settings) as fhir:
+        return await _serve(settings, out_dir, stop, started, metrics, tables, fhir)
+
+
+async def _serve(
+    settings: Settings,
+    out_dir: Path | None,
+    stop: asyncio.Event,
+    started: asyncio.Event | None,
+    metrics: Metrics,
+    tables: Tables,
+    fhir: FhirClient | None,
+) -> int:
+    fhir_targets = list(targets(settings, out_dir))
     hl7 = settings.hl7
-    # The listener's own connection: its handler stores messages in a worker thread.
     with Outbox(store_location(settings, out_dir), check_same_thread=False) as inbound_store:
         trust = trust_policy(settings)
         handler = InboundHandler(inbound_store, tables, fhir_targets, trust)
@@ -79,7 +100,7 @@ async def serve(
         try:
             # The C-STORE receiver and the HTTP API (each on when its port is set), with
             # their own store connection on this loop.
-            parts = await start_parts(settings, out_dir, tables)
+            parts = await start_parts(settings, out_dir, tables, fhir)
         except BaseException:
             await server.aclose()
             raise
@@ -105,8 +126,6 @@ async def serve(
 def trust_policy(settings: Settings) -> TrustPolicy:
     """The allow-list from every receiver profile (``hl7.host`` also counts as the address of
     the configured receiver when it overrides the profile's host)."""
-    from adapter.review.service import receivers_dir
-
     profiles = load_profiles(receivers_dir(settings))
     extra = {settings.hl7.receiver: settings.hl7.host} if settings.hl7.host else {}
     return TrustPolicy(profiles.values(), extra)
@@ -163,16 +182,13 @@ def _background(
 
 
 async def _escalations(
-    outbox_: object,
+    outbox: Outbox,
     fhir_targets: list[tuple[str, str]],
     metrics: Metrics,
     settings: Settings,
     stop: asyncio.Event,
 ) -> None:
-    from adapter.store.outbox import Outbox
-
-    assert isinstance(outbox_, Outbox)
     while not stop.is_set():
-        escalate_due(outbox_, fhir_targets, metrics)
+        escalate_due(outbox, fhir_targets, metrics)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=settings.hl7.escalation_check_seconds)

@@ -20,8 +20,8 @@ from adapter.dicom.models import InstanceHeader, Rejection
 from adapter.hl7.ack import build_ack, parse_ack
 from adapter.hl7.inbound import InboundParseError, parse_inbound
 from adapter.hl7.mllp import Framer, FramingError, frame
-from adapter.mapping.tables import load_tables
-from adapter.review.model import ReviewError, parse_review
+from adapter.mapping.review_input import ReviewError, parse_review
+from adapter.tables import load_tables
 from tests.fuzz.conftest import FUZZ, ROOT, SEEDS
 
 UTC = ZoneInfo("UTC")

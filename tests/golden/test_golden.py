@@ -16,11 +16,11 @@ import pytest
 from fhir.resources import get_fhir_model_class
 
 from adapter.config import ArchiveSettings, FhirSettings, IngestSettings, Settings
-from adapter.mapping.tables import load_tables
-from adapter.review.model import parse_review
+from adapter.ingest.pipeline import Status, run_ingest
+from adapter.jobs.deliver import KIND_TRANSACTION
+from adapter.mapping.review_input import parse_review
 from adapter.review.service import KIND_REVIEW, build_review, context_from_payloads
-from adapter.service.deliver import KIND_TRANSACTION
-from adapter.service.ingest import Status, run_ingest
+from adapter.tables import load_tables
 from tests.fhir_validation import validate_r4
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from adapter.config import IngestSettings, Settings
+from adapter.ingest.pipeline import run_ingest
 from adapter.label.kos import encode
 from adapter.label.service import build_for, labelled
 from adapter.label.titles import load_vocabulary
-from adapter.mapping.tables import load_tables
-from adapter.service.ingest import run_ingest
+from adapter.tables import load_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 DICOM = ROOT / "fixtures" / "dicom"

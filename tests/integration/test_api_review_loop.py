@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from adapter.config import FhirSettings, Hl7Settings, Settings
-from adapter.mapping.tables import load_tables
-from adapter.service.deliver import deliver, enqueue, targets
-from adapter.service.ingest import run_ingest
+from adapter.ingest.pipeline import run_ingest
+from adapter.jobs.deliver import deliver, enqueue, targets
 from adapter.store.outbox import Outbox
+from adapter.tables import load_tables
 from tests.api_support import TOKEN, api_settings, running_api
 from tests.peers.launch import free_port
 from tests.support import FIXTURES, make_study

@@ -171,8 +171,8 @@ def test_reingest_is_byte_identical_and_parallel_matches_serial(
 def test_series_arriving_later_updates_the_same_imaging_study(tmp_path: Path) -> None:
     """Same conditional-update key and fullUrl, so the server updates rather than duplicates."""
     from adapter.config import IngestSettings, Settings
-    from adapter.mapping.tables import load_tables
-    from adapter.service.ingest import Status, run_ingest
+    from adapter.ingest.pipeline import Status, run_ingest
+    from adapter.tables import load_tables
 
     settings = Settings(ingest=IngestSettings(workers=1, incomplete_studies="map"))
     holding = Settings(ingest=IngestSettings(workers=1))

@@ -22,7 +22,7 @@ import pytest
 from adapter.cli import main
 from adapter.config import Settings
 from adapter.dicom.walk import read_all
-from adapter.service.deliver import FILES, KIND_TRANSACTION
+from adapter.jobs.deliver import FILES, KIND_TRANSACTION
 from adapter.store.outbox import Outbox, State
 from tests.support import FIXTURES, synth
 
@@ -267,8 +267,8 @@ def test_unmatched_acks_do_not_flood_the_log(tmp_path: Path) -> None:
     import logging
 
     from adapter.hl7.trust import TrustPolicy
-    from adapter.mapping.tables import load_tables
     from adapter.service.inbound import InboundHandler
+    from adapter.tables import load_tables
 
     class Count(logging.Handler):
         lines = 0
@@ -300,8 +300,8 @@ def test_refused_messages_are_kept_by_hash_not_content(tmp_path: Path) -> None:
     from adapter.hl7.listener import Peer
     from adapter.hl7.profiles import load_profiles
     from adapter.hl7.trust import TrustPolicy
-    from adapter.mapping.tables import load_tables
     from adapter.service.inbound import InboundHandler
+    from adapter.tables import load_tables
 
     settings = Settings()
     with Outbox(tmp_path / "o.sqlite") as outbox:

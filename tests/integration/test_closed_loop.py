@@ -16,13 +16,14 @@ from typing import Any
 import httpx
 
 from adapter.config import FhirSettings, Hl7Settings, Settings
-from adapter.mapping.tables import load_tables
-from adapter.review.service import submit_review_async
-from adapter.service.deliver import deliver, enqueue, targets
+from adapter.jobs.deliver import deliver, enqueue, targets
+from adapter.jobs.fhir import fhir_session
+from adapter.jobs.ingest import read_and_map
+from adapter.jobs.review import submit_review_async
 from adapter.service.escalate import Metrics, escalate_due
-from adapter.service.ingest import run_ingest
 from adapter.service.serve import serve
 from adapter.store.outbox import Outbox, State
+from adapter.tables import load_tables
 from tests.peers.launch import free_port
 from tests.support import FIXTURES, make_study, synth
 
@@ -74,13 +75,13 @@ def test_closed_loop(fhir_url: str, hl7_receiver: Any, tmp_path: Path) -> None:
     settings = replace(settings, outbox=replace(settings.outbox, path=str(tmp_path / "o.sqlite")))
     tables = load_tables(settings.mappings_dir)
 
-    result = run_ingest([folder], settings, tables)  # its prior-imaging search runs its own loop
-
     async def loop() -> str:
-        with Outbox(tmp_path / "o.sqlite") as outbox:
-            ids = enqueue(outbox, result, targets(settings, None))
-            report = await deliver(outbox, settings, ids=ids)
-            assert report.delivered == 1
+        async with fhir_session(settings) as fhir:  # prior-imaging search and delivery
+            result = await read_and_map([folder], settings, tables, fhir=fhir)
+            with Outbox(tmp_path / "o.sqlite") as outbox:
+                ids = enqueue(outbox, result, targets(settings, None))
+                report = await deliver(outbox, settings, ids=ids, fhir=fhir)
+                assert report.delivered == 1
         stop, started = asyncio.Event(), asyncio.Event()
         metrics = Metrics()
         server = asyncio.create_task(
@@ -204,8 +205,8 @@ def test_escalations_fire_survive_restart_and_raise_priority(tmp_path: Path) -> 
     synth.planning_ct(out / "study", seed="escalation", slices=2)
     settings = Settings(hl7=Hl7Settings(escalation_check_seconds=0.1))
     settings = replace(settings, outbox=replace(settings.outbox, path=str(tmp_path / "o.sqlite")))
-    from adapter.review.service import submit_review
-    from adapter.service.ingest import run_ingest as ingest
+    from adapter.ingest.pipeline import run_ingest as ingest
+    from adapter.jobs.review import submit_review
 
     tables = load_tables(settings.mappings_dir)
     with Outbox(tmp_path / "o.sqlite") as outbox:

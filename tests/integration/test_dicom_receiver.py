@@ -16,8 +16,8 @@ import pytest
 from pydicom import dcmread
 
 from adapter.config import load_settings
+from adapter.ingest.pipeline import log_key
 from adapter.receive.service import ReceiveService
-from adapter.service.ingest import log_key
 from adapter.store.outbox import Outbox
 from tests.peers.orthanc_fixture import OrthancPeer
 from tests.receive_support import receiver_settings, running_receiver, wait_for

@@ -1,7 +1,7 @@
 """Reliability matrix rows 15-25: the outbox + FHIR client against the fault-injecting peer.
 
 Each test delivers a real planning-study Bundle through the same path production uses
-(``adapter.service.deliver.deliver``) and asserts attempt counts, wait gaps and what the
+(``adapter.jobs.deliver.deliver``) and asserts attempt counts, wait gaps and what the
 server ends up holding.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import trustme
 
 from adapter.config import FhirSettings, Settings
-from adapter.service.deliver import FHIR, KIND_TRANSACTION, deliver
+from adapter.jobs.deliver import FHIR, KIND_TRANSACTION, deliver
 from adapter.store.outbox import Outbox, State
 from tests.peers import fault_fhir as fault
 from tests.peers.fault_fhir import FaultServer

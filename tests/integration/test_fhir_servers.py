@@ -143,7 +143,12 @@ def test_patient_identifiers_never_reach_the_logs(
 
 def test_capability_statement_drives_the_output_version(fhir_url: str) -> None:
     from adapter.config import FhirSettings, Settings
-    from adapter.service.deliver import read_capabilities
+    from adapter.jobs.fhir import fhir_session, resolve_version
 
-    capabilities = asyncio.run(read_capabilities(Settings(fhir=FhirSettings(base_url=fhir_url))))
-    assert capabilities.version == "R4" and capabilities.transactions
+    async def read() -> Settings:
+        settings = Settings(fhir=FhirSettings(base_url=fhir_url))  # version: auto
+        async with fhir_session(settings) as client:
+            return await resolve_version(settings, client)
+
+    resolved = asyncio.run(read())
+    assert resolved.fhir.version == "R4"

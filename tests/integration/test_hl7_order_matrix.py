@@ -23,11 +23,11 @@ from adapter.hl7.charset_fit import TRANSLITERATION_NOTE, transliterate
 from adapter.hl7.deliverer import HL7
 from adapter.hl7.escape import unescape
 from adapter.hl7.messages import MessageBuildError
-from adapter.mapping.tables import load_tables
-from adapter.review.service import submit_review_async
-from adapter.service.deliver import deliver, enqueue, targets
-from adapter.service.ingest import run_ingest
+from adapter.ingest.pipeline import run_ingest
+from adapter.jobs.deliver import deliver, enqueue, targets
+from adapter.jobs.review import submit_review_async
 from adapter.store.outbox import Outbox
+from adapter.tables import load_tables
 from tests.integration.test_closed_loop import review_for
 from tests.peers.hl7v2_validator_fixture import Validate
 from tests.support import ROOT, make_study

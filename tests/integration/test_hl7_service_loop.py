@@ -19,13 +19,13 @@ from adapter.config import FhirSettings, Hl7Settings, Settings
 from adapter.hl7.deliverer import KIND_ORDER, REJECTED, T1
 from adapter.hl7.profiles import load_profiles
 from adapter.hl7.trust import TrustPolicy
-from adapter.mapping.tables import load_tables
-from adapter.review.service import submit_review_async
-from adapter.service.deliver import deliver, enqueue, targets
+from adapter.ingest.pipeline import run_ingest
+from adapter.jobs.deliver import deliver, enqueue, targets
+from adapter.jobs.review import submit_review_async
 from adapter.service.escalate import Metrics, escalate_due
-from adapter.service.ingest import run_ingest
 from adapter.service.serve import serve
 from adapter.store.outbox import Outbox, State
+from adapter.tables import load_tables
 from tests.integration.test_closed_loop import oru, review_for
 from tests.peers.launch import free_port
 from tests.peers.mllp_fault import ack as fault_ack

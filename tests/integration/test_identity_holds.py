@@ -20,7 +20,7 @@ import pytest
 from pydicom import dcmread
 
 from adapter.cli import main
-from adapter.service.ingest import log_key
+from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
 from tests.support import make_study, read_study, study_count, synth
 

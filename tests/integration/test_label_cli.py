@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from adapter.cli import main
-from adapter.service.ingest import log_key
+from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
 from tests.peers.postgres_fixture import CliStore
 from tests.support import FIXTURES

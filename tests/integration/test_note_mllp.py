@@ -15,7 +15,7 @@ import yaml
 
 from adapter.cli import main
 from adapter.config import Hl7Settings, NoteSettings, OutboxSettings, Settings
-from adapter.review.service import submit_review
+from adapter.jobs.review import submit_review
 from tests.note_support import load_review
 from tests.peers.hl7v2_validator_fixture import Validate
 

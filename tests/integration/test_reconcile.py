@@ -17,12 +17,12 @@ from adapter.api.metrics import metrics_text
 from adapter.cli import main
 from adapter.config import Settings
 from adapter.hl7.deliverer import T1, T2, control_id_for
-from adapter.mapping.tables import load_tables
-from adapter.service.deliver import targets
+from adapter.jobs.deliver import targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
 from adapter.service.serve import trust_policy
 from adapter.store.outbox import Outbox
+from adapter.tables import load_tables
 from tests.support import FIXTURES, synth
 
 MRN = "HOSP-MRN"

@@ -17,7 +17,7 @@ import yaml
 
 from adapter.cli import main
 from adapter.config import Hl7Settings, NoteSettings, OutboxSettings, Settings
-from adapter.review.service import submit_review
+from adapter.jobs.review import submit_review
 from adapter.store.outbox import Outbox, Row
 from tests.note_support import load_review
 from tests.peers import mllp_fault

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pydicom import dcmread
 
-from adapter.service.ingest import log_key
+from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
 from tests.integration.test_dicom_receiver import storescu
 from tests.peers.launch import free_port

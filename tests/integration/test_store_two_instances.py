@@ -37,9 +37,9 @@ from adapter.config import FhirSettings, IngestSettings, Settings
 from adapter.hl7.deliverer import KIND_ORDER, prerender
 from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier, Provider
 from adapter.hl7.profiles import load_profiles
-from adapter.mapping.tables import load_tables
-from adapter.service.ingest import run_ingest
+from adapter.ingest.pipeline import run_ingest
 from adapter.store.outbox import NewRow, Outbox, State
+from adapter.tables import load_tables
 from tests.peers.hl7_receiver import Hl7Receiver
 from tests.support import FIXTURES
 

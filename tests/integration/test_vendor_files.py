@@ -10,8 +10,8 @@ from pathlib import Path
 from pydicom.data import get_testdata_file
 
 from adapter.config import IngestSettings, Settings
-from adapter.mapping.tables import load_tables
-from adapter.service.ingest import Status, run_ingest
+from adapter.ingest.pipeline import Status, run_ingest
+from adapter.tables import load_tables
 
 VENDOR_FILES = (
     "CT_small.dcm",

@@ -817,12 +817,14 @@ class _HTTPServer(ThreadingHTTPServer):
         self.tls = tls
         self.conns: set[socket.socket] = set()
         self.conns_lock = threading.Lock()
+        self.accepted = 0  # TCP connections accepted since start
         self.errors: list[BaseException] = []
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.conns_lock:
             self.conns.add(request)
+            self.accepted += 1
         super().process_request(request, client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -1037,6 +1039,12 @@ class FaultServer:
     @property
     def token_url(self) -> str:
         return f"{self.origin}/token"
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since start: one pooled client with one connection slot
+        makes one, however many requests it sends."""
+        return self._httpd.accepted if self._httpd else 0
 
     @property
     def errors(self) -> list[BaseException]:

@@ -16,7 +16,7 @@ from adapter.dicom.models import (
     SeriesSummary,
     StudySummary,
 )
-from adapter.mapping.tables import load_tables
+from adapter.tables import load_tables
 
 RULES = load_tables(DEFAULT_MAPPINGS_DIR).rules_table("classification-rules")
 

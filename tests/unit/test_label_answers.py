@@ -25,7 +25,7 @@ SOP = "2.25.1234"
 
 
 def kos_row() -> Row:
-    from adapter.service.ingest import run_ingest
+    from adapter.ingest.pipeline import run_ingest
 
     result = run_ingest([DICOM / "planning-ct"], SETTINGS, TABLES)
     (outcome,) = [s for s in result.studies if labelled(s)]

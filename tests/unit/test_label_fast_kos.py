@@ -13,14 +13,14 @@ import pytest
 from adapter.classify import Classification
 from adapter.config import IngestSettings, LabelSettings, Settings
 from adapter.dicom.models import InstanceSummary, StudySummary
+from adapter.ingest.pipeline import StudyOutcome, run_ingest
 from adapter.label.fast_kos import kos_document
 from adapter.label.kos import build_kos, encode
 from adapter.label.plan import KosPlan
 from adapter.label.service import build_for, document_for, labelled
 from adapter.label.source import read_study_attributes
 from adapter.label.titles import DicomCode, RejectionTitleRefused, load_vocabulary
-from adapter.mapping.tables import load_tables
-from adapter.service.ingest import StudyOutcome, run_ingest
+from adapter.tables import load_tables
 from tests.support import FIXTURES
 
 DICOM = FIXTURES / "dicom"

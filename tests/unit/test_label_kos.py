@@ -16,6 +16,7 @@ from pydicom import dcmread
 
 from adapter.config import IngestSettings, LabelSettings, Settings
 from adapter.errors import MappingError, MappingTableError
+from adapter.ingest.pipeline import StudyOutcome, run_ingest
 from adapter.label.delivery import CStoreDeliverer, KosFileDeliverer, StowDeliverer
 from adapter.label.kos import KOS_SOP_CLASS, KosPlan, build_kos, encode, referenced_instances
 from adapter.label.service import build_for, labelled
@@ -26,10 +27,9 @@ from adapter.label.titles import (
     load_vocabulary,
     refuse_rejection_title,
 )
-from adapter.mapping.tables import load_tables
-from adapter.service.ingest import StudyOutcome, run_ingest
 from adapter.store.labels import KIND_KOS
 from adapter.store.outbox import Row, State
+from adapter.tables import load_tables
 from tests.peers.launch import free_port
 from tests.support import FIXTURES
 

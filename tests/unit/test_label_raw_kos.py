@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from adapter.config import LabelSettings
+from adapter.ingest.pipeline import StudyOutcome
 from adapter.label.copied import COPIED_KEYWORDS, COPIED_TAGS
 from adapter.label.kos import build_kos, encode
 from adapter.label.plan import KosPlan
@@ -34,7 +35,6 @@ from adapter.label.raw_kos import CHARSET_CODECS, Defer, kos_bytes, read_copied
 from adapter.label.service import build_for, document_for
 from adapter.label.source import SourceUnavailable, read_study_attributes
 from adapter.label.titles import DicomCode, RejectionTitleRefused
-from adapter.service.ingest import StudyOutcome
 from tests.support import FIXTURES
 from tests.unit.test_label_fast_kos import (
     GOLDEN_CASES,

@@ -8,7 +8,7 @@ import pytest
 
 from adapter.config import DEFAULT_MAPPINGS_DIR
 from adapter.errors import MappingTableError, UnmappedCode
-from adapter.mapping.tables import load_tables
+from adapter.tables import load_tables
 
 HEADER = """table: demo
 title: Demo

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.note.render import COLUMNS, render_text, wrap
+from adapter.review.note.render import COLUMNS, render_text, wrap
 from tests.note_support import (
     NOTE_CASES,
     NOTES,
@@ -146,7 +146,7 @@ def test_missing_pdf_libraries_are_one_clear_error(monkeypatch: pytest.MonkeyPat
     import builtins
 
     from adapter.errors import ConfigError
-    from adapter.note.render import render_pdf
+    from adapter.review.note.render import render_pdf
 
     real_import = builtins.__import__
 
@@ -167,7 +167,7 @@ def test_concurrent_renders_leak_nothing() -> None:
     error), and every thread gets the same bytes."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from adapter.note.render import render_pdf
+    from adapter.review.note.render import render_pdf
 
     note = case_steps("concern")[-1].plan.rendered.note
     with ThreadPoolExecutor(4) as pool:

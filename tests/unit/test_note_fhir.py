@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from adapter.mapping.narrative import (
     narrative_div,
     resources_without_narrative,
 )
-from adapter.note.fhir import NOTE_SYSTEM, PDF_TYPE, TEXT_TYPE
+from adapter.review.note.fhir import NOTE_SYSTEM, PDF_TYPE, TEXT_TYPE
 from tests.note_support import case_steps, ingest_bundle, load_review, run_reviews
 
 ALLOWED_TAGS = {"div", "p", "b", "table", "tr", "td", "br"}
@@ -173,7 +174,7 @@ def test_narrative_escapes_hostile_text() -> None:
 
 
 def test_unknown_previous_version_is_not_referenced() -> None:
-    from adapter.note.fhir import note_entries
+    from adapter.review.note.fhir import note_entries
     from tests.note_support import TABLES
 
     step = case_steps("concern-amended")[-1]
@@ -199,7 +200,7 @@ def test_preview_shows_the_note_as_a_submission_would_write_it(tmp_path: Path) -
 
 
 def test_result_and_task_update_bundles_carry_narratives() -> None:
-    from adapter.mapping.radiology_result import task_entry, transaction
+    from adapter.review.radiology_result import task_entry, transaction
 
     task = {"resourceType": "Task", "status": "received", "intent": "order"}
     bundle = transaction(task_entry(task, "RT0000000000000001"))
@@ -216,7 +217,8 @@ def test_server_lookup_of_the_previous_note() -> None:
     import httpx
 
     from adapter.config import FhirSettings, Settings
-    from adapter.note.service import with_server_previous
+    from adapter.jobs.fhir import fhir_session
+    from adapter.review.note.service import NotePlan, with_server_previous
 
     steps = case_steps("concern-amended")
     first, second = (s.plan for s in steps)
@@ -234,10 +236,15 @@ def test_server_lookup_of_the_previous_note() -> None:
     def broken(request: httpx.Request) -> httpx.Response:
         return httpx.Response(500, json={"resourceType": "OperationOutcome", "issue": []})
 
-    got = asyncio.run(with_server_previous(plan, settings, transport=httpx.MockTransport(found)))
+    async def lookup(handler: Callable[[httpx.Request], httpx.Response]) -> NotePlan:
+        async with fhir_session(settings, transport=httpx.MockTransport(handler)) as fhir:
+            return await with_server_previous(plan, fhir)
+
+    got = asyncio.run(lookup(found))
     assert got.previous == v1 and "status=current" in seen[0]
-    same = asyncio.run(with_server_previous(plan, settings, transport=httpx.MockTransport(broken)))
+    same = asyncio.run(lookup(broken))
     assert same.previous is None
+    assert asyncio.run(with_server_previous(plan, None)).previous is None  # no server: as it was
 
 
 def test_binary_gets_no_narrative() -> None:

@@ -20,7 +20,7 @@ from adapter.cli import main
 from adapter.config import Hl7Settings, NoteSettings, Settings
 from adapter.hl7.escape import unescape
 from adapter.hl7.messages import MessageBuildError
-from adapter.review.service import submit_review
+from adapter.jobs.review import submit_review
 from tests.note_support import load_review
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from adapter.config import load_settings
-from adapter.mapping.tables import load_tables
 from adapter.receive import process as process_module
 from adapter.receive.process import RETRY_SECONDS, StudyProcessor
 from adapter.receive.spool import Spool, identify
 from adapter.store.outbox import Outbox
+from adapter.tables import load_tables
 from tests.support import FIXTURES
 
 FILES = sorted((FIXTURES / "dicom" / "planning-ct").glob("*.dcm"))

@@ -13,13 +13,13 @@ import tenacity
 from adapter.config import FhirSettings, LabelSettings, load_settings
 from adapter.errors import ConfigError
 from adapter.hl7.profiles import Connection, load_profiles, parse_profile
-from adapter.outbox.worker import RetryPolicy, Worker
-from adapter.service.retry_policies import (
+from adapter.jobs.retry_policies import (
     fhir_policy,
     label_policy,
     receiver_policies,
     receiver_policy,
 )
+from adapter.outbox.worker import RetryPolicy, Worker
 from adapter.store.outbox import Outbox
 from tests.support import ROOT
 

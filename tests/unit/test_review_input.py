@@ -13,12 +13,13 @@ import pytest
 
 from adapter.cli import main
 from adapter.config import NoteSettings, Settings
+from adapter.jobs.review import submit_review
 from adapter.mapping.review_bundle import placer_order_number
-from adapter.mapping.tables import load_tables
-from adapter.review.model import ReviewError, UnknownStudyError, json_schema, parse_review
-from adapter.review.service import HL7, KIND_HL7_CANCEL, preview_review, submit_review
+from adapter.mapping.review_input import ReviewError, UnknownStudyError, json_schema, parse_review
+from adapter.review.service import HL7, KIND_HL7_CANCEL, preview_review
 from adapter.review.versions import StaleReviewError
 from adapter.store.outbox import Outbox, State
+from adapter.tables import load_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT / "fixtures" / "reviews"

@@ -17,12 +17,12 @@ from adapter.fhir.client import FhirClient
 from adapter.fhir.delivery import PATCH_ATTEMPTS, FhirDeliverer
 from adapter.fhir.patches import apply_idempotent
 from adapter.mapping.review_bundle import patch_entry
-from adapter.mapping.tables import concept, confirmed, load_tables
+from adapter.mapping.review_input import parse_review
 from adapter.outbox.worker import Verdict
-from adapter.review.model import parse_review
 from adapter.review.versions import Decision, StaleReviewError, content_hash, decide
 from adapter.store.outbox import NewRow, Outbox, Row, State
 from adapter.store.reviews import AcceptedReview
+from adapter.tables import concept, confirmed, load_tables
 from tests.peers.postgres_fixture import CliStore
 
 ROOT = Path(__file__).resolve().parents[2]

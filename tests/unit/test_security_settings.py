@@ -251,7 +251,7 @@ def test_orders_to_a_remote_ris_use_tls_with_the_default_profile(tmp_path: Path)
 
     from adapter.config import Hl7Settings, Settings
     from adapter.hl7.deliverer import Hl7Deliverer
-    from adapter.service.deliver import _hl7_deliverers
+    from adapter.jobs.deliver import _hl7_deliverers
     from adapter.store.outbox import Outbox
 
     async def client_tls(host: str) -> bool:

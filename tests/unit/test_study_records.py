@@ -110,9 +110,9 @@ def test_an_identical_duplicate_is_named_but_not_an_identity_hold(tmp_path: Path
     from dataclasses import replace
 
     from adapter.config import Settings
-    from adapter.mapping.tables import load_tables
-    from adapter.service.ingest import Status, run_ingest
-    from adapter.service.output import write_report
+    from adapter.ingest.pipeline import Status, run_ingest
+    from adapter.jobs.output import write_report
+    from adapter.tables import load_tables
 
     folder = tmp_path / "study"
     shutil.copytree(PLANNING_CT, folder)

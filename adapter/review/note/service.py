@@ -18,26 +18,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
-from adapter.errors import ConfigError
+from adapter.errors import ConfigError, TransportError
+from adapter.hl7.document_profile import DocumentOptions
+from adapter.hl7.model import OrderPatient, PatientIdentifier, Provider
+from adapter.hl7.profiles import load_profiles, receivers_dir
 from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import REVIEW_SYSTEM, ReviewOutput, StudyContext
-from adapter.mapping.tables import Tables
-from adapter.note.facts import build_note, review_document_number, study_record
-from adapter.note.fhir import (
+from adapter.mapping.review_input import ReviewInput
+from adapter.review.note.facts import build_note, review_document_number, study_record
+from adapter.review.note.fhir import (
     RenderedNote,
     note_entries,
     note_full_url,
     previous_note,
     with_presented_form,
 )
-from adapter.note.render import render_pdf, render_text
-from adapter.review.model import ReviewInput
+from adapter.review.note.render import render_pdf, render_text
 from adapter.store.outbox import NewRow, Outbox
+from adapter.tables import Tables
 
 if TYPE_CHECKING:
-    import httpx
-
-    from adapter.hl7.document_profile import DocumentOptions
+    from adapter.fhir.client import FhirClient
     from adapter.hl7.mdm import DocumentMessage
 
 JSON = dict[str, Any]
@@ -96,9 +97,7 @@ def plan_note(
     )
 
 
-async def with_server_previous(
-    plan: NotePlan, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
-) -> NotePlan:
+async def with_server_previous(plan: NotePlan, fhir: FhirClient | None) -> NotePlan:
     """The plan with the previous version's DocumentReference taken from the FHIR server, when
     the outbox does not hold it (an earlier version submitted through another outbox), so that
     version is still superseded. A failed search leaves the plan as it is: the new version is
@@ -107,17 +106,13 @@ async def with_server_previous(
     if (
         plan.previous is not None
         or review.version < 2
-        or not settings.fhir.base_url
+        or fhir is None
         or "document-reference" not in plan.outputs
     ):
         return plan
-    from adapter.errors import TransportError
-    from adapter.service.deliver import fhir_client
-
     params = {"identifier": f"{REVIEW_SYSTEM}|{review.review_id}", "status": "current"}
     try:
-        async with fhir_client(settings.fhir, transport=transport) as client:
-            response = await client.request("GET", "DocumentReference", params=params)
+        response = await fhir.request("GET", "DocumentReference", params=params)
     except TransportError:
         return plan
     if not response.ok or response.body is None:
@@ -205,8 +200,8 @@ def _issuer(system: str, tables: Tables) -> str:
 
 
 def _document(plan: NotePlan, tables: Tables, **fields: Any) -> DocumentMessage:
+    # Lazy (downward) for start-up time only: hl7apy, when an HL7 note is built.
     from adapter.hl7.mdm import DocumentMessage
-    from adapter.hl7.model import OrderPatient, PatientIdentifier, Provider
     from adapter.review.orders import study_facts
 
     review, ctx = plan.review, plan.ctx
@@ -337,10 +332,9 @@ def note_rows(
     chosen = [(name, output) for name, output in wanted if output in plan.outputs]
     if not chosen:
         return rows
+    # Lazy (downward) for start-up time only: hl7apy.
     from adapter.hl7.deliverer import new_control_id
     from adapter.hl7.mdm import build_document_message
-    from adapter.hl7.profiles import load_profiles
-    from adapter.review.service import receivers_dir
 
     profiles = load_profiles(receivers_dir(settings))
     now = datetime.now(UTC)

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from adapter.mapping.tables import Tables
-from adapter.review.model import ReviewInput
+from adapter.mapping.review_input import ReviewInput
+from adapter.tables import Tables
 
 JSON = dict[str, Any]
 NoteState = Literal["final", "incomplete", "amended", "concern-withdrawn"]

@@ -7,26 +7,26 @@ behind the same outbox, so what works on a laptop is what runs against the EHR.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adapter.config import FhirSettings, Settings, is_loopback
+from adapter.config import Settings, is_loopback
 from adapter.errors import ConfigError
+from adapter.hl7.profiles import DOCUMENT_MESSAGES, load_profiles, receivers_dir
+from adapter.ingest.pipeline import IngestResult, Status
+from adapter.jobs.output import bundle_label, write_json_atomic
+from adapter.jobs.retry_policies import fhir_policy, label_policy, receiver_policies
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
-from adapter.service.ingest import IngestResult, Status
-from adapter.service.output import bundle_label, write_json_atomic
-from adapter.service.retry_policies import fhir_policy, label_policy, receiver_policies
 from adapter.store.identity import HeldRow, IngestedStudy, IngestWrite
 from adapter.store.outbox import Outbox, Row
 
 if TYPE_CHECKING:
     import httpx
 
-    from adapter.fhir.client import Capabilities, FhirClient
+    from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
 
@@ -115,47 +115,6 @@ def held_by_store(result: IngestResult, held: Mapping[str, int]) -> IngestResult
     return replace(result, studies=studies)
 
 
-def fhir_client(
-    fhir: FhirSettings, *, transport: httpx.AsyncBaseTransport | None = None
-) -> FhirClient:
-    from adapter.fhir.auth import BearerToken, SmartBackendAuth
-    from adapter.fhir.client import FhirClient, Timeouts, TlsSettings
-
-    auth: httpx.Auth | None = None
-    if fhir.auth == "bearer":
-        token = os.environ.get(fhir.token_env, "")
-        if not token:
-            raise ConfigError("fhir.token_env", f"environment variable {fhir.token_env} is empty")
-        auth = BearerToken(token)
-    elif fhir.auth == "smart":
-        tls = TlsSettings(fhir.ca_bundle, fhir.client_cert, fhir.client_key)
-        verify = tls.context() if fhir.token_url.startswith("https:") else True
-        auth = SmartBackendAuth.from_key_file(
-            fhir.private_key,
-            token_url=fhir.token_url,
-            client_id=fhir.client_id,
-            key_id=fhir.key_id,
-            algorithm=fhir.algorithm,
-            scope=fhir.scope,
-            verify=verify,
-        )
-    return FhirClient(
-        base_url=fhir.base_url,
-        auth=auth,
-        timeouts=Timeouts(
-            connect=fhir.connect_timeout, read=fhir.read_timeout, deadline=fhir.deadline
-        ),
-        tls=TlsSettings(fhir.ca_bundle, fhir.client_cert, fhir.client_key),
-        transport=transport,
-        max_connections=max(fhir.concurrency, 1),
-    )
-
-
-async def read_capabilities(settings: Settings) -> Capabilities:
-    async with fhir_client(settings.fhir) as client:
-        return await client.capabilities()
-
-
 async def deliver(
     outbox: Outbox,
     settings: Settings,
@@ -164,11 +123,14 @@ async def deliver(
     forever: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
     out_dir: Path | None = None,
+    fhir: FhirClient | None = None,
 ) -> DrainReport:
     """Deliver open rows (all, or ``ids``) until each is delivered, dead or held.
 
     HL7 rows go over MLLP when ``hl7.mllp`` is set, else into ``out_dir/hl7`` as files (the
-    embedded default); without either they wait.
+    embedded default); without either they wait. ``fhir`` is the process's client for
+    ``fhir.base_url`` (see :func:`adapter.jobs.fhir.fhir_session`): rows for that server use
+    it; a client is opened here only for rows left for another server, or when none is given.
     """
     async with AsyncExitStack() as stack:
         deliverers: dict[tuple[str, str], Deliverer] = {}
@@ -181,11 +143,19 @@ async def deliver(
             if destination == FILES:
                 deliverers[(destination, target)] = FileDeliverer(Path(target))
             elif destination == FHIR and settings.fhir.base_url in ("", target):
-                from adapter.fhir.delivery import FhirDeliverer  # httpx, PyJWT: FHIR only
+                # Downward and lazy for start-up time only: httpx, PyJWT (FHIR destinations).
+                from adapter.fhir.connect import fhir_client
+                from adapter.fhir.delivery import FhirDeliverer
 
-                # Rows keep the server they were meant for; the settings give auth and limits.
-                fhir = replace(settings.fhir, base_url=target)
-                client = await stack.enter_async_context(fhir_client(fhir, transport=transport))
+                if fhir is not None and fhir.base_url == target:
+                    client = fhir  # the process's one client: not closed here
+                else:
+                    # Rows keep the server they were meant for; the settings give auth and
+                    # limits.
+                    server = replace(settings.fhir, base_url=target)
+                    client = await stack.enter_async_context(
+                        fhir_client(server, transport=transport)
+                    )
                 deliverers[(destination, target)] = FhirDeliverer(
                     client, reconcile=settings.fhir.reconcile
                 )
@@ -233,8 +203,6 @@ async def _hl7_deliverers(
     from adapter.hl7.client import MllpClient, client_tls_context
     from adapter.hl7.deliverer import Hl7Deliverer, Hl7FileDeliverer
     from adapter.hl7.document_deliverer import Hl7DocumentDeliverer
-    from adapter.hl7.profiles import DOCUMENT_MESSAGES, load_profiles
-    from adapter.review.service import receivers_dir
 
     profiles = load_profiles(receivers_dir(settings))
     found: dict[tuple[str, str], Deliverer] = {}
@@ -278,7 +246,4 @@ async def _hl7_deliverers(
 def _hl7_policies(
     settings: Settings, profile_names: set[str]
 ) -> dict[tuple[str, str], RetryPolicy]:
-    from adapter.hl7.profiles import load_profiles
-    from adapter.review.service import receivers_dir
-
     return receiver_policies(HL7, load_profiles(receivers_dir(settings)), profile_names)

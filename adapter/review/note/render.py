@@ -24,7 +24,7 @@ import jinja2
 from markupsafe import escape
 
 from adapter.errors import ConfigError
-from adapter.note.facts import ReviewNote
+from adapter.review.note.facts import ReviewNote
 
 COLUMNS = 78
 _RENDER_LOCK = threading.Lock()

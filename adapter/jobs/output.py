@@ -19,12 +19,15 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapter.dicom.models import RejectionKind
 from adapter.errors import ConfigError
+from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome
 from adapter.private import private_dir, replace_private
-from adapter.service.ingest import IngestResult, Status, StudyOutcome
+
+if TYPE_CHECKING:  # the KOS builder imports pydicom: loaded only where a label is built
+    from adapter.label.service import LabelOutcome
 
 # A quarantined file larger than this is listed but not copied.
 MAX_QUARANTINE_COPY = 64 * 1024 * 1024
@@ -143,3 +146,12 @@ def _quarantine(source: Path, folder: Path) -> Path | None:
         return target
     except (OSError, ConfigError):
         return None
+
+
+def add_to_report(report: dict[str, Any], outcomes: dict[str, LabelOutcome], out_dir: Path) -> None:
+    """Add each study's label outcome to ``report.json`` (and rewrite it)."""
+    for entry in report.get("studies", []):
+        outcome = outcomes.get(entry.get("study_instance_uid", ""))
+        if outcome is not None:
+            entry["pacs_label"] = outcome.as_json()
+    write_json_atomic(out_dir / "report.json", report)

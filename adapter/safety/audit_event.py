@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from adapter.mapping.identifiers import full_url, patient_identifier, study_identifier
-from adapter.mapping.tables import Tables
 from adapter.store.audit import SYSTEM, AuditRecord
 from adapter.store.studies import StudyRecord
+from adapter.tables import Tables
 
 JSON = dict[str, Any]
 # audit event -> AuditEvent.action (R4 audit-event-action: C create, R read, U update, E execute)

@@ -1,10 +1,10 @@
 """The oncologist's review as input: a validated, immutable model and its JSON Schema.
 
-``docs/review.schema.json`` is generated from this model (``python -m adapter.review.model``)
-and a test keeps the two equal, so integration engines validate against exactly what the
-adapter accepts. Rules the schema cannot express (body-site codes come from
-``mappings/body-site.yaml``, a withdrawal needs an earlier version) are checked by
-:func:`parse_review`.
+``docs/review.schema.json`` is generated from this model
+(``python -m adapter.mapping.review_input``) and a test keeps the two equal, so integration
+engines validate against exactly what the adapter accepts. Rules the schema cannot express
+(body-site codes come from ``mappings/body-site.yaml``, a withdrawal needs an earlier
+version) are checked by :func:`parse_review`.
 
 Errors name the field as a JSON pointer (``/findings/0/urgency``) and never echo the value: a
 review carries patient data.
@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from adapter.errors import AdapterError
-from adapter.mapping.tables import Tables
+from adapter.tables import Tables
 
 SCHEMA_ID = "urn:rtplan:schema:review:1"
 Category = Literal["new-tumour", "metastasis", "other-pathology"]

@@ -23,8 +23,8 @@ from typing import Any
 
 from adapter.mapping.identifiers import conditional_url, full_url
 from adapter.mapping.review_bundle import REVIEW_SYSTEM, StudyContext, study_reference
-from adapter.mapping.tables import Tables
-from adapter.note.facts import ReviewNote
+from adapter.review.note.facts import ReviewNote
+from adapter.tables import Tables
 
 JSON = dict[str, Any]
 NOTE_SYSTEM = "urn:rtplan:review-note"

@@ -19,7 +19,7 @@ from adapter.hl7.inbound import InboundMessage
 from adapter.mapping.identifiers import full_url
 from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import RADIOLOGY_TASK_SYSTEM
-from adapter.mapping.tables import Tables
+from adapter.tables import Tables
 
 JSON = dict[str, Any]
 RADIOLOGY_REPORT_SYSTEM = "urn:rtplan:radiology-report"

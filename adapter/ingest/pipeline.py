@@ -1,6 +1,6 @@
 """The ingest job: files -> headers -> studies -> decisions -> transaction Bundles.
 
-``run_ingest`` decides and maps but writes nothing; a sink (``adapter.service.output``) or, in
+``run_ingest`` decides and maps but writes nothing; a sink (``adapter.jobs.output``) or, in
 later issues, the outbox takes the result. Every input file ends in exactly one place: an
 instance of a study outcome, or a rejection. Nothing is skipped silently.
 """
@@ -27,8 +27,9 @@ from adapter.mapping.bundle import study_bundle
 from adapter.mapping.fhir_text import without_control_characters
 from adapter.mapping.imaging_study import MappingOptions
 from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions
-from adapter.mapping.tables import Tables
+from adapter.store.identity import drift_reason
 from adapter.store.studies import StudyRecord, study_record
+from adapter.tables import Tables
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -90,6 +91,16 @@ def log_key(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """Files read, grouped into studies and classified; nothing mapped yet."""
+
+    decisions: tuple[tuple[StudySummary, Classification], ...]
+    rejections: tuple[Rejection, ...]
+    files: int
+    deferred: Mapping[str, int]
+
+
 def run_ingest(
     paths: Sequence[Path],
     settings: Settings,
@@ -101,11 +112,22 @@ def run_ingest(
 ) -> IngestResult:
     """Read every DICOM file under ``paths`` and map each planning study to a Bundle.
 
-    ``prior_lookup`` checks for prior cross-sectional imaging (I/O) before the pure mapping.
-    By default it asks the configured FHIR server; on the embedded default (no server) the
-    check is recorded as not performed. ``known`` gives the store's record of a study: a study
-    whose patient disagrees with it (or within itself) is held (``held-identity``).
+    ``prior_lookup`` checks for prior cross-sectional imaging (I/O) before the pure mapping;
+    without one the check is recorded as not performed (the async job
+    ``adapter.jobs.ingest.read_and_map`` runs it with the process's FHIR client). ``known``
+    gives the store's record of a study: a study whose patient disagrees with it (or within
+    itself) is held (``held-identity``).
     """
+    decided = read_and_decide(paths, settings, tables, progress=progress)
+    to_check = studies_to_check(decided, settings)
+    priors = prior_lookup(to_check) if prior_lookup is not None and to_check else {}
+    return map_decided(decided, settings, tables, priors=priors, known=known)
+
+
+def read_and_decide(
+    paths: Sequence[Path], settings: Settings, tables: Tables, *, progress: Progress | None = None
+) -> Decided:
+    """Read the files, group them into studies and decide which are planning scans."""
     workers = settings.ingest.workers or os.cpu_count() or 1
     headers, rejections = read_all(
         paths, default_tz=settings.ingest.zone, workers=workers, progress=progress
@@ -114,24 +136,40 @@ def run_ingest(
     studies = group_studies(headers)
     rt = RTIndex.from_studies(studies)
     rules = tables.rules_table("classification-rules")
+    decisions = tuple(
+        (study, classify(study, rt, rules, min_supporting=settings.ingest.min_supporting_evidence))
+        for study in studies
+    )
+    deferred = Counter(h.deferred for h in headers if h.deferred)
+    deferred.update(r.deferred for r in rejections if r.deferred)
+    return Decided(decisions, tuple(rejections), files, dict(sorted(deferred.items())))
+
+
+def studies_to_check(decided: Decided, settings: Settings) -> list[StudySummary]:
+    """The planning studies that will be mapped: the prior-imaging check asks about each."""
+    return [
+        s
+        for s, d in decided.decisions
+        if d.is_planning and _will_map(s, d, settings) and not _inconsistent_patient(s)
+    ]
+
+
+def map_decided(
+    decided: Decided,
+    settings: Settings,
+    tables: Tables,
+    *,
+    priors: Mapping[str, PriorImaging],
+    known: KnownStudy | None = None,
+) -> IngestResult:
+    """Map each decided study (pure, apart from ``known``, the store's record lookup)."""
     options = MappingOptions(
         create_patient=settings.fhir.create_patient,
         wado_rs_base_url=settings.archive.wado_rs_base_url,
         archive_name=settings.archive.name,
     )
-    decisions = [
-        (study, classify(study, rt, rules, min_supporting=settings.ingest.min_supporting_evidence))
-        for study in studies
-    ]
-    to_check = [
-        s
-        for s, d in decisions
-        if d.is_planning and _will_map(s, d, settings) and not _inconsistent_patient(s)
-    ]
-    lookup = prior_lookup or _default_prior_lookup(settings, tables)
-    priors = lookup(to_check) if to_check else {}
     outcomes = []
-    for study, decision in decisions:
+    for study, decision in decided.decisions:
         prior = priors.get(study.study_instance_uid, _not_performed(settings))
         outcome = _decide(study, decision, settings, tables, options, prior)
         outcome = _check_identity(study, outcome, known)
@@ -139,11 +177,9 @@ def run_ingest(
             "study %s: %s (%d instances)", outcome.key, outcome.status.value, outcome.instances
         )
         outcomes.append(outcome)
-    for rejection in rejections:
+    for rejection in decided.rejections:
         log.warning("file %s: %s", rejection.kind.value, rejection.reason)
-    deferred = Counter(h.deferred for h in headers if h.deferred)
-    deferred.update(r.deferred for r in rejections if r.deferred)
-    return IngestResult(tuple(outcomes), tuple(rejections), files, dict(sorted(deferred.items())))
+    return IngestResult(tuple(outcomes), decided.rejections, decided.files, decided.deferred)
 
 
 def _will_map(study: StudySummary, decision: Classification, settings: Settings) -> bool:
@@ -183,8 +219,6 @@ def _check_identity(
     stored = known(study.study_instance_uid) if known is not None else None
     if stored is None or outcome.record is None:
         return outcome
-    from adapter.store.identity import drift_reason
-
     problem = drift_reason(stored, outcome.record)
     if not problem:
         return outcome
@@ -194,19 +228,6 @@ def _check_identity(
 def _not_performed(settings: Settings) -> PriorImaging:
     review = settings.review
     return PriorImaging(window_days=review.prior_imaging_days, modalities=review.modalities)
-
-
-def _default_prior_lookup(settings: Settings, tables: Tables) -> PriorLookup:
-    def lookup(studies: Sequence[StudySummary]) -> Mapping[str, PriorImaging]:
-        if not settings.fhir.base_url:
-            return {}
-        import asyncio
-
-        from adapter.review.prior import check_all
-
-        return asyncio.run(check_all(studies, settings, tables))
-
-    return lookup
 
 
 def review_task_options(settings: Settings) -> ReviewTaskOptions:
