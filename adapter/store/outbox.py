@@ -45,7 +45,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adapter.errors import ConfigError
 from adapter.private import private_dir, touch_private
@@ -54,13 +54,11 @@ from adapter.store import studies as study_records
 from adapter.store.audit import AuditRecord
 from adapter.store.db import DRIVER_ERRORS, Database, DbRow, Dialect, open_database
 from adapter.store.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
+from adapter.store.labels import LabelStore
 from adapter.store.migrations import migrate
+from adapter.store.reviews import ReviewVersions
 from adapter.store.studies import StudyRecord
-
-if TYPE_CHECKING:
-    from adapter.store.labels import LabelStore
-    from adapter.store.reviews import ReviewVersions
-    from adapter.store.timers import Timers
+from adapter.store.timers import SteadyClock, Timers
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -207,8 +205,6 @@ class Outbox:
     def reviews(self) -> ReviewVersions:
         """The latest accepted version of each review, in the same database."""
         if self._reviews is None:
-            from adapter.store.reviews import ReviewVersions
-
             self._reviews = ReviewVersions(self._db)
         return self._reviews
 
@@ -601,8 +597,6 @@ class Outbox:
     def timers(self, clock: Callable[[], float] | None = None) -> Timers:
         """The escalation timers kept in the same database (one per handle). ``clock``: a
         handle on its own steady clock instead (tests of wall-clock jumps and restarts)."""
-        from adapter.store.timers import SteadyClock, Timers
-
         if clock is not None:
             return Timers(self._db, clock)
         if self._timers is None:
@@ -611,8 +605,6 @@ class Outbox:
 
     def labels(self) -> LabelStore:
         """The PACS label records kept in the same database file (issue 12)."""
-        from adapter.store.labels import LabelStore
-
         return LabelStore(self._db, self._clock)
 
     # -- reading --------------------------------------------------------------------------
