@@ -30,14 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import psycopg
-from psycopg.pq import TransactionStatus
-
 from adapter.errors import ConfigError
 
 Params = Sequence[Any]
-DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.DatabaseError, psycopg.Error)
-"""What either driver raises for a database it cannot use (see ``Outbox.__init__``)."""
 APPEND_LOCK = 0x7274_706C  # "rtpl": pg_advisory_xact_lock key of exclusive writes
 
 
@@ -117,6 +112,8 @@ class Database:
         self.dialect = dialect
         self.name = name  # the file path or the redacted URL: safe to print
         self._conn = connection
+        self.driver_errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
+        """What this driver raises for a database it cannot use (see ``Outbox.__init__``)."""
         self._depth = 0
         self._holds_append_lock = False
 
@@ -141,6 +138,10 @@ class Database:
 
     @classmethod
     def open_postgresql(cls, url: str) -> Database:
+        # Imported here, not at the top: psycopg costs ~0.1 s of start-up that every command
+        # on the embedded SQLite default would otherwise pay (docs/benchmarks.md, start-up).
+        import psycopg
+
         try:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=30)
         except psycopg.Error as exc:
@@ -150,7 +151,9 @@ class Database:
                 first = first.replace(password, "***")
             raise StoreUnavailable("store.url", f"cannot open {redact(url)}: {first}") from None
         conn.row_factory = _pg_row_factory
-        return cls(Dialect.POSTGRESQL, conn, redact(url))
+        database = cls(Dialect.POSTGRESQL, conn, redact(url))
+        database.driver_errors = (psycopg.Error,)
+        return database
 
     def close(self) -> None:
         self._conn.close()
@@ -218,6 +221,8 @@ class Database:
     def in_transaction(self) -> bool:
         if self.dialect is Dialect.SQLITE:
             return bool(self._conn.in_transaction)
+        from psycopg.pq import TransactionStatus  # loaded already: a PostgreSQL handle is open
+
         return bool(self._conn.info.transaction_status != TransactionStatus.IDLE)
 
     @contextlib.contextmanager

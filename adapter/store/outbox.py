@@ -52,7 +52,7 @@ from adapter.private import private_dir, touch_private
 from adapter.store import audit, claims, identity
 from adapter.store import studies as study_records
 from adapter.store.audit import AuditRecord
-from adapter.store.db import DRIVER_ERRORS, Database, DbRow, Dialect, open_database
+from adapter.store.db import Database, DbRow, Dialect, open_database
 from adapter.store.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
 from adapter.store.labels import LabelStore
 from adapter.store.migrations import migrate
@@ -158,7 +158,7 @@ class Outbox:
         self._db = open_database(store, check_same_thread=check_same_thread)
         try:
             migrate(self._db)
-        except DRIVER_ERRORS as exc:  # a database of something else: one line, no traceback
+        except self._db.driver_errors as exc:  # not an outbox: one line, no traceback
             self._db.close()
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(self._db.name, f"not an outbox database ({first})") from None
