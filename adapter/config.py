@@ -313,6 +313,21 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """Which parts of ``rtplan serve`` run in this process (issue 11, docs/operations.md). The
+    C-STORE receiver and the HTTP API are switched by their ports (``dicom.listen_port``,
+    ``http.listen_port``; 0 = off); these two by name, so that two processes on one store can
+    share the work (the API in one, delivery in another)."""
+
+    mllp_listener: bool = True
+    """The MLLP listener for ACKs, order responses and radiologist results (``hl7.listen_*``)."""
+    delivery: bool = True
+    """The outbox worker and the escalation check. False: rows are only stored (by the API, the
+    receiver, the listener) and another process delivers them (``rtplan serve`` with
+    ``delivery: true``, or ``rtplan outbox run --forever``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     """``rtplan serve``'s log (issue 11): JSON lines on stderr, no patient data."""
 
@@ -335,6 +350,7 @@ class Settings:
     note: NoteSettings = field(default_factory=NoteSettings)
     dicom: DicomSettings = field(default_factory=DicomSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 

@@ -385,8 +385,8 @@ def _deliver_later(
 ) -> None:
     """Queue ``ids`` for the one background drainer: requests arriving while it delivers are
     taken in its next batch, so a burst of reviews shares one delivery set-up."""
-    if not ids:
-        return
+    if not ids or not settings.serve.delivery:
+        return  # serve.delivery off: another process's worker delivers them
     state.setdefault("pending", []).extend(ids)
     drainer = state.get("drainer")
     if drainer is None or drainer.done():

@@ -35,6 +35,7 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
     if args.command == "serve":
         # Lazy (downward) for start-up time only: the service loads hl7apy, httpx, FastAPI.
         from adapter.service.logs import configure_service_logging
+        from adapter.service.parts import any_part_on
         from adapter.service.serve import serve
 
         if args.port is not None:
@@ -43,6 +44,12 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
                 validate_settings(settings)
             except ConfigError as exc:
                 raise ConfigError("--port", exc.problem) from None
+        if not any_part_on(settings):
+            raise ConfigError(
+                "serve",
+                "every part is off (serve.mllp_listener, serve.delivery, dicom.listen_port, "
+                "http.listen_port)",
+            )
         # Only a service that will run takes over the process's logging: a usage error does not.
         configure_service_logging(settings.log)
         asyncio.run(serve(settings, args.out))

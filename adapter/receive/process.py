@@ -139,7 +139,7 @@ class StudyProcessor:
                 outcome.instances,
             )
         self.counts["rejected_files"] += len(rejected)
-        if ids:
+        if ids and self.settings.serve.delivery:  # off: another process's worker delivers
             await deliver(self.outbox, self.settings, ids=ids, out_dir=self.out_dir, fhir=self.fhir)
         return Processed(study.key, result.studies, len(rejected), tuple(ids))
 

@@ -48,6 +48,12 @@ class ServiceParts:
             self.outbox.close()
 
 
+def any_part_on(settings: Settings) -> bool:
+    """Whether ``rtplan serve`` with these settings would run anything at all."""
+    on = settings.serve.mllp_listener, settings.serve.delivery
+    return any(on) or bool(settings.dicom.listen_port or settings.http.listen_port)
+
+
 async def start_parts(
     settings: Settings, out_dir: Path | None, tables: Tables, fhir: FhirClient | None = None
 ) -> ServiceParts:

@@ -56,7 +56,8 @@ async def serve(
     started: asyncio.Event | None = None,
     metrics: Metrics | None = None,
 ) -> int:
-    """Run until ``stop`` is set (or a signal arrives); return the listener's port."""
+    """Run until ``stop`` is set (or a signal arrives); return the listener's port (0 when
+    ``serve.mllp_listener`` is off)."""
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     tables = load_tables(settings.mappings_dir)
@@ -80,6 +81,8 @@ async def _serve(
     with Outbox(store_location(settings, out_dir), check_same_thread=False) as inbound_store:
         trust = trust_policy(settings)
         handler = InboundHandler(inbound_store, tables, fhir_targets, trust)
+        # Each part can be off (settings ``serve.*``, ``dicom.listen_port``,
+        # ``http.listen_port``): two processes on one store can then share the work.
         server = MllpServer(
             handler,
             host=hl7.listen_host,
@@ -91,22 +94,25 @@ async def _serve(
             idle_timeout=hl7.listen_idle_timeout,
             accept=trust.may_connect,
         )
-        await server.start()
+        if settings.serve.mllp_listener:
+            await server.start()
+            log.info("listening for HL7 on %s:%d", settings.hl7.listen_host, server.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        log.info("listening for HL7 on %s:%d", settings.hl7.listen_host, server.port)
         try:
             # The C-STORE receiver and the HTTP API (each on when its port is set), with
             # their own store connection on this loop.
             parts = await start_parts(settings, out_dir, tables, fhir)
         except BaseException:
-            await server.aclose()
+            await _close_listener(server, settings)
             raise
         halt = threading.Event()
         background = asyncio.create_task(
             asyncio.to_thread(_background, settings, out_dir, fhir_targets, metrics, halt)
+            if settings.serve.delivery
+            else asyncio.to_thread(halt.wait)
         )
         if started is not None:
             started.set()
@@ -116,11 +122,16 @@ async def _serve(
         finally:
             stopped.cancel()
             await parts.aclose()
-            await server.aclose()
+            await _close_listener(server, settings)
             halt.set()
             await background  # re-raises what stopped the worker, if anything did
             log.info("stopped; inbound %s; metrics %s", handler.stats, dict(metrics.counters))
-        return int(server.port)
+        return int(server.port) if settings.serve.mllp_listener else 0
+
+
+async def _close_listener(server: MllpServer, settings: Settings) -> None:
+    if settings.serve.mllp_listener:
+        await server.aclose()
 
 
 def trust_policy(settings: Settings) -> TrustPolicy:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from adapter.config import DicomSettings, HttpSettings, LogSettings, load_settings
+from adapter.config import (
+    DicomSettings,
+    HttpSettings,
+    LogSettings,
+    ServeSettings,
+    load_settings,
+)
 from tests.support import ROOT
 
 DOCS = ROOT / "docs"
@@ -26,6 +32,7 @@ def test_the_configuration_example_gives_the_dicom_and_http_defaults(tmp_path: P
     settings = load_settings(config, env={})
     assert settings.dicom == DicomSettings() and settings.http == HttpSettings()
     assert settings.log == LogSettings()
+    assert settings.serve == ServeSettings(mllp_listener=True, delivery=True)
 
 
 def test_the_operations_example_loads_as_documented(tmp_path: Path) -> None:
@@ -38,7 +45,13 @@ def test_the_operations_example_loads_as_documented(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("section", "cls"), [("dicom", DicomSettings), ("http", HttpSettings), ("log", LogSettings)]
+    ("section", "cls"),
+    [
+        ("dicom", DicomSettings),
+        ("http", HttpSettings),
+        ("log", LogSettings),
+        ("serve", ServeSettings),
+    ],
 )
 def test_every_service_setting_is_documented(section: str, cls: type) -> None:
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
@@ -58,3 +71,13 @@ def test_the_operations_doc_names_its_commands_as_the_tests_run_them() -> None:
     text = (DOCS / "operations.md").read_text(encoding="utf-8")
     assert "rtplan serve --config rtplan.yaml --out DIR" in text  # test_serve_service.py
     assert "python -m adapter.api.openapi" in text  # test_http_api.py
+
+
+def test_the_documented_part_switches_as_environment_overrides() -> None:
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    for name in ("RTPLAN_SERVE__DELIVERY=false", "RTPLAN_SERVE__MLLP_LISTENER=false"):
+        assert f"`{name}`" in text
+    env = {"RTPLAN_SERVE__DELIVERY": "false", "RTPLAN_SERVE__MLLP_LISTENER": "false"}
+    assert load_settings(None, env=env).serve == ServeSettings(mllp_listener=False, delivery=False)
+    assert "rtplan serve --config api.yaml --out DIR" in text  # test_serve_parts.py
+    assert "rtplan serve --config worker.yaml --out DIR" in text

@@ -1,0 +1,137 @@
+"""Each part of ``rtplan serve`` switched by setting (docs/operations.md "Deployment"): two real
+``serve`` processes on one store share the work, the API in one (``serve.delivery: false``,
+``serve.mllp_listener: false``) and delivery in the other; a configuration with every part off
+is a usage error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapter.cli import main
+from tests.peers.launch import free_port
+from tests.receive_support import wait_for
+from tests.support import FIXTURES, ROOT
+
+pytestmark = pytest.mark.peer
+PLANNING = FIXTURES / "dicom" / "planning-ct"
+TOKEN = "parts-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def study_uid() -> str:
+    from pydicom import dcmread
+
+    first = sorted(PLANNING.glob("*_CT_0001.dcm"))[0]
+    return str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_serve(config: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "adapter.cli", "serve", "--config", str(config), "--out", str(out)]
+    return subprocess.Popen(cmd, cwd=config.parent, env={**os.environ, "PYTHONPATH": str(ROOT),
+                            **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def stop_serve(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    return stderr
+
+
+def review_rows(api: httpx.Client, review_id: str) -> list[dict[str, Any]]:
+    answer = api.get(f"/reviews/{review_id}", headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    return [*body["rows"], *body["orders"]]
+
+
+def test_api_process_only_stores_and_a_delivery_process_delivers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["ingest", str(PLANNING), "--out", str(out)]) == 0
+    capsys.readouterr()
+    (tmp_path / "tokens").write_text(f"{TOKEN}\n")
+    http_port, api_hl7_port, worker_hl7_port = free_port(), free_port(), free_port()
+    api_config = tmp_path / "api.yaml"
+    api_config.write_text(
+        f"http:\n  listen_port: {http_port}\n  tokens_file: {tmp_path / 'tokens'}\n"
+        f"hl7:\n  listen_port: {api_hl7_port}\n"
+        "serve:\n  mllp_listener: false\n  delivery: false\n"
+    )
+    worker_config = tmp_path / "worker.yaml"
+    worker_config.write_text(f"hl7:\n  listen_port: {worker_hl7_port}\n")
+    api_proc = start_serve(api_config, out, {})
+    worker: subprocess.Popen[str] | None = None
+    try:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", trust_env=False, timeout=10)
+
+        def up() -> bool:
+            assert api_proc.poll() is None, api_proc.communicate()[1][-3000:]
+            try:
+                return api.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=60, what="the API process to start")
+        assert not listening(api_hl7_port)  # serve.mllp_listener: false
+        data = json.loads((FIXTURES / "reviews" / "concern.json").read_text())
+        body = {**data, "study_instance_uid": study_uid(), "review_id": "REV-PARTS-1"}
+        answer = api.post("/reviews", json=body, headers=AUTH)
+        assert answer.status_code == 202, answer.text
+        rows = review_rows(api, "REV-PARTS-1")
+        assert rows and {r["state"] for r in rows} == {"pending"}
+        # Nothing in this process delivers them (no worker, no hand-over from the API): with
+        # either on, the files are written within a second on this loopback set-up.
+        time.sleep(3)
+        assert api_proc.poll() is None, api_proc.communicate()[1][-3000:]
+        assert {r["state"] for r in review_rows(api, "REV-PARTS-1")} == {"pending"}
+        assert not list(out.glob("hl7/*.hl7"))
+        # ... the delivery process does: the defaults, switched off only by the environment.
+        worker = start_serve(
+            worker_config, out, {"RTPLAN_HTTP__LISTEN_PORT": "0", "RTPLAN_SERVE__DELIVERY": "true"}
+        )
+
+        def delivered() -> bool:
+            assert worker is not None and worker.poll() is None, worker.communicate()[1][-3000:]
+            return {r["state"] for r in review_rows(api, "REV-PARTS-1")} == {"delivered"}
+
+        wait_for(delivered, timeout=60, what="the delivery process to deliver the review")
+        assert listening(worker_hl7_port)  # serve.mllp_listener defaults to on
+        assert list((out / "hl7").glob("*.hl7")), "the radiology order was not written"
+        api.close()
+    finally:
+        api_stderr = stop_serve(api_proc)
+        if worker is not None:
+            stop_serve(worker)
+    assert "listening for HL7" not in api_stderr
+
+
+def test_serve_with_every_part_off_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "off.yaml"
+    config.write_text("serve:\n  mllp_listener: false\n  delivery: false\n")
+    assert main(["serve", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rtplan: config serve: every part is off"), err
+    assert "Traceback" not in "".join(err)
