@@ -18,7 +18,9 @@ Run in the project venv from the repository root::
    against ``rtplan ingest FILES --out`` of the same files (fresh output folders): studies/s.
 3. **API**: ``--posts`` review POSTs (valid reviews of one ingested study, distinct review ids)
    one at a time over one keep-alive connection, store on SQLite; latency of each 202;
-   reviews/s and p50/p99. (PostgreSQL: the adapter has no PostgreSQL store yet.)
+   reviews/s and p50/p99, for each ``--api-layouts`` entry: ``thread`` (delivery in the API's
+   process) and ``process`` (``serve.delivery: false``; a second ``rtplan serve`` delivers),
+   then the time until every row is delivered. (PostgreSQL: not measured on this branch.)
 
 Results go to stdout as Markdown (``bench/results/service.md``).
 """
@@ -36,7 +38,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,14 +127,26 @@ def backload(work: Path) -> dict[str, object]:
             "studies_per_s": {k: len(cases) / v for k, v in seconds.items()}}  # fmt: skip
 
 
-def api(posts: int, work: Path) -> dict[str, object]:
+def api(posts: int, work: Path, layouts: list[str]) -> dict[str, object]:
+    """Each layout in turn, on a fresh output folder: ``thread`` (the API hands accepted rows to
+    a delivery thread in its own process, ``serve.delivery: true``) and ``process`` (the API
+    only stores, ``serve.delivery: false``, and a second ``rtplan serve`` with only delivery on
+    delivers from the same store, as docs/operations.md recommends)."""
+    results: dict[str, object] = {}
+    for layout in layouts:
+        results[layout] = _api_layout(posts, work / f"api-{layout}", layout)
+    return results
+
+
+def _api_layout(posts: int, work: Path, layout: str) -> dict[str, object]:
     import httpx  # noqa: F401 - the client used by tests.api_support
 
     from adapter.cli import main
-    from adapter.config import load_settings
+    from adapter.config import ServeSettings, load_settings
     from tests.api_support import TOKEN, api_settings, running_api
 
-    out = work / "api-out"
+    work.mkdir(parents=True)
+    out = work / "out"
     with contextlib.redirect_stdout(io.StringIO()):
         main(["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out)])
     review = json.loads((FIXTURES / "reviews" / "no-finding.json").read_text())
@@ -140,24 +156,79 @@ def api(posts: int, work: Path) -> dict[str, object]:
     review["study_instance_uid"] = str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
     latencies = []
     settings = api_settings(load_settings(None, env={}), work)
+    worker = None
+    if layout == "process":
+        settings = replace(settings, serve=ServeSettings(mllp_listener=False, delivery=False))
+        config = work / "worker.yaml"
+        config.write_text(f"hl7:\n  listen_port: {free_port()}\nlog:\n  level: WARNING\n")
+        cmd = [sys.executable, "-m", "adapter.cli", "serve", "--config", str(config),
+               "--out", str(out)]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RTPLAN_SERVE__MLLP_LISTENER": "false"}
+        worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    with running_api(settings, out) as client:
-        started = time.perf_counter()
-        for number in range(posts):
-            body = {**review, "review_id": f"BENCH-{number}"}
-            sent = time.perf_counter()
-            answer = client.post("/reviews", json=body, headers=headers)
-            latencies.append(time.perf_counter() - sent)
-            assert answer.status_code == 202, answer.text
-        total = time.perf_counter() - started
+    probes: list[float] = []
+    posting = threading.Event()
+    try:
+        with running_api(settings, out) as client:
+            # GET /healthz on a second connection while the POSTs run: the serving loop's
+            # responsiveness (a POST built on the loop would hold it up).
+            prober = threading.Thread(target=_probe, args=(client, posting, probes))
+            posting.set()
+            prober.start()
+            started = time.perf_counter()
+            for number in range(posts):
+                body = {**review, "review_id": f"BENCH-{number}"}
+                sent = time.perf_counter()
+                answer = client.post("/reviews", json=body, headers=headers)
+                latencies.append(time.perf_counter() - sent)
+                assert answer.status_code == 202, answer.text
+            total = time.perf_counter() - started
+            posting.clear()
+            prober.join()
+            # Every accepted review delivered (by the thread or by the other process).
+            while True:
+                rows = client.get("/outbox", headers=headers).json()
+                if all(r["state"] == "delivered" for r in rows):
+                    break
+                assert worker is None or worker.poll() is None, "the delivery process stopped"
+                time.sleep(0.2)
+            drained = time.perf_counter() - started
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(60)
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     return {
         "posts": posts,
         "reviews_per_s": posts / total,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p90_ms": 1000 * latencies[int(len(latencies) * 0.9)],
         "p99_ms": 1000 * p99,
+        "max_ms": 1000 * latencies[-1],
+        "all_delivered_after_s": drained,
+        "healthz_during_posts": _percentiles(probes),
     }
+
+
+def _probe(client: object, posting: threading.Event, probes: list[float]) -> None:
+    import httpx
+
+    assert isinstance(client, httpx.Client)
+    with httpx.Client(base_url=client.base_url, timeout=30, trust_env=False) as own:
+        while posting.is_set():
+            sent = time.perf_counter()
+            assert own.get("/healthz").status_code == 200
+            probes.append(time.perf_counter() - sent)
+            time.sleep(0.05)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    at = lambda q: 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q))]  # noqa: E731
+    return {"n": len(ordered), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": 1000 * ordered[-1]}
 
 
 def main() -> None:
@@ -167,6 +238,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--posts", type=int, default=300)
     parser.add_argument("--parts", default="cstore,backload,api", help="comma-separated")
+    parser.add_argument(
+        "--api-layouts", default="thread,process", help="comma-separated: thread, process"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if args.quick:
@@ -181,7 +255,7 @@ def main() -> None:
             },
             "cstore": cstore(args.slices, args.rounds, work) if "cstore" in parts else None,
             "backload": backload(work) if "backload" in parts else None,
-            "api": api(args.posts, work) if "api" in parts else None,
+            "api": api(args.posts, work, args.api_layouts.split(",")) if "api" in parts else None,
             "load_after": os.getloadavg(),
         }
     print("```json")

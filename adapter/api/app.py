@@ -214,10 +214,15 @@ def create_app(
         except ReviewError as exc:
             return _invalid(exc.problems)
         store = outbox()
+        from adapter.api.intake import submit_off_loop
+
         try:
-            result = await submit_review_async(
-                review, settings, out_dir=out_dir, tables=tables, deliver=False, fhir=fhir
-            )
+            if settings.fhir.base_url:  # mapped against the server: the process's one client
+                result = await submit_review_async(
+                    review, settings, out_dir=out_dir, tables=tables, deliver=False, fhir=fhir
+                )
+            else:  # CPU and the store only: off the serving loop (adapter/api/intake.py)
+                result = await submit_off_loop(review, settings, out_dir, tables)
         except StaleReviewError as exc:  # not newer than the accepted version (versions.py)
             detail = "; ".join(message for _, message in exc.problems)
             return JSONResponse({"detail": f"stale version: {detail}"}, 409)
