@@ -167,12 +167,14 @@ def create_app(
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Problem}})
     async def readyz() -> Any:
-        try:
-            outbox().counts()
-        except Exception:  # any store failure means not ready
-            return JSONResponse({"detail": "store not reachable"}, 503)
-        if settings.fhir.base_url and not await _fhir_reachable(settings, fhir):
-            return JSONResponse({"detail": "FHIR server not reachable"}, 503)
+        from adapter.api.readiness import readiness_problems  # every dependency, at once
+
+        found = state.get("outbox")
+        store = found if isinstance(found, Outbox) else None
+        fhir_ready = _fhir_reachable(settings, fhir) if settings.fhir.base_url else None
+        problems = await readiness_problems(settings, out_dir, store, fhir_ready)
+        if problems:
+            return JSONResponse({"detail": "; ".join(problems)}, 503)
         return Health(status="ready")
 
     @app.get("/metrics", dependencies=auth, responses=UNAUTHORIZED, response_class=Response)
