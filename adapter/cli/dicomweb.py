@@ -67,6 +67,7 @@ async def run_dicomweb_ingest(
         **report["summary"],
         "studies_found": done.found,
         "studies_already_done": done.skipped,
+        "studies_incomplete_at_archive": done.incomplete,
         "delivery": {"delivered": done.delivered, "dead": done.dead, "held": done.held},
     }
     if args.json:
@@ -75,13 +76,14 @@ async def run_dicomweb_ingest(
     else:
         print(
             f"{done.found} studies found, {done.skipped} already done, "
+            f"{done.incomplete} incomplete at the archive (not read), "
             f"{len(done.studies)} read: {document['mapped']} mapped, "
             f"{document['held_not_planning']} not planning (held), "
             f"{document['held_incomplete']} incomplete (held), {document['failed']} failed. "
             f"Delivery: {done.delivered} delivered, {done.dead} gave up, {done.held} held.",
             file=out,
         )
-    ok = result.everything_mapped and done.dead == 0 and done.held == 0
+    ok = result.everything_mapped and done.dead == 0 and done.held == 0 and not done.incomplete
     return EXIT_OK if ok else EXIT_NOT_DONE
 
 

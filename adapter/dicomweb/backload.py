@@ -5,6 +5,11 @@ through the same pipeline as files (classification, mapping, review Task, PACS l
 study's rows and record are stored in one transaction before the next study is read, so an
 interrupted back-load loses at most the study in hand, and a second run skips every study the
 store already has a record of ("resume"). ``--study UID`` always reads that study again.
+
+A study is read only when it is complete at the archive: the instances its WADO-RS metadata
+lists are at least as many as QIDO-RS counts for it ((0020,1208), else the sum of its series'
+(0020,1209); docs/operations.md). One the archive is still receiving is skipped, not recorded,
+and read by the next run, never stored half.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from adapter.config import Settings
 from adapter.dicom.models import Rejection
-from adapter.dicomweb.client import DicomWebSource
+from adapter.dicomweb.client import DicomWebSource, instance_count
 from adapter.dicomweb.convert import write_instances
 from adapter.errors import ConfigError
 from adapter.ingest.pipeline import IngestResult, StudyOutcome, log_key
@@ -41,6 +46,9 @@ class Backload:
 
     found: int = 0
     skipped: int = 0  # already in the store: done by an earlier run
+    # Fewer instances retrieved than the archive counts for the study (QIDO-RS): still
+    # arriving there. Not read, not recorded: the next run reads it again.
+    incomplete: int = 0
     studies: list[StudyOutcome] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     labels: dict[str, LabelOutcome] = field(default_factory=dict)
@@ -93,7 +101,16 @@ async def backload(
             done.skipped += 1
             _say(progress, f"study {number}/{len(uids)} {log_key(uid)}: already done")
             continue
+        expected = await source.expected_instances(uid)  # counted before the read
         items = await source.metadata(uid)
+        if expected is not None and instance_count(items) < expected:
+            done.incomplete += 1
+            _say(
+                progress,
+                f"study {number}/{len(uids)} {log_key(uid)}: incomplete at the archive "
+                f"({instance_count(items)} of {expected} instances), not read; run again later",
+            )
+            continue
         with tempfile.TemporaryDirectory(prefix="rtplan-dicomweb-") as tmp:
             write_instances(items, Path(tmp))
             result = await read_and_map(

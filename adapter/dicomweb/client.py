@@ -23,6 +23,9 @@ from adapter.errors import AdapterError
 
 DICOM_JSON: Final = "application/dicom+json"
 STUDY_UID_TAG: Final = "0020000D"
+SOP_INSTANCE_UID_TAG: Final = "00080018"
+STUDY_COUNT_TAG: Final = "00201208"  # Number of Study Related Instances
+SERIES_COUNT_TAG: Final = "00201209"  # Number of Series Related Instances
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 JSON = dict[str, Any]
 
@@ -58,6 +61,8 @@ class DicomWebSource:
         self.page_size = page_size
         self.limits = limits
         self._last = 0.0
+        # Study UID -> (0020,1208) from its QIDO-RS result, when the archive gave one.
+        self.expected: dict[str, int] = {}
         self._http = httpx.AsyncClient(
             timeout=timeout, transport=transport, trust_env=False, follow_redirects=False
         )
@@ -77,6 +82,7 @@ class DicomWebSource:
         offset = 0
         while True:
             params = {"limit": str(self.page_size), "offset": str(offset)}
+            params["includefield"] = STUDY_COUNT_TAG
             if since:
                 params["StudyDate"] = f"{since}-"
             page = await self._get_json("/studies", params, self.limits.max_page_bytes)
@@ -86,9 +92,30 @@ class DicomWebSource:
                     raise SourceError("QIDO-RS /studies", "a result without a valid study UID")
                 if uid not in found:
                     found.append(uid)
+                count = _count(item, STUDY_COUNT_TAG)
+                if count is not None:
+                    self.expected[uid] = count
             if len(page) < self.page_size:
                 return found
             offset += len(page)
+
+    async def expected_instances(self, study_uid: str) -> int | None:
+        """How many instances the archive says the study has: (0020,1208) from the study's
+        QIDO-RS result, else the sum of its series' (0020,1209) (QIDO-RS
+        ``/studies/{uid}/series``); None when the archive gives neither."""
+        if study_uid in self.expected:
+            return self.expected[study_uid]
+        _check_uid(study_uid, "--study")
+        series = await self._get_json(
+            f"/studies/{study_uid}/series",
+            {"includefield": SERIES_COUNT_TAG},
+            self.limits.max_page_bytes,
+            where="QIDO-RS study series",
+        )
+        counts = [_count(item, SERIES_COUNT_TAG) for item in series]
+        if not counts or any(c is None for c in counts):
+            return None
+        return sum(c for c in counts if c is not None)
 
     async def metadata(self, study_uid: str) -> list[JSON]:
         """The study's instances as DICOM JSON objects (WADO-RS ``/metadata``)."""
@@ -146,6 +173,26 @@ def _first(item: JSON, tag: str) -> object:
         return None
     values = element.get("Value")
     return values[0] if isinstance(values, list) and values else None
+
+
+def _count(item: JSON, tag: str) -> int | None:
+    """A count attribute (IS, or a number in DICOM JSON); None when absent or not a count."""
+    value = _first(item, tag)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def instance_count(items: list[JSON]) -> int:
+    """Distinct SOP Instance UIDs among the study's metadata items (an item without one still
+    counts once: the reader reports it)."""
+    uids = {_first(item, SOP_INSTANCE_UID_TAG) for item in items}
+    unnamed = sum(1 for item in items if _first(item, SOP_INSTANCE_UID_TAG) is None)
+    return len(uids - {None}) + unnamed
 
 
 def _check_uid(uid: str, where: str) -> None:
