@@ -10,6 +10,7 @@ proxy (tests/peers/dicomweb_proxy.py):
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def test_a_study_still_arriving_at_the_archive_is_read_only_once_complete(
         assert summary["studies_found"] == 1 and summary["studies_incomplete_at_archive"] == 1
         assert summary["mapped"] == 0
         total = len(PLANNING)
-        assert f"{log_key(uid)}: incomplete at the archive ({total - 1} of {total} instances)" in err
+        line = f"{log_key(uid)}: incomplete at the archive ({total - 1} of {total} instances)"
+        assert line in err
         # The count came from the study's own QIDO-RS result: no series query was needed.
         assert not [p for _, p in proxy.requests if p.endswith("/series")]
         assert not list(out.glob("fhir/*.json"))
@@ -96,7 +98,7 @@ def test_rate_spaces_the_requests_that_reach_the_archive(
         arrivals = [t for t, _ in proxy.requests]
     assert summary["studies_found"] == len(CASES) and code in (0, 1)
     assert len(arrivals) >= len(CASES) + 1  # one QIDO-RS page, one metadata read per study
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     # At 1 request/s each gap is ~1 s; without the limit the QIDO-RS page and the first
     # metadata read arrive milliseconds apart. Half a second absorbs the loopback jitter.
     assert min(gaps) >= 0.5, gaps

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.config import Settings, ServeSettings, load_settings
+from adapter.config import ServeSettings, Settings, load_settings
 from tests.api_support import api_settings, running_api
 from tests.peers.hl7_receiver import Hl7Receiver
 from tests.peers.launch import free_port

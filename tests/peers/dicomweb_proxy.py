@@ -49,7 +49,7 @@ class DicomWebProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 with proxy._lock:
                     proxy.requests.append((time.monotonic(), self.path.split("?")[0]))
                 headers = {"Accept": self.headers.get("Accept", "*/*")}
@@ -67,7 +67,7 @@ class DicomWebProxy:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return  # paths carry UIDs: not printed
 
         return Handler
