@@ -131,6 +131,9 @@ def create_app(
         # The store is opened on the serving loop's thread (SQLite connections stay there).
         with open_outbox(settings, out_dir) as outbox:
             state["outbox"] = outbox
+            from adapter.api.intake import freeze_startup_heap
+
+            freeze_startup_heap()  # the long-lived start-up objects: out of each full collection
             yield
             for task in list(state["tasks"]):
                 await task  # a delivery in flight finishes (or is taken up after its lease)

@@ -96,6 +96,9 @@ def test_orthanc_push_reaches_hapi_and_metrics_equal_the_peers_counts(
             return bool(rows) and all(r["state"] == "delivered" for r in rows)
 
         wait_for(delivered, timeout=120, what="the planning study on HAPI")
+        held_metric = "rtplan_receiver_studies_held_not_planning_total 1.0"
+        wait_for(lambda: held_metric in api.get("/metrics", headers=AUTH).text, timeout=60,
+                 what="the diagnostic study processed")  # fmt: skip
         diagnostic = study_uid(DIAGNOSTIC)
         held = api.get(f"/studies/{diagnostic}", headers=AUTH)
         metrics = api.get("/metrics", headers=AUTH).text
