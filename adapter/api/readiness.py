@@ -69,16 +69,14 @@ async def readiness_problems(
 
 def hl7_receivers(settings: Settings, out_dir: Path | None) -> dict[str, tuple[str, int]]:
     """Profile name -> (host, port) of every receiver this process sends to over MLLP, as the
-    delivery wiring resolves them (``adapter.service.deliver._hl7_deliverers``)."""
+    delivery wiring resolves them (``adapter.jobs.deliver._hl7_deliverers``)."""
     if not settings.hl7.mllp:
         return {}
     from adapter.hl7.profiles import DOCUMENT_MESSAGES, load_profiles, receivers_dir
+    from adapter.jobs.deliver import note_receivers
 
     profiles = load_profiles(receivers_dir(settings))
-    names = [settings.hl7.receiver]
-    notes = settings.note.selected(out_dir=out_dir is not None, mllp=True)
-    names += [n for o, n in (("mdm", settings.note.mdm_receiver),
-                             ("oru", settings.note.oru_receiver)) if o in notes]  # fmt: skip
+    names = [settings.hl7.receiver, *note_receivers(settings, out_dir)]
     found: dict[str, tuple[str, int]] = {}
     for name in names:
         profile = profiles.get(name)

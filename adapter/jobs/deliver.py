@@ -162,6 +162,9 @@ async def deliver(
         hl7_targets = {t for d, t in waiting if d == HL7}
         if settings.hl7.mllp or out_dir is not None:
             hl7_targets.add(settings.hl7.receiver)
+            # The note's MDM/ORU receivers too: a forever worker (``rtplan serve``) must
+            # deliver note rows enqueued after it started, not only those waiting then.
+            hl7_targets.update(note_receivers(settings, out_dir))
         policies = {FHIR: fhir_policy(settings.fhir), FILES: RetryPolicy()}
         target_policies: dict[tuple[str, str], RetryPolicy] = {}
         if hl7_targets:
@@ -191,6 +194,14 @@ async def deliver(
             lease_seconds=settings.outbox.lease_seconds,
         )
         return await worker.drain(ids=ids, forever=forever)
+
+
+def note_receivers(settings: Settings, out_dir: Path | None) -> list[str]:
+    """The receiver profiles of the review note's HL7 outputs (``note.outputs``: mdm, oru)."""
+    note = settings.note
+    chosen = note.selected(out_dir=out_dir is not None, mllp=settings.hl7.mllp)
+    return [name for output, name in (("mdm", note.mdm_receiver), ("oru", note.oru_receiver))
+            if output in chosen]  # fmt: skip
 
 
 async def _hl7_deliverers(

@@ -116,7 +116,8 @@ def test_orthanc_push_reaches_hapi_and_metrics_equal_the_peers_counts(
     study = entry["resource"]
     assert study["numberOfInstances"] == len(planning_files)
     assert hapi_count(hapi, f"Task?focus=ImagingStudy/{study['id']}") == 1
-    assert held.status_code == 404  # held (not planning): nothing stored to send
+    assert held.status_code == 200, held.text  # recorded, held (not planning): nothing to send
+    assert held.json()["recorded"] is True and held.json()["rows"] == []
     # DICOM: what Orthanc sent = what the receiver counted; studies by outcome.
     assert sent == len(planning_files) + len(diagnostic_files)
     assert metric(metrics, "rtplan_receiver_received_total") == sent

@@ -83,7 +83,7 @@ def test_api_process_only_stores_and_a_delivery_process_delivers(
     api_proc = start_serve(api_config, out, {})
     worker: subprocess.Popen[str] | None = None
     try:
-        api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", trust_env=False, timeout=10)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", trust_env=False, timeout=30)
 
         def up() -> bool:
             assert api_proc.poll() is None, api_proc.communicate()[1][-3000:]
@@ -116,6 +116,16 @@ def test_api_process_only_stores_and_a_delivery_process_delivers(
             return {r["state"] for r in review_rows(api, "REV-PARTS-1")} == {"delivered"}
 
         wait_for(delivered, timeout=60, what="the delivery process to deliver the review")
+        # Every row, the note's MDM and ORU too: they were enqueued after the worker started.
+        rows = api.get("/outbox", headers=AUTH).json()
+        documents = [r for r in rows if r["kind"] == "hl7-document"]
+        assert len(documents) == 2, rows  # MDM^T02 and ORU^R01 (note.outputs: auto, --out)
+
+        def all_delivered() -> bool:
+            rows = api.get("/outbox", headers=AUTH).json()
+            return all(r["state"] == "delivered" for r in rows)
+
+        wait_for(all_delivered, timeout=60, what="every outbox row delivered")
         assert listening(worker_hl7_port)  # serve.mllp_listener defaults to on
         assert list((out / "hl7").glob("*.hl7")), "the radiology order was not written"
         api.close()
@@ -124,6 +134,55 @@ def test_api_process_only_stores_and_a_delivery_process_delivers(
         if worker is not None:
             stop_serve(worker)
     assert "listening for HL7" not in api_stderr
+
+
+def test_a_delivery_process_started_first_delivers_rows_of_every_kind_accepted_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The worker of a long-running ``serve`` knows every configured destination from the
+    start, the note's MDM/ORU receivers included, not only those with rows waiting then."""
+    out = tmp_path / "out"
+    assert main(["ingest", str(PLANNING), "--out", str(out)]) == 0
+    capsys.readouterr()
+    (tmp_path / "tokens").write_text(f"{TOKEN}\n")
+    http_port = free_port()
+    api_config = tmp_path / "api.yaml"
+    api_config.write_text(
+        f"http:\n  listen_port: {http_port}\n  tokens_file: {tmp_path / 'tokens'}\n"
+        "serve:\n  mllp_listener: false\n  delivery: false\n"
+    )
+    worker_config = tmp_path / "worker.yaml"
+    worker_config.write_text(f"hl7:\n  listen_port: {free_port()}\n")
+    worker = start_serve(worker_config, out, {})
+    api_proc = start_serve(api_config, out, {})
+    try:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", trust_env=False, timeout=30)
+
+        def up() -> bool:
+            assert api_proc.poll() is None, api_proc.communicate()[1][-3000:]
+            assert worker.poll() is None, worker.communicate()[1][-3000:]
+            try:
+                return api.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=60, what="both processes to start")
+        data = json.loads((FIXTURES / "reviews" / "concern.json").read_text())
+        body = {**data, "study_instance_uid": study_uid(), "review_id": "REV-PARTS-LATE"}
+        assert api.post("/reviews", json=body, headers=AUTH).status_code == 202
+        rows = api.get("/outbox", headers=AUTH).json()
+        assert len([r for r in rows if r["kind"] == "hl7-document"]) == 2, rows
+
+        def all_delivered() -> bool:
+            assert worker.poll() is None, worker.communicate()[1][-3000:]
+            found = api.get("/outbox", headers=AUTH).json()
+            return all(r["state"] == "delivered" for r in found)
+
+        wait_for(all_delivered, timeout=60, what="every row, the note's MDM and ORU too")
+        api.close()
+    finally:
+        stop_serve(api_proc)
+        stop_serve(worker)
 
 
 def test_serve_with_every_part_off_is_a_usage_error(
