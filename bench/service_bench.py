@@ -135,6 +135,7 @@ def api(posts: int, work: Path, layouts: list[str]) -> dict[str, object]:
     results: dict[str, object] = {}
     for layout in layouts:
         results[layout] = _api_layout(posts, work / f"api-{layout}", layout)
+        print(layout, json.dumps(results[layout]), file=sys.stderr, flush=True)  # progress
     return results
 
 
@@ -186,12 +187,14 @@ def _api_layout(posts: int, work: Path, layout: str) -> dict[str, object]:
             posting.clear()
             prober.join()
             # Every accepted review delivered (by the thread or by the other process).
+            deadline = time.monotonic() + 900
             while True:
                 rows = client.get("/outbox", headers=headers).json()
                 if all(r["state"] == "delivered" for r in rows):
                     break
                 assert worker is None or worker.poll() is None, "the delivery process stopped"
-                time.sleep(0.2)
+                assert time.monotonic() < deadline, "not all delivered after 15 minutes"
+                time.sleep(0.5)
             drained = time.perf_counter() - started
     finally:
         if worker is not None:
