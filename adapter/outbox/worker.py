@@ -163,6 +163,11 @@ class Worker:
             if not forever and self.outbox.open_rows(watched, self._targets) == 0:
                 return report
             due = self.outbox.seconds_until_due(self._targets)
+            if due == 0:
+                # Due, yet the claim above took nothing: it is blocked behind an earlier row of
+                # its key (waiting for its retry) or a hold. Polling every 10 ms would only
+                # repeat that write transaction; the poll interval is soon enough.
+                due = None
             wait = self.poll_interval if due is None else min(max(due, 0.01), self.poll_interval)
             await self._sleep(wait)
 
