@@ -5,8 +5,9 @@ token from ``http.tokens_file``; without tokens every such request is refused (4
 carry UIDs, states and FHIR ids, never names, birth dates or other patient data.
 
 ``POST /reviews`` validates and stores the review (and its radiology order) in the outbox and
-answers 202 with the review's location; delivery runs in the background, so ``GET
-/reviews/{id}`` shows it progress to "delivered" and the order's ACK.
+answers 202 with the review's location; delivery runs in the background (in this process, or
+in another one when ``serve.delivery`` is off here), so ``GET /reviews/{id}`` shows it progress
+to "delivered" and the order's ACK.
 """
 
 from __future__ import annotations
