@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
 from tests.integration.test_dicom_receiver import study_uid
 from tests.peers.launch import free_port
 from tests.peers.orthanc_fixture import OrthancPeer
@@ -34,14 +35,6 @@ def metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
     assert match is not None, f"{name} not in /metrics"
     return float(match.group(1))
-
-
-def hapi_count(hapi: str, query: str) -> int:
-    with httpx.Client(trust_env=False, timeout=60) as http:
-        answer = http.get(f"{hapi}/{query}", params={"_summary": "count"})
-    answer.raise_for_status()
-    total: int = answer.json()["total"]
-    return total
 
 
 def test_orthanc_push_reaches_hapi_and_metrics_equal_the_peers_counts(
@@ -115,7 +108,10 @@ def test_orthanc_push_reaches_hapi_and_metrics_equal_the_peers_counts(
     (entry,) = found["entry"]
     study = entry["resource"]
     assert study["numberOfInstances"] == len(planning_files)
-    assert hapi_count(hapi, f"Task?focus=ImagingStudy/{study['id']}") == 1
+    task = f"Task?identifier={REVIEW_TASK_SYSTEM}|{review_task_value(planning)}"
+    tasks = httpx.get(f"{hapi}/{task}", timeout=60, trust_env=False).json()
+    (review_task,) = tasks["entry"]
+    assert review_task["resource"]["focus"]["reference"] == f"ImagingStudy/{study['id']}"
     assert held.status_code == 200, held.text  # recorded, held (not planning): nothing to send
     assert held.json()["recorded"] is True and held.json()["rows"] == []
     # DICOM: what Orthanc sent = what the receiver counted; studies by outcome.
