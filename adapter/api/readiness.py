@@ -47,11 +47,8 @@ async def readiness_problems(
         outbox.counts()
     except Exception:  # any store failure means not ready
         problems.append("store not reachable")
-    if settings.dicom.listen_port:
-        from adapter.receive.process import spool_path
-
-        if not _writable(spool_path(settings, out_dir)):
-            problems.append("spool not writable")
+    if settings.dicom.listen_port and not _writable(spool_folder(settings, out_dir)):
+        problems.append("spool not writable")
     checks: dict[str, Awaitable[bool]] = {}
     if fhir_ready is not None:
         checks["FHIR server not reachable"] = fhir_ready
@@ -65,6 +62,15 @@ async def readiness_problems(
     results = await asyncio.gather(*checks.values())
     problems.extend(problem for problem, ok in zip(checks, results, strict=True) if not ok)
     return problems
+
+
+def spool_folder(settings: Settings, out_dir: Path | None) -> Path:
+    """The receiver's spool, as ``adapter.receive.process.spool_path`` resolves it (the API
+    layer may not import the receiver's; ``tests/integration/test_readiness.py`` checks that
+    the two agree)."""
+    if settings.dicom.spool_dir:
+        return Path(settings.dicom.spool_dir)
+    return (out_dir / "spool") if out_dir is not None else Path(".rtplan") / "spool"
 
 
 def hl7_receivers(settings: Settings, out_dir: Path | None) -> dict[str, tuple[str, int]]:

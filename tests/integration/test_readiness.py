@@ -83,3 +83,14 @@ def test_readyz_is_ready_when_the_spool_and_output_folder_take_files(tmp_path: P
     with running_api(settings, tmp_path / "out") as api:
         assert api.get("/readyz").json() == {"status": "ready"}
     assert not list(spool.iterdir())  # the probe file is removed again
+
+
+@pytest.mark.parametrize("spool_dir", ["", "/var/spool/rtplan"])
+@pytest.mark.parametrize("out", [None, Path("/srv/out")])
+def test_readiness_checks_the_spool_the_receiver_uses(spool_dir: str, out: Path | None) -> None:
+    from adapter.api.readiness import spool_folder
+    from adapter.receive.process import spool_path
+
+    base = load_settings(None, env={})
+    settings = replace(base, dicom=replace(base.dicom, spool_dir=spool_dir))
+    assert spool_folder(settings, out) == spool_path(settings, out)
