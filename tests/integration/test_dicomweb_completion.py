@@ -18,7 +18,7 @@ import pytest
 from pydicom import dcmread
 
 from adapter.cli import main
-from adapter.service.ingest import log_key
+from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
 from tests.peers.dicomweb_proxy import DicomWebProxy
 from tests.peers.orthanc_fixture import OrthancPeer
