@@ -17,9 +17,10 @@ from adapter.mapping.review_bundle import ReviewOutput
 from adapter.mapping.tables import load_tables
 from adapter.note.service import KIND_NOTE, NotePlan, apply_note, note_bundle, plan_note
 from adapter.review.model import ReviewInput, parse_review
-from adapter.review.service import KIND_REVIEW, build_review, context_from_payloads
+from adapter.review.service import KIND_REVIEW, build_review
 from adapter.service.deliver import KIND_TRANSACTION
 from adapter.service.ingest import run_ingest
+from tests.study_context import context_from_payloads
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ROOT / "fixtures" / "reviews"

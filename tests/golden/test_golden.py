@@ -18,10 +18,11 @@ from fhir.resources import get_fhir_model_class
 from adapter.config import ArchiveSettings, FhirSettings, IngestSettings, Settings
 from adapter.mapping.tables import load_tables
 from adapter.review.model import parse_review
-from adapter.review.service import KIND_REVIEW, build_review, context_from_payloads
+from adapter.review.service import KIND_REVIEW, build_review
 from adapter.service.deliver import KIND_TRANSACTION
 from adapter.service.ingest import Status, run_ingest
 from tests.fhir_validation import validate_r4
+from tests.study_context import context_from_payloads
 
 ROOT = Path(__file__).resolve().parents[2]
 DICOM = ROOT / "fixtures" / "dicom"
