@@ -57,16 +57,20 @@ def test_the_check_sees_a_payload_read() -> None:
         sample.unlink(missing_ok=True)
 
 
-# The PACS label store (issue 12) still finds a KOS's rows by the SOP Instance UID inside the
-# payload; issue 16's owner is changing that module, so it is left to them (named, not hidden).
-SQL_REMAINING = {"adapter/store/labels.py"}
+# Where SQL may still reach into a payload: the helper that spells it per engine (db.py),
+# migration 3 (history; migration 5 drops its index), and the PACS label store (issue 12), which
+# still finds a KOS's rows by the SOP Instance UID inside the payload; issue 16's owner is
+# changing that module, so it is left to them (named, not hidden).
+SQL_REMAINING = {"adapter/store/db.py", "adapter/store/migrations.py", "adapter/store/labels.py"}
 
 
 def test_no_sql_looks_inside_a_payload() -> None:
     offenders = {
         str(path.relative_to(ROOT))
         for path in sorted(ADAPTER.rglob("*.py"))
-        if "json_extract" in path.read_text()
+        if "json_extract" in path.read_text() or "json_text(" in path.read_text()
     }
     assert offenders <= SQL_REMAINING, offenders - SQL_REMAINING
-    assert "json_extract" not in (ADAPTER / "store" / "outbox.py").read_text()
+    for module in ("outbox.py", "orders.py", "studies.py", "reviews.py"):
+        text = (ADAPTER / "store" / module).read_text()
+        assert "json_extract" not in text and "json_text(" not in text, module
