@@ -203,7 +203,8 @@ def test_an_inbound_result_finds_its_order_by_the_record_not_the_payload(
 
 
 def _as_before_issue_8(path: str) -> None:
-    """Turn a store into one written before the records: no fact columns, no order tables."""
+    """Turn a store into one written before the records (schema version 4): no fact columns,
+    no order tables."""
     db = sqlite3.connect(path)
     db.executescript(
         """
@@ -215,6 +216,7 @@ def _as_before_issue_8(path: str) -> None:
         DROP TABLE orders;
         DROP TABLE order_transmissions;
         DROP TABLE study_rows;
+        DELETE FROM schema_version WHERE version >= 5;
         """
     )
     db.commit()
