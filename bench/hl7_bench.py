@@ -18,8 +18,8 @@ Parts (all in one run, so the ratios compare figures of the same run):
      ``MSA|AA``: pre-built messages.
    * ``client``: ``MllpClient.send`` + ``judge_ack`` per message: pre-built messages.
    * enqueue (the real path, as ``adapter/review/order_rows.py`` ``prepare_orders`` does it):
-     each payload ``{"profile", "order", "on_ack": []}`` goes through
-     ``adapter.hl7.deliverer.prerender(payload, kind="hl7-order", profile=, now=)``,
+     each payload (``adapter.hl7.order_payload.OrderPayload``) goes through
+     ``adapter.hl7.deliverer.prerender(payload, profile=, now=)``,
      which builds the message once (hl7apy) and stores its bytes and its MSH-10 in the
      payload. The prerender is timed once for all orders and reported as the enqueue cost,
      with the ``enqueue_many`` of the rows (one transaction) and, for comparison, one
@@ -220,16 +220,16 @@ def prerendered_rows(orders: list[Any], profile: Any) -> tuple[list[Any], float]
     """The outbox rows as ``prepare_orders`` makes them: every payload through ``prerender``
     (the message built once, its bytes and MSH-10 stored). Returns the rows and the seconds
     spent in ``prerender`` (all orders)."""
-    from adapter.hl7.deliverer import KIND_ORDER, prerender
+    from adapter.hl7.deliverer import KIND_ORDER, OrderPayload, prerender
     from adapter.store.outbox import NewRow
 
     rows = []
     spent = 0.0
     for order in orders:
         key = f"study:{order.study_instance_uid}"
-        raw = {"profile": profile.name, "order": order.to_json(), "on_ack": []}
+        raw = OrderPayload(profile.name, order.to_json())
         t = time.perf_counter()
-        payload = prerender(raw, kind=KIND_ORDER, profile=profile, now=NOW)
+        payload = prerender(raw, profile=profile, now=NOW).to_json()
         spent += time.perf_counter() - t
         rows.append(
             NewRow(

@@ -18,8 +18,9 @@ from adapter.jobs.deliver import KIND_TRANSACTION
 from adapter.mapping.review_bundle import ReviewOutput
 from adapter.mapping.review_input import ReviewInput, parse_review
 from adapter.review.note.service import KIND_NOTE, NotePlan, apply_note, note_bundle, plan_note
-from adapter.review.service import KIND_REVIEW, build_review, context_from_payloads
+from adapter.review.service import KIND_REVIEW, build_review
 from adapter.tables import load_tables
+from tests.study_context import context_from_payloads
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ROOT / "fixtures" / "reviews"

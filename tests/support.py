@@ -58,3 +58,24 @@ def make_study(root: Path, **kwargs: Any) -> tuple[Path, str]:
     )
     study_uid = synth.uid_for(seed, "/study")
     return folder, study_uid
+
+
+def enqueue_order(
+    outbox: Any, *, target: str, key: str, label: str, payload: dict[str, Any]
+) -> int:
+    """Store an HL7 new-order row with its order record, as the review workflow does
+    (``adapter.review.order_rows.enqueue_review``), for tests that build an order by hand."""
+    from adapter.store.orders import QueuedOrder
+    from adapter.store.outbox import NewRow
+
+    order = payload["order"]
+    placer = str(order["placer_order_number"])
+    with outbox.batch() as batch:
+        row_id = int(batch.enqueue(NewRow("hl7", target, key, "hl7-order", label, payload)))
+        control_id = str(payload.get("control_id") or f"RTP{row_id:09d}")
+        queued = QueuedOrder(
+            placer, key.removeprefix("study:"), placer, target, "NW", control_id, order,
+            payload.get("fhir"),
+        )  # fmt: skip
+        batch.record_order(row_id, queued)
+    return row_id

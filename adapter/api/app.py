@@ -36,7 +36,9 @@ from adapter.jobs.review import submit_review_async
 from adapter.mapping.review_input import ReviewError, ReviewInput, parse_review
 from adapter.review.versions import StaleReviewError
 from adapter.store.location import open_outbox
+from adapter.store.orders import OrderRecord
 from adapter.store.outbox import Outbox, Row, State
+from adapter.store.studies import StudyRecord
 from adapter.tables import Tables, load_tables
 
 if TYPE_CHECKING:
@@ -78,11 +80,41 @@ class LabelState(BaseModel):
     superseded: int
 
 
+class EvidenceState(BaseModel):
+    rule: str
+    strength: str  # conclusive | supporting | counter
+    text: str  # names series numbers, modalities and rule values, never patient data
+    series_uid: str
+
+
+class ClassificationState(BaseModel):
+    """The classifier's decision on the study's newest stored ingest, and why."""
+
+    decision: str  # planning | not-planning | "" (recorded before decisions were kept)
+    evidence: list[EvidenceState]
+
+
+class TransmissionState(BaseModel):
+    control_id: str  # MSH-10
+    control: str  # ORC-1: NW | XO | CA
+    ack: str  # MSA-1, "" until answered
+    ack_error: str
+
+
+class OrderState(BaseModel):
+    placer_order_number: str
+    receiver: str
+    state: str  # queued | sent | acknowledged | resulted | rejected | cancel-queued | cancelled
+    transmissions: list[TransmissionState]
+
+
 class StudyState(BaseModel):
     study_instance_uid: str
     recorded: bool
     rows: list[RowState]
     label: LabelState
+    classification: ClassificationState | None = None
+    orders: list[OrderState] = []
 
 
 class Escalation(BaseModel):
@@ -272,7 +304,8 @@ def create_app(
     async def get_study(study_uid: str) -> StudyState:
         store = outbox()
         rows = store.rows_for_key(f"study:{study_uid}")
-        recorded = store.study(study_uid) is not None
+        record = store.study(study_uid)
+        recorded = record is not None
         if not rows and not recorded:
             raise HTTPException(404, "no such study")
         label = store.labels().status(study_uid)
@@ -285,6 +318,8 @@ def create_app(
                 kos_instance_number=label.current.instance_number if label.current else None,
                 superseded=label.superseded,
             ),
+            classification=_classification(record) if record is not None else None,
+            orders=[_order(o) for o in store.orders_for_study(study_uid)],
         )
 
     @app.get("/outbox", dependencies=auth, response_model=list[RowState], responses=UNAUTHORIZED)
@@ -422,3 +457,27 @@ def _deliver_batch(
 ) -> None:
     with Outbox(path) as outbox:
         asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out_dir))
+
+
+def _classification(record: StudyRecord) -> ClassificationState:
+    return ClassificationState(
+        decision=record.classification,
+        evidence=[
+            EvidenceState(rule=e.rule, strength=e.strength, text=e.text, series_uid=e.series_uid)
+            for e in record.evidence
+        ],
+    )
+
+
+def _order(order: OrderRecord) -> OrderState:
+    return OrderState(
+        placer_order_number=order.placer,
+        receiver=order.receiver,
+        state=order.state,
+        transmissions=[
+            TransmissionState(
+                control_id=t.control_id, control=t.control, ack=t.ack_code, ack_error=t.ack_error
+            )
+            for t in order.transmissions
+        ],
+    )

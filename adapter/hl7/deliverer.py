@@ -34,6 +34,7 @@ from adapter.hl7.ack_judge import AckOutcome, judge_ack
 from adapter.hl7.client import MllpClient
 from adapter.hl7.messages import MessageBuildError, build_order
 from adapter.hl7.model import OrderRequest
+from adapter.hl7.order_payload import KIND_CANCEL, KIND_CHANGE, KIND_ORDER, OrderPayload
 from adapter.hl7.profiles import ReceiverProfile
 from adapter.outbox.worker import Attempt, Verdict
 from adapter.private import private_dir, replace_private
@@ -43,8 +44,6 @@ from adapter.store.timers import Timers
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 HL7 = "hl7"
-KIND_ORDER = "hl7-order"
-KIND_CANCEL = "hl7-cancel"
 T1, T2, REJECTED = "T1", "T2", "rejected"
 
 
@@ -56,7 +55,7 @@ def new_control_id() -> str:
     return "RT" + secrets.token_hex(9).upper()
 
 
-def prerender(payload: JSON, *, kind: str, profile: ReceiverProfile, now: datetime) -> JSON:
+def prerender(payload: OrderPayload, *, profile: ReceiverProfile, now: datetime) -> OrderPayload:
     """Build the message once, when the row is stored (hl7apy needs ~10 ms per message):
     every attempt then sends these exact bytes.
 
@@ -64,26 +63,35 @@ def prerender(payload: JSON, *, kind: str, profile: ReceiverProfile, now: dateti
         MessageBuildError: the order cannot be encoded (names the segment and field).
     """
     control = new_control_id()
-    order = OrderRequest.from_json(payload["order"])
+    order = OrderRequest.from_json(payload.order)
     message = build_order(order, profile, control_id=control, now=now)
-    return {**payload, "control_id": control, "message": base64.b64encode(message).decode()}
+    return payload.rendered(control, message)
 
 
-def new_transmission(row: Row, profile: ReceiverProfile, now: datetime) -> JSON:
+def payload_of(row: Row) -> OrderPayload:
+    """The typed payload of an HL7 order row (``adapter.hl7.order_payload``)."""
+    return OrderPayload.from_json(row.payload)
+
+
+def new_transmission(row: Row, profile: ReceiverProfile, now: datetime) -> OrderPayload:
     """The payload for sending a row's order again as a new transmission (``outbox replay``):
     a new MSH-10 and MSH-7, the same order (same placer number).
 
     Raises:
         MessageBuildError: the order cannot be built for the receiver (any more).
     """
-    base = {k: v for k, v in row.payload.items() if k not in ("control_id", "message")}
-    return prerender(base, kind=row.kind, profile=profile, now=now)
+    return prerender(payload_of(row).unrendered(), profile=profile, now=now)
+
+
+ORDER_KINDS = (KIND_ORDER, KIND_CHANGE, KIND_CANCEL)
 
 
 def control_id_for(row: Row) -> str:
     """MSH-10 of a row: the random one decided at enqueue. Rows stored before MSH-10 was stored
     with them fall back to one derived from the row id. Either way every resend keeps it."""
-    return str(row.payload.get("control_id") or f"RTP{row.id:09d}")
+    if row.kind not in ORDER_KINDS:  # a note document (``hl7-document``, adapter.review.note)
+        return str(row.payload.get("control_id") or f"RTP{row.id:09d}")
+    return payload_of(row).control_id or f"RTP{row.id:09d}"
 
 
 def message_time(row: Row) -> datetime:
@@ -96,18 +104,21 @@ def render(row: Row, profile: ReceiverProfile) -> bytes:
     Raises:
         MessageBuildError: the order cannot be encoded (names the segment and field).
     """
-    if "message" in row.payload:
+    if row.kind not in ORDER_KINDS:  # a note document: rendered when it was stored
         return base64.b64decode(row.payload["message"])
-    order = OrderRequest.from_json(row.payload["order"])
+    payload = payload_of(row)
+    if payload.message:
+        return payload.message
+    order = OrderRequest.from_json(payload.order)
     return build_order(order, profile, control_id=control_id_for(row), now=message_time(row))
 
 
 def on_ack_rows(row: Row) -> tuple[NewRow, ...]:
-    return tuple(NewRow(**item) for item in row.payload.get("on_ack", ()))
+    return payload_of(row).on_ack
 
 
 def placer_of(row: Row) -> str:
-    return str(row.payload["order"]["placer_order_number"])
+    return payload_of(row).placer
 
 
 class Hl7Deliverer:
@@ -186,3 +197,25 @@ class Hl7FileDeliverer:
         return Attempt(
             Verdict.DELIVERED, result={"file": str(target), "control_id": control_id_for(row)}
         )
+
+
+__all__ = [
+    "HL7",
+    "KIND_CANCEL",
+    "KIND_CHANGE",
+    "KIND_ORDER",
+    "REJECTED",
+    "T1",
+    "T2",
+    "Hl7Deliverer",
+    "Hl7FileDeliverer",
+    "OrderPayload",
+    "control_id_for",
+    "new_control_id",
+    "new_transmission",
+    "on_ack_rows",
+    "payload_of",
+    "placer_of",
+    "prerender",
+    "render",
+]

@@ -32,10 +32,13 @@ def replay_hl7(outbox: Outbox, row: Row, settings: Settings, payload: JSON | Non
         return outbox.replay(row.id, payload)  # waits, visibly, for its profile to return
     source = row if payload is None else _with_payload(row, payload)
     fresh = new_transmission(source, profile, datetime.now(UTC))
-    new_id = outbox.replay(row.id, fresh)
+    with outbox.transaction():  # the row and the order record's new transmission together
+        new_id = outbox.replay(row.id, fresh.to_json())
+        outbox.record_transmission(new_id, fresh.placer, fresh.control, fresh.control_id)
     if row.kind == KIND_ORDER and settings.hl7.mllp:
-        placer = str(fresh["order"]["placer_order_number"])
-        outbox.timers().arm(placer, T1, profile.escalation.t1_no_aa.total_seconds(), "replayed")
+        outbox.timers().arm(
+            fresh.placer, T1, profile.escalation.t1_no_aa.total_seconds(), "replayed"
+        )
     return new_id
 
 

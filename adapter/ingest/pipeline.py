@@ -23,12 +23,12 @@ from adapter.dicom.group import group_studies
 from adapter.dicom.models import Completeness, DuplicateInstance, Rejection, StudySummary
 from adapter.dicom.walk import read_all
 from adapter.errors import MappingError
-from adapter.mapping.bundle import study_bundle
+from adapter.mapping.bundle import review_task_of, study_bundle
 from adapter.mapping.fhir_text import without_control_characters
-from adapter.mapping.imaging_study import MappingOptions
-from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions
+from adapter.mapping.imaging_study import MappingOptions, patient_system
+from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions, review_task_key
 from adapter.store.identity import drift_reason
-from adapter.store.studies import StudyRecord, study_record
+from adapter.store.studies import EvidenceRecord, StudyRecord, study_record
 from adapter.tables import Tables
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def _decide(
         classification=decision,
         completeness=study.completeness,
         instances=study.number_of_instances,
-        record=study_record(study),
+        record=decided(study_record(study), decision),
         study=study,
         duplicates=study.duplicates,
     )
@@ -280,4 +280,43 @@ def _decide(
     except MappingError as exc:
         return replace(held, status=Status.FAILED, problem=str(exc))
     # A NUL or other control byte from DICOM text never reaches FHIR (docs/security.md).
-    return replace(held, status=Status.MAPPED, bundle=without_control_characters(bundle))
+    bundle = without_control_characters(bundle)
+    record = mapped(held.record, bundle, patient_system(study, tables), options.create_patient)
+    return replace(held, status=Status.MAPPED, bundle=bundle, record=record)
+
+
+def decided(record: StudyRecord, decision: Classification) -> StudyRecord:
+    """The study's record with the classifier's decision and evidence (issue 11: readable)."""
+    return replace(
+        record,
+        classification="planning" if decision.is_planning else "not-planning",
+        evidence=tuple(
+            EvidenceRecord(e.rule, e.strength.value, e.text, e.series_uid)
+            for e in decision.evidence
+        ),
+    )
+
+
+def mapped(
+    record: StudyRecord | None, bundle: JSON, system: str, created: bool
+) -> StudyRecord | None:
+    """The record with what the mapping decided: the FHIR patient identifier system, and the
+    review Task it opens (read from the Bundle just built, before it is stored: a review later
+    completes that Task from the record, never from the stored row)."""
+    if record is None:
+        return None
+    task = review_task_of(bundle)
+    return replace(
+        record,
+        patient_system=system,
+        patient_created=created,
+        review_task_key=review_task_key(record.study_uid) if task is not None else "",
+        review_task=task,
+        review_due=_due(task),
+    )
+
+
+def _due(task: JSON | None) -> str:
+    """When the review Task is due (``restriction.period.end``), "" when it has no due date."""
+    end = ((task or {}).get("restriction") or {}).get("period", {}).get("end")
+    return str(end) if end else ""

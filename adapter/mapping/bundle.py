@@ -130,3 +130,15 @@ def study_bundle(
         for entry in entries:
             entry["resource"] = to_r5(entry["resource"])
     return with_narratives({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+
+
+def review_task_of(bundle: JSON) -> JSON | None:
+    """The oncologist-review Task a study Bundle built by :func:`study_bundle` opens, or None
+    (not a planning study). For the study record, from the Bundle as built, never a stored one."""
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource", {})
+        if resource.get("resourceType") == "Task" and any(
+            i.get("system") == REVIEW_TASK_SYSTEM for i in resource.get("identifier", [])
+        ):
+            return dict(resource)
+    return None

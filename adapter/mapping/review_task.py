@@ -28,6 +28,11 @@ def review_task_value(study_uid: str) -> str:
     return f"review:{study_uid}"
 
 
+def review_task_key(study_uid: str) -> str:
+    """The review Task's business identifier as ``system|value`` (kept in the study record)."""
+    return f"{REVIEW_TASK_SYSTEM}|{review_task_value(study_uid)}"
+
+
 class PriorCheck(StrEnum):
     NOT_PERFORMED = "not-performed"  # embedded default: no FHIR server to ask
     FAILED = "failed"  # a server was configured but did not answer usefully

@@ -16,12 +16,13 @@ from typing import Any
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.hl7.deliverer import HL7, KIND_CANCEL, KIND_ORDER, T1, prerender
-from adapter.hl7.inbound import InboundParseError, parse_inbound
+from adapter.hl7.deliverer import HL7, T1, prerender
+from adapter.hl7.order_payload import KIND_CANCEL, KIND_ORDER, OrderPayload
 from adapter.hl7.profiles import ReceiverProfile, load_profiles
 from adapter.mapping.review_bundle import ReviewOutput, StudyContext
 from adapter.mapping.review_input import ReviewInput
-from adapter.review.orders import order_payloads, previous_orders, study_facts
+from adapter.review.orders import order_payloads, study_facts
+from adapter.store.orders import QueuedOrder
 from adapter.store.outbox import NewRow, Outbox
 from adapter.tables import Tables
 
@@ -47,9 +48,24 @@ class PreparedOrder:
     target: str  # the receiver profile's name
     placer: str
     label: str
-    payload: JSON
+    content: OrderPayload  # the row's payload, typed (stored as ``content.to_json()``)
     t1_seconds: float | None  # T1 starts with the row (MLLP only: a file is not a RIS)
     hold: str = ""  # why the order is held (stored, not sent) and escalated instead
+    study_uid: str = ""
+
+    def record(self) -> QueuedOrder:
+        """What the store's order record keeps of this row (``adapter.store.orders``)."""
+        payload = self.content
+        return QueuedOrder(
+            placer=self.placer,
+            study_uid=self.study_uid,
+            request_placer=payload.request_placer,
+            receiver=self.target,
+            control=payload.control,
+            control_id=payload.control_id,
+            order=payload.order,
+            fhir=payload.fhir,
+        )
 
 
 def receiver_profile(settings: Settings, folder: Any) -> ReceiverProfile:
@@ -87,14 +103,9 @@ def prepare_orders(
     if not output.placer and not output.hl7_cancels:
         return []
     profile = receiver_profile(settings, receivers)
-    key = f"study:{review.study_instance_uid}"
-    study_rows = outbox.rows_for_key(key)
-    previous = previous_orders(r for r in study_rows if r.destination == HL7)
-    facts = study_facts(
-        [r.payload for r in study_rows],
-        review.study_instance_uid,
-        record=outbox.study(review.study_instance_uid),
-    )
+    uid = review.study_instance_uid
+    previous = outbox.last_orders(uid)
+    facts = study_facts(outbox.study(uid))
     fhir_targets = [d for d in destinations if d[0] in (FHIR, "files")]
     payloads = order_payloads(
         review,
@@ -111,31 +122,21 @@ def prepare_orders(
     prepared = []
     for kind, raw_payload in payloads:
         if kind != KIND_ORDER:  # a cancel or change names the RIS's own number when known
-            order = raw_payload["order"]
-            filler = filler_number(outbox, str(order["placer_order_number"]))
-            raw_payload = {**raw_payload, "order": {**order, "filler_order_number": filler}}
-        payload = prerender(raw_payload, kind=kind, profile=profile, now=now)
-        placer = str(payload["order"]["placer_order_number"])
-        control = str(payload["order"]["control"])
+            known = outbox.order(raw_payload.placer)
+            filler = known.filler if known is not None else ""
+            raw_payload = replace(
+                raw_payload, order={**raw_payload.order, "filler_order_number": filler}
+            )
+        payload = prerender(raw_payload, profile=profile, now=now)
+        placer, control = payload.placer, payload.control
         t1 = None
         if kind == KIND_ORDER and settings.hl7.mllp:
             t1 = profile.escalation.t1_no_aa.total_seconds()
+        label = f"Order-{placer}-{control}"
         prepared.append(
-            PreparedOrder(kind, profile.name, placer, f"Order-{placer}-{control}", payload, t1)
+            PreparedOrder(kind, profile.name, placer, label, payload, t1, study_uid=uid)
         )
     return prepared
-
-
-def filler_number(outbox: Outbox, placer: str) -> str:
-    """The filler order number the RIS gave this order (ORC-3 of its last order response or
-    result on our listener), "" when it never said."""
-    found = ""
-    for raw in outbox.inbound_messages(f"order {placer}"):
-        try:
-            found = parse_inbound(raw).filler_order_number or found
-        except InboundParseError:
-            continue
-    return found
 
 
 def enqueue_review(
@@ -154,8 +155,11 @@ def enqueue_review(
         )
         hl7_ids = []
         for order in orders:
-            new = NewRow(HL7, order.target, key, order.kind, order.label, order.payload, after)
-            hl7_ids.append(batch.enqueue(new))
+            payload = order.content.to_json()
+            new = NewRow(HL7, order.target, key, order.kind, order.label, payload, after)
+            row_id = batch.enqueue(new)
+            batch.record_order(row_id, order.record())
+            hl7_ids.append(row_id)
             if order.hold:  # not sent until an analyst retries; escalated now instead of T1
                 batch.hold(HL7, order.target, key, order.hold)
                 batch.arm(order.placer, IDENTITY, 0, order.hold)

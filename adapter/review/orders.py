@@ -10,11 +10,11 @@ reference is a conditional reference that resolves on its own, outside the revie
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from adapter.hl7.deliverer import HL7, KIND_CANCEL, KIND_ORDER
+from adapter.hl7.deliverer import HL7
 from adapter.hl7.model import (
     OrderPatient,
     OrderRequest,
@@ -22,6 +22,7 @@ from adapter.hl7.model import (
     PersonNameGroup,
     Provider,
 )
+from adapter.hl7.order_payload import KIND_CANCEL, KIND_CHANGE, KIND_ORDER, OrderPayload
 from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import (
     PLACER_SYSTEM,
@@ -30,14 +31,12 @@ from adapter.mapping.review_bundle import (
     StudyContext,
 )
 from adapter.mapping.review_input import ReviewInput
-from adapter.store.outbox import Row
+from adapter.store.outbox import NewRow
 from adapter.store.studies import StudyRecord
 from adapter.tables import Tables
 
 JSON = dict[str, Any]
 KIND_TASK_UPDATE = "fhir-transaction"
-HL7_SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
-IMAGE_MODALITIES = ("CT", "MR", "PT")
 
 
 DICOM_SEX = {"M": "M", "F": "F", "O": "O"}  # DICOM (0010,0040) -> HL7 table 0001
@@ -47,8 +46,8 @@ PN_GROUPS = ("A", "I", "P")
 
 @dataclass(frozen=True, slots=True)
 class StudyFacts:
-    """Demographics and study details for PID/OBR: the study's record (its DICOM headers,
-    kept by the outbox) when there is one, else what the ingest Bundle says."""
+    """Demographics and study details for PID/OBR, from the study's record (its DICOM
+    headers, kept by the store)."""
 
     family: str = ""
     given: str = ""
@@ -74,38 +73,16 @@ def name_groups(pn: str) -> tuple[PersonNameGroup, ...]:
     return tuple(groups)
 
 
-def study_facts(
-    payloads: Iterable[JSON], study_uid: str, *, record: StudyRecord | None = None
-) -> StudyFacts:
-    """What the study's record (DICOM headers) and ingest Bundle(s) say about the patient, the
-    procedure and the modality."""
-    facts = StudyFacts()
-    uid_value = f"urn:oid:{study_uid}"
-    for payload in payloads:
-        for entry in payload.get("entry", []):
-            resource = entry.get("resource", {})
-            kind = resource.get("resourceType")
-            if kind == "Patient":
-                name = (resource.get("name") or [{}])[0]
-                facts = StudyFacts(
-                    family=str(name.get("family", "")),
-                    given=" ".join(name.get("given", [])),
-                    birth_date=str(resource.get("birthDate", "")),
-                    sex=HL7_SEX.get(str(resource.get("gender", "")), ""),
-                    modality=facts.modality,
-                )
-            elif kind == "ImagingStudy" and any(
-                i.get("value") == uid_value for i in resource.get("identifier", [])
-            ):
-                codes = [str(m.get("code", "")) for m in resource.get("modality", [])]
-                modality = next((c for c in codes if c in IMAGE_MODALITIES), "")
-                facts = StudyFacts(facts.family, facts.given, facts.birth_date, facts.sex, modality)
+def study_facts(record: StudyRecord | None) -> StudyFacts:
+    """What the study's record (its DICOM headers, kept by the store) says about the patient,
+    the procedure and the modality; empty when the store has no record of the study (the
+    order then carries only what the review and the FHIR server say)."""
     if record is None:
-        return facts
+        return StudyFacts()
     return StudyFacts(
         birth_date=record.birth_date,
         sex=DICOM_SEX.get(record.sex.upper(), "U" if record.sex else ""),
-        modality=facts.modality,
+        modality=record.modality,
         names=name_groups(record.patient_name),
         patient_id=record.patient_id,
         patient_issuer=record.patient_issuer,
@@ -113,18 +90,6 @@ def study_facts(
         requested_procedure_id=record.requested_procedure_id,
         scheduled_step_id=record.scheduled_step_id,
     )
-
-
-def previous_orders(rows: Iterable[Row]) -> dict[str, JSON]:
-    """The last order (new or change) sent for each ServiceRequest's placer number, from the
-    study's HL7 rows (a replacement order is filed under the request it replaces for)."""
-    found: dict[str, JSON] = {}
-    for row in rows:
-        order = row.payload.get("order") or {}
-        if order.get("control") in ("NW", "XO"):
-            request = row.payload.get("request_placer") or order["placer_order_number"]
-            found[str(request)] = order
-    return found
 
 
 def _issuer(system: str, tables: Tables, *, guess: bool = True) -> str:
@@ -285,16 +250,17 @@ def order_payloads(
     fhir_targets: list[tuple[str, str]],
     already_ordered: Mapping[str, JSON],
     updates: str = "change",
-) -> list[tuple[str, JSON]]:
+) -> list[tuple[str, OrderPayload]]:
     """``(kind, payload)`` for each HL7 row this review needs: a new order for a new concern;
     for an amendment that changes the urgency or the text of one already ordered, a change
     (ORC-1 XO, ``updates="change"``) or a cancel of the order as sent plus a new order under a
     new placer number (``updates="cancel-replace"``); a cancel for each withdrawn request.
 
     ``already_ordered`` maps each ServiceRequest's placer number to the last order sent for it
-    (:func:`previous_orders`); a replacement's own placer number is ``<placer>-<version>``.
+    (the store's order records, ``Outbox.last_orders``); a replacement's own placer number is
+    ``<placer>-<version>``.
     """
-    rows: list[tuple[str, JSON]] = []
+    rows: list[tuple[str, OrderPayload]] = []
     withdrawn = review.concern_withdrawn
     sent = already_ordered.get(output.placer) if output.placer else None
     if sent is not None and not withdrawn:
@@ -307,7 +273,7 @@ def order_payloads(
             rows.append(_new_row(renumbered, output, ctx, fhir_targets, profile))
         elif _changed(sent, order):
             change = _change(order, sent)
-            payload = {"profile": profile, "order": change, "on_ack": [], **_request(output.placer)}
+            payload = OrderPayload(profile, change, request_placer=output.placer)
             rows.append((KIND_CHANGE, payload))
     if output.placer and sent is None and not withdrawn:
         order = _order("NW", output.placer, review, ctx, facts, tables, output.bundle, namespace)
@@ -319,28 +285,23 @@ def order_payloads(
             rows.append(_cancel_row(previous, profile, CANCEL_REASON, placer))
             continue
         order = _order("CA", placer, review, ctx, facts, tables, output.bundle, namespace)
-        rows.append((KIND_CANCEL, {"profile": profile, "order": order.to_json(), "on_ack": []}))
+        rows.append((KIND_CANCEL, OrderPayload(profile, order.to_json())))
     return rows
 
 
 CANCEL_REASON = "Concern withdrawn by the oncologist"
-KIND_CHANGE = "hl7-change"
 
 
-def _request(placer: str) -> JSON:
-    """Which ServiceRequest (placer number) a row's order belongs to."""
-    return {"request_placer": placer}
-
-
-def _cancel_row(sent: JSON, profile: str, why: str, request_placer: str) -> tuple[str, JSON]:
+def _cancel_row(
+    sent: JSON, profile: str, why: str, request_placer: str
+) -> tuple[str, OrderPayload]:
     cancelled = {**sent, "control": "CA", "control_reason": why, "extra_notes": []}
     cancelled["concern_text"] = (
         "RT planning scan - concern withdrawn by the oncologist"
         if why == CANCEL_REASON
         else "RT planning scan - order replaced by an amended order"
     )
-    payload = {"profile": profile, "order": cancelled, "on_ack": [], **_request(request_placer)}
-    return KIND_CANCEL, payload
+    return KIND_CANCEL, OrderPayload(profile, cancelled, request_placer=request_placer)
 
 
 def _new_row(
@@ -349,9 +310,9 @@ def _new_row(
     ctx: StudyContext,
     fhir_targets: list[tuple[str, str]],
     profile: str,
-) -> tuple[str, JSON]:
+) -> tuple[str, OrderPayload]:
     task = _find(output.bundle, "Task", RADIOLOGY_TASK_SYSTEM, output.placer)
-    on_ack = []
+    on_ack: list[NewRow] = []
     fhir: JSON = {
         "subject": ctx.patient,
         "imaging_study": {
@@ -364,23 +325,19 @@ def _new_row(
     if task is not None:
         update = with_narratives(_task_received(task, output.bundle))
         on_ack = [
-            {
-                "destination": d,
-                "target": t,
-                "key": f"study:{ctx.study_uid}",
-                "kind": KIND_TASK_UPDATE,
-                "label": f"RadiologyTask-{order.placer_order_number}-received",
-                "payload": update,
-            }
+            NewRow(
+                d,
+                t,
+                f"study:{ctx.study_uid}",
+                KIND_TASK_UPDATE,
+                f"RadiologyTask-{order.placer_order_number}-received",
+                update,
+            )
             for d, t in fhir_targets
         ]
-    payload = {
-        "profile": profile,
-        "order": order.to_json(),
-        "on_ack": on_ack,
-        "fhir": fhir,
-        **_request(output.placer),
-    }
+    payload = OrderPayload(
+        profile, order.to_json(), tuple(on_ack), fhir, request_placer=output.placer
+    )
     return KIND_ORDER, payload
 
 
@@ -399,4 +356,12 @@ def _change(order: OrderRequest, sent: JSON) -> JSON:
     return data
 
 
-__all__ = ["HL7", "StudyFacts", "order_payloads", "study_facts"]
+__all__ = [
+    "HL7",
+    "KIND_CANCEL",
+    "KIND_CHANGE",
+    "KIND_ORDER",
+    "StudyFacts",
+    "order_payloads",
+    "study_facts",
+]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 from adapter.config import Settings
 from adapter.errors import TransportError
 from adapter.hl7.profiles import receivers_dir
-from adapter.mapping.identifiers import DICOM_UID_SYSTEM, V2_0203, conditional_url, token
+from adapter.mapping.identifiers import (
+    DICOM_UID_SYSTEM,
+    V2_0203,
+    conditional_url,
+    patient_identifier,
+    token,
+)
 from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import (
     PLACER_SYSTEM,
@@ -103,87 +109,28 @@ def review_label(review: ReviewInput) -> str:
 # -- what is known about the study ------------------------------------------------------------
 
 
-def _entries(payload: JSON) -> list[JSON]:
-    return [e for e in payload.get("entry", []) if isinstance(e.get("resource"), dict)]
+def context_from_record(record: StudyRecord | None) -> StudyContext | None:
+    """The study as this adapter mapped it, from the store's record of it; None when the
+    adapter never mapped it (no record, or a study it held: not a planning scan, incomplete).
 
-
-def _has_identifier(resource: JSON, system: str, value: str) -> bool:
-    return any(
-        i.get("system") == system and i.get("value") == value
-        for i in resource.get("identifier", [])
-    )
-
-
-def context_from_rows(study_uid: str, review_id: str, rows: list[Row]) -> StudyContext | None:
-    """The study as the adapter mapped it (its ingest Bundle in the outbox), or None."""
-    return context_from_payloads(study_uid, review_id, [(r.kind, r.payload) for r in rows])
-
-
-def context_from_payloads(
-    study_uid: str, review_id: str, payloads: Iterable[tuple[str, JSON]]
-) -> StudyContext | None:
-    """The same, from ``(kind, payload)`` pairs in outbox order (also used by the tests)."""
-    uid_value = f"urn:oid:{study_uid}"
-    study: JSON | None = None
-    task: JSON | None = None
-    by_url: dict[str, JSON] = {}
-    placers: dict[str, None] = {}
-    for row_kind, payload in payloads:
-        entries = _entries(payload)
-        for entry in entries:
-            resource = entry["resource"]
-            kind = resource.get("resourceType")
-            if kind == "ImagingStudy" and _has_identifier(resource, DICOM_UID_SYSTEM, uid_value):
-                study = resource
-                by_url = {str(e.get("fullUrl")): e["resource"] for e in entries}
-            elif (
-                kind == "Task"
-                and _has_identifier(resource, REVIEW_TASK_SYSTEM, review_task_value(study_uid))
-                and row_kind != KIND_REVIEW
-            ):
-                task = resource
-        if row_kind == KIND_REVIEW and any(
-            e["resource"].get("resourceType") == "DiagnosticReport"
-            and _has_identifier(e["resource"], REVIEW_SYSTEM, review_id)
-            for e in entries
-        ):
-            for e in entries:
-                resource = e["resource"]
-                if resource.get("resourceType") != "ServiceRequest":
-                    continue
-                for identifier in resource.get("identifier", []):
-                    if identifier.get("system") != PLACER_SYSTEM:
-                        continue
-                    if resource.get("status") == "active":
-                        placers[str(identifier["value"])] = None
-                    else:
-                        placers.pop(str(identifier["value"]), None)
-    if study is None:
+    The subject is the conditional reference to the Patient by the identifier the mapping
+    used; the review Task is the one the ingest opened, which the review completes.
+    """
+    if record is None or not record.patient_system:
         return None
-    subject = dict(study.get("subject", {}))
-    patient_identifier: JSON | None = None
-    reference = str(subject.get("reference", ""))
-    if reference.startswith("urn:uuid:") and reference in by_url:
-        identifiers = by_url[reference].get("identifier", [])
-        if identifiers:
-            patient_identifier = identifiers[0]
-            subject = {
-                "reference": conditional_url(
-                    "Patient", patient_identifier["system"], patient_identifier["value"]
-                )
-            }
-    elif reference.startswith("Patient?identifier="):
-        system, _, value = reference.removeprefix("Patient?identifier=").partition("|")
-        patient_identifier = {"system": system, "value": value}
-    accession = next(
-        (
-            str(i.get("value", ""))
-            for i in study.get("identifier", [])
-            if any(c.get("code") == "ACSN" for c in i.get("type", {}).get("coding", []))
-        ),
-        "",
+    system, value = record.patient_system, record.patient_id
+    identifier: JSON = (
+        dict(patient_identifier(value, system))
+        if record.patient_created
+        else {"system": system, "value": value}
     )
-    return StudyContext(study_uid, subject, patient_identifier, accession, task, tuple(placers))
+    return StudyContext(
+        record.study_uid,
+        {"reference": conditional_url("Patient", system, value)},
+        identifier,
+        record.accession,
+        record.review_task,
+    )
 
 
 async def _search(client: FhirClient, kind: str, params: Mapping[str, str]) -> list[JSON]:
@@ -256,8 +203,7 @@ async def resolve_context(
     """Outbox first (what this adapter mapped), then the FHIR server (through the process's
     client, when there is one), else UnknownStudyError."""
     if outbox is not None:
-        rows = outbox.rows_for_key(f"study:{review.study_instance_uid}")
-        found = context_from_rows(review.study_instance_uid, review.review_id, rows)
+        found = context_from_record(outbox.study(review.study_instance_uid))
         if found is not None:
             return found
     if fhir is not None:
@@ -469,10 +415,10 @@ def preview_orders(
 
     tables = tables or load_tables(settings.mappings_dir)
     review = parse_review(data, tables)
-    ctx, rows = _preview_context(review, settings, out_dir)
+    ctx, _ = _preview_context(review, settings, out_dir)
     record = _preview_record(review, settings, out_dir)
     output = build_review(review, ctx, settings, tables)
-    facts = study_facts([r.payload for r in rows], review.study_instance_uid, record=record)
+    facts = study_facts(record)
     payloads = order_payloads(
         review,
         output,
@@ -486,6 +432,6 @@ def preview_orders(
     )
     now = datetime.now(UTC)
     return [
-        preview(payload["order"], settings.hl7.receiver, receivers_dir(settings), now=now)
+        preview(payload.order, settings.hl7.receiver, receivers_dir(settings), now=now)
         for _, payload in payloads
     ]

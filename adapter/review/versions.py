@@ -100,4 +100,5 @@ def accepted_record(
         digest,
         review_state(review),
         MappingProxyType(requests),
+        images_complete=review.all_images_reviewed,
     )

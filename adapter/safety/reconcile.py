@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from adapter.mapping.review_task import REVIEW_TASK_SYSTEM
 from adapter.store.audit import study_of_key
 from adapter.store.outbox import Outbox, Row, State
 from adapter.store.timers import Timer
@@ -66,19 +65,8 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
-def _review_task(bundle: JSON) -> JSON | None:
-    for entry in bundle.get("entry", []):
-        resource = entry.get("resource") or {}
-        if resource.get("resourceType") != "Task":
-            continue
-        systems = {i.get("system") for i in resource.get("identifier", [])}
-        if REVIEW_TASK_SYSTEM in systems:
-            return dict(resource)
-    return None
-
-
-def _due(task: JSON | None) -> datetime | None:
-    end = ((task or {}).get("restriction") or {}).get("period", {}).get("end")
+def _due(end: str) -> datetime | None:
+    """The review's due date from the study record, None when it has none."""
     if not end:
         return None
     try:
@@ -97,7 +85,7 @@ def _rows(outbox: Outbox) -> list[Row]:
             return rows
 
 
-def _reviews(rows: list[Row], now: datetime) -> list[Item]:
+def _reviews(outbox: Outbox, rows: list[Row], now: datetime) -> list[Item]:
     studies: dict[str, Row] = {}
     reviews: dict[str, list[Row]] = {}
     for row in rows:
@@ -107,12 +95,15 @@ def _reviews(rows: list[Row], now: datetime) -> list[Item]:
         elif row.kind == KIND_REVIEW:
             reviews.setdefault(uid, []).append(row)
     items = []
-    for uid, study_row in studies.items():
-        due = _due(_review_task(study_row.payload))
+    for uid in studies:
+        record = outbox.study(uid)
+        due = _due(record.review_due if record is not None else "")
         mine = reviews.get(uid, [])
         review = mine[-1] if mine else None
-        task = _review_task(review.payload) if review is not None else None
-        status = str((task or {}).get("status", "requested"))
+        accepted = outbox.reviews().latest_for_study(uid) if review is not None else None
+        status = "requested"
+        if accepted is not None:  # the review Task as the latest review left it
+            status = "completed" if accepted.images_complete else "in-progress"
         if review is not None and status == "completed" and review.state is State.DELIVERED:
             continue
         if review is None:
@@ -149,7 +140,8 @@ def _concerns(outbox: Outbox, rows: list[Row], now: float) -> list[Item]:
     for row in rows:
         if row.kind != KIND_ORDER:
             continue
-        placer = str(row.payload.get("order", {}).get("placer_order_number", ""))
+        order = outbox.order_of_row(row.id)
+        placer = order.placer if order is not None else ""
         mine = [t for t in all_timers if t.key == placer]
         t1, t1_due = _timer_state(mine, T1)
         t2, t2_due = _timer_state(mine, T2)
@@ -223,7 +215,7 @@ def reconcile(outbox: Outbox, *, now: float, since: date | None = None) -> list[
     cutoff = datetime.combine(since, datetime.min.time(), UTC).timestamp() if since else None
     rows = [r for r in _rows(outbox) if cutoff is None or r.created_at >= cutoff]
     items: list[Item] = []
-    items += _reviews(rows, datetime.fromtimestamp(now, UTC))
+    items += _reviews(outbox, rows, datetime.fromtimestamp(now, UTC))
     items += _concerns(outbox, rows, now)
     for hold in outbox.identity_holds(open_only=True):
         if cutoff is not None and hold.held_at < cutoff:

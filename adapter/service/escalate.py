@@ -50,15 +50,15 @@ def escalate_due(
             why = f"{why} ({timer.detail})"
         metrics.inc(f"escalations_{timer.kind}")
         log.warning("ESCALATION %s for order %s: %s", timer.kind, timer.key, why)
-        order = outbox.order_row(timer.key)
+        order = outbox.order(timer.key)
         outbox.audit(
             "escalation",
             outcome=timer.kind,
             actor="rtplan",
-            study_uid=order.key.removeprefix("study:") if order else "",
+            study_uid=order.study_uid if order else "",
             detail=f"order {timer.key}: {why}",
         )
-        task = (order.payload.get("fhir") or {}).get("radiology_task") if order else None
+        task = order.fhir.get("radiology_task") if order else None
         if order is None or task is None:
             continue
         priority = RAISE.get(str(task.get("priority", "routine")), "urgent")
@@ -70,7 +70,7 @@ def escalate_due(
                 NewRow(
                     d,
                     t,
-                    order.key,
+                    order.study_key,
                     "fhir-transaction",
                     f"Escalation-{timer.key}-{timer.kind}",
                     bundle,

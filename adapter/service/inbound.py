@@ -39,7 +39,8 @@ from adapter.hl7.listener import PEER, Peer
 from adapter.hl7.trust import TrustPolicy
 from adapter.ratelimit import RateLimitedWarning
 from adapter.review.radiology_result import response_bundle, result_bundle
-from adapter.store.outbox import NewRow, Outbox, Row
+from adapter.store.orders import OrderAnswer, OrderRecord
+from adapter.store.outbox import NewRow, Outbox
 from adapter.tables import Tables
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,8 @@ class InboundHandler:
             return self._ack(
                 raw, "AR", control, error_code=exc.error_code, location=_location(exc.location)
             )
-        order = self.outbox.order_row(message.placer_order_number)
-        if order is not None and order.target not in verdict.receivers:
+        order = self.outbox.order(message.placer_order_number)
+        if order is not None and order.receiver not in verdict.receivers:
             return self._refuse(raw, sender, control, "order went to another receiver", peer)
         if order is None:
             self.stats.unknown_order += 1
@@ -130,6 +131,12 @@ class InboundHandler:
             log.warning("inbound %s: %s for an unknown order (AE)", control, message.message_type)
             return self._ack(raw, "AE", control, error_code=UNKNOWN_KEY, location=("ORC", 2))
         rows, status = self._effects(message, order)
+        acknowledged = message.ack is not None and message.ack.code in ("AA", "CA")
+        answer = OrderAnswer(
+            order.placer,
+            "resulted" if status == "result" else ("acknowledged" if acknowledged else ""),
+            message.filler_order_number,
+        )
         stored = self.outbox.record_inbound(
             sender=sender,
             control_id=control,
@@ -138,6 +145,7 @@ class InboundHandler:
             detail=f"order {message.placer_order_number}",
             message=raw,
             rows=rows,
+            answer=answer,
         )
         if not stored:
             self.stats.duplicates += 1
@@ -146,8 +154,8 @@ class InboundHandler:
             self._timers(message, order)
         return self._ack(raw, "AA", control)
 
-    def _effects(self, message: InboundMessage, order: Row) -> tuple[list[NewRow], str]:
-        fhir = order.payload.get("fhir") or {}
+    def _effects(self, message: InboundMessage, order: OrderRecord) -> tuple[list[NewRow], str]:
+        fhir = order.fhir
         label = f"RadiologyResult-{message.placer_order_number}-{message.control_id}"
         rows: list[NewRow] = []
         if message.message_type.startswith("ORU"):
@@ -162,17 +170,21 @@ class InboundHandler:
             rows.extend(self._fhir_rows(order, label, bundle_or_none))
         return rows, "order-response"
 
-    def _fhir_rows(self, order: Row, label: str, bundle: JSON) -> list[NewRow]:
+    def _fhir_rows(self, order: OrderRecord, label: str, bundle: JSON) -> list[NewRow]:
         return [
-            NewRow(destination, target, order.key, "fhir-transaction", label, bundle)
+            NewRow(destination, target, order.study_key, "fhir-transaction", label, bundle)
             for destination, target in self.fhir_targets
         ]
 
-    def _acknowledged(self, order: Row) -> list[NewRow]:
+    def _acknowledged(self, order: OrderRecord) -> list[NewRow]:
+        """The rows the order's new-order row stores once the RIS has it (its payload's
+        ``on_ack``: the radiology Task becomes "received")."""
         self.stats.acknowledgements += 1
-        return list(on_ack_rows(order))
+        if order.order_row_id is None:
+            return []
+        return list(on_ack_rows(self.outbox.get(order.order_row_id)))
 
-    def _timers(self, message: InboundMessage, order: Row) -> None:
+    def _timers(self, message: InboundMessage, order: OrderRecord) -> None:
         timers = self.outbox.timers()
         placer = message.placer_order_number
         if message.message_type.startswith("ORU"):
@@ -230,12 +242,13 @@ class InboundHandler:
     ) -> None:
         """Enhanced mode: the RIS's application ACK arrives as its own message."""
         ack = parse_ack(raw)
-        order = self.outbox.row_by_control_id(ack.control_id) if ack.valid else None
-        if order is None or order.target not in receivers:
+        order = self.outbox.order_by_control_id(ack.control_id) if ack.valid else None
+        if order is None or order.receiver not in receivers:
             self._unmatched.warn("inbound ACK %s for no message of ours", control or "?")
             return
         rows = self._acknowledged(order) if ack.code == "AA" else []
         rejected = ack.code in ("AE", "AR")
+        state = "acknowledged" if ack.code == "AA" else ("rejected" if rejected else "")
         stored = self.outbox.record_inbound(
             sender=sender,
             control_id=control,
@@ -244,8 +257,9 @@ class InboundHandler:
             detail=f"for {ack.control_id}",
             message=raw,
             rows=rows,
+            answer=OrderAnswer(order.placer, state, control_id=ack.control_id, ack=ack.code),
         )
-        placer = str(order.payload["order"]["placer_order_number"])
+        placer = order.placer
         if stored and ack.code == "AA":
             self.outbox.timers().cancel(placer, T1)
         elif stored and rejected:  # the RIS's application rejected it: one escalation, T1 ends

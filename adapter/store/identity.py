@@ -152,8 +152,14 @@ def record_ingest(
             result.held[record.study_uid] = _hold(db, now, study, reason)
             continue
         study_records.save(db, record, now)
-        result.ids.extend(insert(row) for row in study.rows)
+        result.ids.extend(_linked(db, record.study_uid, insert(row)) for row in study.rows)
     return result
+
+
+def _linked(db: Database, study_uid: str, row_id: int) -> int:
+    """Remember that the row carries the study's ingest Bundle (its result brings FHIR ids)."""
+    study_records.link_row(db, row_id, study_uid)
+    return row_id
 
 
 def _fingerprint(study: IngestedStudy, reason: str) -> str:
@@ -180,7 +186,7 @@ def _hold(db: Database, now: float, study: IngestedStudy, reason: str) -> int:
         (
             uid,
             reason,
-            json.dumps(asdict(study.record)),
+            json.dumps(study.record.to_json(), ensure_ascii=False),
             json.dumps([asdict(r) for r in study.rows], ensure_ascii=False),
             fingerprint,
             now,
@@ -197,7 +203,7 @@ def _from_raw(raw: DbRow) -> IdentityHold:
         id=int(raw["id"]),
         study_uid=str(raw["study_uid"]),
         reason=str(raw["reason"]),
-        incoming=StudyRecord(**json.loads(raw["incoming"])),
+        incoming=StudyRecord.from_json(json.loads(raw["incoming"])),
         rows=tuple(HeldRow(**r) for r in json.loads(raw["rows"])),
         held_at=float(raw["held_at"]),
         resolved_at=None if raw["resolved_at"] is None else float(raw["resolved_at"]),
@@ -251,7 +257,7 @@ def resolve(
             study_records.save(db, hold.incoming, now)
         else:
             study_records.replace_patient(db, hold.incoming, now)
-        released = [insert(row) for row in hold.rows]
+        released = [_linked(db, hold.study_uid, insert(row)) for row in hold.rows]
     db.execute(
         "UPDATE identity_holds SET resolved_at=?, resolved_by=?, resolution=?, note=? WHERE id=?",
         (now, by, resolution.value, note, hold_id),

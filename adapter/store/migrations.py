@@ -21,7 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adapter.errors import ConfigError
+from adapter.store import backfill
 from adapter.store.db import Database, Dialect
+from adapter.store.studies import FACT_COLUMNS
 
 Step = str | Callable[[Database], None]
 
@@ -87,6 +89,30 @@ def _hl7_lookups(db: Database) -> None:
     db.execute(
         f"CREATE INDEX IF NOT EXISTS outbox_placer ON outbox ({placer}) WHERE destination = 'hl7'"
     )
+
+
+def _study_facts(db: Database) -> None:
+    """The study record's facts (issue 8); a file of an earlier build may have some already."""
+    for name, declaration in FACT_COLUMNS:
+        if not db.has_column("studies", name):
+            db.execute(f"ALTER TABLE studies ADD COLUMN {name} {declaration}")
+
+
+def _review_images(db: Database) -> None:
+    """Whether a review covered every image (its Task completed): ``rtplan reconcile``."""
+    if not db.has_column("review_versions", "images_complete"):
+        db.execute(
+            "ALTER TABLE review_versions ADD COLUMN images_complete "
+            + _TYPES[db.dialect]["int"]
+            + " NOT NULL DEFAULT 1"
+        )
+        db.execute("UPDATE review_versions SET images_complete=0 WHERE state='partial'")
+
+
+def _fill_records(db: Database) -> None:
+    """Records for what an older store already holds (``adapter.store.backfill``)."""
+    backfill.study_facts(db)
+    backfill.order_records(db)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -228,6 +254,49 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX IF NOT EXISTS pacs_labels_study ON pacs_labels "
             "(study_uid, instance_number)",
+        ),
+    ),
+    Migration(
+        5,
+        "records the workflow reads: study facts, orders and their transmissions (issue 8)",
+        (
+            _study_facts,
+            """CREATE TABLE IF NOT EXISTS study_rows (
+                row_id    {int} PRIMARY KEY,
+                study_uid TEXT NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS orders (
+                placer         TEXT PRIMARY KEY,
+                study_uid      TEXT NOT NULL,
+                request_placer TEXT NOT NULL,
+                receiver       TEXT NOT NULL,
+                state          TEXT NOT NULL,
+                last_order     TEXT NOT NULL,
+                order_row_id   {int},
+                fhir           TEXT NOT NULL,
+                filler         TEXT NOT NULL DEFAULT '',
+                created_at     {real} NOT NULL,
+                updated_at     {real} NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS orders_study ON orders (study_uid)",
+            """CREATE TABLE IF NOT EXISTS order_transmissions (
+                row_id      {int} PRIMARY KEY,
+                placer      TEXT NOT NULL,
+                control_id  TEXT NOT NULL,
+                control     TEXT NOT NULL,
+                ack_code    TEXT NOT NULL DEFAULT '',
+                ack_error   TEXT NOT NULL DEFAULT '',
+                ack_at      {real},
+                created_at  {real} NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS order_transmissions_control "
+            "ON order_transmissions (control_id)",
+            "CREATE INDEX IF NOT EXISTS order_transmissions_placer ON order_transmissions (placer)",
+            _review_images,
+            # Inbound results and ACKs find their order in the order records now, not by an
+            # index on the HL7 payload (migration 3).
+            "DROP INDEX IF EXISTS outbox_placer",
+            _fill_records,
         ),
     ),
 )

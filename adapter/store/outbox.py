@@ -50,12 +50,14 @@ from typing import Any
 from adapter.errors import ConfigError
 from adapter.private import private_dir, touch_private
 from adapter.store import audit, claims, identity
+from adapter.store import orders as order_records
 from adapter.store import studies as study_records
 from adapter.store.audit import AuditRecord
 from adapter.store.db import Database, DbRow, Dialect, open_database
 from adapter.store.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
 from adapter.store.labels import LabelStore
 from adapter.store.migrations import migrate
+from adapter.store.orders import OrderAnswer, OrderRecord, QueuedOrder
 from adapter.store.reviews import ReviewVersions
 from adapter.store.studies import StudyRecord
 from adapter.store.timers import SteadyClock, Timers
@@ -453,6 +455,10 @@ class Outbox:
             if taken is None:  # another instance owns it now; its outcome stands
                 _lost_lease(row_id)
                 return []
+            if result is not None:  # the records learn the outcome, in the same transaction
+                if state == "delivered":
+                    study_records.record_fhir_ids(db, row_id, result, now)
+                order_records.record_result(db, row_id, state, result, now)
             self._event(db, row_id, event, error or "")
             return [self._insert(db, new) for new in follow_ups]
 
@@ -510,8 +516,10 @@ class Outbox:
         detail: str,
         message: bytes,
         rows: Sequence[NewRow] = (),
+        answer: OrderAnswer | None = None,
     ) -> bool:
-        """Store an inbound message and the rows it causes in one transaction, before any ACK.
+        """Store an inbound message and the rows it causes in one transaction, before any ACK,
+        with what it says about an order (``answer``: the order record moves on with it).
 
         Returns False (and stores nothing) when this sender's control id was seen before: a
         resend, to be acknowledged again but not processed twice.
@@ -540,6 +548,14 @@ class Outbox:
                 )
             for new in rows:
                 self._insert(db, new)
+            if answer is not None:
+                now = self._clock()
+                if answer.control_id and answer.ack:
+                    order_records.record_ack(db, answer.control_id, answer.ack, now)
+                if answer.state:
+                    order_records.record_answer(
+                        db, answer.placer, answer.state, answer.filler, now
+                    )
         return True
 
     def inbound_for_order(self, placer: str) -> list[tuple[str, str]]:
@@ -560,39 +576,34 @@ class Outbox:
     def inbound_count(self) -> int:
         return int(self._db.scalar("SELECT COUNT(*) FROM inbound"))
 
-    def inbound_messages(self, detail: str) -> list[bytes]:
-        """The stored inbound messages with this detail (``order <placer>``), oldest first."""
-        raws = self._db.execute(
-            "SELECT message FROM inbound WHERE detail=? ORDER BY id", (detail,)
-        ).fetchall()
-        return [bytes(r["message"]) for r in raws]
+    # -- the order records (adapter.store.orders) --------------------------------------------
 
-    def order_row(self, placer: str) -> Row | None:
-        """The newest HL7 new-order row for a placer order number."""
-        raw = self._db.execute(
-            "SELECT * FROM outbox WHERE destination='hl7' AND kind='hl7-order' "
-            f"AND {self._db.json_text('payload', 'order', 'placer_order_number')} = ? "
-            "ORDER BY id DESC LIMIT 1",
-            (placer,),
-        ).fetchone()
-        return None if raw is None else _row(raw)
+    def order(self, placer: str) -> OrderRecord | None:
+        """The record of the order with this placer order number, None if never sent."""
+        return order_records.get(self._db, placer)
 
-    def row_by_control_id(self, control_id: str) -> Row | None:
-        """The HL7 row whose MSH-10 is ``control_id`` (stored with the row, or ``RTP`` + id)."""
-        raw = self._db.execute(
-            "SELECT * FROM outbox WHERE destination='hl7' "
-            f"AND {self._db.json_text('payload', 'control_id')} = ? ORDER BY id DESC LIMIT 1",
-            (control_id,),
-        ).fetchone()
-        if raw is not None:
-            return _row(raw)
-        if not control_id.startswith("RTP") or not control_id[3:].isdigit():
-            return None
-        try:
-            row = self.get(int(control_id[3:]))
-        except KeyError:
-            return None
-        return row if row.destination == "hl7" else None
+    def order_by_control_id(self, control_id: str) -> OrderRecord | None:
+        """The order one of whose transmissions had this MSH-10."""
+        return order_records.by_control_id(self._db, control_id)
+
+    def order_of_row(self, row_id: int) -> OrderRecord | None:
+        """The order an HL7 row is a transmission of (None for other rows)."""
+        return order_records.of_row(self._db, row_id)
+
+    def orders_for_study(self, study_uid: str) -> list[OrderRecord]:
+        return order_records.for_study(self._db, study_uid)
+
+    def last_orders(self, study_uid: str) -> dict[str, JSON]:
+        """The last order sent for each of the study's ServiceRequests (see
+        :func:`adapter.store.orders.last_orders`)."""
+        return order_records.last_orders(self._db, study_uid)
+
+    def record_transmission(self, row_id: int, placer: str, control: str, control_id: str) -> None:
+        """A new transmission of an order (an analyst's replay under a new MSH-10)."""
+        with self._write() as db:
+            order_records.record_transmission(
+                db, row_id, placer, control, control_id, self._clock()
+            )
 
     def timers(self, clock: Callable[[], float] | None = None) -> Timers:
         """The escalation timers kept in the same database (one per handle). ``clock``: a
@@ -717,6 +728,10 @@ class Batch:
     def hold(self, destination: str, target: str, key: str, reason: str) -> None:
         """Hold a key (nothing more is sent for it until an analyst retries)."""
         _hold(self._db, destination, target, key, reason, self._outbox.clock())
+
+    def record_order(self, row_id: int, queued: QueuedOrder) -> None:
+        """Record (or update) the order the HL7 row ``row_id`` sends, in the same transaction."""
+        order_records.record_queued(self._db, row_id, queued, self._outbox._clock())
 
     def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
         """Start an escalation timer in the same transaction."""

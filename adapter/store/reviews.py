@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from adapter.store.db import Database
+from adapter.store.db import Database, DbRow
 
 RequestStatus = Literal["active", "revoked"]
 # What the accepted version says: final / partial (not all images reviewed) / amended /
@@ -47,6 +47,7 @@ class AcceptedReview:
     content_hash: str
     state: ReviewState
     requests: Mapping[str, RequestRecord] = field(default_factory=lambda: MappingProxyType({}))
+    images_complete: bool = True  # all images reviewed: the review Task is completed
 
     @property
     def active_placers(self) -> tuple[str, ...]:
@@ -65,24 +66,18 @@ class ReviewVersions:
 
     def get(self, review_id: str) -> AcceptedReview | None:
         raw = self._db.execute(
-            "SELECT review_id, study_uid, version, content_hash, state, requests "
-            "FROM review_versions WHERE review_id = ?",
-            (review_id,),
+            f"SELECT {_COLUMNS} FROM review_versions WHERE review_id = ?", (review_id,)
         ).fetchone()
-        if raw is None:
-            return None
-        requests = {
-            str(placer): RequestRecord(
-                tuple(str(k) for k in value["findings"]),
-                value["status"],
-                int(value["version"]),
-                str(value.get("opened_at", "")),
-            )
-            for placer, value in json.loads(raw[5]).items()
-        }
-        return AcceptedReview(
-            str(raw[0]), str(raw[1]), int(raw[2]), str(raw[3]), raw[4], MappingProxyType(requests)
-        )
+        return None if raw is None else _accepted(raw)
+
+    def latest_for_study(self, study_uid: str) -> AcceptedReview | None:
+        """The review of the study accepted last (any review id), None when none was."""
+        raw = self._db.execute(
+            f"SELECT {_COLUMNS} FROM review_versions WHERE study_uid = ? "
+            "ORDER BY accepted_at DESC LIMIT 1",
+            (study_uid,),
+        ).fetchone()
+        return None if raw is None else _accepted(raw)
 
     def accept(self, record: AcceptedReview) -> None:
         """Store ``record`` as the latest version. Call it inside ``Outbox.transaction()``,
@@ -100,10 +95,12 @@ class ReviewVersions:
         }
         self._db.execute(
             "INSERT INTO review_versions (review_id, study_uid, version, content_hash, state, "
-            "requests, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (review_id) DO UPDATE "
+            "requests, accepted_at, images_complete) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (review_id) DO UPDATE "
             "SET study_uid=excluded.study_uid, version=excluded.version, "
             "content_hash=excluded.content_hash, state=excluded.state, "
-            "requests=excluded.requests, accepted_at=excluded.accepted_at",
+            "requests=excluded.requests, accepted_at=excluded.accepted_at, "
+            "images_complete=excluded.images_complete",
             (
                 record.review_id,
                 record.study_uid,
@@ -112,5 +109,30 @@ class ReviewVersions:
                 record.state,
                 json.dumps(requests, sort_keys=True),
                 time.time(),
+                1 if record.images_complete else 0,
             ),
         )
+
+
+_COLUMNS = "review_id, study_uid, version, content_hash, state, requests, images_complete"
+
+
+def _accepted(raw: DbRow) -> AcceptedReview:
+    requests = {
+        str(placer): RequestRecord(
+            tuple(str(k) for k in value["findings"]),
+            value["status"],
+            int(value["version"]),
+            str(value.get("opened_at", "")),
+        )
+        for placer, value in json.loads(raw[5]).items()
+    }
+    return AcceptedReview(
+        str(raw[0]),
+        str(raw[1]),
+        int(raw[2]),
+        str(raw[3]),
+        raw[4],
+        MappingProxyType(requests),
+        bool(raw[6]),
+    )

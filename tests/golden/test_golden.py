@@ -19,9 +19,10 @@ from adapter.config import ArchiveSettings, FhirSettings, IngestSettings, Settin
 from adapter.ingest.pipeline import Status, run_ingest
 from adapter.jobs.deliver import KIND_TRANSACTION
 from adapter.mapping.review_input import parse_review
-from adapter.review.service import KIND_REVIEW, build_review, context_from_payloads
+from adapter.review.service import KIND_REVIEW, build_review
 from adapter.tables import load_tables
 from tests.fhir_validation import validate_r4
+from tests.study_context import context_from_payloads
 
 ROOT = Path(__file__).resolve().parents[2]
 DICOM = ROOT / "fixtures" / "dicom"

@@ -58,6 +58,16 @@ def test_post_review_with_a_concern_shows_fhir_ids_and_the_acked_order(
             assert time.monotonic() < deadline, f"not delivered: {states}"
             time.sleep(0.3)
         metrics = api.get("/metrics", headers=AUTH).text
+        study = api.get(f"/studies/{study_uid}", headers=AUTH).json()
+    # Issue 8: the store's records know the order's ACK and the ids the server gave the study.
+    (order_state,) = study["orders"]
+    assert order_state["state"] == "acknowledged" and order_state["receiver"]
+    assert [(t["control"], t["ack"]) for t in order_state["transmissions"]] == [("NW", "AA")]
+    assert study["classification"]["decision"] == "planning"
+    with Outbox(database) as outbox:
+        record = outbox.study(study_uid)
+    assert record is not None
+    assert record.fhir_imaging_study_id and record.fhir_review_task_id and record.fhir_patient_id
     (row,) = state["rows"]
     kinds = {e.get("type") for e in row["result"]["entries"]}
     assert {"DiagnosticReport", "Task"} <= kinds

@@ -30,7 +30,7 @@ from tests.integration.test_closed_loop import oru, review_for
 from tests.peers.launch import free_port
 from tests.peers.mllp_fault import ack as fault_ack
 from tests.peers.mllp_fault import silence
-from tests.support import ROOT, make_study
+from tests.support import ROOT, enqueue_order, make_study
 
 
 def copy_with(tmp: Path, replacements: dict[str, str]) -> Path:
@@ -267,7 +267,6 @@ def test_cli_refuses_an_order_the_charset_cannot_carry_and_stores_nothing(
 def test_enhanced_application_ack_rejection_ends_t1(code: str, tmp_path: Path) -> None:
     """Enhanced mode: the RIS's application ACK arrives on our listener. AE/AR is one
     rejection escalation and ends T1; AA ends T1 and arms nothing else."""
-    from adapter.hl7.deliverer import HL7, KIND_ORDER
     from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
     from adapter.service.inbound import InboundHandler
 
@@ -275,11 +274,10 @@ def test_enhanced_application_ack_rejection_ends_t1(code: str, tmp_path: Path) -
         "NW", "RTPAPP1", "RTPLAN", OrderPatient((PatientIdentifier("P1", "H"),), family="X"), "1.2"
     )
     with Outbox(tmp_path / "o.sqlite") as outbox:
-        outbox.enqueue(
-            destination=HL7,
+        enqueue_order(
+            outbox,
             target="swfb-ris",
             key="study:1.2",
-            kind=KIND_ORDER,
             label="o",
             payload={"profile": "swfb-ris", "order": order.to_json(), "control_id": "RTAPP0001"},
         )

@@ -110,6 +110,14 @@ def test_post_review_202_then_422_with_field_paths_409_stale_and_413(
         assert state.status_code == 200 and state.json()["versions"] == [2]
         study = api.get(f"/studies/{study_uid()}", headers=AUTH).json()
         assert study["recorded"] is True
+        # The classifier's evidence is readable (issue 11), from the study record (issue 8).
+        decided = study["classification"]
+        assert decided["decision"] == "planning" and decided["evidence"]
+        assert all(e["strength"] in ("conclusive", "supporting", "counter") and e["text"]
+                   for e in decided["evidence"])  # fmt: skip
+        # The concern's order (written as a file here: no ACK to wait for).
+        (order,) = study["orders"]
+        assert order["state"] in ("queued", "sent") and order["transmissions"][0]["control"] == "NW"
         assert study["label"] == {"state": "accepted", "kos_instance_number": 1, "superseded": 0}
         assert {r["kind"] for r in study["rows"]} >= {"fhir-transaction", "fhir-review-transaction"}
         rows = api.get("/outbox", params={"state": "delivered"}, headers=AUTH).json()

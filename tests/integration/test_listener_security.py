@@ -23,13 +23,13 @@ import psutil
 import trustme
 
 from adapter.config import DEFAULT_MAPPINGS_DIR, Hl7Settings, OutboxSettings, Settings
-from adapter.hl7.deliverer import HL7, KIND_ORDER
 from adapter.hl7.mllp import Framer, frame
 from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.serve import serve
 from adapter.store.outbox import Outbox
 from tests.peers.launch import free_port
+from tests.support import enqueue_order
 
 PLACER = "RTPO0001"
 FHIR_CONTEXT = {  # what an order row carries for the FHIR side of a result (review/orders.py)
@@ -67,11 +67,10 @@ def with_order(settings: Settings) -> None:
         order = OrderRequest(
             "NW", PLACER, "RTPLAN", OrderPatient((PatientIdentifier("P1", "HOSP-MRN"),)), "1.2.3"
         )
-        outbox.enqueue(
-            destination=HL7,
+        enqueue_order(
+            outbox,
             target="default-ris",
             key="study:1.2.3",
-            kind=KIND_ORDER,
             label="o1",
             payload={"profile": "default-ris", "order": order.to_json(), "fhir": FHIR_CONTEXT},
         )

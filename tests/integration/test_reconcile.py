@@ -16,7 +16,7 @@ from pydicom import dcmread
 from adapter.api.metrics import metrics_text
 from adapter.cli import main
 from adapter.config import Settings
-from adapter.hl7.deliverer import T1, T2, control_id_for
+from adapter.hl7.deliverer import T1, T2
 from adapter.jobs.deliver import targets
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
@@ -120,9 +120,9 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
         timers.arm(placers["rec-b"], T1, 0, "no AA from RIS")
         # C's order was acknowledged (application ACK on the listener), its result never came.
         timers.arm(placers["rec-c"], T1, 0, "no AA from RIS")
-        order_c = outbox.order_row(placers["rec-c"])
+        order_c = outbox.order(placers["rec-c"])
         assert order_c is not None
-        assert inbound(outbox, out, app_ack(control_id_for(order_c), 1)) is None
+        assert inbound(outbox, out, app_ack(order_c.transmissions[-1].control_id, 1)) is None
         timers.arm(placers["rec-c"], T2, 0, "no radiologist result")
         # The escalation check fires both (what `rtplan serve` does every few seconds).
         fired = escalate_due(outbox, targets(Settings(), out), Metrics())
@@ -175,9 +175,9 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
         path = review(tmp_path, "no-finding.json", uid[seed], f"R-{seed}")
         assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0
     with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
-        order_b = outbox.order_row(placers["rec-b"])
+        order_b = outbox.order(placers["rec-b"])
         assert order_b is not None
-        assert inbound(outbox, out, app_ack(control_id_for(order_b), 2)) is None
+        assert inbound(outbox, out, app_ack(order_b.transmissions[-1].control_id, 2)) is None
         for n, seed in enumerate(("rec-b", "rec-c"), start=3):
             reply = inbound(outbox, out, oru(placers[seed], f"PID-{seed}", n))
             assert reply is not None and b"MSA|AA|" in reply

@@ -34,7 +34,7 @@ import httpx
 import pytest
 
 from adapter.config import FhirSettings, IngestSettings, Settings
-from adapter.hl7.deliverer import KIND_ORDER, prerender
+from adapter.hl7.deliverer import KIND_ORDER, OrderPayload, prerender
 from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier, Provider
 from adapter.hl7.profiles import load_profiles
 from adapter.ingest.pipeline import run_ingest
@@ -103,8 +103,8 @@ def fill(url: str, fhir_base: str) -> int:
         ids = outbox.enqueue_many(fhir_rows)
         orders = []
         for k, (row_id, study_uid) in enumerate(zip(ids, uids, strict=True)):
-            raw = {"profile": RECEIVER, "order": order(k, study_uid).to_json(), "on_ack": []}
-            payload = prerender(raw, kind=KIND_ORDER, profile=profile, now=NOW)
+            raw = OrderPayload(RECEIVER, order(k, study_uid).to_json())
+            payload = prerender(raw, profile=profile, now=NOW).to_json()
             key, label = f"study:{study_uid}", f"Order-PG{k:06d}-NW"
             orders.append(NewRow("hl7", RECEIVER, key, KIND_ORDER, label, payload, row_id))
         outbox.enqueue_many(orders)

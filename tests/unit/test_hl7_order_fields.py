@@ -196,15 +196,12 @@ def test_patient_disagreement_names_fields_only() -> None:
 
 
 def test_two_adapters_never_share_an_msh10_for_the_same_order() -> None:
-    import base64
+    from adapter.hl7.deliverer import OrderPayload, prerender
 
-    from adapter.hl7.deliverer import KIND_ORDER, prerender
-
-    payload = {"profile": "default-ris", "order": TRICKY_ORDER.to_json(), "on_ack": []}
-    a = prerender(payload, kind=KIND_ORDER, profile=ORM, now=NOW)
-    b = prerender(payload, kind=KIND_ORDER, profile=ORM, now=NOW)
-    assert a["control_id"] != b["control_id"] and len(a["control_id"]) == 20
-    raw_a, raw_b = (base64.b64decode(p["message"]) for p in (a, b))
-    assert raw_a.replace(a["control_id"].encode(), b"X") == raw_b.replace(
-        b["control_id"].encode(), b"X"
+    payload = OrderPayload("default-ris", TRICKY_ORDER.to_json())
+    a = prerender(payload, profile=ORM, now=NOW)
+    b = prerender(payload, profile=ORM, now=NOW)
+    assert a.control_id != b.control_id and len(a.control_id) == 20
+    assert a.message.replace(a.control_id.encode(), b"X") == b.message.replace(
+        b.control_id.encode(), b"X"
     )

@@ -58,8 +58,12 @@ def test_a_store_of_the_previous_release_opens_and_migrates(tmp_path: Path) -> N
         label = outbox.labels().latest("1.2.3")
         assert label is not None and label.document == b"\x00KOS"
         assert outbox.inbound_message("RIS", "M1") == b"MSH|..."
-        order = outbox.order_row("PO1")
-        assert order is not None and order.after_id is not None
+        # Issue 8: migration 5 gave the earlier release's order its record (backfill).
+        record = outbox.order("PO1")
+        assert record is not None and record.order_row_id is not None
+        assert [t.control for t in record.transmissions] == ["NW"]
+        order = outbox.get(record.order_row_id)
+        assert order.after_id is not None
         assert outbox.verify_audit() is None
         # ... and the store goes on working: the waiting order is claimable, new rows chain.
         (claimed,) = outbox.claim(5)
@@ -95,16 +99,22 @@ def test_audit_is_append_only_and_states_are_checked(store_url: Path | str) -> N
         assert outbox.verify_audit() is None
 
 
-def test_payload_lookups_and_inbound_log(store_url: Path | str) -> None:
+def test_order_lookups_and_inbound_log(store_url: Path | str) -> None:
+    from adapter.store.orders import QueuedOrder
+
     with Outbox(store_url) as outbox:
-        order = outbox.enqueue(
-            destination="hl7", target="ris", key="study:1", kind="hl7-order", label="ORM",
-            payload={"order": {"placer_order_number": "PO7"}, "control_id": "CTRL7"},
-        )  # fmt: skip
-        row = outbox.order_row("PO7")
-        assert row is not None and row.id == order
-        by_control = outbox.row_by_control_id("CTRL7")
-        assert by_control is not None and by_control.id == order
+        with outbox.batch() as batch:
+            order = batch.enqueue(
+                NewRow("hl7", "ris", "study:1", "hl7-order", "ORM",
+                       {"order": {"placer_order_number": "PO7"}, "control_id": "CTRL7"})
+            )  # fmt: skip
+            batch.record_order(
+                order, QueuedOrder("PO7", "1", "PO7", "ris", "NW", "CTRL7", {"priority": "stat"})
+            )
+        record = outbox.order("PO7")  # issue 8: the order record, not the payload
+        assert record is not None and record.order_row_id == order
+        by_control = outbox.order_by_control_id("CTRL7")
+        assert by_control is not None and by_control.placer == "PO7"
         stored = outbox.record_inbound(
             sender="RIS", control_id="M1", kind="ORR^O02", status="AA", detail="order PO7",
             message=b"MSH|^~\\&|\r\x00",
@@ -113,7 +123,7 @@ def test_payload_lookups_and_inbound_log(store_url: Path | str) -> None:
             sender="RIS", control_id="M1", kind="ORR^O02", status="AA", detail="order PO7",
             message=b"again",
         )  # fmt: skip
-        assert outbox.inbound_messages("order PO7") == [b"MSH|^~\\&|\r\x00"]
+        assert outbox.inbound_message("RIS", "M1") == b"MSH|^~\\&|\r\x00"
         assert outbox.inbound_for_order("PO7") == [("ORR^O02", "AA")]
 
 

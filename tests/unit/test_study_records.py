@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,26 @@ def test_ingest_records_the_study_from_its_headers(
     with Outbox(cli_store.location(out / "outbox.sqlite")) as outbox:
         stored = outbox.study(study_uid)
         rows = outbox.rows_for_key(f"study:{study_uid}")
-    assert stored == StudyRecord(
+    assert stored is not None
+    # The facts the workflow reads later (issue 8): what the classifier and the mapping decided.
+    assert stored.classification == "planning" and stored.modality == "CT"
+    assert {e.strength for e in stored.evidence} >= {"conclusive"}
+    assert stored.review_task_key == f"urn:rtplan:review-task|review:{study_uid}"
+    assert stored.review_task is not None and stored.review_task["resourceType"] == "Task"
+    assert stored.patient_system and not stored.fhir_imaging_study_id  # no FHIR server here
+    assert stored.review_due == stored.review_task["restriction"]["period"]["end"]
+    assert replace(
+        stored,
+        requested_procedure="",
+        modality="",
+        classification="",
+        evidence=(),
+        patient_system="",
+        patient_created=False,
+        review_task_key="",
+        review_task=None,
+        review_due="",
+    ) == StudyRecord(
         study_uid=study_uid,
         patient_id="RTP0001",
         patient_issuer="HOSP-MRN",

@@ -199,13 +199,44 @@ def _issuer(system: str, tables: Tables) -> str:
     return system.rsplit("/", 1)[-1][:20]
 
 
+_HL7_SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
+
+
+@dataclass(frozen=True, slots=True)
+class _BundlePatient:
+    family: str = ""
+    given: str = ""
+    birth_date: str = ""
+    sex: str = ""
+
+
+def _bundle_patient(payloads: Sequence[JSON]) -> _BundlePatient:
+    """The Patient of the study's ingest Bundle(s) (only when the adapter creates Patients).
+
+    The note (issue 15) still reads this from the study's stored Bundles, as before issue 8;
+    moving it onto the study record changes the MDM's PID and is left to the note's owner.
+    """
+    found = _BundlePatient()
+    for payload in payloads:
+        for entry in payload.get("entry", []):
+            resource = entry.get("resource", {})
+            if resource.get("resourceType") == "Patient":
+                name = (resource.get("name") or [{}])[0]
+                found = _BundlePatient(
+                    family=str(name.get("family", "")),
+                    given=" ".join(name.get("given", [])),
+                    birth_date=str(resource.get("birthDate", "")),
+                    sex=_HL7_SEX.get(str(resource.get("gender", "")), ""),
+                )
+    return found
+
+
 def _document(plan: NotePlan, tables: Tables, **fields: Any) -> DocumentMessage:
     # Lazy (downward) for start-up time only: hl7apy, when an HL7 note is built.
     from adapter.hl7.mdm import DocumentMessage
-    from adapter.review.orders import study_facts
 
     review, ctx = plan.review, plan.ctx
-    facts = study_facts(plan.study_payloads, ctx.study_uid)
+    facts = _bundle_patient(plan.study_payloads)
     identifier = ctx.patient_identifier or {}
     value = str(identifier.get("value", ""))
     patient = OrderPatient(
