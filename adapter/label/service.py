@@ -18,10 +18,10 @@ from typing import Any
 
 from adapter.config import Settings
 from adapter.errors import AdapterError
-from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome, log_key
+from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome
 from adapter.label.plan import KosPlan, content_digest
 from adapter.label.titles import LabelVocabulary, load_vocabulary
-from adapter.store.labels import KIND_KOS, LabelRecord, LabelStore, label_key
+from adapter.store.labels import KIND_KOS, LabelRecord, LabelStore, label_key, row_label
 from adapter.store.outbox import NewRow, Outbox
 from adapter.tables import Tables
 
@@ -81,7 +81,7 @@ def labelled(outcome: StudyOutcome) -> bool:
 
 def kos_file_label(study_uid: str, instance_number: int) -> str:
     """File name stem (and outbox label) of a KOS: our own hash, never a UID."""
-    return f"KOS-{log_key(study_uid)}-{instance_number}"
+    return row_label(study_uid, instance_number)
 
 
 def build_for(
@@ -179,7 +179,7 @@ def enqueue_labels(
             supersedes=previous,
         )
         for destination, target in to:
-            if store.has_row(outcome.study_uid, record.sop_instance_uid, destination, target):
+            if store.has_row(record, destination, target):
                 continue
             rows.append(_row(record, destination, target, previous))
     return outbox.enqueue_many(rows), outcomes

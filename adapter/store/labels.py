@@ -15,6 +15,7 @@ adapter must never send). Delivery itself is ordinary outbox rows (kind ``dicom-
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ KIND_KOS = "dicom-kos"
 def label_key(study_uid: str) -> str:
     """The outbox key of a study's label rows (one in flight per study and destination)."""
     return f"pacs-label:{study_uid}"
+
+
+def row_label(study_uid: str, instance_number: int) -> str:
+    """The outbox label (and file name stem) of one KOS: our own hash of the study, never a UID.
+    A KOS's delivery rows are found by this column, never by a field of their payload."""
+    return f"KOS-{hashlib.sha256(study_uid.encode()).hexdigest()[:16]}-{instance_number}"
 
 
 class LabelState(StrEnum):
@@ -103,12 +110,18 @@ class LabelStore:
         ).fetchall()
         return [_record(r) for r in raws]
 
-    def has_row(self, study_uid: str, sop_instance_uid: str, destination: str, target: str) -> bool:
+    def has_row(self, record: LabelRecord, destination: str, target: str) -> bool:
         """True when this KOS already has an outbox row (any state) for the destination."""
         raw = self._db.execute(
             "SELECT 1 FROM outbox WHERE key=? AND kind=? AND destination=? AND target=? "
-            f"AND {self._db.json_text('payload', 'sop_instance_uid')}=? LIMIT 1",
-            (label_key(study_uid), KIND_KOS, destination, target, sop_instance_uid),
+            "AND label=? LIMIT 1",
+            (
+                label_key(record.study_uid),
+                KIND_KOS,
+                destination,
+                target,
+                row_label(record.study_uid, record.instance_number),
+            ),
         ).fetchone()
         return raw is not None
 
@@ -118,9 +131,9 @@ class LabelStore:
             return LabelStatus(study_uid, LabelState.NONE, None, 0, ())
         current = records[-1]
         raws = self._db.execute(
-            "SELECT destination, target, state FROM outbox WHERE key=? AND kind=? "
-            f"AND {self._db.json_text('payload', 'sop_instance_uid')}=? ORDER BY id",
-            (label_key(study_uid), KIND_KOS, current.sop_instance_uid),
+            "SELECT destination, target, state FROM outbox WHERE key=? AND kind=? AND label=? "
+            "ORDER BY id",
+            (label_key(study_uid), KIND_KOS, row_label(study_uid, current.instance_number)),
         ).fetchall()
         # The newest row per destination decides (a replay after a dead letter counts).
         latest: dict[tuple[str, str], str] = {}

@@ -331,3 +331,37 @@ def test_a_database_of_something_else_is_one_clear_error(store_url: Path | str) 
     with pytest.raises(ConfigError, match=r"not an outbox database \(") as caught:
         Outbox(store_url)
     assert "\n" not in str(caught.value)
+
+
+# -- PACS label state -------------------------------------------------------------------------
+
+
+def test_the_label_state_finds_its_rows_by_their_label_not_their_payload(
+    store_url: Path | str,
+) -> None:
+    """Issue 8: no SQL reads a payload. A KOS's delivery rows are found by the outbox label
+    (``row_label``), so a payload without the SOP Instance UID (or with another one) changes
+    nothing, and a later KOS of the same study does not see its predecessor's rows."""
+    from adapter.store.labels import KIND_KOS, LabelState, label_key, row_label
+
+    with Outbox(store_url) as outbox:
+        store = outbox.labels()
+        first = store.record(
+            study_uid="1.2.9", sop_instance_uid="1.2.9.100", instance_number=1, digest="a",
+            document=b"KOS1",
+        )  # fmt: skip
+        assert not store.has_row(first, *T)
+        row_id = outbox.enqueue(
+            destination=T[0], target=T[1], key=label_key("1.2.9"), kind=KIND_KOS,
+            label=row_label("1.2.9", 1), payload={"sop_instance_uid": "9.9.9 not this one"},
+        )  # fmt: skip
+        assert store.has_row(first, *T)
+        assert store.status("1.2.9").state is LabelState.SENT
+        outbox.mark_delivered(row_id, {})
+        assert store.status("1.2.9").state is LabelState.ACCEPTED
+        second = store.record(
+            study_uid="1.2.9", sop_instance_uid="1.2.9.101", instance_number=2, digest="b",
+            document=b"KOS2",
+        )  # fmt: skip
+        assert not store.has_row(second, *T)
+        assert store.status("1.2.9").destinations == ()
