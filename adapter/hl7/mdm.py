@@ -30,7 +30,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
 from adapter.hl7.escape import escape
-from adapter.hl7.messages import MessageBuildError, encode, hl7_timestamp, put_value
+from adapter.hl7.messages import MessageBuildError, encode, hl7_timestamp, put_msh, put_value
 from adapter.hl7.model import OrderPatient, PatientIdentifier, Provider
 from adapter.hl7.profiles import ReceiverProfile
 
@@ -91,28 +91,6 @@ def _iso(text: str, where: str) -> str:
         return hl7_timestamp(datetime.fromisoformat(text))
     except ValueError as exc:
         raise MessageBuildError(where, "is not an ISO 8601 date-time") from exc
-
-
-def _msh(
-    msg: Any, profile: ReceiverProfile, code: str, structure: str, control: str, now: Any
-) -> None:
-    v = VERSION
-    msh = msg.msh
-    put_value(msh, 3, [_e(profile.sending_application)], v)
-    put_value(msh, 4, [_e(profile.sending_facility)], v)
-    put_value(msh, 5, [_e(profile.receiving_application)], v)
-    put_value(msh, 6, [_e(profile.receiving_facility)], v)
-    msh.msh_7 = hl7_timestamp(now)
-    message, trigger = code.split("^")
-    put_value(msh, 9, [message, trigger, structure], v)
-    if not control or len(control) > 20:
-        raise MessageBuildError("MSH-10", "control id must be 1 to 20 characters")
-    put_value(msh, 10, _e(control), v)
-    put_value(msh, 11, profile.defaults.processing_id, v)
-    if profile.ack.mode == "enhanced":
-        put_value(msh, 15, profile.ack.accept_ack_type, v)
-        put_value(msh, 16, profile.ack.application_ack_type, v)
-    put_value(msh, 18, profile.charset, v)
 
 
 def _pid(pid: Any, patient: OrderPatient) -> None:
@@ -217,7 +195,10 @@ def build_document_message(
     v = VERSION
     if profile.message == "ORU^R01":
         msg = Message("ORU_R01", version=v, validation_level=VALIDATION_LEVEL.TOLERANT)
-        _msh(msg, profile, "ORU^R01", "ORU_R01", control_id, now)
+        put_msh(
+            msg, profile, version=VERSION, event="ORU^R01", structure="ORU_R01",
+            control_id=control_id, now=now,
+        )  # fmt: skip
         result = msg.add_group("ORU_R01_PATIENT_RESULT")
         patient = result.add_group("ORU_R01_PATIENT")
         _pid(patient.add_segment("PID"), doc.patient)
@@ -243,7 +224,10 @@ def build_document_message(
         raise MessageBuildError("MSH-9", "an MDM event must be T02, T08, T10 or T11")
     structure = "MDM_T01" if doc.event == "T11" else "MDM_T02"
     msg = Message(structure, version=v, validation_level=VALIDATION_LEVEL.TOLERANT)
-    _msh(msg, profile, f"MDM^{doc.event}", structure, control_id, now)
+    put_msh(
+        msg, profile, version=VERSION, event=f"MDM^{doc.event}", structure=structure,
+        control_id=control_id, now=now,
+    )  # fmt: skip
     evn = msg.add_segment("EVN")
     put_value(evn, 1, doc.event, v)
     put_value(evn, 2, hl7_timestamp(now), v)

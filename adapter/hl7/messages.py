@@ -134,24 +134,34 @@ def _e(text: str) -> str:
     return escape(text)
 
 
-def _msh(msg: Any, profile: ReceiverProfile, control_id: str, now: datetime) -> None:
-    v = profile.version
+def put_msh(
+    msg: Any,
+    profile: ReceiverProfile,
+    *,
+    version: str,
+    event: str,
+    structure: str,
+    control_id: str,
+    now: datetime,
+) -> None:
+    """MSH for ``profile``'s receiver: applications, time, ``event`` (``ORM^O01``), structure,
+    MSH-10, processing id, enhanced-mode ACK types and the charset. Orders and notes share it."""
     msh = msg.msh
-    put_value(msh, 3, [_e(profile.sending_application)], v)
-    put_value(msh, 4, [_e(profile.sending_facility)], v)
-    put_value(msh, 5, [_e(profile.receiving_application)], v)
-    put_value(msh, 6, [_e(profile.receiving_facility)], v)
+    put_value(msh, 3, [_e(profile.sending_application)], version)
+    put_value(msh, 4, [_e(profile.sending_facility)], version)
+    put_value(msh, 5, [_e(profile.receiving_application)], version)
+    put_value(msh, 6, [_e(profile.receiving_facility)], version)
     msh.msh_7 = hl7_timestamp(now)
-    code, trigger = profile.message.split("^")
-    put_value(msh, 9, [code, trigger, STRUCTURES[profile.message]], v)
+    code, trigger = event.split("^")
+    put_value(msh, 9, [code, trigger, structure], version)
     if not control_id or len(control_id) > 20:
         raise MessageBuildError("MSH-10", "control id must be 1 to 20 characters")
-    put_value(msh, 10, _e(control_id), v)
-    put_value(msh, 11, profile.defaults.processing_id, v)
+    put_value(msh, 10, _e(control_id), version)
+    put_value(msh, 11, profile.defaults.processing_id, version)
     if profile.ack.mode == "enhanced":
-        put_value(msh, 15, profile.ack.accept_ack_type, v)
-        put_value(msh, 16, profile.ack.application_ack_type, v)
-    put_value(msh, 18, profile.charset, v)
+        put_value(msh, 15, profile.ack.accept_ack_type, version)
+        put_value(msh, 16, profile.ack.application_ack_type, version)
+    put_value(msh, 18, profile.charset, version)
 
 
 def _patient(group: Any, order: OrderRequest, profile: ReceiverProfile) -> None:
@@ -269,7 +279,15 @@ def build_message(
     v = profile.version
     order = fit_order(order, profile)
     msg = Message(structure, version=v, validation_level=VALIDATION_LEVEL.TOLERANT)
-    _msh(msg, profile, control_id, now)
+    put_msh(
+        msg,
+        profile,
+        version=profile.version,
+        event=profile.message,
+        structure=STRUCTURES[profile.message],
+        control_id=control_id,
+        now=now,
+    )
     _patient(msg.add_group(f"{structure}_PATIENT"), order, profile)
     order_group = msg.add_group(f"{structure}_ORDER")
     _orc(order_group, order, profile, now)
