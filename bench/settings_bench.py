@@ -19,15 +19,15 @@ import argparse
 import datetime as dt
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from startup_bench import export  # the same export of a git ref's adapter/ (bench/ is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "bench" / ".work"
 SETTINGS = """\
 ingest: {timezone: Europe/Paris, workers: 1}
 fhir: {base_url: "https://ehr.example.org/fhir", max_attempts: 12}
@@ -48,18 +48,6 @@ PROBES = {
 }
 
 
-def export(ref: str) -> Path:
-    target = WORK / f"settings-{ref.replace('/', '_').replace('~', '-')}"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "archive", ref, "adapter"], cwd=ROOT, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target
-
-
 def cpu_seconds(tree: Path, code: str, settings: Path) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
@@ -77,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref", default="main", help="git ref to compare with (default main)")
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
-    trees = {args.ref: export(args.ref), "this tree": ROOT}
+    trees = {args.ref: export(args.ref, prefix="settings"), "this tree": ROOT}
     load_before = os.getloadavg()[0]
     samples: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:

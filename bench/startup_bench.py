@@ -43,8 +43,9 @@ PROBES = {
 HEAVY = "{'pydicom', 'numpy', 'httpx', 'jwt', 'hl7apy'}"
 
 
-def export(ref: str) -> Path:
-    target = WORK / f"startup-{ref.replace('/', '_').replace('~', '-')}"
+def export(ref: str, prefix: str = "startup") -> Path:
+    """``adapter/`` of git ``ref``, extracted under ``bench/.work/<prefix>-<ref>``."""
+    target = WORK / f"{prefix}-{ref.replace('/', '_').replace('~', '-')}"
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
