@@ -50,7 +50,7 @@ from adapter.dicom.limits import (
     check_pixel_header,
     is_valid_uid,
 )
-from adapter.dicom.models import CodedValue, InstanceHeader, PersonName
+from adapter.dicom.models import InstanceHeader, PersonName
 from adapter.dicom.summary import PIXEL_DATA, check_pixel_length, instance_header
 
 __all__ = ["FAST_CODECS", "TEXT_VRS", "UNSPLIT_VRS", "WANTED", "Defer", "read_fast"]
@@ -366,19 +366,6 @@ class FastValues:
         if type(found) is list:
             return found
         raise Defer(VALUE)  # a value where a sequence is expected
-
-    def codes(self, tag: int, ds: Any = None) -> tuple[CodedValue, ...]:
-        out = []
-        for item in self.items(tag, ds):
-            code = (
-                self.text(0x00080100, item)
-                or self.text(0x00080119, item)
-                or self.text(0x00080120, item)
-            )
-            scheme, meaning = self.text(0x00080102, item), self.text(0x00080104, item)
-            if code or meaning:
-                out.append(CodedValue(code=code, scheme=scheme, meaning=meaning))
-        return tuple(out)
 
     def source_ae_title(self) -> str:
         return self.text(0x00020016, self.meta)

@@ -52,7 +52,7 @@ from adapter.dicom.limits import (
     check_pixel_header,
     is_valid_uid,
 )
-from adapter.dicom.models import CodedValue, InstanceHeader, PersonName
+from adapter.dicom.models import InstanceHeader, PersonName
 from adapter.dicom.summary import PIXEL_DATA, check_pixel_length, instance_header, tag_text
 
 __all__ = ["read_with_pydicom"]
@@ -335,20 +335,6 @@ class _Values:
     def items(self, tag: int, ds: Any = None) -> list[Any]:
         value = self.raw(tag, ds)[0]
         return list(value) if value else []
-
-    def codes(self, tag: int, ds: Any = None) -> tuple[CodedValue, ...]:
-        """Items of a code sequence; items with neither value nor meaning are skipped."""
-        out = []
-        for item in self.items(tag, ds):
-            code = (
-                self.text(0x00080100, item)
-                or self.text(0x00080119, item)
-                or self.text(0x00080120, item)
-            )
-            scheme, meaning = self.text(0x00080102, item), self.text(0x00080104, item)
-            if code or meaning:
-                out.append(CodedValue(code=code, scheme=scheme, meaning=meaning))
-        return tuple(out)
 
     def source_ae_title(self) -> str:
         """(0002,0016) from the file meta, decoded with the dataset's character set."""

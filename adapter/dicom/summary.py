@@ -51,7 +51,6 @@ class HeaderValues(Protocol):
 
     def items(self, tag: int, ds: Any = None) -> list[Any]: ...
 
-    def codes(self, tag: int, ds: Any = None) -> tuple[CodedValue, ...]: ...
 
     def source_ae_title(self) -> str: ...
 
@@ -115,6 +114,18 @@ def _rt_references(v: HeaderValues, own_for: str) -> RTReferences:
     )
 
 
+def codes(v: HeaderValues, tag: int, ds: Any = None) -> tuple[CodedValue, ...]:
+    """Items of a code sequence, read the same way by both reader paths; items with neither
+    value nor meaning are skipped."""
+    out = []
+    for item in v.items(tag, ds):
+        code = v.text(0x00080100, item) or v.text(0x00080119, item) or v.text(0x00080120, item)
+        scheme, meaning = v.text(0x00080102, item), v.text(0x00080104, item)
+        if code or meaning:
+            out.append(CodedValue(code=code, scheme=scheme, meaning=meaning))
+    return tuple(out)
+
+
 def instance_header(v: HeaderValues, name: str, default_tz: tzinfo) -> InstanceHeader:
     """Pick the attributes of standards.md §6a; required ones first so they fail fast."""
     study_uid = v.uid(0x0020000D, required=True)
@@ -131,12 +142,12 @@ def instance_header(v: HeaderValues, name: str, default_tz: tzinfo) -> InstanceH
     if issuers:
         accession_issuer = v.text(0x00400031, issuers[0]) or v.text(0x00400032, issuers[0])
     requests = v.items(0x00400275)
-    requested_codes = list(v.codes(0x00321064))
+    requested_codes = list(codes(v, 0x00321064))
     requested_id = v.text(0x00401001)
     reason = v.text(0x00401002)
     scheduled_step_id = ""
     for request in requests:
-        requested_codes.extend(v.codes(0x00321064, request))
+        requested_codes.extend(codes(v, 0x00321064, request))
         requested_id = requested_id or v.text(0x00401001, request)
         reason = reason or v.text(0x00401002, request)
         scheduled_step_id = scheduled_step_id or v.text(0x00400009, request)
@@ -164,7 +175,7 @@ def instance_header(v: HeaderValues, name: str, default_tz: tzinfo) -> InstanceH
         study_description=v.text(0x00081030),
         study_started=combine(v.text(0x00080020), v.text(0x00080030), offset, default_tz),
         referring_physician=v.person(0x00080090),
-        procedure_codes=v.codes(0x00081032),
+        procedure_codes=codes(v, 0x00081032),
         requested_procedure_codes=tuple(dict.fromkeys(requested_codes)),
         requested_procedure_id=requested_id,
         reason_for_request=reason,
