@@ -15,6 +15,7 @@ code creates (SQLite's ``-wal``/``-shm``, temporary files) are private too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -33,6 +34,12 @@ __all__ = [
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
+
+
+def log_key(identifier: str) -> str:
+    """A stable, PHI-free stand-in for an identifier (a UID, a review id) in logs, row labels
+    and file names: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(identifier.encode()).hexdigest()[:16]
 
 
 def state_dir() -> Path:

@@ -13,7 +13,6 @@ to "delivered" and the order's ACK.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from adapter.jobs.deliver import deliver
 from adapter.jobs.fhir import fhir_session, read_capabilities
 from adapter.jobs.review import submit_review_async
 from adapter.mapping.review_input import ReviewError, ReviewInput, parse_review
+from adapter.private import log_key
 from adapter.review.versions import StaleReviewError
 from adapter.store.location import open_outbox
 from adapter.store.orders import OrderRecord
@@ -410,7 +410,7 @@ def _invalid(problems: list[tuple[str, str]]) -> JSONResponse:
 
 
 def _digest(review_id: str) -> str:
-    return hashlib.sha256(review_id.encode()).hexdigest()[:16]
+    return log_key(review_id)
 
 
 def _row(row: Row) -> RowState:

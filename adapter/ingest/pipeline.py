@@ -7,7 +7,6 @@ instance of a study outcome, or a rejection. Nothing is skipped silently.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter
@@ -27,6 +26,7 @@ from adapter.mapping.bundle import review_task_of, study_bundle
 from adapter.mapping.fhir_text import without_control_characters
 from adapter.mapping.imaging_study import MappingOptions, patient_system
 from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions, review_task_key
+from adapter.private import log_key as log_key  # re-exported: the ingest modules' name
 from adapter.store.identity import drift_reason
 from adapter.store.studies import EvidenceRecord, StudyRecord, study_record
 from adapter.tables import Tables
@@ -85,10 +85,6 @@ class IngestResult:
 
     def count(self, status: Status) -> int:
         return sum(1 for s in self.studies if s.status is status)
-
-
-def log_key(uid: str) -> str:
-    return hashlib.sha256(uid.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ identifier) and in the row label.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from adapter.mapping.review_bundle import (
 )
 from adapter.mapping.review_input import ReviewInput, UnknownStudyError, parse_review
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
+from adapter.private import log_key
 from adapter.review.note.service import apply_note, note_rows, plan_note, with_server_previous
 from adapter.review.patient_check import patient_disagreement
 from adapter.review.versions import (
@@ -102,8 +102,7 @@ def review_options(settings: Settings) -> ReviewOptions:
 def review_label(review: ReviewInput) -> str:
     """Row label and file name: a hash of the review id (never the id itself: it may be an
     order number an analyst should not need) plus the version."""
-    digest = hashlib.sha256(review.review_id.encode()).hexdigest()[:16]
-    return f"Review-{digest}-v{review.version}"
+    return f"Review-{log_key(review.review_id)}-v{review.version}"
 
 
 # -- what is known about the study ------------------------------------------------------------

@@ -15,12 +15,12 @@ adapter must never send). Delivery itself is ordinary outbox rows (kind ``dicom-
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from adapter.private import log_key
 from adapter.store.db import Database, DbRow
 
 KIND_KOS = "dicom-kos"
@@ -34,7 +34,7 @@ def label_key(study_uid: str) -> str:
 def row_label(study_uid: str, instance_number: int) -> str:
     """The outbox label (and file name stem) of one KOS: our own hash of the study, never a UID.
     A KOS's delivery rows are found by this column, never by a field of their payload."""
-    return f"KOS-{hashlib.sha256(study_uid.encode()).hexdigest()[:16]}-{instance_number}"
+    return f"KOS-{log_key(study_uid)}-{instance_number}"
 
 
 class LabelState(StrEnum):
