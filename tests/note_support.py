@@ -1,5 +1,10 @@
 """Shared helpers for the review-note tests: run the bundled review fixtures through the same
-steps as ``rtplan review submit`` (without an outbox) and collect what each version produces."""
+steps as ``rtplan review submit`` (without an outbox) and collect what each version produces.
+
+The note reads the store's records (issue 8): here the study record is the one the ingest made
+(``StudyOutcome.record``, what the store would hold) and the previous version is the newest
+earlier :func:`note_version` record with a DocumentReference, as
+``adapter.store.notes.NoteStore.previous_document`` answers."""
 
 from __future__ import annotations
 
@@ -17,8 +22,18 @@ from adapter.ingest.pipeline import run_ingest
 from adapter.jobs.deliver import KIND_TRANSACTION
 from adapter.mapping.review_bundle import ReviewOutput
 from adapter.mapping.review_input import ReviewInput, parse_review
-from adapter.review.note.service import KIND_NOTE, NotePlan, apply_note, note_bundle, plan_note
+from adapter.review.note.service import (
+    KIND_NOTE,
+    NotePlan,
+    NoteRecords,
+    apply_note,
+    note_bundle,
+    note_version,
+    plan_note,
+)
 from adapter.review.service import KIND_REVIEW, build_review
+from adapter.store.notes import NoteVersion
+from adapter.store.studies import StudyRecord
 from adapter.tables import load_tables
 from tests.study_context import context_from_payloads
 
@@ -47,11 +62,21 @@ class Step:
     note_bundle: dict[str, Any] | None
 
 
-def ingest_bundle(folder: str = "planning-ct") -> dict[str, Any]:
+def ingest_study(folder: str = "planning-ct") -> tuple[dict[str, Any], StudyRecord]:
+    """The study's ingest Bundle and the record the store would keep of it."""
     result = run_ingest([DICOM / folder], SETTINGS, TABLES)
-    bundle = result.studies[0].bundle
-    assert bundle is not None
-    return bundle
+    bundle, record = result.studies[0].bundle, result.studies[0].record
+    assert bundle is not None and record is not None
+    return bundle, record
+
+
+def ingest_bundle(folder: str = "planning-ct") -> dict[str, Any]:
+    return ingest_study(folder)[0]
+
+
+def previous_document(versions: list[NoteVersion], version: int) -> NoteVersion | None:
+    earlier = [v for v in versions if v.version < version and v.document_reference is not None]
+    return max(earlier, key=lambda v: v.version, default=None)
 
 
 def load_review(name: str, **changes: Any) -> dict[str, Any]:
@@ -76,15 +101,18 @@ def run_reviews(
 ) -> list[Step]:
     """Submit ``reviews`` in order (the study from ``folder``); each step's note and Bundles."""
     settings = replace(SETTINGS, note=NoteSettings(outputs=outputs))
-    ingest = ingest_bundle(folder)
+    ingest, record = ingest_study(folder)
     uid = study_uid(ingest)
     payloads: list[tuple[str, dict[str, Any]]] = [(KIND_TRANSACTION, ingest)]
+    versions: list[NoteVersion] = []
     steps = []
     for data in reviews:
         review = parse_review({**data, "study_instance_uid": uid}, TABLES)
         ctx = context_from_payloads(uid, review.review_id, payloads)
         assert ctx is not None
-        plan = plan_note(review, ctx, settings, TABLES, payloads, out_dir=out_dir)
+        records = NoteRecords(record, previous_document(versions, review.version))
+        plan = plan_note(review, ctx, settings, TABLES, records, out_dir=out_dir)
+        versions.append(note_version(plan, TABLES))
         output = apply_note(build_review(review, ctx, settings, TABLES), plan, TABLES)
         bundle = note_bundle(plan, TABLES)
         payloads.append((KIND_REVIEW, output.bundle))

@@ -22,7 +22,7 @@ from adapter.dicom.group import group_studies
 from adapter.dicom.models import Completeness, DuplicateInstance, Rejection, StudySummary
 from adapter.dicom.walk import read_all
 from adapter.errors import MappingError
-from adapter.mapping.bundle import review_task_of, study_bundle
+from adapter.mapping.bundle import review_task_of, study_bundle, study_header_of
 from adapter.mapping.fhir_text import without_control_characters
 from adapter.mapping.imaging_study import MappingOptions, patient_system
 from adapter.mapping.review_task import PriorImaging, ReviewTaskOptions, review_task_key
@@ -296,12 +296,14 @@ def decided(record: StudyRecord, decision: Classification) -> StudyRecord:
 def mapped(
     record: StudyRecord | None, bundle: JSON, system: str, created: bool
 ) -> StudyRecord | None:
-    """The record with what the mapping decided: the FHIR patient identifier system, and the
-    review Task it opens (read from the Bundle just built, before it is stored: a review later
-    completes that Task from the record, never from the stored row)."""
+    """The record with what the mapping decided: the FHIR patient identifier system, the
+    review Task it opens and the ImagingStudy's start, description and modalities (read from the
+    Bundle just built, before it is stored: a review later completes that Task, and its note
+    prints that header, from the record, never from the stored row)."""
     if record is None:
         return None
     task = review_task_of(bundle)
+    started, description, modalities = study_header_of(bundle)
     return replace(
         record,
         patient_system=system,
@@ -309,6 +311,9 @@ def mapped(
         review_task_key=review_task_key(record.study_uid) if task is not None else "",
         review_task=task,
         review_due=_due(task),
+        study_started=started,
+        study_description=description,
+        study_modalities=modalities,
     )
 
 

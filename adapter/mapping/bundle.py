@@ -142,3 +142,22 @@ def review_task_of(bundle: JSON) -> JSON | None:
         ):
             return dict(resource)
     return None
+
+
+def study_header_of(bundle: JSON) -> tuple[str, str, tuple[str, ...]]:
+    """The ImagingStudy's ``started``, ``description`` and modality codes, as a study Bundle
+    built by :func:`study_bundle` maps them (R4 Coding or R5 CodeableConcept), for the review
+    note's header in the study record: from the Bundle as built, never a stored one."""
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource", {})
+        if resource.get("resourceType") == "ImagingStudy":
+            codes = [
+                str(m.get("code") or (m.get("coding") or [{}])[0].get("code") or "")
+                for m in resource.get("modality", [])
+            ]
+            return (
+                str(resource.get("started", "")),
+                str(resource.get("description", "")),
+                tuple(c for c in codes if c),
+            )
+    return "", "", ()

@@ -120,6 +120,11 @@ def _human_names(name: PersonName) -> list[JSON]:
     return names
 
 
+def human_names(name: PersonName) -> list[JSON]:
+    """The FHIR HumanNames of a DICOM person name, as :func:`map_patient` writes them."""
+    return _human_names(name)
+
+
 def display_name(name: PersonName) -> str:
     parts = [name.prefix, *name.given, name.family, name.suffix]
     return " ".join(p for p in parts if p) or name.ideographic.replace("^", " ")

@@ -43,7 +43,15 @@ from adapter.mapping.review_bundle import (
 from adapter.mapping.review_input import ReviewInput, UnknownStudyError, parse_review
 from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
 from adapter.private import log_key
-from adapter.review.note.service import apply_note, note_rows, plan_note, with_server_previous
+from adapter.review.note.service import (
+    NoteRecords,
+    apply_note,
+    note_records,
+    plan_note,
+    prepare_note_rows,
+    store_note,
+    with_server_previous,
+)
 from adapter.review.patient_check import patient_disagreement
 from adapter.review.versions import (
     Decision,
@@ -53,7 +61,7 @@ from adapter.review.versions import (
     decide,
 )
 from adapter.store.location import store_exists, store_location
-from adapter.store.outbox import NewRow, Outbox, Row
+from adapter.store.outbox import NewRow, Outbox
 from adapter.store.studies import StudyRecord
 from adapter.tables import Tables, load_tables
 
@@ -255,9 +263,10 @@ async def store_version(
         ctx = await resolve_context(review, outbox, fhir)
         if stored is not None:  # the record knows which requests exist: it wins
             ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
-        # The review note (issue 15): rendered once per version, in the outputs the site chose.
-        study_rows = [(r.kind, r.payload) for r in outbox.rows_for_key(key)]
-        note = plan_note(review, ctx, settings, tables, study_rows, out_dir=out_dir)
+        # The review note (issue 15): rendered once per version, in the outputs the site chose,
+        # from the store's records of the study and of the review's earlier notes.
+        records = note_records(outbox, review)
+        note = plan_note(review, ctx, settings, tables, records, out_dir=out_dir)
         note = await with_server_previous(note, fhir)
         output = apply_note(build_review(review, ctx, settings, tables), note, tables)
         # The HL7 rows are built (and can refuse) before anything is stored; then the review's
@@ -267,7 +276,7 @@ async def store_version(
         )
         label = review_label(review)
         # The note's rows too are built (and can refuse) before anything is stored.
-        notes_to_store = note_rows(
+        notes_to_store = prepare_note_rows(
             outbox, note, settings, tables, destinations, key=key, label=label
         )
         review_rows = [
@@ -280,7 +289,7 @@ async def store_version(
             ):
                 continue
             ids, cancels = _enqueue_review(outbox, key, review_rows, orders)
-            notes = outbox.enqueue_many(notes_to_store)
+            notes = store_note(outbox, notes_to_store)
             revoked = tuple(str(c["placer_order_number"]["value"]) for c in output.hl7_cancels)
             findings = tuple(sorted({finding_key(f) for f in review.findings}))
             versions.accept(
@@ -349,19 +358,18 @@ def preview_review(
     """
     tables = tables or load_tables(settings.mappings_dir)
     review = parse_review(data, tables)
-    ctx, rows = _preview_context(review, settings, out_dir)
+    ctx, records = _preview_context(review, settings, out_dir)
     # The review note too (presentedForm, or the DocumentReference in the report's place), so
     # the preview is exactly the Bundle a submission would write.
-    study_rows = [(r.kind, r.payload) for r in rows]
-    note = plan_note(review, ctx, settings, tables, study_rows, out_dir=out_dir)
+    note = plan_note(review, ctx, settings, tables, records, out_dir=out_dir)
     return apply_note(build_review(review, ctx, settings, tables), note, tables)
 
 
 def _preview_context(
     review: ReviewInput, settings: Settings, out_dir: Path | None
-) -> tuple[StudyContext, list[Row]]:
+) -> tuple[StudyContext, NoteRecords]:
     """The study as known to the outbox (if its file exists) or the FHIR server, and the
-    study's outbox rows; reads only."""
+    store's records for the review's note; reads only."""
     location = store_location(settings, out_dir)
     outbox = Outbox(location) if store_exists(location) else None
     try:
@@ -369,11 +377,11 @@ def _preview_context(
         stored = outbox.reviews().get(review.review_id) if outbox else None
         if stored is not None:  # as a submission would see it (section 4 of docs/review.md)
             ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
-        rows = outbox.rows_for_key(f"study:{review.study_instance_uid}") if outbox else []
+        records = note_records(outbox, review)
     finally:
         if outbox is not None:
             outbox.close()
-    return ctx, rows
+    return ctx, records
 
 
 async def _resolve_with_own_client(

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adapter.errors import ConfigError
-from adapter.store import backfill
+from adapter.store import backfill, note_backfill
 from adapter.store.db import Database, Dialect
-from adapter.store.studies import FACT_COLUMNS
+from adapter.store.studies import FACT_COLUMNS, NOTE_COLUMNS
 
 Step = str | Callable[[Database], None]
 
@@ -107,6 +107,13 @@ def _review_images(db: Database) -> None:
             + " NOT NULL DEFAULT 1"
         )
         db.execute("UPDATE review_versions SET images_complete=0 WHERE state='partial'")
+
+
+def _note_header(db: Database) -> None:
+    """The review note's header on the study record; a file of an earlier build may have it."""
+    for name, declaration in NOTE_COLUMNS:
+        if not db.has_column("studies", name):
+            db.execute(f"ALTER TABLE studies ADD COLUMN {name} {declaration}")
 
 
 def _fill_records(db: Database) -> None:
@@ -297,6 +304,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             # index on the HL7 payload (migration 3).
             "DROP INDEX IF EXISTS outbox_placer",
             _fill_records,
+        ),
+    ),
+    Migration(
+        6,
+        "the review note's records: study header, note versions, document messages (issue 8)",
+        (
+            _note_header,
+            """CREATE TABLE IF NOT EXISTS note_versions (
+                review_id          TEXT NOT NULL,
+                version            {int} NOT NULL,
+                study_uid          TEXT NOT NULL,
+                document_number    TEXT NOT NULL,
+                state              TEXT NOT NULL,
+                outputs            TEXT NOT NULL,
+                replaces           TEXT NOT NULL DEFAULT '',
+                superseded_by      TEXT NOT NULL DEFAULT '',
+                document_reference TEXT NOT NULL DEFAULT '',
+                recorded_at        {real} NOT NULL,
+                PRIMARY KEY (review_id, version)
+            )""",
+            """CREATE TABLE IF NOT EXISTS note_messages (
+                row_id          {int} PRIMARY KEY,
+                receiver        TEXT NOT NULL,
+                review_id       TEXT NOT NULL,
+                version         {int} NOT NULL,
+                event           TEXT NOT NULL,
+                document_number TEXT NOT NULL,
+                control_id      TEXT NOT NULL,
+                created_at      {real} NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS note_messages_review "
+            "ON note_messages (review_id, receiver)",
+            note_backfill.fill,
         ),
     ),
 )

@@ -57,6 +57,7 @@ from adapter.store.db import Database, DbRow, Dialect, open_database
 from adapter.store.identity import HeldRow, IdentityHold, IngestedStudy, IngestWrite, Resolution
 from adapter.store.labels import LabelStore
 from adapter.store.migrations import migrate
+from adapter.store.notes import NoteStore
 from adapter.store.orders import OrderAnswer, OrderRecord, QueuedOrder
 from adapter.store.reviews import ReviewVersions
 from adapter.store.studies import StudyRecord
@@ -209,6 +210,10 @@ class Outbox:
         if self._reviews is None:
             self._reviews = ReviewVersions(self._db)
         return self._reviews
+
+    def notes(self) -> NoteStore:
+        """The review note's versions and document messages, in the same database."""
+        return NoteStore(self._db)
 
     def _event(self, db: Database, row_id: int, event: str, detail: str = "") -> None:
         now = self._clock()

@@ -20,6 +20,12 @@ review Task's key and the Task as opened (a review completes that Task), and the
 the ImagingStudy, review Task and Patient once a FHIR server has answered. The record never
 holds free text beyond the DICOM fields above and the evidence sentences (which name series
 numbers and rule values, never patient data).
+
+The review note's header (issue 8: it is not read back from the stored ingest Bundle either):
+the study's start, description and modality codes as the mapping wrote them into the
+ImagingStudy (``study_started``, ``study_description``, ``study_modalities``), the newest
+mapped ingest's non-empty values. The patient's names, birth date and sex come from the
+identity fields above.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ FACT_COLUMNS = (
     ("fhir_imaging_study_id", "TEXT NOT NULL DEFAULT ''"),
     ("fhir_review_task_id", "TEXT NOT NULL DEFAULT ''"),
 )
+# Columns added for the review note's header, by migration 6; "" / "[]" read as "not known".
+NOTE_COLUMNS = (
+    ("study_started", "TEXT NOT NULL DEFAULT ''"),
+    ("study_description", "TEXT NOT NULL DEFAULT ''"),
+    ("study_modalities", "TEXT NOT NULL DEFAULT '[]'"),
+)
 _FIELDS = (
     "study_uid",
     "patient_id",
@@ -68,6 +80,7 @@ _ORDER_FIELDS = ("accession", "requested_procedure_id", "scheduled_step_id")
 # value never replaces a known one, except the classification and its evidence, which are
 # always the newest decision.
 _FACT_FIELDS = tuple(name for name, _ in FACT_COLUMNS)
+_NOTE_FIELDS = tuple(name for name, _ in NOTE_COLUMNS)
 _DECIDED_FIELDS = ("classification", "evidence")
 _FHIR_ID_FIELDS = ("fhir_patient_id", "fhir_imaging_study_id", "fhir_review_task_id")
 
@@ -108,6 +121,9 @@ class StudyRecord:
     fhir_patient_id: str = ""
     fhir_imaging_study_id: str = ""
     fhir_review_task_id: str = ""
+    study_started: str = ""  # ImagingStudy.started as mapped (ISO 8601), "" if none
+    study_description: str = ""  # ImagingStudy.description as mapped (with the planning label)
+    study_modalities: tuple[str, ...] = ()  # ImagingStudy.modality codes as mapped, in order
 
     @property
     def identity(self) -> tuple[str, str, str, str, str]:
@@ -117,6 +133,7 @@ class StudyRecord:
     def to_json(self) -> JSON:
         data: JSON = {f.name: getattr(self, f.name) for f in fields(self)}
         data["evidence"] = [_evidence_json(e) for e in self.evidence]
+        data["study_modalities"] = list(self.study_modalities)
         return data
 
     @classmethod
@@ -126,6 +143,7 @@ class StudyRecord:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["evidence"] = tuple(EvidenceRecord(**e) for e in data.get("evidence", ()))
+        values["study_modalities"] = tuple(str(m) for m in data.get("study_modalities", ()))
         return cls(**values)
 
 
@@ -165,7 +183,7 @@ def study_record(study: StudySummary) -> StudyRecord:
     )
 
 
-_COLUMNS = (*_FIELDS, *_FACT_FIELDS)
+_COLUMNS = (*_FIELDS, *_FACT_FIELDS, *_NOTE_FIELDS)
 
 
 def load(db: Database, study_uid: str) -> StudyRecord | None:
@@ -200,6 +218,9 @@ def _from_columns(values: tuple[Any, ...]) -> StudyRecord:
         fhir_patient_id=str(named["fhir_patient_id"]),
         fhir_imaging_study_id=str(named["fhir_imaging_study_id"]),
         fhir_review_task_id=str(named["fhir_review_task_id"]),
+        study_started=str(named["study_started"]),
+        study_description=str(named["study_description"]),
+        study_modalities=tuple(str(m) for m in json.loads(str(named["study_modalities"]) or "[]")),
     )
 
 
@@ -211,6 +232,8 @@ def _column_value(record: StudyRecord, name: str) -> Any:
         return "" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
     if name == "patient_created":
         return 1 if value else 0
+    if name == "study_modalities":
+        return json.dumps(list(value))
     return value
 
 
@@ -235,7 +258,7 @@ def save(db: Database, record: StudyRecord, now: float) -> StudyRecord:
         for f in _ORDER_FIELDS
         if not getattr(stored, f) and getattr(record, f)
     }
-    for f in _FACT_FIELDS:
+    for f in (*_FACT_FIELDS, *_NOTE_FIELDS):
         if f in _FHIR_ID_FIELDS:
             continue
         new, old = getattr(record, f), getattr(stored, f)

@@ -1,7 +1,8 @@
 """What the planning-scan review note says: facts taken from the review and the study. Pure.
 
 The note states only what the oncologist documented (the review input) and what the study's own
-records say (its ingest Bundle: patient name, birth date, study date and description). Nothing is
+records say (the store's study record: the patient's names and birth date as DICOM gave them,
+the study's start, description and modalities as the ImagingStudy was mapped). Nothing is
 inferred: an incomplete review says so before anything else, a withdrawn concern says so, and an
 outcome is always quoted as the oncologist's, never as a diagnosis.
 """
@@ -9,11 +10,14 @@ outcome is always quoted as the oncologist's, never as a diagnosis.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from adapter.dicom.charset import person_name
+from adapter.mapping.fhir_text import without_control_characters
+from adapter.mapping.imaging_study import human_names
 from adapter.mapping.review_input import ReviewInput
+from adapter.store.studies import StudyRecord as StoredStudy
 from adapter.tables import Tables
 
 JSON = dict[str, Any]
@@ -31,7 +35,7 @@ class NoteFinding:
 
 @dataclass(frozen=True, slots=True)
 class StudyRecord:
-    """What the study's ingest Bundle says (empty strings when the adapter does not hold it)."""
+    """The note's header from the study's record (empty when the adapter does not hold it)."""
 
     patient_names: tuple[str, ...] = ()
     birth_date: str = ""
@@ -93,34 +97,31 @@ def note_state(review: ReviewInput) -> NoteState:
     return "final" if review.version == 1 else "amended"
 
 
-def study_record(payloads: Iterable[JSON], study_uid: str) -> StudyRecord:
-    """Patient and study facts from the study's ingest Bundle(s), latest first wins."""
-    uid_value = f"urn:oid:{study_uid}"
+def study_record(stored: StoredStudy | None) -> StudyRecord:
+    """The note header from the store's study record (issue 8: never a stored Bundle).
+
+    The patient's names and birth date are printed only when the adapter writes the Patient
+    (``fhir.create_patient``): otherwise the EHR's Patient is the record and the note names the
+    patient by identifier only. The names are the study's DICOM name (decoded PN) as the
+    ingest wrote them into that Patient: the alphabetic group, then the ideographic and
+    phonetic groups.
+    """
+    if stored is None:
+        return StudyRecord()
     names: tuple[str, ...] = ()
-    birth_date = started = description = ""
-    modalities: tuple[str, ...] = ()
-    for payload in payloads:
-        entries = [e.get("resource", {}) for e in payload.get("entry", [])]
-        study = next(
-            (
-                r
-                for r in entries
-                if r.get("resourceType") == "ImagingStudy"
-                and any(i.get("value") == uid_value for i in r.get("identifier", []))
-            ),
-            None,
-        )
-        if study is None:
-            continue
-        started = str(study.get("started", started))
-        description = str(study.get("description", description))
-        modalities = tuple(
-            str(m.get("code", "")) for m in study.get("modality", []) if m.get("code")
-        )
-        for patient in (r for r in entries if r.get("resourceType") == "Patient"):
-            names = tuple(dict.fromkeys(_name(n) for n in patient.get("name", []) if _name(n)))
-            birth_date = str(patient.get("birthDate", ""))
-    return StudyRecord(names, birth_date, started, description, modalities)
+    birth_date = ""
+    if stored.patient_created:
+        # As the ingest wrote them: control characters removed from every part (docs/security.md).
+        found = without_control_characters(human_names(person_name(stored.patient_name)))
+        names = tuple(dict.fromkeys(_name(n) for n in found if _name(n)))
+        birth_date = stored.birth_date
+    return StudyRecord(
+        names,
+        birth_date,
+        stored.study_started,
+        stored.study_description,
+        stored.study_modalities,
+    )
 
 
 def _name(name: JSON) -> str:

@@ -5,6 +5,11 @@ Every row uses the study's outbox key (``study:<uid>``), like the review itself,
 serialises them per destination: a note version never overtakes the previous one, and an MDM
 receiver gets T02, then T10/T08, then T11 in that order. HL7 note rows do not wait for the FHIR
 rows: the EHR's document feed and its FHIR API are the same record keeper, not radiology.
+
+What the note knows of the study and of its own history comes from the store's records
+(issue 8), never from stored payloads: the header from the study record, the version a new one
+replaces from the note versions, and what each document receiver already has from the note
+messages. The version and its messages are recorded with its rows (:func:`store_note`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
+from adapter.dicom.charset import person_name
 from adapter.errors import ConfigError, TransportError
 from adapter.hl7.document_profile import DocumentOptions
 from adapter.hl7.model import OrderPatient, PatientIdentifier, Provider
 from adapter.hl7.profiles import load_profiles, receivers_dir
+from adapter.mapping.fhir_text import without_control_characters
+from adapter.mapping.imaging_study import GENDER, human_names
 from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import REVIEW_SYSTEM, ReviewOutput, StudyContext
 from adapter.mapping.review_input import ReviewInput
@@ -34,7 +42,9 @@ from adapter.review.note.fhir import (
     with_presented_form,
 )
 from adapter.review.note.render import render_pdf, render_text
+from adapter.store.notes import NoteMessage, NoteVersion
 from adapter.store.outbox import NewRow, Outbox
+from adapter.store.studies import StudyRecord
 from adapter.tables import Tables
 
 if TYPE_CHECKING:
@@ -48,6 +58,24 @@ HL7 = "hl7"
 
 
 @dataclass(frozen=True, slots=True)
+class NoteRecords:
+    """What the store's records say that a note version needs (issue 8)."""
+
+    study: StudyRecord | None = None  # the study's record: the note header, the MDM's PID
+    previous: NoteVersion | None = None  # the version a new one replaces (its DocumentReference)
+
+
+def note_records(outbox: Outbox | None, review: ReviewInput) -> NoteRecords:
+    """The records for ``review``'s note from the store (none without a store)."""
+    if outbox is None:
+        return NoteRecords()
+    return NoteRecords(
+        outbox.study(review.study_instance_uid),
+        outbox.notes().previous_document(review.review_id, review.version),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class NotePlan:
     """One rendered note version and where it goes."""
 
@@ -55,21 +83,21 @@ class NotePlan:
     outputs: frozenset[str]
     review: ReviewInput
     ctx: StudyContext
-    previous: JSON | None  # the previous version's DocumentReference, when the outbox has it
-    study_payloads: tuple[JSON, ...] = ()
+    previous: JSON | None  # the previous version's DocumentReference, when the store has it
+    study: StudyRecord | None = None  # the study's record (the MDM's PID)
 
 
 def render_note(
-    review: ReviewInput, ctx: StudyContext, tables: Tables, payloads: Sequence[JSON]
+    review: ReviewInput, ctx: StudyContext, tables: Tables, study: StudyRecord | None
 ) -> RenderedNote:
-    """The note for ``review`` (text and PDF), with what the study's Bundles say."""
+    """The note for ``review`` (text and PDF), with what the study's record says."""
     note = build_note(
         review,
         tables,
         study_uid=ctx.study_uid,
         patient_identifier=ctx.patient_identifier,
         accession=ctx.accession,
-        study=study_record(payloads, ctx.study_uid),
+        study=study_record(study),
     )
     return RenderedNote(note, render_text(note), render_pdf(note))
 
@@ -79,27 +107,56 @@ def plan_note(
     ctx: StudyContext,
     settings: Settings,
     tables: Tables,
-    payloads: Sequence[tuple[str, JSON]],
+    records: NoteRecords,
     *,
     out_dir: Path | None,
 ) -> NotePlan:
-    """Render the note and decide its outputs. ``payloads``: the study's outbox rows
-    ``(kind, payload)``, oldest first."""
+    """Render the note and decide its outputs. ``records``: what the store says of the study
+    and of the review's earlier note versions (:func:`note_records`)."""
     outputs = settings.note.selected(out_dir=out_dir is not None, mllp=settings.hl7.mllp)
-    bundles = [p for _, p in payloads if isinstance(p, dict) and "entry" in p]
-    previous = previous_note(
-        [p for k, p in payloads if k == KIND_NOTE or p.get("resourceType") == "Bundle"],
-        review.review_id,
-        review.version,
-    )
+    previous = records.previous.document_reference if records.previous is not None else None
     return NotePlan(
-        render_note(review, ctx, tables, bundles), outputs, review, ctx, previous, tuple(bundles)
+        render_note(review, ctx, tables, records.study),
+        outputs,
+        review,
+        ctx,
+        previous,
+        records.study,
+    )
+
+
+def note_version(plan: NotePlan, tables: Tables) -> NoteVersion:
+    """The record of this version: its document number and state, the DocumentReference as
+    written (when that is an output) and the version it replaces."""
+    note = plan.rendered.note
+    reference = None
+    if "document-reference" in plan.outputs:
+        entries = note_entries(
+            plan.rendered,
+            plan.ctx,
+            tables,
+            report_included="diagnostic-report" in plan.outputs,
+            previous=plan.previous,
+        )
+        reference = entries[-1]["resource"]
+    replaces = ""
+    if reference is not None and plan.previous is not None:
+        replaces = str(plan.previous["masterIdentifier"]["value"])
+    return NoteVersion(
+        review_id=note.review_id,
+        version=note.version,
+        study_uid=plan.ctx.study_uid,
+        document_number=note.document_number,
+        state=note.state,
+        outputs=tuple(sorted(plan.outputs)),
+        replaces=replaces,
+        document_reference=reference,
     )
 
 
 async def with_server_previous(plan: NotePlan, fhir: FhirClient | None) -> NotePlan:
     """The plan with the previous version's DocumentReference taken from the FHIR server, when
-    the outbox does not hold it (an earlier version submitted through another outbox), so that
+    the store does not hold it (an earlier version submitted through another outbox), so that
     version is still superseded. A failed search leaves the plan as it is: the new version is
     then written without ``relatesTo`` rather than not at all."""
     review = plan.review
@@ -203,32 +260,29 @@ _HL7_SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 
 
 @dataclass(frozen=True, slots=True)
-class _BundlePatient:
+class _PidPatient:
     family: str = ""
     given: str = ""
     birth_date: str = ""
     sex: str = ""
 
 
-def _bundle_patient(payloads: Sequence[JSON]) -> _BundlePatient:
-    """The Patient of the study's ingest Bundle(s) (only when the adapter creates Patients).
-
-    The note (issue 15) still reads this from the study's stored Bundles, as before issue 8;
-    moving it onto the study record changes the MDM's PID and is left to the note's owner.
-    """
-    found = _BundlePatient()
-    for payload in payloads:
-        for entry in payload.get("entry", []):
-            resource = entry.get("resource", {})
-            if resource.get("resourceType") == "Patient":
-                name = (resource.get("name") or [{}])[0]
-                found = _BundlePatient(
-                    family=str(name.get("family", "")),
-                    given=" ".join(name.get("given", [])),
-                    birth_date=str(resource.get("birthDate", "")),
-                    sex=_HL7_SEX.get(str(resource.get("gender", "")), ""),
-                )
-    return found
+def _pid_patient(study: StudyRecord | None) -> _PidPatient:
+    """PID-5/7/8 from the study's record, only when the adapter writes the Patient
+    (``fhir.create_patient``; otherwise the EHR's Patient is the record): the first name the
+    ingest wrote into that Patient (the alphabetic group, else the ideographic), the birth
+    date, and the sex as FHIR ``gender`` then HL7 table 0001."""
+    if study is None or not study.patient_created:
+        return _PidPatient()
+    names = without_control_characters(human_names(person_name(study.patient_name)))
+    name = (names or [{}])[0]
+    gender = GENDER.get(study.sex.upper(), "unknown" if study.sex else "")
+    return _PidPatient(
+        family=str(name.get("family", "")),
+        given=" ".join(name.get("given", [])),
+        birth_date=study.birth_date,
+        sex=_HL7_SEX.get(gender, ""),
+    )
 
 
 def _document(plan: NotePlan, tables: Tables, **fields: Any) -> DocumentMessage:
@@ -236,7 +290,7 @@ def _document(plan: NotePlan, tables: Tables, **fields: Any) -> DocumentMessage:
     from adapter.hl7.mdm import DocumentMessage
 
     review, ctx = plan.review, plan.ctx
-    facts = _bundle_patient(plan.study_payloads)
+    facts = _pid_patient(plan.study)
     identifier = ctx.patient_identifier or {}
     value = str(identifier.get("value", ""))
     patient = OrderPatient(
@@ -279,23 +333,23 @@ def document_messages(
     profile_message: str,
     options: DocumentOptions,
     tables: Tables,
-    earlier: Sequence[JSON],
+    earlier: Sequence[NoteMessage],
 ) -> list[DocumentMessage]:
-    """The MDM/ORU messages this version needs for one receiver, given the payloads of the
-    earlier note rows for that receiver (oldest first). A version already sent needs none."""
+    """The MDM/ORU messages this version needs for one receiver, given the records of the
+    earlier note messages for that receiver (oldest first). A version already sent needs none."""
     note = plan.rendered.note
-    mine = [p for p in earlier if p.get("review_id") == note.review_id]
-    if any(p.get("version") == note.version for p in mine):
+    mine = [m for m in earlier if m.review_id == note.review_id]
+    if any(m.version == note.version for m in mine):
         return []  # resubmission of a version already sent: the receiver has it
     base = review_document_number(note.review_id)
     if profile_message == "ORU^R01":
         return [_document(plan, tables, event="R01", document_number=base)]
     current, cancelled = "", set()
-    for p in mine:
-        if p.get("event") == "T02":
-            current = str(p["document_number"])
-        elif p.get("event") == "T11":
-            cancelled.add(str(p["document_number"]))
+    for m in mine:
+        if m.event == "T02":
+            current = m.document_number
+        elif m.event == "T11":
+            cancelled.add(m.document_number)
     if not current:
         return [_document(plan, tables, event="T02", document_number=base)]
     if current in cancelled:  # its last document was cancelled: this version is a new one
@@ -336,7 +390,16 @@ def document_messages(
     return [_document(plan, tables, event=event, document_number=current, change_reason=reason)]
 
 
-def note_rows(
+@dataclass(frozen=True, slots=True)
+class NoteRows:
+    """A note version's rows, built and checked, with the records stored beside them."""
+
+    rows: list[NewRow]
+    messages: list[NoteMessage | None]  # per row: the document message it sends (HL7 rows)
+    version: NoteVersion
+
+
+def prepare_note_rows(
     outbox: Outbox,
     plan: NotePlan,
     settings: Settings,
@@ -345,10 +408,11 @@ def note_rows(
     *,
     key: str,
     label: str,
-) -> list[NewRow]:
+) -> NoteRows:
     """The note's own rows: the DocumentReference transaction (one per FHIR/files destination)
-    and the MDM/ORU messages, built (and so checked) before anything of the review is stored.
-    Reads the outbox to know what each receiver already has.
+    and the MDM/ORU messages, built (and so checked) before anything of the review is stored,
+    with the records :func:`store_note` writes. Reads the store's note messages to know what
+    each receiver already has.
 
     Raises:
         ConfigError: a note receiver profile is missing or takes another message type.
@@ -359,17 +423,19 @@ def note_rows(
     if bundle is not None:
         note_label = label.replace("Review-", "Note-", 1)
         rows += [NewRow(d, t, key, KIND_NOTE, note_label, bundle) for d, t in destinations]
+    messages: list[NoteMessage | None] = [None] * len(rows)
+    version = note_version(plan, tables)
     wanted = [(settings.note.mdm_receiver, "mdm"), (settings.note.oru_receiver, "oru")]
     chosen = [(name, output) for name, output in wanted if output in plan.outputs]
     if not chosen:
-        return rows
+        return NoteRows(rows, messages, version)
     # Lazy (downward) for start-up time only: hl7apy.
     from adapter.hl7.deliverer import new_control_id
     from adapter.hl7.mdm import build_document_message
 
     profiles = load_profiles(receivers_dir(settings))
     now = datetime.now(UTC)
-    earlier_rows = [r.payload for r in outbox.rows_for_key(key, kind=KIND_DOCUMENT)]
+    notes = outbox.notes()
     for name, output in chosen:
         profile = profiles.get(name)
         expected = "MDM^T02" if output == "mdm" else "ORU^R01"
@@ -378,7 +444,7 @@ def note_rows(
             raise ConfigError(setting, f"no receiver profile named {name!r}")
         if profile.message != expected:
             raise ConfigError(setting, f"the profile {name!r} does not take {expected}")
-        earlier = [p for p in earlier_rows if p.get("profile") == name]
+        earlier = notes.messages(plan.review.review_id, receiver=name)
         for doc in document_messages(plan, profile.message, profile.document, tables, earlier):
             control = new_control_id()  # random, stored in the row: resends keep it
             message = build_document_message(doc, profile, control_id=control, now=now)
@@ -393,18 +459,55 @@ def note_rows(
             }
             doc_label = f"Note-{doc.document_number}-v{doc.version}-{doc.event}"
             rows.append(NewRow(HL7, name, key, KIND_DOCUMENT, doc_label, payload))
-    return rows
+            messages.append(
+                NoteMessage(
+                    name, doc.review_id, doc.version, doc.event, doc.document_number, control
+                )
+            )
+    return NoteRows(rows, messages, version)
+
+
+def note_rows(
+    outbox: Outbox,
+    plan: NotePlan,
+    settings: Settings,
+    tables: Tables,
+    destinations: Sequence[tuple[str, str]],
+    *,
+    key: str,
+    label: str,
+) -> list[NewRow]:
+    """The rows of :func:`prepare_note_rows` (without the records; store them with
+    :func:`store_note` instead when the version is accepted)."""
+    return prepare_note_rows(
+        outbox, plan, settings, tables, destinations, key=key, label=label
+    ).rows
+
+
+def store_note(outbox: Outbox, prepared: NoteRows) -> list[int]:
+    """Store the note's rows and records (the version, each message's MSH-10) together; return
+    the row ids. Call it inside ``Outbox.transaction()`` with the review's rows."""
+    ids = outbox.enqueue_many(prepared.rows)
+    sent = [(i, m) for i, m in zip(ids, prepared.messages, strict=True) if m is not None]
+    outbox.notes().record(prepared.version, sent)
+    return ids
 
 
 __all__ = [
     "KIND_DOCUMENT",
     "KIND_NOTE",
     "NotePlan",
+    "NoteRecords",
+    "NoteRows",
     "apply_note",
     "document_messages",
     "note_bundle",
+    "note_records",
     "note_rows",
+    "note_version",
     "plan_note",
+    "prepare_note_rows",
     "render_note",
+    "store_note",
     "with_server_previous",
 ]
