@@ -101,6 +101,10 @@ def test_ingest_records_the_study_from_its_headers(
     assert stored.review_task is not None and stored.review_task["resourceType"] == "Task"
     assert stored.patient_system and not stored.fhir_imaging_study_id  # no FHIR server here
     assert stored.review_due == stored.review_task["restriction"]["period"]["end"]
+    # The review note's header: the ImagingStudy's start, description and modalities as mapped.
+    assert stored.study_started == "2026-03-02T09:30:00+00:00"
+    assert stored.study_description.endswith(": RT PLANNING CT PELVIS")
+    assert stored.study_modalities == ("CT", "RTSTRUCT", "RTPLAN")
     assert replace(
         stored,
         requested_procedure="",
@@ -112,6 +116,9 @@ def test_ingest_records_the_study_from_its_headers(
         review_task_key="",
         review_task=None,
         review_due="",
+        study_started="",
+        study_description="",
+        study_modalities=(),
     ) == StudyRecord(
         study_uid=study_uid,
         patient_id="RTP0001",
