@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,47 @@ def test_the_previous_version_and_the_mdm_history_come_from_the_records(
         sent = notes.messages("R-NOTE")
         assert [m.event for m in sent if m.version == 1 and m.receiver == "document-mdm"] == ["T02"]
         assert all(m.control_id for m in sent)
+
+
+def _as_before_the_note_records(location: Path | str) -> None:
+    """Turn a store into one written before migration 6: no header columns, no note tables."""
+    db = open_database(location)
+    try:
+        with db.write():
+            for column in ("study_started", "study_description", "study_modalities"):
+                db.execute(f"ALTER TABLE studies DROP COLUMN {column}")
+            db.execute("DROP TABLE note_versions")
+            db.execute("DROP TABLE note_messages")
+            db.execute("DELETE FROM schema_version WHERE version >= 6")
+    finally:
+        db.close()
+
+
+@pytest.mark.usefixtures("create_patient")
+def test_a_store_written_before_the_note_records_is_filled_once_on_opening(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_store: CliStore
+) -> None:
+    out, uid = ingest(tmp_path, capsys, "old")
+    submit(tmp_path, capsys, out, uid, "concern.json")
+    submit(tmp_path, capsys, out, uid, "concern-amended.json")
+    location = cli_store.location(out / "outbox.sqlite")
+    with Outbox(location) as outbox:
+        study, versions = outbox.study(uid), outbox.notes().versions("R-NOTE")
+        sent = outbox.notes().messages("R-NOTE")
+    assert study is not None and study.study_modalities and len(versions) == 2 and sent
+    _as_before_the_note_records(location)
+    with Outbox(location) as outbox:
+        assert outbox.study(uid) == study
+        filled = outbox.notes().versions("R-NOTE")
+        # What the old rows show of the outputs: the note's own FHIR row, so both FHIR outputs.
+        assert [v.outputs for v in filled] == [("diagnostic-report", "document-reference")] * 2
+        assert [replace(v, outputs=()) for v in filled] == [
+            replace(v, outputs=()) for v in versions
+        ]
+        assert outbox.notes().messages("R-NOTE") == sent
+    # Opening it again has nothing more to do, and a third version still replaces the second.
+    submit(tmp_path, capsys, out, uid, "concern-withdrawn.json")
+    third = note_bundle(out, 3)
+    superseded = third["entry"][0]["resource"]
+    assert superseded["status"] == "superseded"
+    assert superseded["masterIdentifier"]["value"] == versions[1].document_number
