@@ -208,8 +208,9 @@ def note_entries(
 
 
 def previous_note(payloads: list[JSON], review_id: str, version: int) -> JSON | None:
-    """The newest earlier version's DocumentReference of this review in ``payloads`` (Bundles
-    the adapter wrote, oldest first), or None."""
+    """The newest earlier version's DocumentReference of this review in ``payloads`` (Bundles,
+    oldest first: the FHIR server's search answer), or None. The store's own history is in its
+    note records (``adapter.store.notes``), not read back from stored Bundles."""
     best: JSON | None = None
     best_version = 0
     for payload in payloads:
