@@ -390,16 +390,7 @@ def document_messages(
     return [_document(plan, tables, event=event, document_number=current, change_reason=reason)]
 
 
-@dataclass(frozen=True, slots=True)
-class NoteRows:
-    """A note version's rows, built and checked, with the records stored beside them."""
-
-    rows: list[NewRow]
-    messages: list[NoteMessage | None]  # per row: the document message it sends (HL7 rows)
-    version: NoteVersion
-
-
-def prepare_note_rows(
+def note_rows(
     outbox: Outbox,
     plan: NotePlan,
     settings: Settings,
@@ -408,11 +399,10 @@ def prepare_note_rows(
     *,
     key: str,
     label: str,
-) -> NoteRows:
+) -> list[NewRow]:
     """The note's own rows: the DocumentReference transaction (one per FHIR/files destination)
-    and the MDM/ORU messages, built (and so checked) before anything of the review is stored,
-    with the records :func:`store_note` writes. Reads the store's note messages to know what
-    each receiver already has.
+    and the MDM/ORU messages, built (and so checked) before anything of the review is stored.
+    Reads the store's note messages to know what each receiver already has.
 
     Raises:
         ConfigError: a note receiver profile is missing or takes another message type.
@@ -423,12 +413,10 @@ def prepare_note_rows(
     if bundle is not None:
         note_label = label.replace("Review-", "Note-", 1)
         rows += [NewRow(d, t, key, KIND_NOTE, note_label, bundle) for d, t in destinations]
-    messages: list[NoteMessage | None] = [None] * len(rows)
-    version = note_version(plan, tables)
     wanted = [(settings.note.mdm_receiver, "mdm"), (settings.note.oru_receiver, "oru")]
     chosen = [(name, output) for name, output in wanted if output in plan.outputs]
     if not chosen:
-        return NoteRows(rows, messages, version)
+        return rows
     # Lazy (downward) for start-up time only: hl7apy.
     from adapter.hl7.deliverer import new_control_id
     from adapter.hl7.mdm import build_document_message
@@ -459,15 +447,19 @@ def prepare_note_rows(
             }
             doc_label = f"Note-{doc.document_number}-v{doc.version}-{doc.event}"
             rows.append(NewRow(HL7, name, key, KIND_DOCUMENT, doc_label, payload))
-            messages.append(
-                NoteMessage(
-                    name, doc.review_id, doc.version, doc.event, doc.document_number, control
-                )
-            )
-    return NoteRows(rows, messages, version)
+    return rows
 
 
-def note_rows(
+@dataclass(frozen=True, slots=True)
+class NoteRows:
+    """A note version's rows, built and checked, with the records stored beside them."""
+
+    rows: list[NewRow]
+    messages: list[NoteMessage | None]  # per row: the document message it sends (HL7 rows)
+    version: NoteVersion
+
+
+def prepare_note_rows(
     outbox: Outbox,
     plan: NotePlan,
     settings: Settings,
@@ -476,12 +468,27 @@ def note_rows(
     *,
     key: str,
     label: str,
-) -> list[NewRow]:
-    """The rows of :func:`prepare_note_rows` (without the records; store them with
-    :func:`store_note` instead when the version is accepted)."""
-    return prepare_note_rows(
-        outbox, plan, settings, tables, destinations, key=key, label=label
-    ).rows
+) -> NoteRows:
+    """The rows of :func:`note_rows` with the records :func:`store_note` writes beside them:
+    the version, and each document message (taken from the rows just built, never from a
+    stored one). Raises as :func:`note_rows`."""
+    rows = note_rows(outbox, plan, settings, tables, destinations, key=key, label=label)
+    return NoteRows(rows, [_message(row) for row in rows], note_version(plan, tables))
+
+
+def _message(row: NewRow) -> NoteMessage | None:
+    """The record of a document row as :func:`note_rows` just built it (None for FHIR rows)."""
+    if row.kind != KIND_DOCUMENT:
+        return None
+    built = row.payload
+    return NoteMessage(
+        receiver=str(built["profile"]),
+        review_id=str(built["review_id"]),
+        version=int(built["version"]),
+        event=str(built["event"]),
+        document_number=str(built["document_number"]),
+        control_id=str(built["control_id"]),
+    )
 
 
 def store_note(outbox: Outbox, prepared: NoteRows) -> list[int]:
