@@ -174,11 +174,14 @@ def test_the_previous_version_and_the_mdm_history_come_from_the_records(
     location = cli_store.location(out / "outbox.sqlite")
     # The stored note and review Bundles no longer name the review, and the stored MDM rows
     # name another review and event: reading them, v2 would replace nothing and send a T02.
-    assert tamper(
-        location,
-        ("fhir-note-transaction", "fhir-review-transaction"),
-        {"R-NOTE": "R-OTHER", v1["masterIdentifier"]["value"]: "RN0000000000000000V1"},
-    ) >= 1
+    assert (
+        tamper(
+            location,
+            ("fhir-note-transaction", "fhir-review-transaction"),
+            {"R-NOTE": "R-OTHER", v1["masterIdentifier"]["value"]: "RN0000000000000000V1"},
+        )
+        >= 1
+    )
     assert tamper(location, ("hl7-document",), {"R-NOTE": "R-OTHER", '"T02"': '"T10"'}) >= 1
     submit(tmp_path, capsys, out, uid, "concern-amended.json")
 
