@@ -152,12 +152,14 @@ def create_app(
     tables: Tables | None = None,
     receiver_stats: Stats | None = None,
     fhir: FhirClient | None = None,
+    deliver_soon: Callable[[list[int]], None] | None = None,
 ) -> FastAPI:
     """The API; ``fhir`` is the serving process's FHIR client (``rtplan serve`` passes it):
-    readiness and review submissions use it instead of opening their own."""
+    readiness and review submissions use it instead of opening their own. ``deliver_soon``
+    (``rtplan serve``) hands accepted rows to the process's one outbox worker."""
     tokens = load_tokens(settings.http.tokens_file)
     tables = tables or load_tables(settings.mappings_dir)
-    state: dict[str, Any] = {"tasks": set()}
+    state: dict[str, Any] = {"tasks": set(), "deliver_soon": deliver_soon}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -433,6 +435,9 @@ def _deliver_later(
     taken in its next batch, so a burst of reviews shares one delivery set-up."""
     if not ids or not settings.serve.delivery:
         return  # serve.delivery off: another process's worker delivers them
+    if state.get("deliver_soon") is not None:  # rtplan serve: its worker, on this loop
+        state["deliver_soon"](ids)
+        return
     state.setdefault("pending", []).extend(ids)
     drainer = state.get("drainer")
     if drainer is None or drainer.done():

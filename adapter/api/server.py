@@ -7,6 +7,7 @@ access log of :class:`adapter.api.guards.Guard` logs route templates instead.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,16 @@ def api_server(
     receiver_stats: Stats | None = None,
     port: int | None = None,
     fhir: FhirClient | None = None,
+    deliver_soon: Callable[[list[int]], None] | None = None,
 ) -> uvicorn.Server:
-    app = create_app(settings, out_dir, tables=tables, receiver_stats=receiver_stats, fhir=fhir)
+    app = create_app(
+        settings,
+        out_dir,
+        tables=tables,
+        receiver_stats=receiver_stats,
+        fhir=fhir,
+        deliver_soon=deliver_soon,
+    )
     config = uvicorn.Config(
         app,
         host=settings.http.listen_host,

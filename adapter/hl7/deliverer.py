@@ -22,6 +22,7 @@ ACK discipline (reliability.md §1.5, rows 5-10):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
@@ -36,6 +37,7 @@ from adapter.hl7.messages import MessageBuildError, build_order
 from adapter.hl7.model import OrderRequest
 from adapter.hl7.order_payload import KIND_CANCEL, KIND_CHANGE, KIND_ORDER, OrderPayload
 from adapter.hl7.profiles import ReceiverProfile
+from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.outbox.worker import Attempt, Verdict
 from adapter.private import private_dir, replace_private
 from adapter.store.outbox import NewRow, Row
@@ -125,11 +127,17 @@ class Hl7Deliverer:
     """Send order rows to one receiver over MLLP."""
 
     def __init__(
-        self, profile: ReceiverProfile, client: MllpClient, *, timers: Timers | None = None
+        self,
+        profile: ReceiverProfile,
+        client: MllpClient,
+        *,
+        timers: Timers | None = None,
+        calls: StoreCalls = INLINE,
     ) -> None:
         self.profile = profile
         self.client = client
         self.timers = timers
+        self.calls = calls  # the timers' store calls (``rtplan serve``: off the event loop)
 
     async def deliver(self, row: Row) -> Attempt:
         control = control_id_for(row)
@@ -147,7 +155,7 @@ class Hl7Deliverer:
         result = {"control_id": control, "ack": verdict.code, "error_code": verdict.error_code}
         placer = placer_of(row)
         if verdict.outcome is AckOutcome.DELIVERED:
-            self._acknowledged(row, placer)
+            await self.calls.run(self._acknowledged, row, placer)
             return Attempt(Verdict.DELIVERED, result=result, follow_ups=on_ack_rows(row))
         if verdict.outcome is AckOutcome.COMMITTED:
             return Attempt(Verdict.DELIVERED, result={**result, "awaiting": "application ACK"})
@@ -156,11 +164,15 @@ class Hl7Deliverer:
                 f" (ERR {verdict.error_code})" if verdict.error_code else ""
             )
             if self.timers is not None:  # the rejection ends T1: one escalation, not two
-                self.timers.cancel(placer, T1)
-                self.timers.arm(placer, REJECTED, 0, reason)
+                await self.calls.run(self._rejected, self.timers, placer, reason)
             log.warning("order %s: %s", placer, reason)
             return Attempt(Verdict.DEAD, f"rejected by the receiver: {reason}", result=result)
         return Attempt(Verdict.RETRY, f"{verdict.reason}; resending the same message")
+
+    @staticmethod
+    def _rejected(timers: Timers, placer: str, reason: str) -> None:
+        timers.cancel(placer, T1)
+        timers.arm(placer, REJECTED, 0, reason)
 
     def _acknowledged(self, row: Row, placer: str) -> None:
         if self.timers is None:
@@ -188,8 +200,7 @@ class Hl7FileDeliverer:
             return Attempt(Verdict.DEAD, f"cannot build the message: {exc.location}")
         target = self.folder / f"{row.label}.hl7"
         try:  # the message holds PID: 0600, atomic, never through a symlink
-            private_dir(self.folder)
-            replace_private(target, message)
+            await asyncio.to_thread(_write_private, self.folder, target, message)
         except ConfigError as exc:
             return Attempt(Verdict.DEAD, f"refused to write the message file: {exc}")
         except OSError as exc:
@@ -219,3 +230,9 @@ __all__ = [
     "prerender",
     "render",
 ]
+
+
+def _write_private(folder: Path, target: Path, message: bytes) -> None:
+    """Create the private folder and write the file (fsynced: off the event loop)."""
+    private_dir(folder)
+    replace_private(target, message)

@@ -6,6 +6,7 @@ behind the same outbox, so what works on a laptop is what runs against the EHR.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -19,6 +20,7 @@ from adapter.hl7.profiles import DOCUMENT_MESSAGES, load_profiles, receivers_dir
 from adapter.ingest.pipeline import IngestResult, Status
 from adapter.jobs.output import bundle_label, write_json_atomic
 from adapter.jobs.retry_policies import fhir_policy, label_policy, receiver_policies
+from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
 from adapter.store.identity import HeldRow, IngestedStudy, IngestWrite
 from adapter.store.outbox import Outbox, Row
@@ -46,7 +48,8 @@ class FileDeliverer:
     async def deliver(self, row: Row) -> Attempt:
         target = self.folder / f"{row.label}.json"
         try:
-            write_json_atomic(target, row.payload)  # 0600, never through a symlink
+            # 0600, never through a symlink; fsynced: off the event loop.
+            await asyncio.to_thread(write_json_atomic, target, row.payload)
         except OSError as exc:
             return Attempt(Verdict.RETRY, f"cannot write the output file: {exc.strerror}")
         except ConfigError as exc:  # a symlink or a file where our folder should be
@@ -124,6 +127,9 @@ async def deliver(
     transport: httpx.AsyncBaseTransport | None = None,
     out_dir: Path | None = None,
     fhir: FhirClient | None = None,
+    calls: StoreCalls = INLINE,
+    wake: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
 ) -> DrainReport:
     """Deliver open rows (all, or ``ids``) until each is delivered, dead or held.
 
@@ -131,6 +137,10 @@ async def deliver(
     embedded default); without either they wait. ``fhir`` is the process's client for
     ``fhir.base_url`` (see :func:`adapter.jobs.fhir.fhir_session`): rows for that server use
     it; a client is opened here only for rows left for another server, or when none is given.
+
+    ``calls`` runs the store calls (``rtplan serve``: on the connection's own thread, see
+    :mod:`adapter.outbox.offload`); ``wake`` and ``stop`` are the forever worker's (see
+    :meth:`Worker.drain`).
     """
     async with AsyncExitStack() as stack:
         deliverers: dict[tuple[str, str], Deliverer] = {}
@@ -138,7 +148,7 @@ async def deliver(
         # long-running worker delivers rows enqueued after it started, whatever created them
         # (escalations, radiologist results); plus whatever older rows are still waiting for.
         configured = targets(settings, out_dir)
-        waiting = outbox.open_targets()
+        waiting = await calls.run(outbox.open_targets)
         for destination, target in dict.fromkeys([*configured, *waiting]):
             if destination == FILES:
                 deliverers[(destination, target)] = FileDeliverer(Path(target))
@@ -168,7 +178,9 @@ async def deliver(
         policies = {FHIR: fhir_policy(settings.fhir), FILES: RetryPolicy()}
         target_policies: dict[tuple[str, str], RetryPolicy] = {}
         if hl7_targets:
-            deliverers.update(await _hl7_deliverers(stack, outbox, settings, hl7_targets, out_dir))
+            deliverers.update(
+                await _hl7_deliverers(stack, outbox, settings, hl7_targets, out_dir, calls)
+            )
             # Over MLLP each receiver has its own policy (its profile's max_resends and waits);
             # a resend keeps its MSH-10 and the receiver de-duplicates. .hl7 files: the FHIR one.
             policies[HL7] = fhir_policy(settings.fhir)
@@ -192,8 +204,10 @@ async def deliver(
             target_policies=target_policies,
             concurrency=settings.fhir.concurrency,
             lease_seconds=settings.outbox.lease_seconds,
+            calls=calls,
+            wake=wake,
         )
-        return await worker.drain(ids=ids, forever=forever)
+        return await worker.drain(ids=ids, forever=forever, stop=stop)
 
 
 def note_receivers(settings: Settings, out_dir: Path | None) -> list[str]:
@@ -210,6 +224,7 @@ async def _hl7_deliverers(
     settings: Settings,
     profile_names: set[str],
     out_dir: Path | None,
+    calls: StoreCalls,
 ) -> dict[tuple[str, str], Deliverer]:
     from adapter.hl7.client import MllpClient, client_tls_context
     from adapter.hl7.deliverer import Hl7Deliverer, Hl7FileDeliverer
@@ -247,7 +262,7 @@ async def _hl7_deliverers(
             found[(HL7, name)] = (
                 Hl7DocumentDeliverer(profile, client)
                 if document
-                else Hl7Deliverer(profile, client, timers=outbox.timers())
+                else Hl7Deliverer(profile, client, timers=outbox.timers(), calls=calls)
             )
         elif out_dir is not None:
             found[(HL7, name)] = Hl7FileDeliverer(out_dir, profile)

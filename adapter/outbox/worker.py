@@ -24,6 +24,7 @@ import tenacity
 from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
+from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.store.outbox import NewRow, Outbox, Row
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,13 @@ def _state(row: Row, now: float) -> tenacity.RetryCallState:
 
 
 class Worker:
-    """Drains an :class:`Outbox` through deliverers keyed by ``(destination, target)``."""
+    """Drains an :class:`Outbox` through deliverers keyed by ``(destination, target)``.
+
+    Every store call goes through ``calls``: inline for a command, the connection's own thread
+    in ``rtplan serve`` (:class:`adapter.outbox.offload.StoreThread`), so the one event loop
+    never waits for the database. ``wake`` cuts a poll short when another part of the process
+    has just stored rows (the HTTP API, the C-STORE receiver, the escalation check).
+    """
 
     def __init__(
         self,
@@ -120,6 +127,8 @@ class Worker:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] | None = None,
         poll_interval: float = 1.0,
+        calls: StoreCalls = INLINE,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.outbox = outbox
         self.deliverers = deliverers
@@ -132,11 +141,22 @@ class Worker:
         self.poll_interval = poll_interval
         self._targets = list(deliverers)
         self._watch: set[int] | None = None
+        self._calls = calls
+        self._wake = wake
 
-    async def drain(self, *, ids: list[int] | None = None, forever: bool = False) -> DrainReport:
+    async def drain(
+        self,
+        *,
+        ids: list[int] | None = None,
+        forever: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> DrainReport:
         """Deliver until every open row (or every row in ``ids``) is delivered, dead or held.
 
-        With ``forever`` it keeps polling for new rows (the service mode).
+        With ``forever`` it keeps polling for new rows (the service mode) until ``stop`` is set:
+        then it claims nothing more, finishes the rows it holds and returns. Cancelled, it
+        cancels the deliveries in progress; their rows stay leased and are taken up again
+        after the lease (or at the next start, see ``adapter.store.claims.recover``).
         """
         report = DrainReport()
         # The rows to wait for grow with the follow-ups of their deliveries (an ACK's Task
@@ -144,37 +164,70 @@ class Worker:
         self._watch = None if ids is None else set(ids)
         active: set[asyncio.Task[None]] = set()
         ready: list[Row] = []
-        while True:
-            # Claim a little ahead (up to `concurrency` rows waiting locally), so that one
-            # transaction serves several rows; a claimed row is leased, so none is lost.
-            want = 2 * self.concurrency - len(active) - len(ready)
-            if want > 0 and len(ready) < self.concurrency:
-                ready.extend(
-                    self.outbox.claim(want, lease_seconds=self.lease_seconds, targets=self._targets)
-                )
-            while ready and len(active) < self.concurrency:
-                active.add(asyncio.create_task(self._run(ready.pop(0), report)))
+        store = self._calls
+        try:
+            while True:
+                stopping = stop is not None and stop.is_set()
+                # Claim a little ahead (up to `concurrency` rows waiting locally), so that one
+                # transaction serves several rows; a claimed row is leased, so none is lost.
+                want = 2 * self.concurrency - len(active) - len(ready)
+                if not stopping and want > 0 and len(ready) < self.concurrency:
+                    ready.extend(
+                        await store.run(
+                            self.outbox.claim,
+                            want,
+                            lease_seconds=self.lease_seconds,
+                            targets=self._targets,
+                        )
+                    )
+                while ready and len(active) < self.concurrency:
+                    active.add(asyncio.create_task(self._run(ready.pop(0), report)))
+                if active:
+                    done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # _run handles everything; re-raise only real bugs
+                    continue
+                if stopping:
+                    return report  # every row claimed here is finished
+                watched = None if self._watch is None else sorted(self._watch)
+                open_rows = self.outbox.open_rows
+                if not forever and await store.run(open_rows, watched, self._targets) == 0:
+                    return report
+                due = await store.run(self.outbox.seconds_until_due, self._targets)
+                if due == 0:
+                    # Due, yet the claim above took nothing: it is blocked behind an earlier row
+                    # of its key (waiting for its retry) or a hold. Polling every 10 ms would
+                    # only repeat that write transaction; the poll interval is soon enough.
+                    due = None
+                poll = self.poll_interval
+                await self._pause(poll if due is None else min(max(due, 0.01), poll), stop)
+        finally:
+            for task in active:  # cancelled (or a bug): the rows stay leased, never lost
+                task.cancel()
             if active:
-                done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # _run handles everything; re-raise only real bugs
-                continue
-            watched = None if self._watch is None else sorted(self._watch)
-            if not forever and self.outbox.open_rows(watched, self._targets) == 0:
-                return report
-            due = self.outbox.seconds_until_due(self._targets)
-            if due == 0:
-                # Due, yet the claim above took nothing: it is blocked behind an earlier row of
-                # its key (waiting for its retry) or a hold. Polling every 10 ms would only
-                # repeat that write transaction; the poll interval is soon enough.
-                due = None
-            wait = self.poll_interval if due is None else min(max(due, 0.01), self.poll_interval)
-            await self._sleep(wait)
+                await asyncio.gather(*active, return_exceptions=True)
+
+    async def _pause(self, seconds: float, stop: asyncio.Event | None) -> None:
+        """Sleep until the next row is due, a part of the process stored rows (``wake``) or
+        the service stops."""
+        events = [e for e in (self._wake, stop) if e is not None]
+        if not events:
+            await self._sleep(seconds)
+            return
+        waiters = [asyncio.create_task(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self._wake is not None:
+            self._wake.clear()  # new rows are claimed next; a wake during the claim stays set
 
     async def _run(self, row: Row, report: DrainReport) -> None:
         deliverer = self.deliverers.get((row.destination, row.target))
         if deliverer is None:
-            self.outbox.mark_dead(row.id, f"no deliverer configured for {row.destination}")
+            reason = f"no deliverer configured for {row.destination}"
+            await self._calls.run(self.outbox.mark_dead, row.id, reason)
             report.dead += 1
             return
         try:
@@ -182,25 +235,27 @@ class Worker:
         except Exception as exc:  # a bug or no answer: keep the row, try again later
             log.exception("row %d: deliverer raised %s", row.id, type(exc).__name__)
             attempt = Attempt(Verdict.RETRY, f"deliverer error: {type(exc).__name__}")
-        self._record(row, attempt, report)
+        new_ids = await self._calls.run(self._record, row, attempt, report)
+        if self._watch is not None and row.id in self._watch:
+            self._watch.update(new_ids)  # on the loop: drain() reads the set there
 
-    def _record(self, row: Row, attempt: Attempt, report: DrainReport) -> None:
+    def _record(self, row: Row, attempt: Attempt, report: DrainReport) -> list[int]:
+        """Store the attempt's outcome (on the store's thread: see ``calls``); return the ids
+        of the follow-up rows stored with a delivery."""
         if attempt.alert:
             report.alerts.append(f"row {row.id} ({row.label}): {attempt.alert}")
             log.warning("row %d (%s): ALERT %s", row.id, row.label, attempt.alert)
         if attempt.verdict is Verdict.DELIVERED:
             new_ids = self.outbox.mark_delivered(row.id, attempt.result or {}, attempt.follow_ups)
-            if self._watch is not None and row.id in self._watch:
-                self._watch.update(new_ids)
             report.delivered += 1
             log.info("row %d (%s): delivered after %d attempt(s)", row.id, row.label, row.attempts)
-            return
+            return new_ids
         if attempt.verdict is Verdict.HOLD:
             self.outbox.hold_key(row, attempt.reason)
             self.outbox.mark_dead(row.id, attempt.reason, attempt.result)
             report.held += 1
             log.warning("row %d (%s): key held: %s", row.id, row.label, attempt.reason)
-            return
+            return []
         if attempt.verdict is Verdict.RETRY:
             delay, why = self._retry_delay(row, attempt)
             if delay is not None:
@@ -209,11 +264,12 @@ class Worker:
                 log.info(
                     "row %d (%s): retry in %.1fs: %s", row.id, row.label, delay, attempt.reason
                 )
-                return
+                return []
             attempt = Attempt(Verdict.DEAD, f"{why}: {attempt.reason}", result=attempt.result)
         self.outbox.mark_dead(row.id, attempt.reason, attempt.result)
         report.dead += 1
         log.warning("row %d (%s): dead: %s", row.id, row.label, attempt.reason)
+        return []
 
     def policy_for(self, destination: str, target: str) -> RetryPolicy:
         """The target's own policy, else its destination's, else the default."""

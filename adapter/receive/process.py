@@ -30,6 +30,7 @@ from adapter.jobs.deliver import deliver, enqueue, targets
 from adapter.jobs.ingest import read_and_map
 from adapter.jobs.output import study_report, write_json_atomic
 from adapter.label.service import enqueue_labels, label_targets
+from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.receive.spool import PendingStudy, Spool
 from adapter.store.outbox import Outbox
 from adapter.tables import Tables
@@ -59,7 +60,13 @@ def spool_path(settings: Settings, out_dir: Path | None) -> Path:
 
 
 class StudyProcessor:
-    """Takes ready studies out of the spool into the outbox (and delivers their rows)."""
+    """Takes ready studies out of the spool into the outbox (and delivers their rows).
+
+    Store calls go through ``calls`` and spool and report files are handled on a worker
+    thread, so the event loop it shares with the rest of ``rtplan serve`` never waits for the
+    disk. With ``deliver_soon`` (``rtplan serve``) the stored rows are handed to the process's
+    one outbox worker instead of being delivered here.
+    """
 
     def __init__(
         self,
@@ -71,8 +78,12 @@ class StudyProcessor:
         *,
         clock: Clock = time.time,
         fhir: FhirClient | None = None,
+        calls: StoreCalls = INLINE,
+        deliver_soon: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.spool = spool
+        self.calls = calls
+        self.deliver_soon = deliver_soon
         self.fhir = fhir  # the process's FHIR client: prior imaging and delivery
         self.settings = settings
         self.tables = tables
@@ -96,7 +107,8 @@ class StudyProcessor:
     async def process_ready(self) -> list[Processed]:
         done = []
         now = self.clock()
-        for study in self.spool.ready(now, self.settings.dicom.quiet_seconds):
+        ready = await asyncio.to_thread(self.spool.ready, now, self.settings.dicom.quiet_seconds)
+        for study in ready:
             if self._retry_at.get(study.key, 0.0) > now:
                 continue
             try:
@@ -115,20 +127,22 @@ class StudyProcessor:
         return done
 
     async def process(self, study: PendingStudy) -> Processed:
-        files = self.spool.incoming_files(study.key)
-        paths = [*self.spool.kept(study.key), *files]  # earlier headers + this batch
+        files = await asyncio.to_thread(self.spool.incoming_files, study.key)
+        kept = await asyncio.to_thread(self.spool.kept, study.key)
+        paths = [*kept, *files]  # earlier headers + this batch
         settings = replace(self.settings, ingest=replace(self.settings.ingest, workers=1))
         result = await read_and_map(paths, settings, self.tables, fhir=self.fhir, in_thread=True)
-        ids = self._store(result)
+        ids = await self.calls.run(self._store, result)
         rejected = {Path(r.path) for r in result.rejections}
-        self.spool.settle(
+        await asyncio.to_thread(
+            self.spool.settle,
             study.key,
             [f for f in files if f not in rejected],
             quarantined=[f for f in files if f in rejected],
         )
         for outcome in result.studies:
             if self.out_dir is not None:
-                self._report(outcome, len(rejected))
+                await asyncio.to_thread(self._report, outcome, len(rejected))
             # Counted once its report is written: a watcher of the counts (the API's stats,
             # a test) then finds the report too.
             self.counts[outcome.status.value] += 1
@@ -140,7 +154,17 @@ class StudyProcessor:
             )
         self.counts["rejected_files"] += len(rejected)
         if ids and self.settings.serve.delivery:  # off: another process's worker delivers
-            await deliver(self.outbox, self.settings, ids=ids, out_dir=self.out_dir, fhir=self.fhir)
+            if self.deliver_soon is not None:  # the process's one outbox worker
+                self.deliver_soon(ids)
+            else:
+                await deliver(
+                    self.outbox,
+                    self.settings,
+                    ids=ids,
+                    out_dir=self.out_dir,
+                    fhir=self.fhir,
+                    calls=self.calls,
+                )
         return Processed(study.key, result.studies, len(rejected), tuple(ids))
 
     def _store(self, result: IngestResult) -> list[int]:

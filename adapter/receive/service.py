@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapter.config import Settings
 from adapter.jobs.fhir import resolve_version
+from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.receive.process import StudyProcessor, spool_path
 from adapter.receive.scp import Receiver
 from adapter.receive.spool import Spool
@@ -36,8 +38,13 @@ class ReceiveService:
         outbox: Outbox,
         out_dir: Path | None,
         fhir: FhirClient | None = None,
+        *,
+        calls: StoreCalls = INLINE,
+        deliver_soon: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.calls = calls  # how ``outbox`` is called (``rtplan serve``: its own thread)
+        self.deliver_soon = deliver_soon  # hands stored rows to the process's outbox worker
         self.fhir = fhir  # the process's FHIR client (``rtplan serve`` opens it)
         self.tables = tables
         self.outbox = outbox
@@ -56,7 +63,14 @@ class ReceiveService:
     async def start(self) -> None:
         settings = await resolve_version(self.settings, self.fhir)  # "auto", as ingest does
         processor = StudyProcessor(
-            self.spool, settings, self.tables, self.outbox, self.out_dir, fhir=self.fhir
+            self.spool,
+            settings,
+            self.tables,
+            self.outbox,
+            self.out_dir,
+            fhir=self.fhir,
+            calls=self.calls,
+            deliver_soon=self.deliver_soon,
         )
         loop = asyncio.get_running_loop()
 

@@ -5,6 +5,10 @@ at 0 (the default). :meth:`ServiceParts.aclose` stops them before the MLLP liste
 outbox worker: first nothing new is accepted (the SCP closes, the API finishes the requests
 in progress), then the study being processed finishes; studies still in their quiet period
 stay in the spool for the next start.
+
+Both run on ``rtplan serve``'s one event loop with its one FHIR client. The receiver's store
+connection lives on a thread of its own (:class:`adapter.outbox.offload.StoreThread`); rows
+either part stores are handed to the process's outbox worker (``deliver_soon``).
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
+from adapter.outbox.offload import StoreThread
 from adapter.store.location import open_outbox
 from adapter.store.outbox import Outbox
 from adapter.tables import Tables
@@ -28,7 +34,8 @@ log = logging.getLogger(__name__)
 
 class ServiceParts:
     def __init__(self, outbox: Outbox | None = None) -> None:
-        self.outbox = outbox  # the parts' own store connection (this loop's thread)
+        self.outbox = outbox  # the receiver's own store connection (on ``store``'s thread)
+        self.store: StoreThread | None = None
         self.receiver: Any = None  # adapter.receive.service.ReceiveService
         self.api: Any = None  # uvicorn.Server
         self._api_task: asyncio.Task[None] | None = None
@@ -45,7 +52,12 @@ class ServiceParts:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._api_task
         if self.outbox is not None:
-            self.outbox.close()
+            if self.store is not None:
+                await self.store.run(self.outbox.close)
+            else:
+                self.outbox.close()
+        if self.store is not None:
+            await self.store.aclose()
 
 
 def any_part_on(settings: Settings) -> bool:
@@ -55,22 +67,59 @@ def any_part_on(settings: Settings) -> bool:
 
 
 async def start_parts(
-    settings: Settings, out_dir: Path | None, tables: Tables, fhir: FhirClient | None = None
+    settings: Settings,
+    out_dir: Path | None,
+    tables: Tables,
+    fhir: FhirClient | None = None,
+    *,
+    deliver_soon: Callable[[list[int]], None] | None = None,
 ) -> ServiceParts:
-    """Start the parts whose ports are set; ``fhir`` is the process's FHIR client."""
+    """Start the parts whose ports are set; ``fhir`` is the process's FHIR client and
+    ``deliver_soon`` wakes its outbox worker (None: each part delivers its own rows)."""
     parts = ServiceParts()
+    try:
+        await _start(parts, settings, out_dir, tables, fhir, deliver_soon)
+    except BaseException:
+        with contextlib.suppress(Exception):  # what stopped the start is what is reported
+            await parts.aclose()
+        raise
+    return parts
+
+
+async def _start(
+    parts: ServiceParts,
+    settings: Settings,
+    out_dir: Path | None,
+    tables: Tables,
+    fhir: FhirClient | None,
+    deliver_soon: Callable[[list[int]], None] | None,
+) -> None:
     if settings.dicom.listen_port:
         # Lazy (downward) for start-up time only: pynetdicom, pydicom; FastAPI, uvicorn.
         from adapter.receive.service import ReceiveService
 
-        parts.outbox = open_outbox(settings, out_dir)
-        parts.receiver = ReceiveService(settings, tables, parts.outbox, out_dir, fhir)
+        parts.store = StoreThread("receiver-store")
+        parts.outbox = await parts.store.run(open_outbox, settings, out_dir)
+        parts.receiver = ReceiveService(
+            settings,
+            tables,
+            parts.outbox,
+            out_dir,
+            fhir,
+            calls=parts.store,
+            deliver_soon=deliver_soon,
+        )
         await parts.receiver.start()
     if settings.http.listen_port:
         from adapter.api.server import api_server, run_until
 
         parts.api = api_server(
-            settings, out_dir, tables=tables, receiver_stats=parts.stats, fhir=fhir
+            settings,
+            out_dir,
+            tables=tables,
+            receiver_stats=parts.stats,
+            fhir=fhir,
+            deliver_soon=deliver_soon,
         )
         parts._api_task = asyncio.create_task(run_until(parts.api, parts._api_stop))
         while not parts.api.started:
@@ -79,4 +128,3 @@ async def start_parts(
                 raise OSError(f"the HTTP API stopped at start on port {settings.http.listen_port}")
             await asyncio.sleep(0.05)
         log.info("HTTP API on %s:%d", settings.http.listen_host, settings.http.listen_port)
-    return parts

@@ -6,15 +6,25 @@
 - the DICOM C-STORE receiver and the HTTP API when their ports are set
   (``adapter.service.parts``; stopped first).
 
-The listener, the C-STORE receiver and the HTTP API share the main event loop and its one FHIR
-client (``adapter.jobs.fhir.fhir_session``); the listener's handler stores each message in a worker
-thread. The outbox worker and escalation check run on their own thread and event loop, each
-with its own database connection (and FHIR client), because the store's calls are
-synchronous: another process holding the database lock delays deliveries and ACKs, but every
-connection is still read, bounded and timed out.
+All of them run as tasks of ONE asyncio event loop (the one ``asyncio.run`` of the command)
+and share ONE FHIR client (``adapter.jobs.fhir.fhir_session``, one httpx connection pool):
+the C-STORE receiver's prior-imaging checks, the API's review submissions and readiness
+probe, and every delivery of the outbox worker (ingest Bundles, review Bundles, escalation
+Task updates, ACK follow-ups). uvicorn serves the API on that loop (``Server.serve``), and
+rows stored by the API, the receiver or the escalation check wake the one worker.
 
-It stops on SIGTERM/SIGINT: the listener first (so nothing new is accepted), then the worker.
-A row in flight at that moment is taken up again after its lease, or at the next start.
+Nothing blocking runs on the loop. The store's calls are synchronous, so each part's store
+connection lives on a thread of its own (:class:`adapter.outbox.offload.StoreThread`: the
+worker and the escalation check share one, the receiver has one, the API its own) and the
+loop only awaits them; the listener's handler stores each message on a worker thread
+(``adapter.service.inbound``); files (output folder, spool, reports) are written on worker
+threads. Another process holding the database lock delays deliveries and ACKs, never the
+loop.
+
+It stops on SIGTERM/SIGINT: first nothing new is accepted (the receiver and the API, then the
+listener), then the worker claims nothing more and finishes the rows it holds (at most
+:data:`SHUTDOWN_GRACE_SECONDS`; a delivery still running then is cancelled and its row, still
+leased, is taken up again after its lease, or at the next start).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import contextlib
 import logging
 import signal
 import ssl
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +45,7 @@ from adapter.hl7.profiles import load_profiles, receivers_dir
 from adapter.hl7.trust import TrustPolicy
 from adapter.jobs.deliver import deliver, targets
 from adapter.jobs.fhir import fhir_session
+from adapter.outbox.offload import StoreThread
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.inbound import InboundHandler
 from adapter.service.parts import start_parts
@@ -46,6 +57,9 @@ if TYPE_CHECKING:
     from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_SECONDS = 30.0
+"""How long the worker may take, once stopped, to finish the rows it holds (as uvicorn's
+graceful shutdown for the requests in progress)."""
 
 
 async def serve(
@@ -61,8 +75,7 @@ async def serve(
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     tables = load_tables(settings.mappings_dir)
-    # The listener's own connection: its handler stores messages in a worker thread. The
-    # main loop's FHIR client serves the C-STORE receiver and the HTTP API.
+    # The process's one FHIR client: every part below uses it.
     async with fhir_session(settings) as fhir:
         return await _serve(settings, out_dir, stop, started, metrics, tables, fhir)
 
@@ -101,32 +114,90 @@ async def _serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        # The worker's and the escalation check's store connection, on its own thread.
+        store = StoreThread("outbox-store")
         try:
-            # The C-STORE receiver and the HTTP API (each on when its port is set), with
-            # their own store connection on this loop.
-            parts = await start_parts(settings, out_dir, tables, fhir)
+            outbox = await store.run(open_outbox, settings, out_dir)
         except BaseException:
+            await store.aclose()
             await _close_listener(server, settings)
             raise
-        halt = threading.Event()
-        background = asyncio.create_task(
-            asyncio.to_thread(_background, settings, out_dir, fhir_targets, metrics, halt)
-            if settings.serve.delivery
-            else asyncio.to_thread(halt.wait)
-        )
+        wake = asyncio.Event()  # rows stored by another part: the worker claims them now
+        deliver_soon = _waker(wake) if settings.serve.delivery else None
+        try:
+            # The C-STORE receiver and the HTTP API (each on when its port is set).
+            parts = await start_parts(settings, out_dir, tables, fhir, deliver_soon=deliver_soon)
+        except BaseException:
+            await store.run(outbox.close)
+            await store.aclose()
+            await _close_listener(server, settings)
+            raise
+        halt = asyncio.Event()
+        background: list[asyncio.Task[object]] = []
+        if settings.serve.delivery:
+            background.append(
+                asyncio.create_task(
+                    deliver(
+                        outbox,
+                        settings,
+                        forever=True,
+                        out_dir=out_dir,
+                        fhir=fhir,
+                        calls=store,
+                        wake=wake,
+                        stop=halt,
+                    ),
+                    name="rtplan-outbox-worker",
+                )
+            )
+            background.append(
+                asyncio.create_task(
+                    _escalations(store, outbox, fhir_targets, metrics, settings, halt, wake),
+                    name="rtplan-escalations",
+                )
+            )
         if started is not None:
             started.set()
         stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait([stopped, background], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([stopped, *background], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-            await parts.aclose()
-            await _close_listener(server, settings)
-            halt.set()
-            await background  # re-raises what stopped the worker, if anything did
+            try:
+                await parts.aclose()
+                await _close_listener(server, settings)
+            finally:
+                halt.set()
+                try:
+                    await _finish(background)
+                finally:
+                    await store.run(outbox.close)
+                    await store.aclose()
             log.info("stopped; inbound %s; metrics %s", handler.stats, dict(metrics.counters))
         return int(server.port) if settings.serve.mllp_listener else 0
+
+
+def _waker(wake: asyncio.Event) -> Callable[[list[int]], None]:
+    def deliver_soon(ids: list[int]) -> None:
+        if ids:
+            wake.set()
+
+    return deliver_soon
+
+
+async def _finish(background: list[asyncio.Task[object]]) -> None:
+    """Let the worker finish the rows it holds (``halt`` is set), within the grace period;
+    then cancel what still runs. Re-raises what stopped a task, if anything did."""
+    if not background:
+        return
+    _, late = await asyncio.wait(background, timeout=SHUTDOWN_GRACE_SECONDS)
+    for task in late:
+        grace = SHUTDOWN_GRACE_SECONDS
+        log.warning("%s still running after %.0f s: cancelled", task.get_name(), grace)
+        task.cancel()
+    for task in background:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _close_listener(server: MllpServer, settings: Settings) -> None:
@@ -162,44 +233,20 @@ def listener_tls(settings: Settings) -> ssl.SSLContext | None:
         raise ConfigError("hl7.listen_tls_cert", problem) from None
 
 
-def _background(
-    settings: Settings,
-    out_dir: Path | None,
-    fhir_targets: list[tuple[str, str]],
-    metrics: Metrics,
-    halt: threading.Event,
-) -> None:
-    """The outbox worker and the escalation check, on their own thread, event loop and
-    database connection: a slow or locked database delays deliveries, never the listener."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        with open_outbox(settings, out_dir) as outbox:
-            worker = asyncio.create_task(deliver(outbox, settings, forever=True, out_dir=out_dir))
-            checker = asyncio.create_task(
-                _escalations(outbox, fhir_targets, metrics, settings, stop)
-            )
-            tasks = (checker, worker)
-            while not halt.is_set() and not any(t.done() for t in tasks):
-                await asyncio.sleep(0.05)
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-    asyncio.run(main())
-
-
 async def _escalations(
+    store: StoreThread,
     outbox: Outbox,
     fhir_targets: list[tuple[str, str]],
     metrics: Metrics,
     settings: Settings,
     stop: asyncio.Event,
+    wake: asyncio.Event,
 ) -> None:
+    """Fire due timers every ``hl7.escalation_check_seconds`` (on the store's thread); the
+    Task updates they store wake the worker."""
     while not stop.is_set():
-        escalate_due(outbox, fhir_targets, metrics)
+        fired = await store.run(escalate_due, outbox, fhir_targets, metrics)
+        if fired:
+            wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=settings.hl7.escalation_check_seconds)
