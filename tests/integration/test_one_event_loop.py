@@ -10,39 +10,15 @@ of the run arrives on it).
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from adapter.cli import main
-from adapter.fhir.client import FhirClient
+from tests.loop_support import count_loops_and_clients
 from tests.peers.fault_fhir import FaultServer
 from tests.support import FIXTURES
-
-
-def _count_loops_and_clients(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[str]]:
-    loops: list[Any] = []
-    clients: list[str] = []
-    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.events.new_event_loop
-
-    def counting_loop() -> asyncio.AbstractEventLoop:
-        loop = new_loop()
-        loops.append(loop)
-        return loop
-
-    init = FhirClient.__init__
-
-    def counting_init(self: FhirClient, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        clients.append(self.base_url)
-
-    monkeypatch.setattr(asyncio.events, "new_event_loop", counting_loop)
-    monkeypatch.setattr(FhirClient, "__init__", counting_init)
-    return loops, clients
 
 
 def _config(tmp_path: Path) -> Path:
@@ -59,7 +35,7 @@ def test_one_ingest_opens_one_event_loop_and_one_fhir_client(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    loops, clients = _count_loops_and_clients(monkeypatch)
+    loops, clients = count_loops_and_clients(monkeypatch)
     out = tmp_path / "out"
     code = main(
         [
@@ -102,7 +78,7 @@ def test_one_review_submission_opens_one_event_loop_and_one_fhir_client(
     assert main([*ingest, "--out", str(out)]) == 0
     capsys.readouterr()
     before = fault_fhir.connections_accepted
-    loops, clients = _count_loops_and_clients(monkeypatch)
+    loops, clients = count_loops_and_clients(monkeypatch)
 
     review = FIXTURES / "reviews" / "concern.json"  # a concern: the EHR's Patient is checked
     submit = ["--config", str(config), "review", "submit", str(review)]

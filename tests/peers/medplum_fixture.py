@@ -102,3 +102,11 @@ def medplum(medplum_peer: PeerProcess) -> Iterator[str]:
     if resp.status_code != 200:
         pytest.fail(f"Medplum FHIR peer: POST /$reset returned {resp.status_code}", pytrace=False)
     yield medplum_peer.base_url
+
+
+def connections_accepted(peer: PeerProcess) -> int:
+    """TCP connections the peer accepted since it started (``GET /$connections``), the one
+    this question arrives on included."""
+    resp = httpx.get(f"{_root_url(peer)}/$connections", timeout=10.0, trust_env=False)
+    resp.raise_for_status()
+    return int(resp.json()["accepted"])

@@ -11,7 +11,9 @@
  *     router does not resolve (FHIR R4 http.html#trules);
  *   - reason phrases and _history/<version> in transaction/batch response entries, plus
  *     Location/ETag/Last-Modified headers on single-resource replies;
- *   - POST /$reset (new empty repository) and GET /$health.
+ *   - POST /$reset (new empty repository) and GET /$health;
+ *   - GET /$connections: {"accepted": N}, the TCP connections accepted since start (the
+ *     connection asking included), so a test can count the connections a client opened.
  *
  * Usage: node server.js [PORT]   (or env PORT; 0 = pick a free port). Listens on 127.0.0.1 only.
  * Prints exactly one line "LISTENING <port>" on stdout once ready.
@@ -544,6 +546,9 @@ async function handle(req, res) {
   if (url.pathname === '/$health' && (req.method === 'GET' || req.method === 'HEAD')) {
     return send(res, 200, { status: 'ok' });
   }
+  if (url.pathname === '/$connections' && req.method === 'GET') {
+    return send(res, 200, { accepted: connectionsAccepted });
+  }
   if (url.pathname === '/$reset' && req.method === 'POST') {
     repo = new IndexedMemoryRepository();
     return send(res, 200, { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text: 'reset' } }] });
@@ -573,6 +578,10 @@ const server = http.createServer((req, res) => {
         process.stderr.write(`${req.method} ${req.url} ${res.statusCode} ${ms.toFixed(1)}ms\n`);
       }
     });
+});
+let connectionsAccepted = 0;
+server.on('connection', () => {
+  connectionsAccepted += 1;
 });
 server.keepAliveTimeout = 30_000;
 server.headersTimeout = 35_000;
