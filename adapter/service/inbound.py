@@ -71,6 +71,9 @@ class InboundHandler:
     trust: TrustPolicy
     """Which senders are heard, and for which receiver profiles' orders."""
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    stored: Callable[[], None] | None = None
+    """Called on the loop after each message is stored (``rtplan serve``: wakes its outbox
+    worker for the Task updates and results the message caused)."""
     stats: InboundStats = field(default_factory=InboundStats)
     _lock: asyncio.Lock | None = None
     _unmatched: RateLimitedWarning = field(default_factory=lambda: RateLimitedWarning(log))
@@ -82,7 +85,10 @@ class InboundHandler:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            return await asyncio.to_thread(self.handle, raw, peer)
+            answer = await asyncio.to_thread(self.handle, raw, peer)
+        if self.stored is not None:
+            self.stored()
+        return answer
 
     def handle(self, raw: bytes, peer: Peer | None = None) -> bytes | None:
         """The whole decision for one message, synchronously (see the module docstring)."""

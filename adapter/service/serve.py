@@ -93,7 +93,8 @@ async def _serve(
     hl7 = settings.hl7
     with Outbox(store_location(settings, out_dir), check_same_thread=False) as inbound_store:
         trust = trust_policy(settings)
-        handler = InboundHandler(inbound_store, tables, fhir_targets, trust)
+        wake = asyncio.Event()  # rows stored by another part: the worker claims them now
+        handler = InboundHandler(inbound_store, tables, fhir_targets, trust, stored=wake.set)
         # Each part can be off (settings ``serve.*``, ``dicom.listen_port``,
         # ``http.listen_port``): two processes on one store can then share the work.
         server = MllpServer(
@@ -122,7 +123,6 @@ async def _serve(
             await store.aclose()
             await _close_listener(server, settings)
             raise
-        wake = asyncio.Event()  # rows stored by another part: the worker claims them now
         deliver_soon = _waker(wake) if settings.serve.delivery else None
         try:
             # The C-STORE receiver and the HTTP API (each on when its port is set).

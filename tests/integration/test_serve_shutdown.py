@@ -25,7 +25,7 @@ from adapter.service.serve import serve
 from adapter.store.outbox import Outbox, State
 from adapter.tables import load_tables
 from tests.peers.fault_fhir import FaultServer, commit_then_hang, delay
-from tests.support import FIXTURES
+from tests.support import FIXTURES, ROOT
 
 STUDY = FIXTURES / "dicom" / "planning-ct"
 
@@ -118,3 +118,10 @@ def test_a_delivery_outlasting_the_grace_period_is_handed_back_and_taken_up_afte
     assert (state, attempts) == (State.DELIVERED, 2)
     assert "recovered" in events  # taken over once the lease ran out
     assert fault_fhir.count("ImagingStudy") == 1  # the repeat updated the same resource
+
+
+def test_the_documented_grace_period_is_the_code_s() -> None:
+    grace = serve_module.SHUTDOWN_GRACE_SECONDS
+    for doc in ("operations.md", "architecture.md"):
+        text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+        assert f"{grace:.0f} s" in text, doc
