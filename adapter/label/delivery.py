@@ -109,18 +109,21 @@ class KosFileDeliverer:
         except RejectionTitleRefused as exc:
             return _refused(exc)
         target = self.folder / f"{row.label}.dcm"
-        tmp = target.with_name(f".{target.name}.tmp")
         try:
-            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(target)
+            await asyncio.to_thread(self._write, target, data)  # fsynced: off the event loop
         except OSError as exc:
             return Attempt(Verdict.RETRY, f"cannot write the KOS file: {exc.strerror}")
         return Attempt(Verdict.DELIVERED, result={"file": str(target)})
+
+    def _write(self, target: Path, data: bytes) -> None:
+        tmp = target.with_name(f".{target.name}.tmp")
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(target)
 
 
 class CStoreDeliverer:
