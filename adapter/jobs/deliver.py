@@ -224,7 +224,7 @@ async def _hl7_deliverers(
     settings: Settings,
     profile_names: set[str],
     out_dir: Path | None,
-    calls: StoreCalls,
+    calls: StoreCalls = INLINE,
 ) -> dict[tuple[str, str], Deliverer]:
     from adapter.hl7.client import MllpClient, client_tls_context
     from adapter.hl7.deliverer import Hl7Deliverer, Hl7FileDeliverer
