@@ -68,8 +68,9 @@ def _row(tmp_path: Path, row_id: int) -> tuple[State, int, list[str]]:
         return row.state, row.attempts, [event for _, event, _ in outbox.events(row_id)]
 
 
-def test_sigterm_lets_the_delivery_in_progress_finish(
-    tmp_path: Path, fault_fhir: FaultServer
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_stop_signal_lets_the_delivery_in_progress_finish(
+    stop_signal: signal.Signals, tmp_path: Path, fault_fhir: FaultServer
 ) -> None:
     settings = _settings(tmp_path, fault_fhir.base_url)
     row_id = _enqueue_study(settings, tmp_path)
@@ -78,7 +79,7 @@ def test_sigterm_lets_the_delivery_in_progress_finish(
     async def run() -> None:
         service = asyncio.create_task(serve(settings, None))
         await _until(_posted(fault_fhir), "the Bundle's POST")
-        os.kill(os.getpid(), signal.SIGTERM)  # while the peer is still answering it
+        os.kill(os.getpid(), stop_signal)  # while the peer is still answering it
         await asyncio.wait_for(service, 60)
 
     asyncio.run(run())
