@@ -34,12 +34,16 @@ Output: a Markdown report on stdout, also written to ``bench/results/store.md``.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +55,13 @@ sys.path.insert(0, str(ROOT))
 
 from adapter.jobs.deliver import FHIR, enqueue  # noqa: E402
 from adapter.store.outbox import Outbox  # noqa: E402
-from bench.deliver_bench import Peer, Studies, as_result, template_study  # noqa: E402
+from bench.deliver_bench import (  # noqa: E402
+    Peer,
+    Studies,
+    as_result,
+    post_direct,
+    template_study,
+)
 from tests.peers.launch import free_port  # noqa: E402
 from tests.peers.postgres_fixture import (  # noqa: E402
     PgCluster,
@@ -61,6 +71,23 @@ from tests.peers.postgres_fixture import (  # noqa: E402
 )
 
 RTPLAN = str(Path(sys.executable).parent / "rtplan")
+PEER_ALONE = "peer alone: bare httpx, 8 concurrent"
+# Runs argv[2:] (the rtplan script) under cProfile with the process's CPU clock, so that
+# waiting (for PostgreSQL, for the FHIR server) does not count; stats to argv[1].
+PROFILED = """
+import cProfile, runpy, sys, time
+out, script = sys.argv[1], sys.argv[2]
+sys.argv = sys.argv[2:]
+profiler = cProfile.Profile(time.process_time)
+try:
+    profiler.runcall(runpy.run_path, script, run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+profiler.dump_stats(out)
+sys.exit(code)
+"""
 
 
 def fill(location: Path | str, studies: Studies, n: int, base: str) -> None:
@@ -70,8 +97,9 @@ def fill(location: Path | str, studies: Studies, n: int, base: str) -> None:
         raise SystemExit(f"enqueued {len(ids)} rows for {n} studies")
 
 
-def drain_span(location: Path | str) -> tuple[float, set[str]]:
-    """Seconds from the first claim to the last delivery, and the owners that claimed."""
+def drain_span(location: Path | str) -> tuple[float, set[str], float, float]:
+    """Seconds from the first claim to the last delivery, the owners that claimed, and the
+    first claim's and last delivery's times."""
     with Outbox(location) as outbox:
         claims: list[float] = []
         delivered: list[float] = []
@@ -86,37 +114,245 @@ def drain_span(location: Path | str) -> tuple[float, set[str]]:
         counts = outbox.counts()
     if counts["delivered"] != sum(counts.values()):
         raise SystemExit(f"not every row was delivered: {counts}")
-    return max(delivered) - min(claims), owners
+    return max(delivered) - min(claims), owners, min(claims), max(delivered)
+
+
+class PgCpu:
+    """CPU seconds of the whole PostgreSQL cluster: the postmaster, its live children
+    (background workers, backends) and the backends it has reaped (``children_*``)."""
+
+    def __init__(self, cluster: PgCluster) -> None:
+        pid = int((cluster.root / "data" / "postmaster.pid").read_text().split()[0])
+        self.postmaster = psutil.Process(pid)
+
+    def children(self) -> list[psutil.Process]:
+        return self.postmaster.children()
+
+    def seconds(self) -> float:
+        times = self.postmaster.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in self.children():
+            # a backend that just exited is counted as reaped
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(child.cpu_times()[:2])
+        return total
+
+    def settle(self, baseline: int, timeout: float = 5.0) -> None:
+        """Wait until the backends of the finished processes have exited."""
+        deadline = time.monotonic() + timeout
+        while len(self.children()) > baseline and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class Sampler(threading.Thread):
+    """CPU seconds of rtplan, PostgreSQL, Medplum and the whole machine, sampled every
+    ``every`` s with their wall-clock time, so the CPU of the drain span alone (process
+    start-up excluded) can be read off afterwards."""
+
+    def __init__(
+        self, procs: list[subprocess.Popen[bytes]], pg: PgCpu | None, peer_pid: int
+    ) -> None:
+        super().__init__(daemon=True)
+        self.procs = [psutil.Process(p.pid) for p in procs]
+        self.last = [0.0] * len(procs)
+        self.pg = pg
+        self.medplum = psutil.Process(peer_pid)
+        self.samples: list[tuple[float, float, float, float, float]] = []
+        self.stopping = threading.Event()
+
+    def sample(self) -> None:
+        for i, proc in enumerate(self.procs):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                self.last[i] = sum(proc.cpu_times()[:2])
+        self.samples.append(
+            (
+                time.time(),
+                sum(self.last),
+                self.pg.seconds() if self.pg else 0.0,
+                sum(self.medplum.cpu_times()[:2]),
+                machine_busy(),
+            )
+        )
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.02):
+            self.sample()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+    def between(self, start: float, end: float) -> tuple[float, ...]:
+        """CPU seconds (rtplan, PostgreSQL, Medplum, machine) from ``start`` to ``end``:
+        the samples nearest outside the span (the span gains at most one interval)."""
+        before = [s for s in self.samples if s[0] <= start] or self.samples[:1]
+        after = [s for s in self.samples if s[0] >= end] or self.samples[-1:]
+        a, b = before[-1], after[0]
+        return (b[0] - a[0], *(y - x for x, y in zip(a[1:], b[1:], strict=True)))
+
+
+def pg_commits(url: str) -> int:
+    """Transactions committed in the database so far (the statistics collector's count)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts are current
+        raw = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(raw[0]) if raw else 0
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (every process, ours and others')."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def trial(
-    peer: Peer, location: Path | str, processes: int, studies: Studies, n: int
+    peer: Peer,
+    location: Path | str,
+    processes: int,
+    studies: Studies,
+    n: int,
+    pg: PgCpu | None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     peer.reset()
     fill(location, studies, n, peer.base)
+    commits0 = pg_commits(location) if isinstance(location, str) else 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTPLAN_")}
     env.update(
         RTPLAN_FHIR__BASE_URL=peer.base, RTPLAN_FHIR__CONCURRENCY="4", RTPLAN_LABEL__ENABLED="false"
     )
     argv = [RTPLAN, "outbox", "run"]
+    if profile is not None:  # one process under cProfile, counting CPU time (--profile)
+        argv = [sys.executable, "-c", PROFILED, str(profile), *argv]
     env["RTPLAN_STORE__URL"] = f"sqlite:///{location}" if isinstance(location, Path) else location
-    medplum = psutil.Process(peer.pid)
-    cpu0 = sum(medplum.cpu_times()[:2])
+    backends = len(pg.children()) if pg else 0
+    load = os.getloadavg()[0]
+    pg0 = pg.seconds() if pg else 0.0
+    ours0, busy0 = children_cpu(), machine_busy()
     started = time.perf_counter()
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL) for _ in range(processes)]
+    sampler = Sampler(procs, pg, peer.pid)
+    sampler.start()
     codes = [p.wait(timeout=900) for p in procs]
     wall = time.perf_counter() - started
-    peer_cpu = sum(medplum.cpu_times()[:2]) - cpu0
+    sampler.stop()
+    rtplan_cpu = children_cpu() - ours0
+    if pg:
+        pg.settle(backends)
+    pg_cpu = pg.seconds() - pg0 if pg else 0.0
+    busy = machine_busy() - busy0
     if codes != [0] * processes:
         raise SystemExit(f"rtplan outbox run exited {codes}")
-    span, owners = drain_span(location)
+    span, owners, first, last = drain_span(location)
     if len(owners) != processes:
         raise SystemExit(f"{processes} processes, but {len(owners)} claimed rows")
     with peer.client() as client:
         total = client.get("ImagingStudy", params={"_summary": "count"}).json()["total"]
     if total != n:
         raise SystemExit(f"{total} ImagingStudy for {n} studies")
-    return {"span": span, "wall": wall, "peer_cpu": peer_cpu / span}
+    seconds, s_rtplan, s_pg, s_peer, s_busy = sampler.between(first, last)
+    commits = pg_commits(location) - commits0 if isinstance(location, str) else None
+    return {
+        # PostgreSQL transactions per row (an autocommit statement is one too)
+        "commits": commits / n if commits is not None else None,
+        "span": span,
+        "wall": wall,
+        "load": load,
+        "peer_cpu": s_peer / seconds,
+        # CPU milliseconds per delivered row, over the whole trial (rtplan: start-up included)
+        "rtplan_ms_all": 1000 * rtplan_cpu / n,
+        "pg_ms_all": 1000 * pg_cpu / n,
+        # ... and during the drain span only (sampled every 20 ms)
+        "rtplan_ms": 1000 * s_rtplan / n,
+        "pg_ms": 1000 * s_pg / n,
+        "peer_ms": 1000 * s_peer / n,
+        # what the whole machine did during the drain span, in cores (2.0 = both busy)
+        "busy_cores": s_busy / seconds,
+        "other_cores": max(0.0, s_busy - s_rtplan - s_pg - s_peer) / seconds,
+        "rtplan_cores": s_rtplan / seconds,
+        "pg_cores": s_pg / seconds,
+        "busy_all": busy / wall,
+    }
+
+
+def store_path(location: Path | str, studies: Studies, n: int, pg: PgCpu | None) -> dict[str, Any]:
+    """The store's part of a delivery alone, in this process, no FHIR server: claim up to 8
+    rows as the worker does (``2 x fhir.concurrency``), mark each delivered with a result like
+    a FHIR transaction response (three entries, so the study record gets its ids)."""
+    fill(location, studies, n, "http://fhir.invalid/fhir")
+    result = {
+        "entries": [
+            {"status": "201 Created", "type": kind, "id": f"{kind.lower()}-1", "version": "1"}
+            for kind in ("Patient", "ImagingStudy", "Task")
+        ]
+    }
+    statements = 0
+    with Outbox(location) as outbox:
+        database = outbox._db
+        execute = database.execute
+
+        def counted(sql: str, params: Any = ()) -> Any:
+            nonlocal statements
+            statements += 1
+            return execute(sql, params)
+
+        database.execute = counted  # type: ignore[method-assign]
+        commits0 = pg_commits(location) if isinstance(location, str) else 0
+        pg0 = pg.seconds() if pg else 0.0
+        cpu0, started = time.process_time(), time.perf_counter()
+        done = 0
+        while done < n:
+            rows = outbox.claim(8, targets=[(FHIR, "http://fhir.invalid/fhir")])
+            if not rows:
+                raise SystemExit(f"claim found nothing after {done} of {n} rows")
+            for row in rows:
+                outbox.mark_delivered(row.id, result)
+            done += len(rows)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+        database.execute = execute  # type: ignore[method-assign]
+    pg_cpu = 0.0
+    if pg:
+        pg.settle(0)
+        pg_cpu = pg.seconds() - pg0
+    commits = pg_commits(location) - commits0 if isinstance(location, str) else None
+    return {
+        "wall_ms": 1000 * wall / n,
+        "client_ms": 1000 * cpu / n,
+        "pg_ms": 1000 * pg_cpu / n,
+        "statements": statements / n,
+        "commits": None if commits is None else commits / n,
+    }
+
+
+def peer_alone(peer: Peer, studies: Studies, n: int, concurrency: int) -> dict[str, Any]:
+    """The FHIR peer's capacity without rtplan: the same Bundles and reconcile batches posted
+    by a bare httpx loop (this process), ``concurrency`` requests at once."""
+    peer.reset()
+    bundles = [studies.make(k).bundle for k in range(n)]
+    medplum = psutil.Process(peer.pid)
+    load = os.getloadavg()[0]
+    cpu0 = sum(medplum.cpu_times()[:2])
+    outcome = asyncio.run(post_direct(peer.base, bundles, concurrency, search=True))  # type: ignore[arg-type]
+    peer_cpu = sum(medplum.cpu_times()[:2]) - cpu0
+    if outcome["failures"]:
+        raise SystemExit(f"peer alone: {outcome['failures']} failed requests")
+    seconds = outcome["seconds"]
+    return {
+        "span": seconds,
+        "wall": seconds,
+        "load": load,
+        "peer_cpu": peer_cpu / seconds,
+        "peer_ms": 1000 * peer_cpu / n,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +361,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--store-only",
+        action="store_true",
+        help="only the store's part of a delivery (claim, mark delivered), no FHIR server",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="only profile one 'rtplan outbox run' on PostgreSQL with cProfile; stats to PATH",
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "store.md")
     args = parser.parse_args(argv)
     if args.quick:
@@ -133,10 +379,24 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="store-bench-"))
     load = os.getloadavg()
     studies = Studies(template_study(work, args.instances))
+    if args.store_only:
+        return store_only(args, work, studies)
     peer = Peer(work, free_port())
     peer.start()
     cluster: PgCluster = start_cluster(durable=True)
+    pg = PgCpu(cluster)
     results: dict[str, list[dict[str, Any]]] = {}
+    if args.profile is not None:
+        try:
+            result = trial(
+                peer, cluster.new_database(), 1, studies, args.studies, pg, args.profile
+            )
+            print(f"profiled postgresql, 1 process: {result}")
+            show_profile(args.profile)
+        finally:
+            stop_cluster(cluster)
+            peer.stop()
+        return 0
     try:
         for round_ in range(args.repeats):
             configs: list[tuple[str, Path | str, int]] = [
@@ -144,10 +404,16 @@ def main(argv: list[str] | None = None) -> int:
                 ("postgresql, 1 process", cluster.new_database(), 1),
                 ("postgresql, 2 processes", cluster.new_database(), 2),
             ]
+            if round_ % 2:  # interleaved, the order reversed every other round
+                configs.reverse()
             for name, location, processes in configs:
-                result = trial(peer, location, processes, studies, args.studies)
+                result = trial(peer, location, processes, studies, args.studies, pg)
                 results.setdefault(name, []).append(result)
                 print(f"round {round_ + 1} {name}: {result}", file=sys.stderr)
+            name = PEER_ALONE
+            result = peer_alone(peer, studies, args.studies, 8)
+            results.setdefault(name, []).append(result)
+            print(f"round {round_ + 1} {name}: {result}", file=sys.stderr)
     finally:
         stop_cluster(cluster)
         peer.stop()
@@ -165,29 +431,104 @@ def report(
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
+    def cell(name: str, key: str, digits: int = 2) -> str:
+        if key not in results[name][0]:
+            return ""
+        return f"{med(name, key):.{digits}f}"
+
     n = args.studies
+    loads = [r["load"] for runs in results.values() for r in runs]
     lines = [
         f"Store drain: {n} studies x {args.instances} instances, {args.repeats} round(s), "
         f"medians. {platform.platform()}, {os.cpu_count()} CPUs, load average at start "
-        f"{load[0]:.1f}. PostgreSQL {cluster_version()}, durable settings.",
+        f"{load[0]:.1f} (during the trials {min(loads):.1f}-{max(loads):.1f}). "
+        f"PostgreSQL {cluster_version()}, durable settings.",
         "",
-        "| configuration | drain span s | studies/s | wall s | Medplum CPU (1.0 = one core) |",
-        "|---|---:|---:|---:|---:|",
+        "CPU during the drain span (sampled every 20 ms): Medplum in cores (1.0 = one core: "
+        "Node runs JavaScript on one, so near 1.0 it is saturated); CPU ms per row = CPU "
+        "seconds in the span / rows, for rtplan (all its processes), PostgreSQL (the whole "
+        "cluster) and Medplum; the machine's busy cores (2.0 = both) and what other processes "
+        "used of them. Last column: rtplan's CPU ms per row over the whole run, start-up and "
+        "exit included.",
+        "",
+        "| configuration | drain span s | studies/s | wall s | Medplum cores "
+        "| CPU ms/row rtplan | PostgreSQL | Medplum | machine busy | other | rtplan incl. start |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in results:
         span = med(name, "span")
         lines.append(
             f"| {name} | {span:.2f} | {n / span:.1f} | {med(name, 'wall'):.2f} | "
-            f"{med(name, 'peer_cpu'):.2f} |"
+            f"{med(name, 'peer_cpu'):.2f} | {cell(name, 'rtplan_ms', 1)} | "
+            f"{cell(name, 'pg_ms', 1)} | {cell(name, 'peer_ms', 1)} | "
+            f"{cell(name, 'busy_cores')} | {cell(name, 'other_cores')} | "
+            f"{cell(name, 'rtplan_ms_all', 1)} |"
         )
     one, two = med("postgresql, 1 process", "span"), med("postgresql, 2 processes", "span")
     sqlite = med("sqlite, 1 process", "span")
+    ratios = [
+        a["span"] / b["span"]
+        for a, b in zip(
+            results["postgresql, 1 process"], results["postgresql, 2 processes"], strict=True
+        )
+    ]
+    alone = n / med(PEER_ALONE, "span")
+    per_row = med(PEER_ALONE, "peer_ms")
     lines += [
         "",
-        f"PostgreSQL 2 processes / 1 process: **{one / two:.2f}x** (goal >= 1.6x). "
+        f"PostgreSQL 2 processes / 1 process: **{one / two:.2f}x** (goal >= 1.6x; same-round "
+        f"ratios {', '.join(f'{r:.2f}' for r in ratios)}). "
         f"PostgreSQL / SQLite, 1 process: {sqlite / one:.2f}x the SQLite rate.",
+        "",
+        f"FHIR peer alone (no rtplan, {PEER_ALONE}): {alone:.1f} studies/s, Medplum "
+        f"{med(PEER_ALONE, 'peer_cpu'):.2f} of a core, {per_row:.1f} CPU ms per study: one "
+        f"Medplum core could serve at most {1000 / per_row:.0f} studies/s. PostgreSQL 2 "
+        f"processes reached {n / two:.1f} studies/s = {n / two / alone:.2f} of the peer-alone "
+        f"rate; 1.6x one process would be {1.6 * n / one:.1f} studies/s.",
     ]
     return lines
+
+
+def store_only(args: argparse.Namespace, work: Path, studies: Studies) -> int:
+    cluster: PgCluster = start_cluster(durable=True)
+    pg = PgCpu(cluster)
+    found: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for round_ in range(args.repeats):
+            for name, location in (
+                ("sqlite", work / f"store-{round_}.sqlite"),
+                ("postgresql", cluster.new_database()),
+            ):
+                result = store_path(location, studies, args.studies, pg)
+                found.setdefault(name, []).append(result)
+                print(f"round {round_ + 1} {name}: {result}", file=sys.stderr)
+    finally:
+        stop_cluster(cluster)
+    print(
+        f"Store path alone: {args.studies} rows, {args.repeats} round(s), medians; load "
+        f"average {os.getloadavg()[0]:.1f}.\n\n"
+        "| backend | wall ms/row | client CPU ms/row | PostgreSQL CPU ms/row | statements/row "
+        "| transactions/row |\n|---|---:|---:|---:|---:|---:|"
+    )
+    for name, runs in found.items():
+
+        def med(key: str, runs: list[dict[str, Any]] = runs) -> str:
+            values = [r[key] for r in runs if r[key] is not None]
+            return f"{statistics.median(values):.2f}" if values else ""
+
+        print(
+            f"| {name} | {med('wall_ms')} | {med('client_ms')} | {med('pg_ms')} | "
+            f"{med('statements')} | {med('commits')} |"
+        )
+    return 0
+
+
+def show_profile(path: Path) -> None:
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(40)
 
 
 def cluster_version() -> str:

@@ -339,6 +339,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             note_backfill.fill,
         ),
     ),
+    Migration(
+        7,
+        "claims walk each destination's claimable rows in id order (issue 8)",
+        (
+            # The PostgreSQL claim's ordered walk per (destination, target), whatever the
+            # planner's statistics (adapter.store.claims); on both engines, one schema.
+            "CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (destination, target, id) "
+            "WHERE state IN ('pending', 'retrying')",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

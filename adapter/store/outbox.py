@@ -383,7 +383,6 @@ class Outbox:
         on SQLite, rows of a dead process on this host) are taken over first."""
         if limit <= 0 or (targets is not None and not targets):
             return []  # nothing can be delivered (and INDEXED BY refuses a constant-false WHERE)
-        where, args = _target_filter(targets)
         now = self._clock()
         # A shared write on PostgreSQL: claims of several instances run together and skip
         # each other's locked rows (SKIP LOCKED); on SQLite it is the one write lock.
@@ -397,9 +396,8 @@ class Outbox:
                     self._abandon_orphans(db, now, found)
             for row_id in claims.recover(db, now, self._owner):
                 self._event(db, row_id, "recovered")
-            raws = claims.claim(db, now, lease_seconds, self._owner, limit, where, args)
-            for raw in raws:
-                self._event(db, raw["id"], "claimed", self._owner)
+            # The claim writes the rows' "claimed" events itself, in one statement.
+            raws = claims.claim(db, now, lease_seconds, self._owner, limit, targets)
         return [_row(raw) for raw in raws]
 
     def _abandon_orphans(self, db: Database, now: float, found: list[tuple[int, int]]) -> None:
@@ -783,14 +781,7 @@ def _new_row(held: HeldRow) -> NewRow:
     return NewRow(held.destination, held.target, held.key, held.kind, held.label, held.payload)
 
 
-def _target_filter(targets: Collection[tuple[str, str]] | None) -> tuple[str, list[str]]:
-    """A WHERE fragment limiting rows to ``(destination, target)`` pairs (always true if None)."""
-    if targets is None:
-        return "1=1", []
-    if not targets:
-        return "1=0", []
-    pairs = " OR ".join("(o.destination = ? AND o.target = ?)" for _ in targets)
-    return f"({pairs})", [value for pair in targets for value in pair]
+_target_filter = claims.target_filter
 
 
 def _row(raw: DbRow, **override: Any) -> Row:
