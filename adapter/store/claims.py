@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from typing import Any
 
 from adapter.store.db import Database, DbRow, Dialect

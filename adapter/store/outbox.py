@@ -41,7 +41,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -215,16 +215,29 @@ class Outbox:
         """The review note's versions and document messages, in the same database."""
         return NoteStore(self._db)
 
-    def _event(self, db: Database, row_id: int, event: str, detail: str = "") -> None:
+    def _event(
+        self,
+        db: Database,
+        row_id: int,
+        event: str,
+        detail: str = "",
+        row: Mapping[str, Any] | DbRow | None = None,
+    ) -> None:
+        """Record a row event (and audit it, see ``_AUDITED``). ``row``: the row's
+        destination, key, kind, label and result when the caller has them at hand (one
+        statement less per delivery); read from the table otherwise."""
         now = self._clock()
         db.execute(
             "INSERT INTO events (row_id, at, event, detail) VALUES (?, ?, ?, ?)",
             (row_id, now, event, detail),
         )
         if event in _AUDITED:  # the audit record is part of the same transaction
-            raw = db.execute(
-                "SELECT destination, key, kind, label, result FROM outbox WHERE id=?", (row_id,)
-            ).fetchone()
+            raw = row
+            if raw is None:
+                raw = db.execute(
+                    "SELECT destination, key, kind, label, result FROM outbox WHERE id=?",
+                    (row_id,),
+                ).fetchone()
             assert raw is not None
             name, outcome, what = _audit_terms(raw, event)
             audit.append(
@@ -368,7 +381,14 @@ class Outbox:
             ),
         )
         detail = f"after row {new.after_id}" if new.after_id else ""
-        self._event(db, row_id, "enqueued", detail)
+        as_stored = {
+            "destination": new.destination,
+            "key": new.key,
+            "kind": new.kind,
+            "label": new.label,
+            "result": None,
+        }
+        self._event(db, row_id, "enqueued", detail, as_stored)
         return row_id
 
     def claim(
@@ -449,20 +469,28 @@ class Outbox:
         now = self._clock()
         result_text = None if result is None else json.dumps(result, ensure_ascii=False)
         with self._write() as db:
+            # One statement finds what the records and the audit need: the row's terms, its
+            # study (an ingest row) and whether it is an order transmission (an HL7 row).
             taken = db.execute(
                 "UPDATE outbox SET state=?, result=COALESCE(?, result), "
                 "last_error=COALESCE(?, last_error), owner=NULL, lease_until=NULL, "
-                f"updated_at=? WHERE id=? AND {_STILL_OURS} RETURNING id",
+                f"updated_at=? WHERE id=? AND {_STILL_OURS} "
+                "RETURNING id, destination, key, kind, label, result, "
+                "(SELECT study_uid FROM study_rows WHERE row_id = outbox.id) AS study_uid, "
+                "EXISTS (SELECT 1 FROM order_transmissions WHERE row_id = outbox.id) AS sent",
                 (state, result_text, error, now, row_id, self._owner),
             ).fetchone()
             if taken is None:  # another instance owns it now; its outcome stands
                 _lost_lease(row_id)
                 return []
             if result is not None:  # the records learn the outcome, in the same transaction
-                if state == "delivered":
-                    study_records.record_fhir_ids(db, row_id, result, now)
-                order_records.record_result(db, row_id, state, result, now)
-            self._event(db, row_id, event, error or "")
+                if state == "delivered" and taken["study_uid"] is not None:
+                    study_records.record_fhir_ids(
+                        db, row_id, result, now, study_uid=str(taken["study_uid"])
+                    )
+                if taken["sent"]:
+                    order_records.record_result(db, row_id, state, result, now)
+            self._event(db, row_id, event, error or "", taken)
             return [self._insert(db, new) for new in follow_ups]
 
     def hold_key(self, row: Row, reason: str) -> None:
@@ -754,7 +782,7 @@ def _hold(db: Database, destination: str, target: str, key: str, reason: str, no
 _AUDITED = frozenset({"enqueued", "delivered", "dead", "key-held", "replayed", "retry-requested"})
 
 
-def _audit_terms(raw: DbRow, event: str) -> tuple[str, str, str]:
+def _audit_terms(raw: Mapping[str, Any] | DbRow, event: str) -> tuple[str, str, str]:
     """(audit event, outcome, what) for a row event, in the words of the issue's audit list."""
     destination, kind = raw["destination"], raw["kind"]
     what = f"{destination} {kind} {raw['label']}"

@@ -285,13 +285,21 @@ def link_row(db: Database, row_id: int, study_uid: str) -> None:
 
 
 def record_fhir_ids(
-    db: Database, row_id: int, result: Mapping[str, Any], now: float
+    db: Database,
+    row_id: int,
+    result: Mapping[str, Any],
+    now: float,
+    *,
+    study_uid: str | None = None,
 ) -> None:
     """Keep the server ids a delivered ingest Bundle got (its transaction-response entries:
-    one Patient, ImagingStudy and review Task at most). Nothing for rows of other kinds."""
-    raw = db.execute("SELECT study_uid FROM study_rows WHERE row_id=?", (row_id,)).fetchone()
-    if raw is None:
-        return
+    one Patient, ImagingStudy and review Task at most). Nothing for rows of other kinds.
+    ``study_uid``: the row's study when the caller has read it already (``study_rows``)."""
+    if study_uid is None:
+        raw = db.execute("SELECT study_uid FROM study_rows WHERE row_id=?", (row_id,)).fetchone()
+        if raw is None:
+            return
+        study_uid = str(raw[0])
     column = {
         "Patient": "fhir_patient_id",
         "ImagingStudy": "fhir_imaging_study_id",
@@ -306,7 +314,7 @@ def record_fhir_ids(
         assignments = ", ".join(f"{f}=?" for f in updates)
         db.execute(
             f"UPDATE studies SET {assignments}, updated_at=? WHERE study_uid=?",
-            (*updates.values(), now, str(raw[0])),
+            (*updates.values(), now, study_uid),
         )
 
 
