@@ -241,11 +241,22 @@ class Database:
             finally:
                 self._depth -= 1
             return
-        self.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
+        if self.dialect is Dialect.SQLITE:
+            self.execute("BEGIN IMMEDIATE")
+        elif exclusive:  # one round trip for both (no parameters: the simple query protocol)
+            try:
+                self.execute(f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})")
+            except BaseException:  # begun, but the lock failed (cancelled, connection lost)
+                with contextlib.suppress(Exception):
+                    self.execute("ROLLBACK")
+                raise
+            self._holds_append_lock = True
+        else:
+            self.execute("BEGIN")
         self._depth = 1
         try:
             if exclusive:
-                self._take_append_lock()
+                self._take_append_lock()  # SQLite: nothing; PostgreSQL: taken above
             yield self
         except BaseException:
             self._end()
