@@ -53,8 +53,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapter.jobs.deliver import FHIR, enqueue  # noqa: E402
-from adapter.store.outbox import Outbox  # noqa: E402
+from adapter.hl7.deliverer import KIND_ORDER, OrderPayload, prerender  # noqa: E402
+from adapter.hl7.profiles import load_profiles  # noqa: E402
+from adapter.jobs.deliver import FHIR, HL7, enqueue  # noqa: E402
+from adapter.store.outbox import NewRow, Outbox  # noqa: E402
 from bench.deliver_bench import (  # noqa: E402
     Peer,
     Studies,
@@ -62,6 +64,7 @@ from bench.deliver_bench import (  # noqa: E402
     post_direct,
     template_study,
 )
+from tests.integration.test_store_two_instances import NOW, RECEIVER, order  # noqa: E402
 from tests.peers.launch import free_port  # noqa: E402
 from tests.peers.postgres_fixture import (  # noqa: E402
     PgCluster,
@@ -72,6 +75,8 @@ from tests.peers.postgres_fixture import (  # noqa: E402
 
 RTPLAN = str(Path(sys.executable).parent / "rtplan")
 PEER_ALONE = "peer alone: bare httpx, 8 concurrent"
+MLLP_1 = "postgresql, 1 process, HL7 over MLLP"
+MLLP_2 = "postgresql, 2 processes, HL7 over MLLP"
 # Runs argv[2:] (the rtplan script) under cProfile with the process's CPU clock, so that
 # waiting (for PostgreSQL, for the FHIR server) does not count; stats to argv[1].
 PROFILED = """
@@ -95,6 +100,53 @@ def fill(location: Path | str, studies: Studies, n: int, base: str) -> None:
         ids = enqueue(outbox, as_result([studies.make(k) for k in range(n)]), [(FHIR, base)])
     if len(ids) != n:
         raise SystemExit(f"enqueued {len(ids)} rows for {n} studies")
+
+
+def fill_orders(location: Path | str, n: int) -> None:
+    """``n`` HL7 ORM^O01 order rows (one per study, independent of each other) for the
+    default RIS profile, rendered as the review workflow stores them."""
+    profile = load_profiles(ROOT / "mappings" / "receivers")[RECEIVER]
+    rows = []
+    for k in range(n):
+        study_uid = f"2.25.{900_000 + k}"
+        raw = OrderPayload(RECEIVER, order(k, study_uid).to_json())
+        payload = prerender(raw, profile=profile, now=NOW).to_json()
+        label = f"Order-PG{k:06d}-NW"
+        rows.append(NewRow(HL7, RECEIVER, f"study:{study_uid}", KIND_ORDER, label, payload))
+    with Outbox(location) as outbox:
+        ids = outbox.enqueue_many(rows)
+    if len(ids) != n:
+        raise SystemExit(f"enqueued {len(ids)} order rows for {n}")
+
+
+class Receiver:
+    """python-hl7's MLLP receiver (tests/peers/hl7_receiver.py) as its own process, so that
+    its CPU is measured apart; it prints one ``RECEIVED <MSH-10>`` line per message."""
+
+    def __init__(self, work: Path) -> None:
+        self.log = work / "receiver.log"
+        self.port = free_port()
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.peers.hl7_receiver", "--port", str(self.port)],
+                cwd=ROOT,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while "LISTENING" not in self.log.read_text():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"MLLP receiver did not start: {self.log.read_text()[-500:]}")
+            time.sleep(0.1)
+        self.pid = self.proc.pid
+
+    def received(self) -> list[str]:
+        lines = self.log.read_text().splitlines()
+        return [line.split()[1] for line in lines if line.startswith("RECEIVED ")]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def drain_span(location: Path | str) -> tuple[float, set[str], float, float]:
@@ -222,14 +274,28 @@ def trial(
     n: int,
     pg: PgCpu | None,
     profile: Path | None = None,
+    receiver: Receiver | None = None,
 ) -> dict[str, Any]:
-    peer.reset()
-    fill(location, studies, n, peer.base)
-    commits0 = pg_commits(location) if isinstance(location, str) else 0
+    """Drain ``n`` rows with ``processes`` ``rtplan outbox run``: FHIR transactions to
+    Medplum, or (``receiver``) HL7 orders over MLLP to the python-hl7 receiver."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTPLAN_")}
-    env.update(
-        RTPLAN_FHIR__BASE_URL=peer.base, RTPLAN_FHIR__CONCURRENCY="4", RTPLAN_LABEL__ENABLED="false"
-    )
+    env["RTPLAN_LABEL__ENABLED"] = "false"
+    if receiver is None:
+        peer.reset()
+        fill(location, studies, n, peer.base)
+        env.update(RTPLAN_FHIR__BASE_URL=peer.base, RTPLAN_FHIR__CONCURRENCY="4")
+        peer_pid = peer.pid
+    else:
+        seen = len(receiver.received())
+        fill_orders(location, n)
+        env.update(
+            RTPLAN_HL7__MLLP="true",
+            RTPLAN_HL7__HOST="127.0.0.1",
+            RTPLAN_HL7__PORT=str(receiver.port),
+            RTPLAN_HL7__RECEIVER=RECEIVER,
+        )
+        peer_pid = receiver.pid
+    commits0 = pg_commits(location) if isinstance(location, str) else 0
     argv = [RTPLAN, "outbox", "run"]
     if profile is not None:  # one process under cProfile, counting CPU time (--profile)
         argv = [sys.executable, "-c", PROFILED, str(profile), *argv]
@@ -240,7 +306,7 @@ def trial(
     ours0, busy0 = children_cpu(), machine_busy()
     started = time.perf_counter()
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL) for _ in range(processes)]
-    sampler = Sampler(procs, pg, peer.pid)
+    sampler = Sampler(procs, pg, peer_pid)
     sampler.start()
     codes = [p.wait(timeout=900) for p in procs]
     wall = time.perf_counter() - started
@@ -255,10 +321,15 @@ def trial(
     span, owners, first, last = drain_span(location)
     if len(owners) != processes:
         raise SystemExit(f"{processes} processes, but {len(owners)} claimed rows")
-    with peer.client() as client:
-        total = client.get("ImagingStudy", params={"_summary": "count"}).json()["total"]
-    if total != n:
-        raise SystemExit(f"{total} ImagingStudy for {n} studies")
+    if receiver is None:
+        with peer.client() as client:
+            total = client.get("ImagingStudy", params={"_summary": "count"}).json()["total"]
+        if total != n:
+            raise SystemExit(f"{total} ImagingStudy for {n} studies")
+    else:  # every order once (no process died, so nothing may arrive twice)
+        received = receiver.received()[seen:]
+        if len(received) != n or len(set(received)) != n:
+            raise SystemExit(f"{len(received)} messages ({len(set(received))} distinct) for {n}")
     seconds, s_rtplan, s_pg, s_peer, s_busy = sampler.between(first, last)
     commits = pg_commits(location) - commits0 if isinstance(location, str) else None
     return {
@@ -362,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
+        "--mllp",
+        action="store_true",
+        help="also drain HL7 orders over MLLP to python-hl7's receiver (a cheaper peer)",
+    )
+    parser.add_argument(
         "--store-only",
         action="store_true",
         help="only the store's part of a delivery (claim, mark delivered), no FHIR server",
@@ -385,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     peer.start()
     cluster: PgCluster = start_cluster(durable=True)
     pg = PgCpu(cluster)
+    receiver = Receiver(work) if args.mllp else None
     results: dict[str, list[dict[str, Any]]] = {}
     if args.profile is not None:
         try:
@@ -404,10 +481,18 @@ def main(argv: list[str] | None = None) -> int:
                 ("postgresql, 1 process", cluster.new_database(), 1),
                 ("postgresql, 2 processes", cluster.new_database(), 2),
             ]
+            if args.mllp:
+                configs += [
+                    (MLLP_1, cluster.new_database(), 1),
+                    (MLLP_2, cluster.new_database(), 2),
+                ]
             if round_ % 2:  # interleaved, the order reversed every other round
                 configs.reverse()
             for name, location, processes in configs:
-                result = trial(peer, location, processes, studies, args.studies, pg)
+                mllp = receiver if name in (MLLP_1, MLLP_2) else None
+                result = trial(
+                    peer, location, processes, studies, args.studies, pg, receiver=mllp
+                )
                 results.setdefault(name, []).append(result)
                 print(f"round {round_ + 1} {name}: {result}", file=sys.stderr)
             name = PEER_ALONE
@@ -417,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_cluster(cluster)
         peer.stop()
+        if receiver is not None:
+            receiver.stop()
     lines = report(args, results, load)
     text = "\n".join(lines) + "\n"
     print(text)
@@ -444,15 +531,15 @@ def report(
         f"{load[0]:.1f} (during the trials {min(loads):.1f}-{max(loads):.1f}). "
         f"PostgreSQL {cluster_version()}, durable settings.",
         "",
-        "CPU during the drain span (sampled every 20 ms): Medplum in cores (1.0 = one core: "
-        "Node runs JavaScript on one, so near 1.0 it is saturated); CPU ms per row = CPU "
-        "seconds in the span / rows, for rtplan (all its processes), PostgreSQL (the whole "
-        "cluster) and Medplum; the machine's busy cores (2.0 = both) and what other processes "
-        "used of them. Last column: rtplan's CPU ms per row over the whole run, start-up and "
-        "exit included.",
+        "CPU during the drain span (sampled every 20 ms): the peer (Medplum, or the MLLP "
+        "receiver on the HL7 rows) in cores (1.0 = one core: both run their code on one, so "
+        "near 1.0 the peer is saturated); CPU ms per row = CPU seconds in the span / rows, for "
+        "rtplan (all its processes), PostgreSQL (the whole cluster) and the peer; the "
+        "machine's busy cores (2.0 = both) and what other processes used of them. Last "
+        "column: rtplan's CPU ms per row over the whole run, start-up and exit included.",
         "",
-        "| configuration | drain span s | studies/s | wall s | Medplum cores "
-        "| CPU ms/row rtplan | PostgreSQL | Medplum | machine busy | other | rtplan incl. start |",
+        "| configuration | drain span s | rows/s | wall s | peer cores "
+        "| CPU ms/row rtplan | PostgreSQL | peer | machine busy | other | rtplan incl. start |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in results:
@@ -472,6 +559,18 @@ def report(
             results["postgresql, 1 process"], results["postgresql, 2 processes"], strict=True
         )
     ]
+    if MLLP_1 in results:
+        one_h, two_h = med(MLLP_1, "span"), med(MLLP_2, "span")
+        same = [
+            a["span"] / b["span"] for a, b in zip(results[MLLP_1], results[MLLP_2], strict=True)
+        ]
+        lines += [
+            "",
+            f"HL7 orders over MLLP (the cheaper real-protocol peer), PostgreSQL 2 processes / 1 "
+            f"process: **{one_h / two_h:.2f}x** (same-round ratios "
+            f"{', '.join(f'{r:.2f}' for r in same)}); receiver "
+            f"{med(MLLP_2, 'peer_cpu'):.2f} of a core with 2 processes.",
+        ]
     alone = n / med(PEER_ALONE, "span")
     per_row = med(PEER_ALONE, "peer_ms")
     lines += [
