@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import resource
@@ -76,6 +77,7 @@ from tests.peers.postgres_fixture import (  # noqa: E402
 RTPLAN = str(Path(sys.executable).parent / "rtplan")
 PEER_ALONE = "peer alone: bare httpx, 8 concurrent"
 MLLP_1 = "postgresql, 1 process, HL7 over MLLP"
+BEFORE_ISSUE_8 = "2108c50"  # main just before issue 8's first commit (9155434)
 MLLP_2 = "postgresql, 2 processes, HL7 over MLLP"
 # Runs argv[2:] (the rtplan script) under cProfile with the process's CPU clock, so that
 # waiting (for PostgreSQL, for the FHIR server) does not count; stats to argv[1].
@@ -438,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also drain HL7 orders over MLLP to python-hl7's receiver (a cheaper peer)",
     )
     parser.add_argument(
+        "--regression",
+        metavar="REF",
+        help="only the SQLite drain of this tree against git REF's (issue 8's 10 %% rule; "
+        f"the last commit before issue 8 is {BEFORE_ISSUE_8})",
+    )
+    parser.add_argument(
         "--store-only",
         action="store_true",
         help="only the store's part of a delivery (claim, mark delivered), no FHIR server",
@@ -457,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     studies = Studies(template_study(work, args.instances))
     if args.store_only:
         return store_only(args, work, studies)
+    if args.regression:
+        return regression(args, work, studies)
     peer = Peer(work, free_port())
     peer.start()
     cluster: PgCluster = start_cluster(durable=True)
@@ -465,9 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, Any]]] = {}
     if args.profile is not None:
         try:
-            result = trial(
-                peer, cluster.new_database(), 1, studies, args.studies, pg, args.profile
-            )
+            result = trial(peer, cluster.new_database(), 1, studies, args.studies, pg, args.profile)
             print(f"profiled postgresql, 1 process: {result}")
             show_profile(args.profile)
         finally:
@@ -490,9 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                 configs.reverse()
             for name, location, processes in configs:
                 mllp = receiver if name in (MLLP_1, MLLP_2) else None
-                result = trial(
-                    peer, location, processes, studies, args.studies, pg, receiver=mllp
-                )
+                result = trial(peer, location, processes, studies, args.studies, pg, receiver=mllp)
                 results.setdefault(name, []).append(result)
                 print(f"round {round_ + 1} {name}: {result}", file=sys.stderr)
             name = PEER_ALONE
@@ -619,6 +625,87 @@ def store_only(args: argparse.Namespace, work: Path, studies: Studies) -> int:
             f"| {name} | {med('wall_ms')} | {med('client_ms')} | {med('pg_ms')} | "
             f"{med('statements')} | {med('commits')} |"
         )
+    return 0
+
+
+def regression(args: argparse.Namespace, work: Path, studies: Studies) -> int:
+    """The SQLite drain (enqueue + ``deliver``, ``fhir.concurrency`` 4, reconcile on, as in
+    deliver_bench.py's "outbox, 4 concurrent, reconcile on") by this tree and by ``REF``,
+    interleaved, in one process each (``bench/sqlite_drain_driver.py``)."""
+    from bench.startup_bench import export
+
+    old_tree = export(args.regression, prefix="store-regression")
+    bundles = work / "bundles.json"
+    bundles.write_text(json.dumps([studies.make(k).bundle for k in range(args.studies)]))
+    trees = {"this tree": ROOT, args.regression: old_tree}
+    peer = Peer(work, free_port())
+    peer.start()
+    found: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    try:
+        for round_ in range(args.repeats):
+            order_ = list(trees.items())
+            if round_ % 2:
+                order_.reverse()
+            for name, tree in order_:
+                peer.reset()
+                box = work / f"regression-{round_}-{len(found[name])}.sqlite"
+                env = {k: v for k, v in os.environ.items() if not k.startswith("RTPLAN_")}
+                env["PYTHONPATH"] = str(tree)
+                load = os.getloadavg()[0]
+                answer = subprocess.run(
+                    [
+                        sys.executable,
+                        str(ROOT / "bench" / "sqlite_drain_driver.py"),
+                        str(bundles),
+                        str(box),
+                        peer.base,
+                    ],
+                    cwd=work,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if answer.returncode != 0:
+                    raise SystemExit(f"{name}: {answer.stderr[-2000:]}")
+                result = json.loads(answer.stdout.strip().splitlines()[-1])
+                if result["delivered"] != args.studies:
+                    raise SystemExit(f"{name}: delivered {result['delivered']}")
+                result["load"] = load
+                found[name].append(result)
+                print(f"round {round_ + 1} {name}: {result}", file=sys.stderr)
+    finally:
+        peer.stop()
+    lines = [
+        f"SQLite drain, this tree vs {args.regression}: {args.studies} studies x "
+        f"{args.instances} instances, {args.repeats} round(s) interleaved, medians; load "
+        f"average {min(r['load'] for v in found.values() for r in v):.1f}-"
+        f"{max(r['load'] for v in found.values() for r in v):.1f}.",
+        "",
+        "| tree | drain s | studies/s | enqueue s | CPU s (enqueue + drain) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, runs in found.items():
+
+        def med(key: str, runs: list[dict[str, float]] = runs) -> float:
+            return statistics.median(r[key] for r in runs)
+
+        lines.append(
+            f"| {name} | {med('drain_s'):.2f} | {args.studies / med('drain_s'):.1f} | "
+            f"{med('enqueue_s'):.2f} | {med('cpu_s'):.2f} |"
+        )
+    mine, theirs = found["this tree"], found[args.regression]
+    same = [b["drain_s"] / a["drain_s"] for a, b in zip(mine, theirs, strict=True)]
+    ratio = statistics.median(r["drain_s"] for r in theirs) / statistics.median(
+        r["drain_s"] for r in mine
+    )
+    lines += [
+        "",
+        f"Drain rate, this tree / {args.regression}: **{ratio:.2f}** (same-round "
+        f"{', '.join(f'{r:.2f}' for r in same)}); issue 8 allows no figure worse by more "
+        "than 10 % (>= 0.90).",
+    ]
+    print("\n".join(lines))
     return 0
 
 
