@@ -77,6 +77,7 @@ from tests.peers.postgres_fixture import (  # noqa: E402
 RTPLAN = str(Path(sys.executable).parent / "rtplan")
 PEER_ALONE = "peer alone: bare httpx, 8 concurrent"
 MLLP_1 = "postgresql, 1 process, HL7 over MLLP"
+REGRESSION_RESULTS = ROOT / "bench" / "results" / "store-regression.md"
 BEFORE_ISSUE_8 = "2108c50"  # main just before issue 8's first commit (9155434)
 MLLP_2 = "postgresql, 2 processes, HL7 over MLLP"
 # Runs argv[2:] (the rtplan script) under cProfile with the process's CPU clock, so that
@@ -705,7 +706,10 @@ def regression(args: argparse.Namespace, work: Path, studies: Studies) -> int:
         f"{', '.join(f'{r:.2f}' for r in same)}); issue 8 allows no figure worse by more "
         "than 10 % (>= 0.90).",
     ]
-    print("\n".join(lines))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    REGRESSION_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    REGRESSION_RESULTS.write_text(text)
     return 0
 
 
