@@ -30,7 +30,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from annotated_types import Interval
 
 from adapter.errors import ConfigError
@@ -367,6 +366,8 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     """
     raw: dict[str, Any] = {}
     if path is not None:
+        import yaml  # only with a settings file: start-up time (docs/ingest.md "Start-up")
+
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -375,9 +376,15 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
             raise ConfigError(str(path), "the settings file must be a YAML mapping")
         raw = loaded
     environ = os.environ if env is None else env
-    _READER.refuse_unknown_variables(environ, _secret_variables(raw, environ))
-    settings = _READER.load(raw, environ)
-    validate_settings(settings)
+    secrets = _secret_variables(raw, environ)
+    _READER.refuse_unknown_variables(environ, secrets)
+    if raw or _READER.overridden(environ, secrets):
+        settings = _READER.load(raw, environ)  # pydantic-settings: types and ranges checked
+    else:
+        # Nothing to read: the defaults, which are what pydantic-settings gives for no input
+        # (tests/unit/test_settings_source.py proves it), without importing pydantic.
+        settings = Settings()
+    _check_rules(settings)
     return settings
 
 
@@ -388,6 +395,11 @@ def validate_settings(settings: Settings) -> None:
         ConfigError: naming the first key that breaks a rule.
     """
     _READER.revalidate(settings)
+    _check_rules(settings)
+
+
+def _check_rules(settings: Settings) -> None:
+    """The rules of one key beyond its type and range, and the rules between keys."""
     _check(settings)
     _check_pairs(settings)
     _check_transport(settings)

@@ -17,42 +17,48 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from annotated_types import Interval
-from pydantic import (
-    AllowInfNan,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    create_model,
-)
-from pydantic_core import ErrorDetails
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
-from pydantic_settings.sources.utils import parse_env_vars
 
 from adapter.errors import ConfigError
 
+if TYPE_CHECKING:
+    from pydantic import GetCoreSchemaHandler, ValidationError
+    from pydantic_core import CoreSchema, ErrorDetails
+    from pydantic_settings import BaseSettings
+
 NESTED_DELIMITER: Final = "__"
-FINITE: Final = AllowInfNan(False)
-"""Float metadata: NaN and infinity are refused."""
 
 T = TypeVar("T")
-_SECTION_CONFIG: Final = ConfigDict(extra="forbid")
 
 # The environment one load reads (tests pass their own mapping instead of os.environ).
 _ENVIRON: ContextVar[Mapping[str, str]] = ContextVar(
     "rtplan_settings_environ", default=MappingProxyType({})
 )
+
+
+# pydantic and pydantic-settings are imported when a model is first needed, not with this
+# module: a command run with the defaults (no file, no RTPLAN_* override) never loads them,
+# which saves about a quarter of a second of start-up (docs/ingest.md "Start-up"). The two
+# field markers below are therefore pydantic's documented ``__get_pydantic_core_schema__``
+# hook rather than pydantic classes, so that the settings dataclasses can carry them without
+# importing pydantic.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Finite:
+    """Float metadata: NaN and infinity are refused (pydantic's ``AllowInfNan(False)``)."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        from pydantic import AllowInfNan
+
+        return handler.generate_schema(typing.Annotated[source, AllowInfNan(False)])
 
 
 def _comma_separated(value: object) -> object:
@@ -64,33 +70,71 @@ def _comma_separated(value: object) -> object:
     return value
 
 
-TextList = typing.Annotated[tuple[str, ...], BeforeValidator(_comma_separated)]
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Before:
+    """pydantic's ``BeforeValidator(function)``: ``function`` runs on the raw value first."""
+
+    function: Callable[[object], object]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_before_validator_function(self.function, handler(source))
+
+
+FINITE: Final = _Finite()
+"""Float metadata: NaN and infinity are refused."""
+
+TextList = typing.Annotated[tuple[str, ...], _Before(_comma_separated)]
 """A list of text: a YAML list, or comma-separated in an environment variable."""
 
 
-class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading the mapping this load was given."""
+def _settings_model(name: str, prefix: str, fields: Mapping[str, Any]) -> type[BaseSettings]:
+    """One pydantic-settings model with ``fields``: environment first, then the file."""
+    from pydantic import create_model
+    from pydantic_settings import (
+        BaseSettings,
+        EnvSettingsSource,
+        PydanticBaseSettingsSource,
+        SettingsConfigDict,
+    )
+    from pydantic_settings.sources.utils import parse_env_vars
 
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(
-            _ENVIRON.get(), self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
+    class MappingEnvSource(EnvSettingsSource):
+        """pydantic-settings' environment source, reading the mapping this load was given."""
 
+        def _load_env_vars(self) -> Mapping[str, str | None]:
+            return parse_env_vars(
+                _ENVIRON.get(), self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+            )
 
-class _SettingsBase(BaseSettings):
-    """Environment first, then the file: an override wins over the file's value."""
+    class SettingsBase(BaseSettings):
+        """Environment first, then the file: an override wins over the file's value."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # No .env file and no secrets directory: one file, one environment, nothing implicit.
-        return (_MappingEnvSource(settings_cls), init_settings)
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # No .env file and no secrets directory: one file, one environment, nothing implicit.
+            return (MappingEnvSource(settings_cls), init_settings)
+
+    config = SettingsConfigDict(
+        env_prefix=prefix,
+        env_nested_delimiter=NESTED_DELIMITER,
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+    base = type(f"{name}Base", (SettingsBase,), {"model_config": config})
+    model: type[BaseSettings] = create_model(f"{name}Sources", __base__=base, **fields)
+    return model
 
 
 class SettingsReader(Generic[T]):
@@ -108,29 +152,25 @@ class SettingsReader(Generic[T]):
             for name, hint in self.hints.items()
             if isinstance(hint, type) and dataclasses.is_dataclass(hint)
         }
-        for cls in self.sections.values():
-            # Every section refuses a key it does not have (a typo in the file is an error).
-            cls.__pydantic_config__ = _SECTION_CONFIG
         self.keys = {
             name: frozenset(f.name for f in dataclasses.fields(cls))
             for name, cls in self.sections.items()
         }
-        config = SettingsConfigDict(
-            env_prefix=prefix,
-            env_nested_delimiter=NESTED_DELIMITER,
-            case_sensitive=False,
-            extra="forbid",
-            frozen=True,
-        )
-        base = type(f"{root.__name__}Base", (_SettingsBase,), {"model_config": config})
-        fields: dict[str, Any] = {
-            name: (self.hints[name], _default(f)) for name, f in self.fields.items()
-        }
-        # One pydantic-settings model with the root's fields: adding a section or a key to the
-        # dataclasses is all it takes to read, override and validate it.
-        self.model: type[BaseSettings] = create_model(
-            f"{root.__name__}Sources", __base__=base, **fields
-        )
+        self._model: type[BaseSettings] | None = None
+
+    @property
+    def model(self) -> type[BaseSettings]:
+        """The pydantic-settings model of the root's fields, built on first use: adding a
+        section or a key to the dataclasses is all it takes to read, override and validate it."""
+        if self._model is None:
+            for cls in self.sections.values():
+                # Every section refuses a key it does not have (a typo in the file is an error).
+                cls.__pydantic_config__ = {"extra": "forbid"}
+            fields: dict[str, Any] = {
+                name: (self.hints[name], _default(f)) for name, f in self.fields.items()
+            }
+            self._model = _settings_model(self.root.__name__, self.prefix, fields)
+        return self._model
 
     def refuse_unknown_variables(self, env: Mapping[str, str], secrets: Collection[str]) -> None:
         """Every ``PREFIX*`` variable but the named secrets must name a setting.
@@ -151,6 +191,12 @@ class SettingsReader(Generic[T]):
             if not known:
                 raise ConfigError(name, "unknown environment override")
 
+    def overridden(self, env: Mapping[str, str], secrets: Collection[str]) -> bool:
+        """Whether any ``PREFIX*`` variable but the named secrets is set (an override)."""
+        return any(
+            name.upper().startswith(self.prefix) and name not in secrets for name in env
+        )
+
     def load(self, values: Mapping[str, Any], env: Mapping[str, str]) -> T:
         """File ``values`` overridden by ``env``, validated into the root dataclass.
 
@@ -161,9 +207,12 @@ class SettingsReader(Generic[T]):
         return self.root(**{name: getattr(loaded, name) for name in self.fields})
 
     def _validate(self, values: Mapping[str, Any], env: Mapping[str, str]) -> BaseSettings:
+        from pydantic import ValidationError
+
+        model = self.model
         token = _ENVIRON.set(env)
         try:
-            return self.model(**values)
+            return model(**values)
         except ValidationError as exc:
             raise self.config_error(exc) from None
         finally:
@@ -206,6 +255,8 @@ class SettingsReader(Generic[T]):
 
 def _default(f: dataclasses.Field[Any]) -> Any:
     if f.default_factory is not dataclasses.MISSING:
+        from pydantic import Field
+
         return Field(default_factory=f.default_factory)
     return f.default
 

@@ -183,3 +183,49 @@ def test_a_new_section_is_read_and_overridden_without_a_loader_change() -> None:
     with pytest.raises(ConfigError) as caught:
         reader.load({"store": {"uri": "sqlite:///x"}}, {})
     assert (caught.value.key, caught.value.problem) == ("store.uri", "unknown setting")
+
+
+# -- start-up (issue 16): pydantic only when there is something to read --------------------
+
+
+def test_the_defaults_without_pydantic_are_what_pydantic_settings_gives_for_no_input() -> None:
+    """No file and no override: ``load_settings`` returns ``Settings()`` without the model;
+    that must be exactly what the pydantic-settings model builds from nothing."""
+    from_model = SettingsReader(Settings, "RTPLAN_").load({}, {})
+    assert load_settings(None, env={}) == from_model == Settings()
+    only_the_token = {"RTPLAN_FHIR_TOKEN": "tok-3f9a-secret", "PATH": "/bin"}
+    assert load_settings(None, env=only_the_token) == from_model
+
+
+def test_an_empty_settings_file_is_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "rtplan.yaml"
+    path.write_text("# nothing set\n")
+    assert load_settings(path, env={}) == Settings()
+
+
+def _modules_after(code: str, env: dict[str, str]) -> set[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("RTPLAN_")}
+    result = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return set(result.stdout.split())
+
+
+def test_loading_the_defaults_imports_no_pydantic() -> None:
+    loaded = _modules_after("from adapter.config import load_settings; load_settings()", {})
+    assert not {"pydantic", "pydantic_settings", "pydantic_core", "yaml"} & loaded
+
+
+def test_an_override_is_read_by_pydantic_settings() -> None:
+    """The fast path is only for "nothing to read": an override goes through the model."""
+    code = (
+        "from adapter.config import load_settings\n"
+        "assert load_settings().fhir.max_attempts == 9"
+    )
+    assert "pydantic_settings" in _modules_after(code, {"RTPLAN_FHIR__MAX_ATTEMPTS": "9"})
