@@ -9,15 +9,13 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any, TextIO
 
-from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.jobs.output import add_to_report, summary, write_report
-from adapter.store.location import open_outbox
-from adapter.tables import Tables
 
 if TYPE_CHECKING:
+    from adapter.config import Settings
     from adapter.dicomweb.backload import Backload
     from adapter.fhir.client import FhirClient
+    from adapter.tables import Tables
 
 EXIT_OK, EXIT_NOT_DONE = 0, 1
 
@@ -56,6 +54,7 @@ async def run_dicomweb_ingest(
 ) -> int:
     """The back-load, in the command's event loop with its FHIR client (see ``_ingest``)."""
     from adapter.dicomweb.backload import qido_date  # httpx, pydicom: a back-load only
+    from adapter.jobs.output import add_to_report, summary, write_report
 
     since = qido_date(args.since) if args.since else ""
     done = await _run(args, settings, tables, since, err, fhir)
@@ -97,6 +96,7 @@ async def _run(
 ) -> Backload:
     from adapter.dicomweb.backload import backload  # httpx, pydicom: a back-load only
     from adapter.dicomweb.client import DicomWebSource
+    from adapter.store.location import open_outbox
 
     async with DicomWebSource(args.dicomweb, rate=args.rate) as source:
         with open_outbox(settings, args.out) as outbox:

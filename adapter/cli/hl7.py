@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any, TextIO
 from adapter.config import Settings, validate_settings
 from adapter.errors import ConfigError
 from adapter.jsoninput import read_json
-from adapter.store.location import open_existing
 
 
 def add_hl7_parsers(commands: Any) -> None:
@@ -34,6 +32,8 @@ def add_hl7_parsers(commands: Any) -> None:
 def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.command == "serve":
         # Lazy (downward) for start-up time only: the service loads hl7apy, httpx, FastAPI.
+        import asyncio
+
         from adapter.service.logs import configure_service_logging
         from adapter.service.parts import any_part_on
         from adapter.service.serve import serve
@@ -62,6 +62,8 @@ def run_hl7_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
 
 
 def _escalations(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from adapter.store.location import open_existing  # per command: start-up time
+
     with open_existing(settings, None, args.db) as outbox:
         timers = outbox.timers()
         for timer in timers.fired():

@@ -16,17 +16,10 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from adapter.config import Settings
 from adapter.errors import AdapterError
-from adapter.ingest.pipeline import log_key, run_ingest
-from adapter.label.titles import load_vocabulary
-from adapter.store.labels import LabelState
-from adapter.store.location import open_existing
-from adapter.store.outbox import Outbox
-from adapter.tables import load_tables
 
 if TYPE_CHECKING:  # the KOS builder imports pydicom: loaded by the commands that build one
-    pass
+    from adapter.config import Settings
 
 
 def add_label_parser(commands: Any) -> None:
@@ -41,6 +34,11 @@ def add_label_parser(commands: Any) -> None:
 
 
 def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    # Per command, for start-up time (docs/ingest.md "Start-up"): the store, the pipeline.
+    from adapter.private import log_key
+    from adapter.store.labels import LabelState
+    from adapter.store.location import open_existing
+
     if args.label_command == "preview":
         return _preview(args, settings, out)
     with open_existing(settings, None, args.db) as outbox:
@@ -66,7 +64,11 @@ def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     # Lazy (downward) for start-up time only: the KOS builder loads pydicom.
     from pydicom import dcmread
 
+    from adapter.ingest.pipeline import run_ingest
     from adapter.label.service import build_for, labelled
+    from adapter.label.titles import load_vocabulary
+    from adapter.store.outbox import Outbox
+    from adapter.tables import load_tables
 
     if not settings.label.enabled:
         print("labelling is switched off (label.enabled: false): nothing would be sent", file=out)

@@ -3,27 +3,22 @@
 Exit status: 0 everything was mapped and delivered (a study that is not a planning scan and is
 held by policy counts as handled); 1 some input was not mapped, or some delivery gave up (see
 the report and ``rtplan outbox dead``); 2 bad usage, settings or mapping tables.
+
+Start-up: importing this module builds the parser of every command and no more; each command
+imports what it runs when it runs (docs/ingest.md "Start-up", tests/unit/test_cli_startup.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from adapter.cli.dicomweb import (
-    add_dicomweb_arguments,
-    check_dicomweb_arguments,
-    run_dicomweb_ingest,
-)
+from adapter.cli.dicomweb import add_dicomweb_arguments, check_dicomweb_arguments
 from adapter.cli.hl7 import add_hl7_parsers, run_hl7_command
 from adapter.cli.label import add_label_parser, run_label_command
 from adapter.cli.outbox import add_outbox_parser, run_outbox_command
@@ -31,14 +26,11 @@ from adapter.cli.review import add_review_parser, run_review_command
 from adapter.cli.safety import add_safety_parsers, run_safety_command
 from adapter.config import Settings, load_settings, validate_settings
 from adapter.errors import AdapterError, ConfigError
-from adapter.ingest.pipeline import IngestResult, Status, log_key, run_ingest
-from adapter.jobs.fhir import fhir_session, resolve_version
-from adapter.jobs.ingest import ingest_files
-from adapter.jobs.output import shown_path
-from adapter.label.titles import LABEL_TABLE, TITLES_TABLE, load_vocabulary
-from adapter.outbox.worker import DrainReport
-from adapter.private import private_dir, write_private
-from adapter.tables import Tables, load_tables
+
+if TYPE_CHECKING:
+    from adapter.ingest.pipeline import IngestResult
+    from adapter.outbox.worker import DrainReport
+    from adapter.tables import Tables
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
 
@@ -108,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_label_command(args, settings, sys.stdout)
         if args.command in ("identity", "audit", "reconcile"):
             return run_safety_command(args, settings, sys.stdout)
+        from adapter.label.titles import load_vocabulary
+        from adapter.tables import load_tables
+
         tables = load_tables(settings.mappings_dir)
         if settings.label.enabled:
             load_vocabulary(tables)  # a rejection title is refused before anything is read
@@ -135,6 +130,11 @@ def _progress_printer(stream: TextIO) -> Any:
 
 
 def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
+    import asyncio
+    from dataclasses import replace
+
+    from adapter.private import private_dir, write_private
+
     if args.fhir_url:
         settings = replace(settings, fhir=replace(settings.fhir, base_url=args.fhir_url))
         validate_settings(settings)
@@ -162,6 +162,14 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
 
 
 async def _ingest_job(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
+    import json
+    import time
+
+    from adapter.cli.dicomweb import run_dicomweb_ingest
+    from adapter.jobs.fhir import fhir_session, resolve_version
+    from adapter.jobs.ingest import ingest_files
+    from adapter.private import log_key
+
     async with fhir_session(settings) as fhir:
         settings = await resolve_version(settings, fhir)
         if args.dicomweb or not args.paths:
@@ -216,6 +224,9 @@ def _delivery_summary(report: DrainReport) -> dict[str, Any]:
 def _print_human(
     result: IngestResult, out: Path | None, report: dict[str, Any], delivery: DrainReport
 ) -> None:
+    from adapter.ingest.pipeline import Status
+    from adapter.jobs.output import shown_path
+
     for study in result.studies:
         print(f"study {study.study_uid}")
         print(f"  {study.status.value}, {study.instances} instances")
@@ -248,6 +259,11 @@ def _print_human(
 
 
 def _map(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
+    import json
+
+    from adapter.ingest.pipeline import run_ingest
+    from adapter.jobs.output import shown_path
+
     result = run_ingest(args.paths, settings, tables)
     bundles = [s.bundle for s in result.studies if s.bundle is not None]
     document: object = bundles[0] if len(bundles) == 1 else bundles
@@ -263,6 +279,9 @@ def _map(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
 
 
 def _mappings_check(folder: Path, out: TextIO) -> int:
+    from adapter.label.titles import LABEL_TABLE, TITLES_TABLE, load_vocabulary
+    from adapter.tables import load_tables
+
     tables = load_tables(folder)
     if LABEL_TABLE in tables.labels or TITLES_TABLE in tables.rules:
         load_vocabulary(tables)  # the KOS title allow-list (no rejection titles)

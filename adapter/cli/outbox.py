@@ -13,18 +13,23 @@ Listings show row ids, labels (hashed study keys), states and reasons: no patien
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from adapter.cli.safety import operator
-from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.jsoninput import read_json
-from adapter.store.location import open_existing
-from adapter.store.outbox import Outbox, Row, State
+
+if TYPE_CHECKING:
+    from adapter.config import Settings
+    from adapter.store.outbox import Outbox, Row
+
+# ``adapter.store.outbox.State``'s values, spelled out so that building the parser of every
+# command does not import the store (start-up time; tests/unit/test_cli_startup.py keeps the
+# two equal).
+ROW_STATES = ("pending", "in_flight", "retrying", "delivered", "dead")
 
 
 def add_outbox_parser(commands: Any) -> None:
@@ -32,7 +37,7 @@ def add_outbox_parser(commands: Any) -> None:
     parser.add_argument("--db", type=Path, help="outbox file (default: outbox.path setting)")
     actions = parser.add_subparsers(dest="outbox_command", required=True)
     listing = actions.add_parser("list", help="list rows")
-    listing.add_argument("--state", choices=[s.value for s in State])
+    listing.add_argument("--state", choices=ROW_STATES)
     show = actions.add_parser("show", help="show one row and its history")
     show.add_argument("id", type=int)
     show.add_argument("--payload", action="store_true", help="also print the payload (PHI)")
@@ -47,7 +52,11 @@ def add_outbox_parser(commands: Any) -> None:
 
 
 def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    import asyncio
+
     from adapter.jobs.deliver import deliver  # lazy for start-up time (the delivery stack)
+    from adapter.store.location import open_existing
+    from adapter.store.outbox import State
 
     with open_existing(settings, None, args.db) as outbox:
         command = args.outbox_command
@@ -135,6 +144,8 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _show(outbox: Outbox, row_id: int, with_payload: bool, out: TextIO) -> int:
+    from adapter.store.outbox import State
+
     row = _existing(outbox, row_id)
     print(_line(row), file=out)
     print(f"  destination {row.destination} -> {row.target}", file=out)

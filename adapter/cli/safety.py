@@ -14,23 +14,19 @@ Each reads the store named by the settings (``outbox.path``), or the one embedde
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from adapter.config import Settings
 from adapter.errors import ConfigError
-from adapter.safety.audit_event import audit_bundle, audit_event
-from adapter.safety.reconcile import lines, reconcile
-from adapter.store.audit import AuditRecord
-from adapter.store.identity import IDENTITY_KEYWORDS, Resolution, ResolveError
-from adapter.store.location import open_existing
-from adapter.store.outbox import Outbox
-from adapter.tables import load_tables
+
+if TYPE_CHECKING:
+    from adapter.config import Settings
+    from adapter.store.audit import AuditRecord
+    from adapter.store.outbox import Outbox
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE = 0, 1, 2
 JSON = dict[str, Any]
@@ -92,6 +88,8 @@ def _date(text: str) -> date:
 
 
 def run_safety_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from adapter.store.location import open_existing  # per command: start-up time
+
     with open_existing(settings, args.out) as outbox:
         if args.command == "audit":
             return _audit(outbox, args, settings, out)
@@ -101,6 +99,8 @@ def run_safety_command(args: argparse.Namespace, settings: Settings, out: TextIO
 
 
 def _identity(outbox: Outbox, args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from adapter.store.identity import IDENTITY_KEYWORDS, Resolution, ResolveError
+
     command = args.identity_command
     if command == "list":
         holds = outbox.identity_holds(open_only=not args.all)
@@ -140,6 +140,8 @@ def _identity(outbox: Outbox, args: argparse.Namespace, settings: Settings, out:
     print(f"hold {hold.id} resolved ({resolution.value}) by {args.by}", file=out)
     if not released:
         return EXIT_OK
+    import asyncio
+
     from adapter.jobs.deliver import deliver  # lazy for start-up time (the delivery stack)
 
     report = asyncio.run(deliver(outbox, settings, ids=released))
@@ -148,6 +150,9 @@ def _identity(outbox: Outbox, args: argparse.Namespace, settings: Settings, out:
 
 
 def _audit_events(outbox: Outbox, records: list[AuditRecord], settings: Settings) -> JSON:
+    from adapter.safety.audit_event import audit_bundle, audit_event
+    from adapter.tables import load_tables
+
     tables = load_tables(settings.mappings_dir)
     systems = tables.conceptmap("identifier-systems")
     events = []
@@ -190,6 +195,8 @@ def _audit(outbox: Outbox, args: argparse.Namespace, settings: Settings, out: Te
 
 
 def _reconcile(outbox: Outbox, args: argparse.Namespace, out: TextIO) -> int:
+    from adapter.safety.reconcile import lines, reconcile
+
     items = reconcile(outbox, now=time.time(), since=args.since)
     overdue = sum(1 for item in items if item.overdue)
     if args.json:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from adapter.config import Settings, is_loopback
 from adapter.errors import ConfigError
-from adapter.hl7.profiles import DOCUMENT_MESSAGES, load_profiles, receivers_dir
 from adapter.ingest.pipeline import IngestResult, Status
 from adapter.jobs.output import bundle_label, write_json_atomic
 from adapter.jobs.retry_policies import fhir_policy, label_policy, receiver_policies
@@ -229,6 +228,7 @@ async def _hl7_deliverers(
     from adapter.hl7.client import MllpClient, client_tls_context
     from adapter.hl7.deliverer import Hl7Deliverer, Hl7FileDeliverer
     from adapter.hl7.document_deliverer import Hl7DocumentDeliverer
+    from adapter.hl7.profiles import DOCUMENT_MESSAGES, load_profiles, receivers_dir
 
     profiles = load_profiles(receivers_dir(settings))
     found: dict[tuple[str, str], Deliverer] = {}
@@ -272,4 +272,6 @@ async def _hl7_deliverers(
 def _hl7_policies(
     settings: Settings, profile_names: set[str]
 ) -> dict[tuple[str, str], RetryPolicy]:
+    from adapter.hl7.profiles import load_profiles, receivers_dir  # only with HL7 receivers
+
     return receiver_policies(HL7, load_profiles(receivers_dir(settings)), profile_names)

@@ -28,7 +28,6 @@ from adapter.jobs.deliver import deliver, enqueue_ingest, held_by_store, targets
 from adapter.jobs.output import add_to_report, summary, write_report
 from adapter.label.service import LabelOutcome, enqueue_labels, label_targets
 from adapter.outbox.worker import DrainReport
-from adapter.review.prior import check_all
 from adapter.store.location import open_outbox, recorded_studies, store_location
 from adapter.tables import Tables
 
@@ -68,7 +67,11 @@ async def read_and_map(
 
     decided = await run(lambda: read_and_decide(paths, settings, tables, progress=progress))
     to_check = studies_to_check(decided, settings)
-    priors = await check_all(to_check, settings, tables, fhir) if fhir and to_check else {}
+    priors = {}
+    if fhir and to_check:  # the prior-imaging check needs a FHIR server: imported only then
+        from adapter.review.prior import check_all
+
+        priors = await check_all(to_check, settings, tables, fhir)
     result: IngestResult = await run(
         lambda: map_decided(decided, settings, tables, priors=priors, known=known)
     )

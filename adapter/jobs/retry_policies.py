@@ -18,10 +18,13 @@ Files written into the output folder keep the worker's default policy.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from adapter.config import FhirSettings, LabelSettings
-from adapter.hl7.profiles import Connection, ReceiverProfile
 from adapter.outbox.worker import RetryPolicy
+
+if TYPE_CHECKING:  # types only: the HL7 profiles are not loaded unless a receiver is used
+    from adapter.hl7.profiles import Connection, ReceiverProfile
 
 
 def fhir_policy(fhir: FhirSettings) -> RetryPolicy:

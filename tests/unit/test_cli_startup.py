@@ -1,0 +1,130 @@
+"""Start-up (issue 16): each ``rtplan`` command imports what it runs, and no more.
+
+Imports are most of a short command's wall time (docs/ingest.md "Start-up"), so these tests
+fail when a module-level import drags a heavy stack back onto a path that does not use it.
+Each runs a fresh interpreter and reads its ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from adapter.cli.outbox import ROW_STATES
+from adapter.store.outbox import State
+from tests.support import FIXTURES, ROOT
+
+# Third-party stacks that the default ``rtplan ingest --out`` (no FHIR server, no HL7 receiver,
+# no settings file or override) never uses.
+HEAVY_PACKAGES = frozenset(
+    {
+        "pydantic",  # the settings model: only with a settings file or an RTPLAN_* override
+        "pydantic_core",
+        "pydantic_settings",
+        "pydicom",  # the KOS is written from raw bytes; the reader is our own
+        "numpy",
+        "httpx",  # the FHIR and DICOMweb clients
+        "jwt",
+        "cryptography",
+        "fhir",  # fhir.resources
+        "hl7apy",
+        "pynetdicom",
+        "fastapi",  # rtplan serve's HTTP API
+        "starlette",
+        "uvicorn",
+        "psycopg",  # PostgreSQL: only with store.url postgresql://
+    }
+)
+# Our own packages the default ingest has no use for.
+UNUSED_ADAPTER_PACKAGES = (
+    "adapter.fhir",
+    "adapter.hl7",
+    "adapter.review",
+    "adapter.dicomweb",
+    "adapter.service",
+    "adapter.api",
+    "adapter.receive",
+    "adapter.safety",
+)
+
+_REPORT_MODULES = (
+    "import json, sys\n"
+    "from adapter.cli.main import main\n"
+    "code = main(sys.argv[2:])\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    json.dump({'code': code, 'modules': sorted(sys.modules)}, f)\n"
+)
+
+
+def _modules_of(args: list[str], tmp_path: Path) -> tuple[int, set[str]]:
+    """Exit status and every module loaded by one ``rtplan ARGS`` run, with no settings."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RTPLAN_")}
+    report = tmp_path / "modules.json"
+    subprocess.run(
+        [sys.executable, "-c", _REPORT_MODULES, str(report), *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    found = json.loads(report.read_text())
+    return int(found["code"]), set(found["modules"])
+
+
+def _heavy(modules: set[str]) -> list[str]:
+    packages = {name.split(".")[0] for name in modules} & HEAVY_PACKAGES
+    ours = [m for m in modules if m.startswith(tuple(p + "." for p in UNUSED_ADAPTER_PACKAGES))]
+    return sorted(packages) + sorted(ours)
+
+
+def test_default_ingest_imports_no_heavy_stack(tmp_path: Path) -> None:
+    args = ["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(tmp_path / "o")]
+    code, modules = _modules_of([*args, "--json"], tmp_path)
+    assert code == 0
+    assert "adapter.jobs.ingest" in modules  # it did run the ingest
+    assert _heavy(modules) == []
+
+
+def test_every_command_starts_with_the_parser_only(tmp_path: Path) -> None:
+    """``import adapter.cli`` builds the parser of every command: no store, no pipeline, no
+    settings model; each command imports its own modules when it runs."""
+    code = "import sys, adapter.cli; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    modules = set(out.stdout.split())
+    ours = {m for m in modules if m.startswith("adapter.")}
+    assert ours <= {
+        "adapter.cli",
+        "adapter.cli.main",
+        "adapter.cli.dicomweb",
+        "adapter.cli.hl7",
+        "adapter.cli.label",
+        "adapter.cli.outbox",
+        "adapter.cli.review",
+        "adapter.cli.safety",
+        "adapter.config",
+        "adapter.errors",
+        "adapter.jsoninput",
+        "adapter.settings_source",
+    }, sorted(ours)
+    assert not {"yaml", "asyncio", "sqlite3"} & modules
+    assert _heavy(modules) == []
+
+
+def test_the_mappings_check_loads_no_store_and_no_pydantic(tmp_path: Path) -> None:
+    code, modules = _modules_of(["mappings", "check"], tmp_path)
+    assert code == 0
+    unused = ("adapter.store", "adapter.jobs", "adapter.ingest")
+    assert not any(m.startswith(unused) for m in modules)
+    assert _heavy(modules) == []
+
+
+def test_the_outbox_state_choices_are_the_store_states() -> None:
+    """The parser spells out the row states (so it need not import the store): the same list."""
+    assert tuple(state.value for state in State) == ROW_STATES
