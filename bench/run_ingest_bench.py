@@ -19,7 +19,13 @@ Steps, all in one run:
    ``bench/peer_dicom2fhir.py`` (dicom2fhir 0.1.25 in ``bench/.venv-dicom2fhir``) and
    ``.venv/bin/rtplan ingest DATA --out OUT --json``. Each is its own subprocess; the
    wall-clock of the whole process (start-up and imports included, the same basis for all
-   three) gives instances/s; the median of the repeats is reported.
+   three) gives instances/s; the median of the repeats is reported. Before the runs,
+   ``adapter/`` is byte-compiled (``compileall``), as installing a package does: the peers
+   and pydicom run from installed, compiled packages, while the editable install of the
+   adapter would otherwise compile every one of its modules in every run whenever
+   ``PYTHONDONTWRITEBYTECODE`` is set (as in this project's shared environment), about
+   0.1 s that no installed ``rtplan`` pays. ``--source-only`` skips that step (the basis
+   of the runs before 2026-11-30 16:00 UTC); the results say which was used.
 4. Peak RSS of ``rtplan ingest`` on ``small`` and on ``large``, in separate runs after the
    timed ones (the child's ``ru_maxrss`` via ``os.wait4``: the largest single process; plus
    a sum over its process tree sampled every 50 ms from /proc, in case it uses workers).
@@ -313,6 +319,19 @@ def _seconds(line: dict[str, Any]) -> float | None:
     return None
 
 
+def bytecode_basis(source_only: bool) -> str:
+    """Byte-compile ``adapter/`` as ``pip install`` does (unless ``source_only``); say which."""
+    no_write = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
+    env = f"PYTHONDONTWRITEBYTECODE={no_write or '(unset)'}"
+    if source_only:
+        return f"not compiled first (`--source-only`), {env}"
+    import compileall
+
+    if not compileall.compile_dir(ROOT / "adapter", quiet=1):
+        raise SystemExit("compileall failed on adapter/")
+    return f"compiled first with `compileall`, as an install does ({env})"
+
+
 def rtplan_available() -> tuple[bool, str]:
     if not RTPLAN.exists():
         return False, f"{RTPLAN} not installed"
@@ -442,7 +461,8 @@ def report(
         "basis for all three). In-process = the `seconds` the tool itself reports "
         "(bare loop and dicom2fhir exclude imports; for `rtplan ingest` one of "
         f"{', '.join(SECONDS_KEYS)} in its `--json` output, else n/a). dicom2fhir lists "
-        "instances in its ImagingStudy (`add_instances`), as the adapter does.",
+        "instances in its ImagingStudy (`add_instances`), as the adapter does. "
+        f"Adapter bytecode: {args.bytecode}.",
         "",
         "| tool | instances | wall s (median) | instances/s (wall) | in-process s | "
         "instances/s (in-process) | CPU s (user+sys, workers included) | instances per CPU s | "
@@ -516,6 +536,12 @@ def main(argv: list[str] | None = None) -> int:
         f"with --quick {QUICK_RESULTS.relative_to(ROOT)})",
     )
     parser.add_argument("--rtplan", type=Path, default=DEFAULT_RTPLAN, help="rtplan executable")
+    parser.add_argument(
+        "--source-only",
+        action="store_true",
+        help="do not byte-compile adapter/ first (each run compiles it if bytecode is not "
+        "written, as with PYTHONDONTWRITEBYTECODE=1)",
+    )
     args = parser.parse_args(argv)
     global RTPLAN
     RTPLAN = args.rtplan.resolve()
@@ -527,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     LOAD[0] = os.getloadavg()[0]
 
     WORK.mkdir(parents=True, exist_ok=True)
+    args.bytecode = bytecode_basis(args.source_only)
     gen = {"slices": args.slices, "mr_slices": args.mr_slices, "force": args.regenerate}
     small = generate(f"small-{args.slices}", copies=1, **gen) / "dicom"
     large = generate(f"large-{args.slices}x{args.large_copies}", copies=args.large_copies, **gen)
