@@ -128,3 +128,25 @@ def test_the_mappings_check_loads_no_store_and_no_pydantic(tmp_path: Path) -> No
 def test_the_outbox_state_choices_are_the_store_states() -> None:
     """The parser spells out the row states (so it need not import the store): the same list."""
     assert tuple(state.value for state in State) == ROW_STATES
+
+
+def test_importtime_shows_where_ingest_start_up_goes(tmp_path: Path) -> None:
+    """The command docs/ingest.md gives for measuring start-up, as written there."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RTPLAN_")}
+    dicom = FIXTURES / "dicom" / "planning-ct"
+    command = [sys.executable, "-X", "importtime", "-m", "adapter.cli", "ingest", str(dicom)]
+    result = subprocess.run(
+        [*command, "--out", str(tmp_path / "out"), "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["mapped"] == 1
+    modules = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+               if line.startswith("import time:")]  # fmt: skip
+    assert "adapter.jobs.ingest" in modules and "adapter.cli.main" in modules
+    assert _heavy(set(modules)) == []
