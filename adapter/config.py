@@ -30,10 +30,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from annotated_types import Interval
-
 from adapter.errors import ConfigError
-from adapter.settings_source import FINITE, SettingsReader, TextList
+from adapter.settings_source import FINITE, Interval, SettingsReader, TextList
 
 log = logging.getLogger(__name__)
 

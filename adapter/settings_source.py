@@ -22,8 +22,6 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from annotated_types import Interval
-
 from adapter.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,10 +41,29 @@ _ENVIRON: ContextVar[Mapping[str, str]] = ContextVar(
 
 # pydantic and pydantic-settings are imported when a model is first needed, not with this
 # module: a command run with the defaults (no file, no RTPLAN_* override) never loads them,
-# which saves about a quarter of a second of start-up (docs/ingest.md "Start-up"). The two
+# which saves about a quarter of a second of start-up (docs/ingest.md "Start-up"). The three
 # field markers below are therefore pydantic's documented ``__get_pydantic_core_schema__``
-# hook rather than pydantic classes, so that the settings dataclasses can carry them without
-# importing pydantic.
+# hook rather than pydantic (or annotated_types) classes, so that the settings dataclasses can
+# carry them without importing pydantic.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Interval:
+    """A number setting's inclusive bounds, applied as ``annotated_types.Interval(ge, le)``
+    would be (the same constraints, the same ``greater_than_equal`` / ``less_than_equal``
+    errors), without importing annotated_types and typing_extensions at start-up."""
+
+    ge: int | float
+    le: int | float
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        schema = handler(source)
+        if schema["type"] not in ("int", "float"):
+            raise TypeError(f"Interval bounds a number, not {source!r}")
+        bounded: dict[str, Any] = {**schema, "ge": self.ge, "le": self.le}
+        return typing.cast("CoreSchema", bounded)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -248,7 +265,7 @@ class SettingsReader(Generic[T]):
             return None
         hint = typing.get_type_hints(self.sections[section], include_extras=True).get(name)
         bounds = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Interval)]
-        if not bounds or bounds[0].ge is None or bounds[0].le is None:
+        if not bounds:
             return None
         return bounds[0], getattr(hint, "__origin__", None) is float
 

@@ -8,7 +8,9 @@ Run in the project venv from the repository root::
 The other ref's ``adapter/`` is exported with ``git archive`` into ``bench/.work/`` and put
 first on ``PYTHONPATH``; both trees use this venv. Each round runs, in fresh interpreters and
 alternating the order of the trees, (1) ``import adapter.cli`` (what every command imports) and
-(2) that plus ``load_settings`` of a settings file with every section. The figure is the CPU
+(2) that plus ``load_settings`` of a settings file with every section, (3) what
+``rtplan --config FILE ingest`` imports before reading, plus that load. Both trees'
+``adapter/`` are byte-compiled first, as an install does. The figure is the CPU
 time (user + system) of the child process, median and minimum over the rounds: on a shared
 machine CPU time moves far less with the load than wall time does. Writes Markdown to stdout.
 """
@@ -25,7 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from startup_bench import export  # the same export of a git ref's adapter/ (bench/ is on sys.path)
+# The same export of a git ref's adapter/ and byte-compiling (bench/ is on sys.path).
+from startup_bench import compiled, export, present
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = """\
@@ -45,10 +48,26 @@ PROBES = {
         "import sys, pathlib, adapter.cli; from adapter.config import load_settings; "
         "load_settings(pathlib.Path(sys.argv[1]), env={})"
     ),
+    # What ``rtplan --config FILE ingest`` imports and loads before it reads a file: since
+    # issue 16 the CLI imports the ingest job's modules only when the command runs, so the
+    # two probes above no longer include them. {ingest} etc.: the first module of each
+    # ``a|b`` that the tree has (older trees: ``adapter.service.deliver``, ``adapter.cli``).
+    "`rtplan --config FILE ingest`'s imports + `load_settings(FILE)`": (
+        "import sys, pathlib, adapter.cli, {ingest}, {fhir}, {titles}; "
+        "from adapter.config import load_settings; "
+        "load_settings(pathlib.Path(sys.argv[1]), env={{}})"
+    ),
+}
+INGEST_MODULES = {
+    "ingest": "adapter.jobs.ingest|adapter.service.deliver",
+    "fhir": "adapter.jobs.fhir|adapter.cli",
+    "titles": "adapter.label.titles|adapter.cli",
 }
 
 
 def cpu_seconds(tree: Path, code: str, settings: Path) -> float:
+    if "{ingest}" in code:
+        code = code.format(**{k: present(tree, v) for k, v in INGEST_MODULES.items()})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
         [sys.executable, "-c", code, str(settings)],
@@ -65,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref", default="main", help="git ref to compare with (default main)")
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
-    trees = {args.ref: export(args.ref, prefix="settings"), "this tree": ROOT}
+    trees = {args.ref: compiled(export(args.ref, prefix="settings")), "this tree": compiled(ROOT)}
     load_before = os.getloadavg()[0]
     samples: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -83,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Run {now} by `bench/settings_bench.py --ref {args.ref} --repeats {args.repeats}`; "
         f"1-minute load average {load_before:.2f} at the start, "
-        f"{os.getloadavg()[0]:.2f} at the end. CPU seconds (user + system) of the child.\n"
+        f"{os.getloadavg()[0]:.2f} at the end. CPU seconds (user + system) of the child. "
+        "Both trees byte-compiled first (`compileall`), as an install does.\n"
     )
     print("| what | tree | CPU s, median | CPU s, min |")
     print("|---|---|---:|---:|")

@@ -113,7 +113,7 @@ def test_every_command_starts_with_the_parser_only(tmp_path: Path) -> None:
         "adapter.jsoninput",
         "adapter.settings_source",
     }, sorted(ours)
-    assert not {"yaml", "asyncio", "sqlite3"} & modules
+    assert not {"yaml", "asyncio", "sqlite3", "annotated_types"} & modules
     assert _heavy(modules) == []
 
 

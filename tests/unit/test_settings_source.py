@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,8 @@ def _modules_after(code: str, env: dict[str, str]) -> set[str]:
 
 def test_loading_the_defaults_imports_no_pydantic() -> None:
     loaded = _modules_after("from adapter.config import load_settings; load_settings()", {})
-    assert not {"pydantic", "pydantic_settings", "pydantic_core", "yaml"} & loaded
+    heavy = {"pydantic", "pydantic_settings", "pydantic_core", "yaml", "annotated_types"}
+    assert not heavy & loaded
 
 
 def test_an_override_is_read_by_pydantic_settings() -> None:
@@ -229,3 +231,26 @@ def test_an_override_is_read_by_pydantic_settings() -> None:
         "assert load_settings().fhir.max_attempts == 9"
     )
     assert "pydantic_settings" in _modules_after(code, {"RTPLAN_FHIR__MAX_ATTEMPTS": "9"})
+
+
+@pytest.mark.parametrize("value", [-1, 0, 5, 10, 11, 2.5, "7", "x", float("nan"), float("inf")])
+def test_the_light_bounds_validate_as_annotated_types_interval_does(value: object) -> None:
+    """``settings_source.Interval`` (no annotated_types at start-up) gives pydantic the same
+    constraints, and so the same results and error types, as ``annotated_types.Interval``,
+    on whole numbers and on finite floats (the two ways the settings use it)."""
+    import annotated_types
+    from pydantic import TypeAdapter, ValidationError
+
+    from adapter.settings_source import FINITE, Interval
+
+    def outcome(kind: Any, *metadata: object) -> object:
+        adapter: TypeAdapter[Any] = TypeAdapter(typing.Annotated[kind, *metadata])
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            return [error["type"] for error in exc.errors()]
+
+    for kind, finite in ((int, ()), (float, (FINITE,))):
+        ours = outcome(kind, *finite, Interval(ge=0, le=10))
+        theirs = outcome(kind, *finite, annotated_types.Interval(ge=0, le=10))
+        assert ours == theirs, kind
