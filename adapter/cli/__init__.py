@@ -1,5 +1,5 @@
 """Every ``rtplan`` command: parse, call one job, print."""
 
-from adapter.cli.main import main
+from adapter.cli.main import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

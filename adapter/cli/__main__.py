@@ -1,5 +1,5 @@
 """``python -m adapter.cli``."""
 
-from adapter.cli.main import main
+from adapter.cli.main import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -150,3 +150,30 @@ def test_importtime_shows_where_ingest_start_up_goes(tmp_path: Path) -> None:
                if line.startswith("import time:")]  # fmt: skip
     assert "adapter.jobs.ingest" in modules and "adapter.cli.main" in modules
     assert _heavy(set(modules)) == []
+
+
+def test_the_executable_freezes_the_heap_before_exit_and_main_does_not(tmp_path: Path) -> None:
+    """``rtplan`` (``adapter.cli.run``) freezes its heap so that the interpreter's final
+    collections skip it; ``main`` (which tests call in-process) leaves the collector alone."""
+    code = (
+        "import gc, sys\n"
+        "from adapter.cli import main, run\n"
+        "assert main(['mappings', 'check']) == 0 and gc.get_freeze_count() == 0\n"
+        "sys.argv = ['rtplan', 'mappings', 'check']\n"
+        "code = run()\n"
+        "print(code, gc.get_freeze_count() > 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RTPLAN_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, check=True,
+    )  # fmt: skip
+    assert done.stdout.splitlines()[-1] == "0 True"
+    # The installed entry point is run(), with main()'s exit status.
+    script = Path(sys.executable).parent / "rtplan"
+    version = subprocess.run(
+        [str(script), "mappings", "check"], env=env, cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert version.returncode == 0, version.stderr
+    assert "from adapter.cli import run" in script.read_text(encoding="utf-8")
