@@ -23,9 +23,7 @@ import os
 import posixpath
 import shutil
 import stat
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -216,6 +214,10 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 def _expand(archive: Path, dest: Path, limits: ReadLimits) -> tuple[list[Path], list[Rejection]]:
     """Expand ``archive`` under ``dest``; members that break a rule become Rejections."""
+    # Only an archive needs these (start-up time of every ingest: docs/ingest.md "Start-up").
+    import tarfile
+    import zipfile
+
     try:
         if archive.name.lower().endswith(".zip"):
             return _expand_zip(archive, dest, limits)
@@ -286,6 +288,8 @@ def _check_budget(
 def _expand_zip(
     archive: Path, dest: Path, limits: ReadLimits
 ) -> tuple[list[Path], list[Rejection]]:
+    import zipfile
+
     out: list[Path] = []
     refused: list[Rejection] = []
     with zipfile.ZipFile(archive) as zf:
@@ -345,6 +349,8 @@ def _expand_zip(
 def _expand_tar(
     archive: Path, dest: Path, limits: ReadLimits
 ) -> tuple[list[Path], list[Rejection]]:
+    import tarfile
+
     out: list[Path] = []
     refused: list[Rejection] = []
     compressed = archive.stat().st_size

@@ -88,6 +88,7 @@ def test_default_ingest_imports_no_heavy_stack(tmp_path: Path) -> None:
     assert code == 0
     assert "adapter.jobs.ingest" in modules  # it did run the ingest
     assert _heavy(modules) == []
+    assert not {"zipfile", "tarfile"} & modules  # only when an archive is given
 
 
 def test_every_command_starts_with_the_parser_only(tmp_path: Path) -> None:
