@@ -41,7 +41,7 @@ _ENVIRON: ContextVar[Mapping[str, str]] = ContextVar(
 
 # pydantic and pydantic-settings are imported when a model is first needed, not with this
 # module: a command run with the defaults (no file, no RTPLAN_* override) never loads them,
-# which saves about a quarter of a second of start-up (docs/ingest.md "Start-up"). The three
+# which saves a quarter of a second or more of start-up (docs/ingest.md "Start-up"). The three
 # field markers below are therefore pydantic's documented ``__get_pydantic_core_schema__``
 # hook rather than pydantic (or annotated_types) classes, so that the settings dataclasses can
 # carry them without importing pydantic.
