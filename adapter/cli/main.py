@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -147,8 +150,7 @@ def _progress_printer(stream: TextIO) -> Any:
 
 
 def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
-    import asyncio
-    from dataclasses import replace
+    import asyncio  # per command: start-up time (docs/ingest.md "Start-up")
 
     from adapter.private import private_dir, write_private
 
@@ -179,9 +181,6 @@ def _ingest(args: argparse.Namespace, settings: Settings, tables: Tables) -> int
 
 
 async def _ingest_job(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
-    import json
-    import time
-
     from adapter.cli.dicomweb import run_dicomweb_ingest
     from adapter.jobs.fhir import fhir_session, resolve_version
     from adapter.jobs.ingest import ingest_files
@@ -276,8 +275,6 @@ def _print_human(
 
 
 def _map(args: argparse.Namespace, settings: Settings, tables: Tables) -> int:
-    import json
-
     from adapter.ingest.pipeline import run_ingest
     from adapter.jobs.output import shown_path
 
