@@ -1,0 +1,213 @@
+"""pytest plugin: the one store fixture. Every test that reaches the adapter's store runs once
+per backend: on the embedded SQLite file, then on PostgreSQL (issue 8).
+
+Which tests: those marked ``store`` (most modules mark themselves with
+``pytestmark = pytest.mark.store``) and those that take ``store_url`` or ``cli_store``. A test
+about the SQLite file itself (its permissions, its migration from an earlier release, ``--db
+FILE``) is marked ``sqlite_only(reason)`` and runs once, on SQLite. Tests that never touch a
+store run once and are not parametrised.
+
+The ``store`` fixture (:class:`StoreUnderTest`):
+
+* ``sqlite``: ``RTPLAN_STORE__URL`` unset, so the CLI and the in-process jobs use the SQLite
+  file their options name (``--out DIR``: ``DIR/outbox.sqlite``); ``store.at(path)`` is that
+  path.
+* ``postgresql``: a fresh database cloned from a migrated template in the session's
+  throwaway cluster (``tests.peers.postgres_fixture``), dropped after the test.
+  ``RTPLAN_STORE__URL`` (the documented setting, docs/operations.md) names it in this
+  process's environment, so subprocess CLI runs and ``load_settings()`` use it;
+  a :class:`Settings` the test builds while it runs (``Settings()`` reads no environment) has
+  it as its ``store.url`` default, and ``store.settings(s)`` puts it into one built earlier
+  (a module constant);
+  ``store.at(path)`` maps the SQLite file a test would open to the database the adapter used
+  instead (the first file asked for is the test's database, the CLI's; each further file is a
+  database of its own).
+
+Checked after every test (so that no store test silently runs on one backend): a test that is
+not parametrised over the backends must not leave a SQLite store in its ``tmp_path`` (mark it
+``store`` or ``sqlite_only``), and a test on ``postgresql`` must not leave one either (part of
+it still ran on SQLite).
+
+``--store-backend sqlite`` runs the whole suite on SQLite; ``--store-backend postgresql`` runs
+only the store tests, on PostgreSQL; the default ``both`` runs everything once and the store
+tests on both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from adapter.config import Settings, StoreSettings
+
+BACKENDS = ("sqlite", "postgresql")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+URL_VARIABLE = "RTPLAN_STORE__URL"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store-backend",
+        choices=("both", *BACKENDS),
+        default="both",
+        help="store backend(s) for the store tests: both (default), sqlite (the whole suite on "
+        "SQLite) or postgresql (only the store tests, on PostgreSQL)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "store: reaches the adapter's store; runs once per backend (fixture `store`)"
+    )
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): about the SQLite file itself; runs on SQLite only"
+    )
+
+
+def _is_store_test(metafunc: pytest.Metafunc) -> bool:
+    if metafunc.definition.get_closest_marker("store") is not None:
+        return True
+    return any(name in metafunc.fixturenames for name in ("store_url", "cli_store"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    only = metafunc.definition.get_closest_marker("sqlite_only")
+    if only is not None:
+        reason = only.kwargs.get("reason") or (only.args[0] if only.args else "")
+        if not reason:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason")
+        metafunc.parametrize("store", ["sqlite"], indirect=True)
+        return
+    if not _is_store_test(metafunc):
+        return
+    chosen = metafunc.config.getoption("--store-backend")
+    backends = list(BACKENDS) if chosen == "both" else [chosen]
+    metafunc.parametrize("store", backends, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--store-backend postgresql``: only the tests that ran on PostgreSQL (the rest ran in
+    the SQLite pass)."""
+    if config.getoption("--store-backend") != "postgresql":
+        return
+    keep, drop = [], []
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        on_pg = spec is not None and spec.params.get("store") == "postgresql"
+        (keep if on_pg else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@dataclass
+class StoreUnderTest:
+    """The store of one test: which backend, and where the adapter finds it."""
+
+    backend: str  # "sqlite" | "postgresql" | "none" (a test that is not a store test)
+    url: str | None = None  # the test's PostgreSQL database (RTPLAN_STORE__URL); None on SQLite
+    _new_database: object = None  # () -> str: another database, for a test's further files
+    _databases: dict[Path, str] = field(default_factory=dict)
+
+    @property
+    def postgresql(self) -> bool:
+        return self.url is not None
+
+    def at(self, sqlite_file: Path | str) -> Path | str:
+        """What to open for the store a test names by its SQLite file: the file itself on
+        SQLite; on PostgreSQL the database the adapter used instead."""
+        path = Path(sqlite_file)
+        if self.url is None:
+            return path
+        key = path.resolve()
+        if key not in self._databases:
+            first = not self._databases
+            assert callable(self._new_database)
+            self._databases[key] = self.url if first else str(self._new_database())
+        return self._databases[key]
+
+    def settings(self, settings: Settings) -> Settings:
+        """``settings`` with ``store.url`` naming this test's database (unchanged on SQLite)."""
+        if self.url is None:
+            return settings
+        return replace(settings, store=StoreSettings(url=self.url))
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """An environment for a subprocess: ``base`` (default: this process's) with
+        ``RTPLAN_STORE__URL`` naming this test's database, or without it on SQLite."""
+        env = dict(os.environ if base is None else base)
+        env.pop(URL_VARIABLE, None)
+        if self.url is not None:
+            env[URL_VARIABLE] = self.url
+        return env
+
+
+def sqlite_stores(root: Path) -> list[Path]:
+    """The SQLite database files under ``root`` (by their header, whatever their name)."""
+    found = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            try:
+                with path.open("rb") as handle:
+                    if handle.read(16) == SQLITE_MAGIC:
+                        found.append(path)
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def store(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[StoreUnderTest]:
+    backend = getattr(request, "param", "none")
+    # Taken now, so that tmp_path outlives this fixture (it is checked after the test).
+    tmp_path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    if backend == "postgresql":
+        from tests.peers.postgres_fixture import PgCluster
+
+        cluster: PgCluster = request.getfixturevalue("postgres")
+        template: str = request.getfixturevalue("store_template")
+        made: list[str] = []
+
+        def new_database() -> str:
+            url = cluster.clone(template)
+            made.append(url)
+            return url
+
+        under_test = StoreUnderTest(backend, new_database(), new_database)
+        monkeypatch.setenv(URL_VARIABLE, under_test.url or "")
+        # A Settings() the test builds itself does not read the environment: its store.url
+        # (empty by default) names the test's database too.
+        assert StoreSettings.__init__.__defaults__ == ("",), "StoreSettings changed shape"
+        monkeypatch.setattr(StoreSettings.__init__, "__defaults__", (under_test.url,))
+    else:
+        made = []
+        under_test = StoreUnderTest(backend)
+        monkeypatch.delenv(URL_VARIABLE, raising=False)
+    try:
+        yield under_test
+    finally:
+        if made:
+            cluster.drop(made)
+    _check_no_sqlite_left(tmp_path, backend)
+
+
+def _check_no_sqlite_left(tmp_path: Path | None, backend: str) -> None:
+    if backend == "sqlite" or tmp_path is None:
+        return
+    left = sqlite_stores(tmp_path)
+    if not left:
+        return
+    names = ", ".join(sorted(p.name for p in left))
+    if backend == "postgresql":
+        pytest.fail(f"on the postgresql backend this test still wrote a SQLite store ({names})")
+    pytest.fail(
+        f"this test wrote a SQLite store ({names}) but runs on one backend only: mark it "
+        "`store` (runs on both) or `sqlite_only(reason)`"
+    )
