@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support import FIXTURES
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 pytest_plugins = ["tests.peers.fault_fixture"]
 

@@ -24,7 +24,7 @@ from tests.receive_support import receiver_settings, running_receiver, wait_for
 from tests.support import FIXTURES, make_study
 
 pytest_plugins = ["tests.peers.orthanc_fixture"]
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 
 PLANNING = FIXTURES / "dicom" / "planning-ct"
 DIAGNOSTIC = FIXTURES / "dicom" / "diagnostic-ct"

@@ -22,7 +22,10 @@ from pydicom import dcmread
 from adapter.cli import main
 from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
+from tests.store_backend import StoreUnderTest
 from tests.support import make_study, read_study, study_count, synth
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -93,6 +96,7 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    store: StoreUnderTest,
 ) -> None:
     setup_env(monkeypatch, tmp_path)
     out = tmp_path / "out"
@@ -102,7 +106,7 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     before = read_study(fhir_url, study_uid)
     bundle_file = out / "fhir" / f"ImagingStudy-{log_key(study_uid)}.json"
     bundle_before = bundle_file.read_bytes()
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         rows_before = len(outbox.rows())
         recorded = outbox.study(study_uid)
     assert recorded is not None
@@ -126,7 +130,7 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     assert after["subject"] == before["subject"]
     assert patients_named(fhir_url, "LATE0001") == patients_named(fhir_url, "MOVED0001") == 0
     assert bundle_file.read_bytes() == bundle_before  # the output folder is unchanged too
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         assert len(outbox.rows()) == rows_before
         assert outbox.study(study_uid) == recorded
 
@@ -150,7 +154,7 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     moved = read_study(fhir_url, study_uid)
     assert moved["subject"] != before["subject"] and patients_named(fhir_url, "MOVED0001") == 1
     assert study_count(fhir_url, study_uid) == 1
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         stored = outbox.study(study_uid)
         assert stored is not None and stored.patient_id == "MOVED0001"
         assert outbox.identity_holds(open_only=True) == []
@@ -167,6 +171,7 @@ def test_mixed_patients_and_conflicting_duplicate_are_never_mapped(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    store: StoreUnderTest,
 ) -> None:
     # incomplete_studies: map would map an incomplete study; a patient mix is held regardless.
     setup_env(monkeypatch, tmp_path, RTPLAN_INGEST__INCOMPLETE_STUDIES="map")
@@ -196,7 +201,7 @@ def test_mixed_patients_and_conflicting_duplicate_are_never_mapped(
     # Nothing sent for either study.
     assert study_count(fhir_url, mixed_uid) == study_count(fhir_url, dup_uid) == 0
     assert patients_named(fhir_url, "MIXED0002") == patients_named(fhir_url, "DUP0002") == 0
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         assert outbox.rows() == []
         holds = {h.study_uid: h.id for h in outbox.identity_holds(open_only=True)}
     assert set(holds) == {mixed_uid, dup_uid}

@@ -18,7 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import make_study, study_count
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 RTPLAN = str(Path(sys.executable).parent / "rtplan")
 ROUNDS = 8

@@ -24,7 +24,7 @@ from tests.peers import mllp_fault
 from tests.peers.launch import free_port
 from tests.peers.mllp_fault import MllpFaultPeer
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "fixtures" / "dicom" / "planning-ct"
 
