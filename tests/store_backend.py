@@ -20,8 +20,8 @@ The ``store`` fixture (:class:`StoreUnderTest`):
   it as its ``store.url`` default, and ``store.settings(s)`` puts it into one built earlier
   (a module constant);
   ``store.at(path)`` maps the SQLite file a test would open to the database the adapter used
-  instead (the first file asked for is the test's database, the CLI's; each further file is a
-  database of its own).
+  instead: the test's database, unless ``store.separate(path)`` or ``store.point_cli(...)``
+  gave that file a database of its own (a test that needs two stores).
 
 Checked after every test (so that no store test silently runs on one backend): a test that is
 not parametrised over the backends must not leave a SQLite store in its ``tmp_path`` (mark it
@@ -119,16 +119,37 @@ class StoreUnderTest:
 
     def at(self, sqlite_file: Path | str) -> Path | str:
         """What to open for the store a test names by its SQLite file: the file itself on
-        SQLite; on PostgreSQL the database the adapter used instead."""
-        path = Path(sqlite_file)
+        SQLite; on PostgreSQL the test's database (the one ``RTPLAN_STORE__URL`` names, which
+        the commands use whatever ``--out`` says), or the database of its own that
+        :meth:`separate` gave the file."""
         if self.url is None:
-            return path
-        key = path.resolve()
+            return Path(sqlite_file)
+        return self._databases.get(Path(sqlite_file).resolve(), self.url)
+
+    def separate(self, sqlite_file: Path | str) -> Path | str:
+        """A second store, apart from the test's: the file on SQLite, a database of its own
+        on PostgreSQL (``at(sqlite_file)`` names it from now on)."""
+        if self.url is None:
+            return Path(sqlite_file)
+        key = Path(sqlite_file).resolve()
         if key not in self._databases:
-            first = not self._databases
             assert callable(self._new_database)
-            self._databases[key] = self.url if first else str(self._new_database())
+            self._databases[key] = str(self._new_database())
         return self._databases[key]
+
+    def db_option(self, sqlite_file: Path) -> list[str]:
+        """A command's ``--db FILE`` on SQLite; nothing on PostgreSQL, where
+        ``RTPLAN_STORE__URL`` names the store (``--db`` names a SQLite file and would win)."""
+        return ["--db", str(sqlite_file)] if self.url is None else []
+
+    def point_cli(self, monkeypatch: pytest.MonkeyPatch, sqlite_file: Path) -> None:
+        """Make this process's commands use a second store, named by ``sqlite_file``:
+        ``RTPLAN_OUTBOX__PATH`` on SQLite, ``RTPLAN_STORE__URL`` naming a database of its own
+        (:meth:`separate`) on PostgreSQL."""
+        if self.url is None:
+            monkeypatch.setenv("RTPLAN_OUTBOX__PATH", str(sqlite_file))
+        else:
+            monkeypatch.setenv(URL_VARIABLE, str(self.separate(sqlite_file)))
 
     def settings(self, settings: Settings) -> Settings:
         """``settings`` with ``store.url`` naming this test's database (unchanged on SQLite)."""

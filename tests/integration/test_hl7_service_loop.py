@@ -24,6 +24,7 @@ from adapter.jobs.deliver import deliver, enqueue, targets
 from adapter.jobs.review import submit_review_async
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.serve import serve
+from adapter.store.location import store_location
 from adapter.store.outbox import Outbox, State
 from adapter.tables import load_tables
 from tests.integration.test_closed_loop import oru, review_for
@@ -52,7 +53,7 @@ def ingested(tmp: Path, settings: Settings, out: Path | None) -> str:
     folder, uid = make_study(tmp)
     tables = load_tables(settings.mappings_dir)
     result = run_ingest([folder], settings, tables)
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         ids = enqueue(outbox, result, targets(settings, out))
         assert asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out)).dead == 0
         record = outbox.study(uid)  # stored by ingest with the study's rows

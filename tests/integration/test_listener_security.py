@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
+import pytest
 import trustme
 
 from adapter.config import DEFAULT_MAPPINGS_DIR, Hl7Settings, OutboxSettings, Settings
@@ -27,9 +28,13 @@ from adapter.hl7.mllp import Framer, frame
 from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.serve import serve
+from adapter.store.location import store_location
 from adapter.store.outbox import Outbox
 from tests.peers.launch import free_port
+from tests.store_backend import StoreUnderTest
 from tests.support import enqueue_order
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 PLACER = "RTPO0001"
 FHIR_CONTEXT = {  # what an order row carries for the FHIR side of a result (review/orders.py)
@@ -63,7 +68,7 @@ def settings_for(tmp_path: Path, **hl7: object) -> Settings:
 
 
 def with_order(settings: Settings) -> None:
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         order = OrderRequest(
             "NW", PLACER, "RTPLAN", OrderPatient((PatientIdentifier("P1", "HOSP-MRN"),)), "1.2.3"
         )
@@ -130,7 +135,9 @@ def inbound_rows(path: Path) -> list[tuple[str, str, str, bytes]]:
         return list(db.execute("SELECT kind, status, detail, message FROM inbound ORDER BY id"))
 
 
-def test_forged_result_is_refused_with_ar_and_nothing_written(tmp_path: Path) -> None:
+def test_forged_result_is_refused_with_ar_and_nothing_written(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     """The issue's finding: ORU^R01 from EVIL^NET for a real placer number."""
     settings = settings_for(tmp_path)
     with_order(settings)
@@ -150,12 +157,14 @@ def test_forged_result_is_refused_with_ar_and_nothing_written(tmp_path: Path) ->
     assert (kind, status, message) == ("refused", "refused", b"")
     assert hashlib.sha256(forged).hexdigest() in detail and f"{len(forged)} bytes" in detail
     assert "No abnormality" not in detail
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         labels = result_rows(outbox)
     assert labels and all("OK1" in label for label in labels)  # only the genuine result
 
 
-def test_a_result_is_accepted_only_from_the_receiver_its_order_went_to(tmp_path: Path) -> None:
+def test_a_result_is_accepted_only_from_the_receiver_its_order_went_to(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     """IMGMGR^RADIOLOGY is trusted (imaging-procedure-control), but the order went to
     default-ris: AR, nothing written."""
     settings = settings_for(tmp_path)
@@ -168,12 +177,14 @@ def test_a_result_is_accepted_only_from_the_receiver_its_order_went_to(tmp_path:
             )
 
     assert b"MSA|AR|X1" in asyncio.run(go())
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         assert result_rows(outbox) == []
     assert [r[1] for r in inbound_rows(Path(settings.outbox.path))] == ["refused"]
 
 
-def test_reused_control_id_with_other_content_is_ae_and_escalated(tmp_path: Path) -> None:
+def test_reused_control_id_with_other_content_is_ae_and_escalated(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     settings = settings_for(tmp_path)
     with_order(settings)
 
@@ -188,7 +199,7 @@ def test_reused_control_id_with_other_content_is_ae_and_escalated(tmp_path: Path
     first, again, other = asyncio.run(go())
     assert b"MSA|AA|C1" in first and b"MSA|AA|C1" in again
     assert b"MSA|AE|C1" in other and b"ERR|" in other and b"205" in other
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         before = len(result_rows(outbox))
         escalate_due(outbox, [], Metrics())  # unless the service's own check already did
         fired = outbox.timers().fired()
@@ -411,6 +422,7 @@ def test_an_idle_connection_is_closed(tmp_path: Path) -> None:
     assert asyncio.run(go()) == b""
 
 
+@pytest.mark.sqlite_only(reason="holds SQLite's one write lock from another connection")
 def test_a_locked_database_does_not_freeze_the_event_loop(tmp_path: Path) -> None:
     """Another process holding the write lock delays the ACK, not the listener."""
     settings = settings_for(tmp_path)
