@@ -118,7 +118,7 @@ def test_row17_5xx_after_commit_never_duplicates(
 ) -> None:
     for code in (500, 502, 504):
         fault_fhir.reset()
-        outbox = Outbox(store.at(tmp_path / f"{code}.sqlite"))
+        outbox = Outbox(store.separate(tmp_path / f"{code}.sqlite"))
         enqueue(outbox, fault_fhir)
         fault_fhir.script(fault.commit_then_status(code), method="POST")
         report = run(outbox, settings(fault_fhir))
