@@ -31,7 +31,6 @@ from adapter.service.serve import serve
 from adapter.store.location import store_location
 from adapter.store.outbox import Outbox
 from tests.peers.launch import free_port
-from tests.store_backend import StoreUnderTest
 from tests.support import enqueue_order
 
 pytestmark = pytest.mark.store  # every test here reaches the store: both backends
@@ -135,9 +134,7 @@ def inbound_rows(path: Path) -> list[tuple[str, str, str, bytes]]:
         return list(db.execute("SELECT kind, status, detail, message FROM inbound ORDER BY id"))
 
 
-def test_forged_result_is_refused_with_ar_and_nothing_written(
-    tmp_path: Path, store: StoreUnderTest
-) -> None:
+def test_forged_result_is_refused_with_ar_and_nothing_written(tmp_path: Path) -> None:
     """The issue's finding: ORU^R01 from EVIL^NET for a real placer number."""
     settings = settings_for(tmp_path)
     with_order(settings)
@@ -162,9 +159,7 @@ def test_forged_result_is_refused_with_ar_and_nothing_written(
     assert labels and all("OK1" in label for label in labels)  # only the genuine result
 
 
-def test_a_result_is_accepted_only_from_the_receiver_its_order_went_to(
-    tmp_path: Path, store: StoreUnderTest
-) -> None:
+def test_a_result_is_accepted_only_from_the_receiver_its_order_went_to(tmp_path: Path) -> None:
     """IMGMGR^RADIOLOGY is trusted (imaging-procedure-control), but the order went to
     default-ris: AR, nothing written."""
     settings = settings_for(tmp_path)
@@ -182,9 +177,7 @@ def test_a_result_is_accepted_only_from_the_receiver_its_order_went_to(
     assert [r[1] for r in inbound_rows(Path(settings.outbox.path))] == ["refused"]
 
 
-def test_reused_control_id_with_other_content_is_ae_and_escalated(
-    tmp_path: Path, store: StoreUnderTest
-) -> None:
+def test_reused_control_id_with_other_content_is_ae_and_escalated(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     with_order(settings)
 
