@@ -5,7 +5,6 @@ peer's received messages), and the trail is append-only and hash-chained."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from pydicom import dcmread
 
 from adapter.cli import main
+from adapter.store.db import open_database
 from adapter.store.outbox import Outbox, State
 from tests.peers.fhir_validator_fixture import Validate
 from tests.peers.hl7_receiver import Hl7Receiver
@@ -125,20 +125,20 @@ def test_every_event_is_audited_and_matches_the_peers(
 
 
 def test_audit_records_are_append_only_and_tampering_is_found(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     out = tmp_path / "out"
     assert run(capsys, "ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out))[0] == 0
-    db = out / "outbox.sqlite"
-    with sqlite3.connect(db) as conn:
-        for statement in ("UPDATE audit SET actor='someone else'", "DELETE FROM audit"):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                conn.execute(statement)
+    db = open_database(store.at(out / "outbox.sqlite"))
+    for statement in ("UPDATE audit SET actor='someone else'", "DELETE FROM audit"):
+        with pytest.raises(db.driver_errors, match="append-only"):
+            db.execute(statement)
     assert run(capsys, "audit", "--verify", "--out", str(out))[0] == 0
-    # Going around SQLite's triggers (dropping them) is still found by the hash chain.
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TRIGGER audit_no_update")
-        conn.execute("UPDATE audit SET detail='rewritten' WHERE id=2")
+    # Going around the database's triggers (dropping them) is still found by the hash chain.
+    on_table = " ON audit" if store.postgresql else ""
+    db.execute(f"DROP TRIGGER audit_no_update{on_table}")
+    db.execute("UPDATE audit SET detail='rewritten' WHERE id=2")
+    db.close()
     code, stdout = run(capsys, "audit", "--verify", "--out", str(out))
     assert code == 1 and "BROKEN at record 2" in stdout
 

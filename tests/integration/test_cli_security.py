@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from adapter.cli import main
 from adapter.config import Settings
 from adapter.dicom.walk import read_all
 from adapter.jobs.deliver import FILES, KIND_TRANSACTION
+from adapter.store.db import open_database
 from adapter.store.outbox import Outbox, State
 from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, synth
@@ -321,7 +321,8 @@ def test_refused_messages_are_kept_by_hash_not_content(
         secret = b"MSH|^~\\&|EVIL|NET|X|Y|1||ORU^R01|E1|P|2.5.1\rPID|||SECRET-MRN\r"
         ack = handler.handle(secret, Peer("127.0.0.1", 1))
         assert ack is not None and b"MSA|AR|E1" in ack
-    with sqlite3.connect(tmp_path / "o.sqlite") as db:
-        stored = db.execute("SELECT message, detail FROM inbound").fetchall()
-    assert len(stored) == 1 and stored[0][0] == b"" and "SECRET" not in stored[0][1]
+    db = open_database(store.at(tmp_path / "o.sqlite"))
+    stored = db.execute("SELECT message, detail FROM inbound").fetchall()
+    db.close()
+    assert len(stored) == 1 and bytes(stored[0][0]) == b"" and "SECRET" not in stored[0][1]
 

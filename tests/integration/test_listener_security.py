@@ -28,6 +28,7 @@ from adapter.hl7.mllp import Framer, frame
 from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.serve import serve
+from adapter.store.db import open_database
 from adapter.store.location import store_location
 from adapter.store.outbox import Outbox
 from tests.peers.launch import free_port
@@ -129,9 +130,13 @@ def result_rows(outbox: Outbox) -> list[str]:
     return [r.label for r in outbox.rows() if r.label.startswith("RadiologyResult")]
 
 
-def inbound_rows(path: Path) -> list[tuple[str, str, str, bytes]]:
-    with sqlite3.connect(path) as db:
-        return list(db.execute("SELECT kind, status, detail, message FROM inbound ORDER BY id"))
+def inbound_rows(settings: Settings) -> list[tuple[str, str, str, bytes]]:
+    db = open_database(store_location(settings))
+    try:
+        rows = db.execute("SELECT kind, status, detail, message FROM inbound ORDER BY id")
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+    finally:
+        db.close()
 
 
 def test_forged_result_is_refused_with_ar_and_nothing_written(tmp_path: Path) -> None:
@@ -149,7 +154,7 @@ def test_forged_result_is_refused_with_ar_and_nothing_written(tmp_path: Path) ->
     refused, genuine = asyncio.run(go())
     assert b"MSA|AR|EVIL1" in refused
     assert b"MSA|AA|OK1" in genuine
-    rows = inbound_rows(Path(settings.outbox.path))
+    rows = inbound_rows(settings)
     kind, status, detail, message = rows[0]
     assert (kind, status, message) == ("refused", "refused", b"")
     assert hashlib.sha256(forged).hexdigest() in detail and f"{len(forged)} bytes" in detail
@@ -174,7 +179,7 @@ def test_a_result_is_accepted_only_from_the_receiver_its_order_went_to(tmp_path:
     assert b"MSA|AR|X1" in asyncio.run(go())
     with Outbox(store_location(settings)) as outbox:
         assert result_rows(outbox) == []
-    assert [r[1] for r in inbound_rows(Path(settings.outbox.path))] == ["refused"]
+    assert [r[1] for r in inbound_rows(settings)] == ["refused"]
 
 
 def test_reused_control_id_with_other_content_is_ae_and_escalated(tmp_path: Path) -> None:
@@ -215,7 +220,7 @@ def test_unreadable_and_unknown_charset_are_refused_and_stored_by_hash_only(
     first, second = asyncio.run(go())
     assert b"MSA|AR|G1" in first
     assert b"MSA|AR|K1" in second and b"ERR||MSH^1^18|103" in second
-    rows = inbound_rows(Path(settings.outbox.path))
+    rows = inbound_rows(settings)
     assert [r[0] for r in rows] == ["unreadable", "unreadable"]
     assert all(r[3] == b"" for r in rows)
     assert Path(settings.outbox.path).stat().st_size < 200_000  # never the 500 KB frame
@@ -233,7 +238,7 @@ def test_a_peer_address_its_profile_does_not_list_is_refused(tmp_path: Path) -> 
             return await exchange(settings.hl7.listen_port, oru("P1", "text"))
 
     assert b"MSA|AR|P1" in asyncio.run(go())
-    rows = inbound_rows(Path(settings.outbox.path))
+    rows = inbound_rows(settings)
     assert [(r[1], r[3]) for r in rows] == [("refused", b"")]
     assert "peer address not allowed" in rows[0][2]
 
@@ -254,7 +259,7 @@ def test_an_address_no_profile_lists_is_closed_before_it_can_send(tmp_path: Path
                 return b""
 
     assert asyncio.run(go()) == b""
-    assert inbound_rows(Path(settings.outbox.path)) == []
+    assert inbound_rows(settings) == []
 
 
 def _tls_files(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
