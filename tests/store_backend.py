@@ -17,8 +17,7 @@ The ``store`` fixture (:class:`StoreUnderTest`):
   ``RTPLAN_STORE__URL`` (the documented setting, docs/operations.md) names it in this
   process's environment, so subprocess CLI runs and ``load_settings()`` use it;
   a :class:`Settings` the test builds while it runs (``Settings()`` reads no environment) has
-  it as its ``store.url`` default, and ``store.settings(s)`` puts it into one built earlier
-  (a module constant);
+  it as its ``store.url`` default;
   ``store.at(path)`` maps the SQLite file a test would open to the database the adapter used
   instead: the test's database, unless ``store.separate(path)`` or ``store.point_cli(...)``
   gave that file a database of its own (a test that needs two stores).
@@ -39,12 +38,12 @@ import gc
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from adapter.config import Settings, StoreSettings
+from adapter.config import StoreSettings
 
 BACKENDS = ("sqlite", "postgresql")
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -153,12 +152,6 @@ class StoreUnderTest:
             monkeypatch.setenv("RTPLAN_OUTBOX__PATH", str(sqlite_file))
         else:
             monkeypatch.setenv(URL_VARIABLE, str(self.separate(sqlite_file)))
-
-    def settings(self, settings: Settings) -> Settings:
-        """``settings`` with ``store.url`` naming this test's database (unchanged on SQLite)."""
-        if self.url is None:
-            return settings
-        return replace(settings, store=StoreSettings(url=self.url))
 
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """An environment for a subprocess: ``base`` (default: this process's) with
