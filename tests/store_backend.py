@@ -75,7 +75,16 @@ def _is_store_test(metafunc: pytest.Metafunc) -> bool:
     return any(name in metafunc.fixturenames for name in ("store_url", "cli_store"))
 
 
+def _chosen(config: pytest.Config) -> list[str]:
+    chosen = config.getoption("--store-backend")
+    return list(BACKENDS) if chosen == "both" else [chosen]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "module_store" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "module_store", _chosen(metafunc.config), indirect=True, scope="module"
+        )
     only = metafunc.definition.get_closest_marker("sqlite_only")
     if only is not None:
         reason = only.kwargs.get("reason") or (only.args[0] if only.args else "")
@@ -85,9 +94,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if not _is_store_test(metafunc):
         return
-    chosen = metafunc.config.getoption("--store-backend")
-    backends = list(BACKENDS) if chosen == "both" else [chosen]
-    metafunc.parametrize("store", backends, indirect=True)
+    metafunc.parametrize("store", _chosen(metafunc.config), indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -99,7 +106,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     drop: list[pytest.Item] = []
     for item in items:
         spec = getattr(item, "callspec", None)
-        on_pg = spec is not None and spec.params.get("store") == "postgresql"
+        on_pg = spec is not None and "postgresql" in (
+            spec.params.get("store"),
+            spec.params.get("module_store"),
+        )
         (keep if on_pg else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -161,6 +171,22 @@ class StoreUnderTest:
         if self.url is not None:
             env[URL_VARIABLE] = self.url
         return env
+
+
+@pytest.fixture(scope="module")
+def module_store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A store for a whole module (one running service for many generated requests), once per
+    backend: ``""`` on SQLite (the file the options name), else the URL of a database cloned
+    from the template and dropped after the module. The caller passes it on as ``store.url``."""
+    if request.param != "postgresql":
+        yield ""
+        return
+    cluster = request.getfixturevalue("postgres")
+    url: str = cluster.clone(request.getfixturevalue("store_template"))
+    try:
+        yield url
+    finally:
+        cluster.drop([url])
 
 
 def sqlite_stores(root: Path) -> list[Path]:
