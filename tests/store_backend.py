@@ -47,6 +47,8 @@ from adapter.config import StoreSettings
 
 BACKENDS = ("sqlite", "postgresql")
 SQLITE_MAGIC = b"SQLite format 3\x00"
+OUTBOX_TABLE = b"CREATE TABLE outbox ("  # the schema's text, as SQLite keeps it
+READ_LIMIT = 4 << 20
 URL_VARIABLE = "RTPLAN_STORE__URL"
 
 
@@ -190,17 +192,26 @@ def module_store(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def sqlite_stores(root: Path) -> list[Path]:
-    """The SQLite database files under ``root`` (by their header, whatever their name)."""
+    """The adapter's SQLite stores under ``root``: SQLite files (by their header, whatever
+    their name) whose schema, in the file or its write-ahead log, has the outbox table. Other
+    SQLite files (a peer's own, such as Orthanc's index) are not the adapter's store."""
     found = []
     for folder, _, files in os.walk(root):
         for name in files:
             path = Path(folder) / name
             try:
                 with path.open("rb") as handle:
-                    if handle.read(16) == SQLITE_MAGIC:
-                        found.append(path)
+                    if handle.read(16) != SQLITE_MAGIC:
+                        continue
+                    text = handle.read(READ_LIMIT)
+                wal = path.with_name(name + "-wal")
+                if wal.exists():
+                    with wal.open("rb") as handle:
+                        text += handle.read(READ_LIMIT)
             except OSError:
                 continue
+            if OUTBOX_TABLE in text:
+                found.append(path)
     return found
 
 

@@ -54,7 +54,7 @@ def test_an_unmarked_test_that_writes_a_sqlite_store_fails(tmp_path: Path) -> No
         "import sqlite3\n\n"
         "def test_writes_a_store(tmp_path):\n"
         "    db = sqlite3.connect(tmp_path / 'x.db')\n"
-        "    db.execute('CREATE TABLE t (a)')\n"
+        "    db.execute('CREATE TABLE outbox (a)')\n"
         "    db.commit()\n"
         "    db.close()\n"
     )
