@@ -95,6 +95,7 @@ def test_stow_rs_over_https_verifies_with_the_configured_ca(
 
     config.write_text(f"label:\n  stow_rs_url: {url}\n  ca_bundle: {ca_file}\n")
     out = tmp_path / "out"
+    store.point_cli(monkeypatch, out / "outbox.sqlite")  # a store of its own
     assert main(["--config", str(config), "ingest", str(PLANNING), "--out", str(out)]) == 0
     (body,) = _Stow.received
     (kos,) = sorted((out / "dicom").glob("*.dcm"))
