@@ -222,7 +222,7 @@ def test_prior_imaging_rule(site: Site) -> None:
     assert task["priority"] == "routine"
     assert "1 earlier CT/MR/PT study(ies) of Pelvis found" in task["note"][0]["text"]
     # Outside the window (over a year before): raised again.
-    other = Site(site.base, site.tmp, site.monkeypatch)
+    other = Site(site.base, site.tmp, site.monkeypatch, site.store)
     other.ingest("diagnostic_ct", body_part="PELVIS", study_date="20240101")
     uid = other.ingest()
     assert other.review_task(uid)["priority"] == "urgent"
