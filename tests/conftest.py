@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.peers.fhir_validator_fixture",
     "tests.peers.orthanc_fixture",
     "tests.peers.postgres_fixture",
+    "tests.store_backend",
 ]
 FHIR_SERVERS = ["medplum", "hapi"]
 

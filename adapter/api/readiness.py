@@ -27,6 +27,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from adapter.config import Settings
+from adapter.errors import ConfigError
+from adapter.private import private_dir
 from adapter.store.outbox import Outbox
 
 TIMEOUT = 5.0
@@ -53,7 +55,7 @@ async def readiness_problems(
     if fhir_ready is not None:
         checks["FHIR server not reachable"] = fhir_ready
     if settings.serve.delivery:
-        if out_dir is not None and not _writable(out_dir):
+        if out_dir is not None and not _output_folder_writable(out_dir):
             problems.append("output folder not writable")
         for name, (host, port) in hl7_receivers(settings, out_dir).items():
             checks[f"HL7 receiver {name} not reachable"] = tcp_reachable(host, port)
@@ -130,6 +132,17 @@ async def tcp_reachable(host: str, port: int, timeout: float = TIMEOUT) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+def _output_folder_writable(out_dir: Path) -> bool:
+    """The output folder accepts a file. One not there yet is made first (0700), as the first
+    output would make it: on SQLite the store's file made it at start-up, but with a database
+    server as the store nothing is written there before the first output."""
+    try:
+        private_dir(out_dir)
+    except ConfigError:
+        return False
+    return _writable(out_dir)
 
 
 def _writable(folder: Path) -> bool:

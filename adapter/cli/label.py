@@ -3,8 +3,9 @@
     rtplan label preview PATH... [--db FILE]   dump the KOS each planning study would get
     rtplan label status [--db FILE] [--study UID]   each study's label state
 
-``preview`` writes nothing. With an outbox (``--db`` or ``outbox.path``) it says whether the
-stored KOS would be re-used or superseded; without one it shows the first KOS of each study.
+``preview`` writes nothing. With a store (``--db``, or the one ``store.url`` or ``outbox.path``
+names) it says whether the stored KOS would be re-used or superseded; without one it shows the
+first KOS of each study.
 ``status`` lists studies by their hashed key (as the outbox does), never patient data.
 """
 
@@ -20,6 +21,7 @@ from adapter.errors import AdapterError
 
 if TYPE_CHECKING:  # the KOS builder imports pydicom: loaded by the commands that build one
     from adapter.config import Settings
+    from adapter.store.outbox import Outbox
 
 
 def add_label_parser(commands: Any) -> None:
@@ -60,6 +62,18 @@ def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO)
     return 0
 
 
+def _compared_store(db: Path | None, settings: Settings) -> Outbox | None:
+    """The store a preview compares with: ``--db``, else the one ``store.url`` or
+    ``outbox.path`` names (never the per-user default), if it is there."""
+    from adapter.store.location import store_exists, store_location
+    from adapter.store.outbox import Outbox
+
+    if db is None and not (settings.store.url or settings.outbox.path):
+        return None
+    location = store_location(settings, None, db)
+    return Outbox(location) if store_exists(location) else None
+
+
 def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     # Lazy (downward) for start-up time only: the KOS builder loads pydicom.
     from pydicom import dcmread
@@ -67,7 +81,6 @@ def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from adapter.ingest.pipeline import run_ingest
     from adapter.label.service import build_for, labelled
     from adapter.label.titles import load_vocabulary
-    from adapter.store.outbox import Outbox
     from adapter.tables import load_tables
 
     if not settings.label.enabled:
@@ -76,7 +89,7 @@ def _preview(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     tables = load_tables(settings.mappings_dir)
     vocabulary = load_vocabulary(tables)
     result = run_ingest(args.paths, settings, tables)
-    outbox = Outbox(args.db) if args.db is not None and args.db.exists() else None
+    outbox = _compared_store(args.db, settings)
     now = datetime.now(UTC)
     problems = 0
     try:

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapter.config import FhirSettings, Hl7Settings, Settings
 from adapter.ingest.pipeline import run_ingest
 from adapter.jobs.deliver import deliver, enqueue, targets
@@ -18,13 +20,16 @@ from adapter.store.outbox import Outbox
 from adapter.tables import load_tables
 from tests.api_support import TOKEN, api_settings, running_api
 from tests.peers.launch import free_port
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, make_study
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_post_review_with_a_concern_shows_fhir_ids_and_the_acked_order(
-    hapi: str, hl7_receiver: Any, tmp_path: Path
+    hapi: str, hl7_receiver: Any, tmp_path: Path, store: StoreUnderTest
 ) -> None:
     folder, study_uid = make_study(tmp_path)
     settings = Settings(
@@ -37,7 +42,7 @@ def test_post_review_with_a_concern_shows_fhir_ids_and_the_acked_order(
     result = run_ingest([folder], settings, load_tables(settings.mappings_dir))
 
     async def ingest() -> None:
-        with Outbox(database) as outbox:
+        with Outbox(store.at(database)) as outbox:
             ids = enqueue(outbox, result, targets(settings, None))
             assert (await deliver(outbox, settings, ids=ids)).delivered == 1
 
@@ -64,7 +69,7 @@ def test_post_review_with_a_concern_shows_fhir_ids_and_the_acked_order(
     assert order_state["state"] == "acknowledged" and order_state["receiver"]
     assert [(t["control"], t["ack"]) for t in order_state["transmissions"]] == [("NW", "AA")]
     assert study["classification"]["decision"] == "planning"
-    with Outbox(database) as outbox:
+    with Outbox(store.at(database)) as outbox:
         record = outbox.study(study_uid)
     assert record is not None
     assert record.fhir_imaging_study_id and record.fhir_review_task_id and record.fhir_patient_id

@@ -7,6 +7,7 @@ now bounded by the schema)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import schemathesis
@@ -19,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from adapter.cli import main
-from adapter.config import load_settings
+from adapter.config import StoreSettings, load_settings
 from tests.api_support import TOKEN, api_settings, running_api
 from tests.support import FIXTURES, ROOT
 
@@ -34,11 +35,15 @@ OPEN = {"/healthz", "/readyz"}
 
 
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api_url(module_store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One API for the module's many generated requests, on each store backend in turn."""
     root = tmp_path_factory.mktemp("api")
     out = root / "out"
-    assert main(["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out)]) == 0
-    with running_api(api_settings(load_settings(None, env={}), root), out) as api:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RTPLAN_STORE__URL", module_store)  # empty: the SQLite file --out names
+        assert main(["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out)]) == 0
+    base = replace(load_settings(None, env={}), store=StoreSettings(url=module_store))
+    with running_api(api_settings(base, root), out) as api:
         yield str(api.base_url).rstrip("/")
 
 

@@ -5,7 +5,6 @@ peer's received messages), and the trail is append-only and hash-chained."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,14 @@ import pytest
 from pydicom import dcmread
 
 from adapter.cli import main
+from adapter.store.db import open_database
 from adapter.store.outbox import Outbox, State
 from tests.peers.fhir_validator_fixture import Validate
 from tests.peers.hl7_receiver import Hl7Receiver
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, make_study, read_study, synth
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -45,6 +48,7 @@ def test_every_event_is_audited_and_matches_the_peers(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    store: StoreUnderTest,
 ) -> None:
     db = tmp_path / "outbox.sqlite"
     for key, value in {
@@ -68,7 +72,7 @@ def test_every_event_is_audited_and_matches_the_peers(
     path = review_file(tmp_path, rejected_uid, "REV-AUDIT-2")
     assert run(capsys, "review", "submit", str(path), "--fhir-url", fhir_url)[0] == 1
 
-    with Outbox(db) as outbox:
+    with Outbox(store.at(db)) as outbox:
         records = outbox.audit_records()
         rows = outbox.rows()
         assert outbox.verify_audit() is None
@@ -121,26 +125,29 @@ def test_every_event_is_audited_and_matches_the_peers(
 
 
 def test_audit_records_are_append_only_and_tampering_is_found(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     out = tmp_path / "out"
     assert run(capsys, "ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out))[0] == 0
-    db = out / "outbox.sqlite"
-    with sqlite3.connect(db) as conn:
-        for statement in ("UPDATE audit SET actor='someone else'", "DELETE FROM audit"):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                conn.execute(statement)
+    db = open_database(store.at(out / "outbox.sqlite"))
+    for statement in ("UPDATE audit SET actor='someone else'", "DELETE FROM audit"):
+        with pytest.raises(db.driver_errors, match="append-only"):
+            db.execute(statement)
     assert run(capsys, "audit", "--verify", "--out", str(out))[0] == 0
-    # Going around SQLite's triggers (dropping them) is still found by the hash chain.
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TRIGGER audit_no_update")
-        conn.execute("UPDATE audit SET detail='rewritten' WHERE id=2")
+    # Going around the database's triggers (dropping them) is still found by the hash chain.
+    on_table = " ON audit" if store.postgresql else ""
+    db.execute(f"DROP TRIGGER audit_no_update{on_table}")
+    db.execute("UPDATE audit SET detail='rewritten' WHERE id=2")
+    db.close()
     code, stdout = run(capsys, "audit", "--verify", "--out", str(out))
     assert code == 1 and "BROKEN at record 2" in stdout
 
 
 def test_audit_events_are_valid_r4_balp_shaped(
-    fhir_validate: Validate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fhir_validate: Validate,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    store: StoreUnderTest,
 ) -> None:
     """One study's story as FHIR AuditEvents (ingest, writes, a concern's order, an identity
     hold and its resolution by a named operator), each valid R4 for HAPI's offline validator."""
@@ -157,7 +164,7 @@ def test_audit_events_are_valid_r4_balp_shaped(
         ds.PatientID = "SOMEONE-ELSE"
         ds.save_as(moved / dicom.name)
     assert run(capsys, "ingest", str(moved), "--out", str(out))[0] == 1
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         (hold,) = outbox.identity_holds(open_only=True)
     resolve = ["identity", "resolve", str(hold.id), "--keep", "--by", "Dr Audit"]
     assert run(capsys, *resolve, "--reason", "scanner typo", "--out", str(out))[0] == 0

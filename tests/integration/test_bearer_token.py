@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from adapter.store.outbox import Outbox
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 pytest_plugins = ["tests.peers.fault_fixture"]
 
@@ -57,7 +63,9 @@ def test_documented_bearer_token_variable_authenticates(
     assert missing.returncode == 2 and "RTPLAN_FHIR_TOKEN" in missing.stderr
 
 
-def test_bearer_example_from_the_docs(tmp_path: Path, fault_fhir_factory: Any) -> None:
+def test_bearer_example_from_the_docs(
+    tmp_path: Path, fault_fhir_factory: Any, store: StoreUnderTest
+) -> None:
     """docs/delivery.md, verbatim apart from the server URL and the scans folder:
     ``export RTPLAN_FHIR_TOKEN=...; RTPLAN_FHIR__AUTH=bearer rtplan ingest SCANS --fhir-url URL``.
     (The peer has no Patient, so this site also lets the Bundle create it.)"""
@@ -74,5 +82,9 @@ def test_bearer_example_from_the_docs(tmp_path: Path, fault_fhir_factory: Any) -
     assert result.returncode == 0, result.stderr
     writes = [r for r in server.requests if r.method == "POST" and r.path.startswith("/fhir")]
     assert writes and all(r.headers.get("authorization") == f"Bearer {token}" for r in writes)
-    assert (tmp_path / "state" / "rtplan" / "outbox.sqlite").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]  # nothing in the cwd
+    if store.url is None:
+        assert (tmp_path / "state" / "rtplan" / "outbox.sqlite").is_file()
+    else:  # RTPLAN_STORE__URL names the store
+        with Outbox(store.at(store.url)) as outbox:
+            assert outbox.rows()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "state"] == []  # nothing in the cwd

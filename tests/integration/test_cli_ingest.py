@@ -33,6 +33,7 @@ def bundles(out: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((out / "fhir").glob("*.json"))]
 
 
+@pytest.mark.store
 def test_main_job_exits_zero_and_holds_the_diagnostic_study(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -58,6 +59,7 @@ def test_main_job_exits_zero_and_holds_the_diagnostic_study(
     assert held[0]["study_instance_uid"] not in json.dumps(written)
 
 
+@pytest.mark.store
 def test_mixed_folder_accounts_for_every_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -89,6 +91,7 @@ def test_mixed_folder_accounts_for_every_file(
     assert incomplete["completeness_problems"]
 
 
+@pytest.mark.store
 def test_human_output_shows_evidence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, _ = run(capsys, "ingest", str(DICOM / "planning-mr"), "--out", str(tmp_path))
     assert code == 0
@@ -151,6 +154,7 @@ def test_progress_bar_only_on_a_terminal() -> None:
     assert "5/10 files" in tty.getvalue() and tty.getvalue().endswith("10/10 files\n")
 
 
+@pytest.mark.store
 def test_reingest_is_byte_identical_and_parallel_matches_serial(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -168,6 +172,7 @@ def test_reingest_is_byte_identical_and_parallel_matches_serial(
     assert bundles(tmp_path / "c")[0]["entry"][-1]["resource"]["numberOfInstances"] == len(big)
 
 
+@pytest.mark.store
 def test_series_arriving_later_updates_the_same_imaging_study(tmp_path: Path) -> None:
     """Same conditional-update key and fullUrl, so the server updates rather than duplicates."""
     from adapter.config import IngestSettings, Settings

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -23,7 +22,9 @@ from adapter.cli import main
 from adapter.config import Settings
 from adapter.dicom.walk import read_all
 from adapter.jobs.deliver import FILES, KIND_TRANSACTION
+from adapter.store.db import open_database
 from adapter.store.outbox import Outbox, State
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, synth
 
 RTPLAN = [sys.executable, "-m", "adapter.cli"]
@@ -60,6 +61,7 @@ def review_for(study_uid: str) -> dict[str, Any]:
     return {**data, "study_instance_uid": study_uid, "review_id": "REV-SEC-1"}
 
 
+@pytest.mark.sqlite_only(reason="checks the SQLite file's mode")
 def test_everything_holding_patient_data_is_private_under_umask_022(tmp_path: Path) -> None:
     source, out = tmp_path / "in", tmp_path / "out"
     synth.planning_ct(source / "study", seed="private-files", slices=2)
@@ -82,6 +84,7 @@ def test_everything_holding_patient_data_is_private_under_umask_022(tmp_path: Pa
     assert not (tmp_path / ".rtplan").exists()
 
 
+@pytest.mark.sqlite_only(reason="the default SQLite file's location")
 def test_without_out_nothing_lands_in_the_current_directory(tmp_path: Path) -> None:
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir()
@@ -96,6 +99,7 @@ def test_without_out_nothing_lands_in_the_current_directory(tmp_path: Path) -> N
     assert list(cwd.iterdir()) == []
 
 
+@pytest.mark.sqlite_only(reason="the default SQLite file's folder")
 def test_the_default_state_folder_is_private(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,7 +117,8 @@ def test_the_default_state_folder_is_private(
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
-def test_no_write_follows_a_symlink_planted_in_out(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_no_write_follows_a_symlink_planted_in_out(tmp_path: Path, store: StoreUnderTest) -> None:
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
@@ -126,7 +131,7 @@ def test_no_write_follows_a_symlink_planted_in_out(tmp_path: Path) -> None:
     assert victim.read_text() == "do not overwrite"
     assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.txt"]
     assert not (out / "report.json").is_symlink()  # replaced, not followed
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         dead = outbox.rows(state=State.DEAD)
     assert dead and "symlink" in (dead[0].last_error or "")
 
@@ -156,6 +161,7 @@ def test_db_that_is_not_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "not an outbox database" in _bad(["escalations", "--db", str(notdb)], capsys)
 
 
+@pytest.mark.sqlite_only(reason="--db FILE names a SQLite file")
 def test_retry_of_a_delivered_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 8: ``rtplan outbox retry <id of a delivered row>`` printed a traceback."""
     db = tmp_path / "o.sqlite"
@@ -217,6 +223,7 @@ def test_hostile_review_json(
         assert problem in _bad(argv, capsys)
 
 
+@pytest.mark.store
 def test_non_utf8_file_names_do_not_crash_the_run(tmp_path: Path) -> None:
     source = tmp_path / "in"
     shutil.copytree(PLANNING_CT, source)
@@ -262,7 +269,8 @@ def test_a_nul_in_dicom_text_never_reaches_fhir(tmp_path: Path) -> None:
     assert " extra" in result.stdout  # the text itself is kept
 
 
-def test_unmatched_acks_do_not_flood_the_log(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_unmatched_acks_do_not_flood_the_log(tmp_path: Path, store: StoreUnderTest) -> None:
     """5,000 application ACKs for messages we never sent: one warning line, not 5,000."""
     import logging
 
@@ -281,7 +289,7 @@ def test_unmatched_acks_do_not_flood_the_log(tmp_path: Path) -> None:
     logging.getLogger("adapter.service.inbound").addHandler(counter)
     settings = Settings()
     try:
-        with Outbox(tmp_path / "o.sqlite") as outbox:
+        with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
             from adapter.hl7.profiles import load_profiles
 
             trust = TrustPolicy(load_profiles(settings.mappings_dir / "receivers").values(), {})
@@ -295,7 +303,10 @@ def test_unmatched_acks_do_not_flood_the_log(tmp_path: Path) -> None:
     assert Count.lines == 1
 
 
-def test_refused_messages_are_kept_by_hash_not_content(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_refused_messages_are_kept_by_hash_not_content(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     """Whatever the listener refuses is auditable without storing what it said."""
     from adapter.hl7.listener import Peer
     from adapter.hl7.profiles import load_profiles
@@ -304,13 +315,14 @@ def test_refused_messages_are_kept_by_hash_not_content(tmp_path: Path) -> None:
     from adapter.tables import load_tables
 
     settings = Settings()
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         trust = TrustPolicy(load_profiles(settings.mappings_dir / "receivers").values(), {})
         handler = InboundHandler(outbox, load_tables(settings.mappings_dir), [], trust)
         secret = b"MSH|^~\\&|EVIL|NET|X|Y|1||ORU^R01|E1|P|2.5.1\rPID|||SECRET-MRN\r"
         ack = handler.handle(secret, Peer("127.0.0.1", 1))
         assert ack is not None and b"MSA|AR|E1" in ack
-    with sqlite3.connect(tmp_path / "o.sqlite") as db:
-        stored = db.execute("SELECT message, detail FROM inbound").fetchall()
-    assert len(stored) == 1 and stored[0][0] == b"" and "SECRET" not in stored[0][1]
+    db = open_database(store.at(tmp_path / "o.sqlite"))
+    stored = db.execute("SELECT message, detail FROM inbound").fetchall()
+    db.close()
+    assert len(stored) == 1 and bytes(stored[0][0]) == b"" and "SECRET" not in stored[0][1]
 

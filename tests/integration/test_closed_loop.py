@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from adapter.config import FhirSettings, Hl7Settings, Settings
 from adapter.jobs.deliver import deliver, enqueue, targets
@@ -25,7 +26,10 @@ from adapter.service.serve import serve
 from adapter.store.outbox import Outbox, State
 from adapter.tables import load_tables
 from tests.peers.launch import free_port
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, make_study, synth
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 PLACER_SYSTEM = "urn:rtplan:placer-order"
 
@@ -60,7 +64,9 @@ async def _until(predicate: Any, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.2)
 
 
-def test_closed_loop(fhir_url: str, hl7_receiver: Any, tmp_path: Path) -> None:
+def test_closed_loop(
+    fhir_url: str, hl7_receiver: Any, tmp_path: Path, store: StoreUnderTest
+) -> None:
     folder, study_uid = make_study(tmp_path)
     settings = Settings(
         fhir=FhirSettings(base_url=fhir_url, version="R4", create_patient=True, initial_wait=0.05),
@@ -78,7 +84,7 @@ def test_closed_loop(fhir_url: str, hl7_receiver: Any, tmp_path: Path) -> None:
     async def loop() -> str:
         async with fhir_session(settings) as fhir:  # prior-imaging search and delivery
             result = await read_and_map([folder], settings, tables, fhir=fhir)
-            with Outbox(tmp_path / "o.sqlite") as outbox:
+            with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
                 ids = enqueue(outbox, result, targets(settings, None))
                 report = await deliver(outbox, settings, ids=ids, fhir=fhir)
                 assert report.delivered == 1
@@ -112,7 +118,7 @@ def test_closed_loop(fhir_url: str, hl7_receiver: Any, tmp_path: Path) -> None:
         assert b"MSA|AA|ORU0001" in again
         stop.set()
         await server
-        with Outbox(tmp_path / "o.sqlite") as outbox:
+        with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
             assert outbox.inbound_count() == 1
             assert outbox.timers().open() == []  # T1 and T2 both stopped
             assert outbox.counts()["dead"] == 0
@@ -131,7 +137,9 @@ def test_closed_loop(fhir_url: str, hl7_receiver: Any, tmp_path: Path) -> None:
     assert report["basedOn"] == [{"reference": f"ServiceRequest/{requests[0]['id']}"}]
 
 
-def test_unknown_order_and_garbage_are_refused(hl7_receiver: Any, tmp_path: Path) -> None:
+def test_unknown_order_and_garbage_are_refused(
+    hl7_receiver: Any, tmp_path: Path, store: StoreUnderTest
+) -> None:
     settings = Settings(hl7=Hl7Settings(listen_port=free_port(), escalation_check_seconds=0.2))
     settings = replace(settings, outbox=replace(settings.outbox, path=str(tmp_path / "o.sqlite")))
 
@@ -150,11 +158,13 @@ def test_unknown_order_and_garbage_are_refused(hl7_receiver: Any, tmp_path: Path
         await task
 
     asyncio.run(go())
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         assert outbox.inbound_count() == 2  # both stored (for audit) before the answer
 
 
-def test_poison_order_does_not_block_the_next(mllp_fault: Any, tmp_path: Path) -> None:
+def test_poison_order_does_not_block_the_next(
+    mllp_fault: Any, tmp_path: Path, store: StoreUnderTest
+) -> None:
     """Row 12: the first order is always rejected (AR); the ten after it are delivered."""
     from adapter.hl7.deliverer import HL7, KIND_ORDER
     from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
@@ -165,7 +175,7 @@ def test_poison_order_does_not_block_the_next(mllp_fault: Any, tmp_path: Path) -
         fhir=FhirSettings(initial_wait=0.01, max_attempts=3),
     )
     settings = replace(settings, outbox=replace(settings.outbox, path=str(tmp_path / "o.sqlite")))
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         ids = []
         for n in range(11):
             order = OrderRequest(
@@ -196,7 +206,9 @@ def test_poison_order_does_not_block_the_next(mllp_fault: Any, tmp_path: Path) -
         assert metrics.counters == {"escalations_rejected": 1}
 
 
-def test_escalations_fire_survive_restart_and_raise_priority(tmp_path: Path) -> None:
+def test_escalations_fire_survive_restart_and_raise_priority(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     """T1 and T2 with a fake clock, and a restart (a new Outbox handle) between them."""
     from adapter.hl7.deliverer import T1, T2
     from adapter.store.timers import SteadyClock
@@ -209,7 +221,7 @@ def test_escalations_fire_survive_restart_and_raise_priority(tmp_path: Path) -> 
     from adapter.jobs.review import submit_review
 
     tables = load_tables(settings.mappings_dir)
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         asyncio.run(
             deliver(
                 outbox,
@@ -224,19 +236,19 @@ def test_escalations_fire_survive_restart_and_raise_priority(tmp_path: Path) -> 
     placer = submitted.placer_order_number
     wall, mono = [1_000_000.0], [0.0]
     path = tmp_path / "o.sqlite"
-    with Outbox(path) as outbox:
+    with Outbox(store.at(path)) as outbox:
         timers = outbox.timers(SteadyClock(lambda: wall[0], lambda: mono[0]))
         timers.arm(placer, T1, 900, "no AA from RIS")
         timers.arm(placer, T2, 86400, "no radiologist result")
     metrics = Metrics()
     fhir_targets = targets(settings, out)
     # 16 minutes later: T1 fires (and only T1).
-    with Outbox(path, clock=lambda: wall[0] + 960) as outbox:
+    with Outbox(store.at(path), clock=lambda: wall[0] + 960) as outbox:
         fired = escalate_due(outbox, fhir_targets, metrics)
         assert [t.kind for t in fired] == [T1]
         asyncio.run(deliver(outbox, settings, out_dir=out))
     # The adapter restarts; a day later T2 fires, once.
-    with Outbox(path, clock=lambda: wall[0] + 86400 + 60) as outbox:
+    with Outbox(store.at(path), clock=lambda: wall[0] + 86400 + 60) as outbox:
         assert [t.kind for t in escalate_due(outbox, fhir_targets, metrics)] == [T2]
         assert escalate_due(outbox, fhir_targets, metrics) == []
         asyncio.run(deliver(outbox, settings, out_dir=out))

@@ -21,10 +21,11 @@ from adapter.receive.service import ReceiveService
 from adapter.store.outbox import Outbox
 from tests.peers.orthanc_fixture import OrthancPeer
 from tests.receive_support import receiver_settings, running_receiver, wait_for
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, make_study
 
 pytest_plugins = ["tests.peers.orthanc_fixture"]
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 
 PLANNING = FIXTURES / "dicom" / "planning-ct"
 DIAGNOSTIC = FIXTURES / "dicom" / "diagnostic-ct"
@@ -51,8 +52,8 @@ def imaging_studies(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in resources if r["resourceType"] == "ImagingStudy"]
 
 
-def transactions(out: Path, uid: str) -> int:
-    with Outbox(out / "outbox.sqlite") as outbox:
+def transactions(store: StoreUnderTest, out: Path, uid: str) -> int:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         return len(outbox.rows_for_key(f"study:{uid}", kind="fhir-transaction"))
 
 
@@ -69,7 +70,7 @@ def processed(service: ReceiveService, n: int) -> bool:
 
 
 def test_orthanc_pushes_a_planning_and_a_diagnostic_study(
-    orthanc: OrthancPeer, tmp_path: Path
+    orthanc: OrthancPeer, tmp_path: Path, store: StoreUnderTest
 ) -> None:
     out = tmp_path / "out"
     settings = receiver_settings(load_settings(None, env={}), quiet=30.0)
@@ -94,7 +95,7 @@ def test_orthanc_pushes_a_planning_and_a_diagnostic_study(
     (study,) = imaging_studies(bundle)
     assert study["numberOfInstances"] == 10
     assert not (out / "fhir" / f"ImagingStudy-{log_key(diagnostic)}.json").exists()
-    assert transactions(out, diagnostic) == 0
+    assert transactions(store, out, diagnostic) == 0
     assert len(list((out / "dicom").glob("KOS-*.dcm"))) == 1  # the PACS label, planning only
     assert stats["received"] == 18 and stats["associations"] >= 1
     # The spool entries are settled: nothing waits; headers kept, private.
@@ -106,7 +107,9 @@ def test_orthanc_pushes_a_planning_and_a_diagnostic_study(
     assert all("PixelData" not in dcmread(p) for p in kept)  # cut before the pixels
 
 
-def test_storescu_twice_and_in_two_halves_gives_one_complete_study(tmp_path: Path) -> None:
+def test_storescu_twice_and_in_two_halves_gives_one_complete_study(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     out = tmp_path / "out"
     settings = receiver_settings(load_settings(None, env={}), quiet=2.0)
     folder, uid = make_study(tmp_path / "src", slices=8)
@@ -120,7 +123,7 @@ def test_storescu_twice_and_in_two_halves_gives_one_complete_study(tmp_path: Pat
         # Half a study, then silence longer than the quiet period: processed, and held.
         wait_for(lambda: processed(service, 1), timeout=30, what="first half processed")
         assert report(out, uid)["status"] == "held-incomplete"
-        assert transactions(out, uid) == 0
+        assert transactions(store, out, uid) == 0
         time.sleep(1.0)
         sent = storescu(service.port, second)
         assert sent.returncode == 0, sent.stderr
@@ -135,13 +138,15 @@ def test_storescu_twice_and_in_two_halves_gives_one_complete_study(tmp_path: Pat
     assert stats["received"] == len(files)
     assert stats["duplicates"] == len(files)
     assert stats["studies_held-incomplete"] == 1 and stats["studies_mapped"] == 1
-    assert transactions(out, uid) == 1  # one ImagingStudy, written once
+    assert transactions(store, out, uid) == 1  # one ImagingStudy, written once
     bundle = json.loads((out / "fhir" / f"ImagingStudy-{log_key(uid)}.json").read_text())
     (study,) = imaging_studies(bundle)
     assert study["numberOfInstances"] == len(files)
 
 
-def test_a_late_instance_updates_the_same_imaging_study(tmp_path: Path) -> None:
+def test_a_late_instance_updates_the_same_imaging_study(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     out = tmp_path / "out"
     settings = receiver_settings(load_settings(None, env={}), quiet=1.0)
     folder, uid = make_study(tmp_path / "src", slices=4)
@@ -156,7 +161,7 @@ def test_a_late_instance_updates_the_same_imaging_study(tmp_path: Path) -> None:
         wait_for(lambda: processed(service, 1), timeout=30, what="study processed")
         assert storescu(service.port, [late]).returncode == 0
         wait_for(lambda: processed(service, 2), timeout=30, what="late instance processed")
-    assert transactions(out, uid) == 2  # the same key: the second updates the ImagingStudy
+    assert transactions(store, out, uid) == 2  # the same key: the second updates the ImagingStudy
     bundle = json.loads((out / "fhir" / f"ImagingStudy-{log_key(uid)}.json").read_text())
     (study,) = imaging_studies(bundle)
     assert study["numberOfInstances"] == len(files)

@@ -19,10 +19,11 @@ from pydicom import dcmread
 from adapter.cli import main
 from adapter.store.outbox import Outbox
 from tests.peers.orthanc_fixture import OrthancPeer
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, ROOT
 
 pytest_plugins = ["tests.peers.orthanc_fixture"]
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 
 DICOM = FIXTURES / "dicom"
 CASES = ["planning-ct", "planning-mr", "diagnostic-ct", "pet-ct"]
@@ -54,12 +55,17 @@ def study_uids() -> set[str]:
 
 
 def test_dicomweb_backload_gives_the_same_bundles_as_file_ingest(
-    orthanc: OrthancPeer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    orthanc: OrthancPeer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    store: StoreUnderTest,
 ) -> None:
     orthanc.upload(files())
     by_files, by_web = tmp_path / "files", tmp_path / "web"
     assert main(["ingest", *[str(DICOM / c) for c in CASES], "--out", str(by_files)]) in (0, 1)
     capsys.readouterr()
+    store.point_cli(monkeypatch, by_web / "outbox.sqlite")  # the backload's own store
     code = main(["ingest", "--dicomweb", orthanc.dicomweb_url, "--out", str(by_web), "--json"])
     out, err = capsys.readouterr()
     summary = json.loads(out)
@@ -73,7 +79,7 @@ def test_dicomweb_backload_gives_the_same_bundles_as_file_ingest(
 
 
 def test_an_interrupted_backload_resumes_and_sends_nothing_twice(
-    orthanc: OrthancPeer, tmp_path: Path
+    orthanc: OrthancPeer, tmp_path: Path, store: StoreUnderTest
 ) -> None:
     orthanc.upload(files())
     out = tmp_path / "out"
@@ -85,15 +91,15 @@ def test_an_interrupted_backload_resumes_and_sends_nothing_twice(
     deadline = time.monotonic() + 60
     recorded = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        if database.exists():
-            with Outbox(database) as outbox:
+        if store.postgresql or database.exists():
+            with Outbox(store.at(database)) as outbox:
                 recorded = sum(1 for uid in study_uids() if outbox.study(uid) is not None)
             if recorded >= 1:
                 break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
-    with Outbox(database) as outbox:
+    with Outbox(store.at(database)) as outbox:
         first = sum(1 for uid in study_uids() if outbox.study(uid) is not None)
     assert 1 <= first < len(CASES), "the interruption came too late to test resuming"
 
@@ -102,7 +108,7 @@ def test_an_interrupted_backload_resumes_and_sends_nothing_twice(
     summary = json.loads(resumed.stdout)
     assert summary["studies_already_done"] == first
     assert summary["studies"] == len(CASES) - first
-    with Outbox(database) as outbox:
+    with Outbox(store.at(database)) as outbox:
         for uid in study_uids():
             assert outbox.study(uid) is not None
             assert len(outbox.rows_for_key(f"study:{uid}", kind="fhir-transaction")) <= 1
@@ -121,7 +127,7 @@ def test_a_bad_since_date_is_one_line_and_exit_2(
 
 
 def test_the_documented_since_rate_and_study_forms(
-    orthanc: OrthancPeer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    orthanc: OrthancPeer, tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     """As docs/operations.md shows them: ``--since 2024-01-01 --rate 5`` and ``--study UID``."""
     orthanc.upload(files())
@@ -139,7 +145,7 @@ def test_the_documented_since_rate_and_study_forms(
     assert code == 0
     # Read again on request (the --since run did it): the same Bundle again, the same label.
     assert summary["studies_found"] == 1 and summary["mapped"] == 1
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         first, again = outbox.rows_for_key(f"study:{planning}", kind="fhir-transaction")
         assert again.payload == first.payload
         assert len(outbox.rows_for_key(f"study:{planning}", kind="dicom-kos")) <= 1

@@ -22,10 +22,11 @@ from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
 from tests.peers.dicomweb_proxy import DicomWebProxy
 from tests.peers.orthanc_fixture import OrthancPeer
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES
 
 pytest_plugins = ["tests.peers.orthanc_fixture"]
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 
 DICOM = FIXTURES / "dicom"
 CASES = ["planning-ct", "planning-mr", "diagnostic-ct", "pet-ct"]
@@ -45,7 +46,7 @@ def backload(url: str, out: Path, capsys: pytest.CaptureFixture[str], *extra: st
 
 
 def test_a_study_still_arriving_at_the_archive_is_read_only_once_complete(
-    orthanc: OrthancPeer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    orthanc: OrthancPeer, tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     orthanc.upload(PLANNING)
     uid, out = planning_uid(), tmp_path / "out"
@@ -61,7 +62,7 @@ def test_a_study_still_arriving_at_the_archive_is_read_only_once_complete(
         # The count came from the study's own QIDO-RS result: no series query was needed.
         assert not [p for _, p in proxy.requests if p.endswith("/series")]
         assert not list(out.glob("fhir/*.json"))
-        with Outbox(out / "outbox.sqlite") as outbox:
+        with Outbox(store.at(out / "outbox.sqlite")) as outbox:
             assert outbox.study(uid) is None  # not recorded: the next run reads it
         proxy.drop_last_instance_of = ""  # the rest has arrived
         code, summary, _ = backload(f"{proxy.url}/dicom-web", out, capsys)

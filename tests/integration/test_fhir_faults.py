@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 
 from adapter.config import FhirSettings, Settings
@@ -21,7 +22,10 @@ from adapter.jobs.deliver import FHIR, KIND_TRANSACTION, deliver
 from adapter.store.outbox import Outbox, State
 from tests.peers import fault_fhir as fault
 from tests.peers.fault_fhir import FaultServer
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 BUNDLE: dict[str, Any] = json.loads((FIXTURES / "expected" / "planning-ct.bundle.json").read_text())
 STUDY = next(e for e in BUNDLE["entry"] if e["resource"]["resourceType"] == "ImagingStudy")
@@ -74,8 +78,10 @@ def studies(server: FaultServer) -> int:
     return server.count("ImagingStudy", STUDY_TOKEN.replace("%7C", "|"))
 
 
-def test_row15_503_retry_after_is_waited_for(tmp_path: Path, fault_fhir: FaultServer) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_row15_503_retry_after_is_waited_for(
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
+) -> None:
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     row = enqueue(outbox, fault_fhir)
     fault_fhir.script(
         fault.status(503, {"Retry-After": "2"}),
@@ -89,8 +95,10 @@ def test_row15_503_retry_after_is_waited_for(tmp_path: Path, fault_fhir: FaultSe
     assert studies(fault_fhir) == 1
 
 
-def test_row16_http_date_and_absurd_retry_after(tmp_path: Path, fault_fhir: FaultServer) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_row16_http_date_and_absurd_retry_after(
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
+) -> None:
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     dated = enqueue(outbox, fault_fhir, key="study:dated")
     fault_fhir.script(fault.status(429, {"Retry-After": fault.http_date(2)}), method="POST")
     run(outbox, settings(fault_fhir))
@@ -105,10 +113,12 @@ def test_row16_http_date_and_absurd_retry_after(tmp_path: Path, fault_fhir: Faul
     assert "over the 120s cap" in outbox.get(absurd).last_error
 
 
-def test_row17_5xx_after_commit_never_duplicates(tmp_path: Path, fault_fhir: FaultServer) -> None:
+def test_row17_5xx_after_commit_never_duplicates(
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
+) -> None:
     for code in (500, 502, 504):
         fault_fhir.reset()
-        outbox = Outbox(tmp_path / f"{code}.sqlite")
+        outbox = Outbox(store.separate(tmp_path / f"{code}.sqlite"))
         enqueue(outbox, fault_fhir)
         fault_fhir.script(fault.commit_then_status(code), method="POST")
         report = run(outbox, settings(fault_fhir))
@@ -119,8 +129,10 @@ def test_row17_5xx_after_commit_never_duplicates(tmp_path: Path, fault_fhir: Fau
         assert any(first.time < r.time < second.time for r in searches(fault_fhir))
 
 
-def test_row18_read_timeout_after_commit(tmp_path: Path, fault_fhir: FaultServer) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_row18_read_timeout_after_commit(
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
+) -> None:
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     enqueue(outbox, fault_fhir)
     fault_fhir.script(fault.commit_then_hang(2.5), method="POST")
     report = run(outbox, settings(fault_fhir))
@@ -129,7 +141,7 @@ def test_row18_read_timeout_after_commit(tmp_path: Path, fault_fhir: FaultServer
 
 
 def test_row19_concurrent_jobs_for_one_study_are_serialised(
-    tmp_path: Path, fault_fhir: FaultServer
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
 ) -> None:
     """8 workers (8 outbox handles on one file) race on one study against a server with a
     search-then-insert window: the outbox allows one write per key at a time, so 1 resource."""
@@ -138,7 +150,7 @@ def test_row19_concurrent_jobs_for_one_study_are_serialised(
     config = settings(fault_fhir)
 
     async def job(n: int) -> None:
-        outbox = Outbox(path)
+        outbox = Outbox(store.at(path))
         payload = json.loads(json.dumps(BUNDLE))
         payload["entry"][-1]["resource"]["description"] += f" (job {n})"  # 8 distinct rows
         enqueue(outbox, fault_fhir, payload)
@@ -150,11 +162,13 @@ def test_row19_concurrent_jobs_for_one_study_are_serialised(
     asyncio.run(all_jobs())
     assert len(posts(fault_fhir)) == 8
     assert studies(fault_fhir) == 1
-    assert Outbox(path).counts()["delivered"] == 8
+    assert Outbox(store.at(path)).counts()["delivered"] == 8
 
 
-def test_row20_412_stops_the_key(tmp_path: Path, fault_fhir: FaultServer) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_row20_412_stops_the_key(
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
+) -> None:
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     first = enqueue(outbox, fault_fhir)
     fault_fhir.script(fault.multiple_matches(), method="POST")
     report = run(outbox, settings(fault_fhir))
@@ -166,8 +180,10 @@ def test_row20_412_stops_the_key(tmp_path: Path, fault_fhir: FaultServer) -> Non
     assert len(posts(fault_fhir)) == 1
 
 
-def test_row21_rejected_bundle_is_a_dead_letter(tmp_path: Path, fault_fhir: FaultServer) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_row21_rejected_bundle_is_a_dead_letter(
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
+) -> None:
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     row = enqueue(outbox, fault_fhir)
     body = fault.operation_outcome("ImagingStudy.status: bad code for CANARY123", code="invalid")
     fault_fhir.script(fault.status(400, body=body), method="POST")
@@ -184,8 +200,10 @@ def test_row21_rejected_bundle_is_a_dead_letter(tmp_path: Path, fault_fhir: Faul
     assert outbox.get(replayed).state is State.DELIVERED and studies(fault_fhir) == 1
 
 
-def test_row22_hapi_unique_violation_is_reconciled(tmp_path: Path, fault_fhir: FaultServer) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_row22_hapi_unique_violation_is_reconciled(
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
+) -> None:
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     enqueue(outbox, fault_fhir)
     fault_fhir.script(fault.hapi_0550(), method="POST")
     report = run(outbox, settings(fault_fhir))
@@ -193,8 +211,10 @@ def test_row22_hapi_unique_violation_is_reconciled(tmp_path: Path, fault_fhir: F
     assert studies(fault_fhir) == 1
 
 
-def test_row23_slow_drip_hits_the_overall_deadline(tmp_path: Path, fault_fhir: FaultServer) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+def test_row23_slow_drip_hits_the_overall_deadline(
+    tmp_path: Path, fault_fhir: FaultServer, store: StoreUnderTest
+) -> None:
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     row = enqueue(outbox, fault_fhir)
     fault_fhir.script(fault.slow_drip(0.3, body=b'{"resourceType":"Bundle"}'), method="POST")
     report = run(outbox, settings(fault_fhir, read_timeout=1.0, deadline=1.5))
@@ -203,14 +223,16 @@ def test_row23_slow_drip_hits_the_overall_deadline(tmp_path: Path, fault_fhir: F
     assert "TimeoutError" in events[0] or "Timeout" in events[0]
 
 
-def test_row24_tls_verified_and_never_plaintext(tmp_path: Path, fault_fhir_factory: Any) -> None:
+def test_row24_tls_verified_and_never_plaintext(
+    tmp_path: Path, fault_fhir_factory: Any, store: StoreUnderTest
+) -> None:
     trusted, rogue = trustme.CA(), trustme.CA()
     server = fault_fhir_factory(tls=trusted)
     ca_file = tmp_path / "ca.pem"
     trusted.cert_pem.write_to_path(str(ca_file))
     rogue_file = tmp_path / "rogue.pem"
     rogue.cert_pem.write_to_path(str(rogue_file))
-    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     bad = enqueue(outbox, server, key="study:bad")
     report = run(outbox, settings(server, ca_bundle=str(rogue_file), max_attempts=2))
     assert report.dead == 1 and "not sent" in outbox.get(bad).last_error
@@ -221,7 +243,9 @@ def test_row24_tls_verified_and_never_plaintext(tmp_path: Path, fault_fhir_facto
     assert server.base_url.startswith("https://")
 
 
-def test_row25_smart_backend_auth(tmp_path: Path, fault_fhir_factory: Any) -> None:
+def test_row25_smart_backend_auth(
+    tmp_path: Path, fault_fhir_factory: Any, store: StoreUnderTest
+) -> None:
     server = fault_fhir_factory(require_bearer=True, token_ttl_s=300)
     pem, jwks = fault.make_client_keys("ES384", kid="rtplan-1")
     server.register_client("rtplan", jwks)
@@ -237,7 +261,7 @@ def test_row25_smart_backend_auth(tmp_path: Path, fault_fhir_factory: Any) -> No
         key_id="rtplan-1",
         algorithm="ES384",
     )
-    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     enqueue(outbox, server, key="study:1")
     assert run(outbox, config).delivered == 1
     server.expire_tokens()  # the next request gets 401: one refresh, then success
@@ -258,7 +282,9 @@ def test_row25_smart_backend_auth(tmp_path: Path, fault_fhir_factory: Any) -> No
     assert "invalid_client" in outbox.get(row).last_error
 
 
-def test_mutual_tls_client_certificate(tmp_path: Path, fault_fhir_factory: Any) -> None:
+def test_mutual_tls_client_certificate(
+    tmp_path: Path, fault_fhir_factory: Any, store: StoreUnderTest
+) -> None:
     """A server that requires a client certificate: refused without one, delivered with one."""
     import ssl
 
@@ -273,7 +299,7 @@ def test_mutual_tls_client_certificate(tmp_path: Path, fault_fhir_factory: Any) 
     client = ca.issue_cert("rtplan-adapter")
     client.cert_chain_pems[0].write_to_path(str(cert_file))
     client.private_key_pem.write_to_path(str(key_file))
-    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"))
     anonymous = enqueue(outbox, server, key="study:anonymous")
     run(outbox, settings(server, ca_bundle=str(ca_file), max_attempts=2))
     assert outbox.get(anonymous).state is State.DEAD and studies(server) == 0

@@ -16,6 +16,7 @@ import pytest
 
 from adapter.cli import main
 from adapter.store.outbox import Outbox, State
+from tests.store_backend import StoreUnderTest
 from tests.support import make_study, read_study, study_count
 
 
@@ -31,6 +32,7 @@ def ingest(
     return main(["ingest", *map(str, paths), "--fhir-url", base, "--json"])
 
 
+@pytest.mark.store
 def test_same_study_twice_leaves_one_imaging_study(
     fhir_url: str,
     tmp_path: Path,
@@ -48,7 +50,10 @@ def test_same_study_twice_leaves_one_imaging_study(
     assert resource["subject"]["reference"].startswith("Patient/")
 
 
-def test_eight_concurrent_ingests_leave_one_imaging_study(fhir_url: str, tmp_path: Path) -> None:
+@pytest.mark.store
+def test_eight_concurrent_ingests_leave_one_imaging_study(
+    fhir_url: str, tmp_path: Path, store: StoreUnderTest
+) -> None:
     """Eight separate adapter processes, one study, one shared outbox."""
     folder, study_uid = make_study(tmp_path)
     env = {
@@ -57,6 +62,7 @@ def test_eight_concurrent_ingests_leave_one_imaging_study(fhir_url: str, tmp_pat
         "RTPLAN_INGEST__WORKERS": "1",
         "PATH": "/usr/bin:/bin",
     }
+    env = store.env(env)  # RTPLAN_STORE__URL on PostgreSQL
     rtplan = shutil.which("rtplan") or str(Path(__import__("sys").executable).parent / "rtplan")
     procs = [
         subprocess.Popen(
@@ -73,6 +79,7 @@ def test_eight_concurrent_ingests_leave_one_imaging_study(fhir_url: str, tmp_pat
     assert study_count(fhir_url, study_uid) == 1
 
 
+@pytest.mark.store
 def test_series_arriving_later_updates_the_same_resource(
     fhir_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,11 +99,13 @@ def test_series_arriving_later_updates_the_same_resource(
     assert (first["numberOfSeries"], second["numberOfSeries"]) == (2, 3)
 
 
+@pytest.mark.store
 def test_rejected_bundle_is_a_dead_letter_and_replays_after_the_fix(
     fhir_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    store: StoreUnderTest,
 ) -> None:
     """The EHR does not know the patient and the adapter may not create it: the server rejects
     the Bundle (its conditional reference finds nobody). After the fix (create_patient) the
@@ -104,7 +113,7 @@ def test_rejected_bundle_is_a_dead_letter_and_replays_after_the_fix(
     folder, study_uid = make_study(tmp_path)
     code = ingest(monkeypatch, tmp_path, fhir_url, folder, RTPLAN_FHIR__CREATE_PATIENT="false")
     assert code == 1
-    outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox = Outbox(store.at(tmp_path / "outbox.sqlite"))
     dead = outbox.rows(state=State.DEAD)
     assert len(dead) == 1 and dead[0].last_error.startswith("rejected: HTTP 4")
     assert study_count(fhir_url, study_uid) == 0
@@ -119,6 +128,7 @@ def test_rejected_bundle_is_a_dead_letter_and_replays_after_the_fix(
     assert study_count(fhir_url, study_uid) == 1
 
 
+@pytest.mark.store
 def test_patient_identifiers_never_reach_the_logs(
     fhir_url: str,
     tmp_path: Path,

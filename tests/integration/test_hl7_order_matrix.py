@@ -30,7 +30,10 @@ from adapter.store.outbox import Outbox
 from adapter.tables import load_tables
 from tests.integration.test_closed_loop import review_for
 from tests.peers.hl7v2_validator_fixture import Validate
+from tests.store_backend import StoreUnderTest
 from tests.support import ROOT, make_study
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 RECEIVERS = ROOT / "mappings" / "receivers"
 PATIENTS = {
@@ -84,7 +87,7 @@ def count_reports(base: str, review_id: str) -> int:
 
 @pytest.mark.peer
 def test_every_profile_patient_and_text(
-    hapi: str, hl7v2_validate: Validate, tmp_path: Path
+    hapi: str, hl7v2_validate: Validate, tmp_path: Path, store: StoreUnderTest
 ) -> None:
     folder = receivers(tmp_path)
     db = tmp_path / "o.sqlite"
@@ -98,7 +101,7 @@ def test_every_profile_patient_and_text(
     for name, kwargs in PATIENTS.items():
         study, uid = make_study(tmp_path, requested_procedure_id=f"RP-{name}", **kwargs)
         result = run_ingest([study], base, tables)
-        with Outbox(db) as outbox:
+        with Outbox(store.at(db)) as outbox:
             ids = enqueue(outbox, result, targets(base, None))
             assert asyncio.run(deliver(outbox, base, ids=ids)).delivered == 1
             record = outbox.study(uid)  # stored by ingest: the DICOM name, as read
@@ -114,7 +117,7 @@ def test_every_profile_patient_and_text(
                 data = review_for(uid, review_id)
                 data["findings"] = [{**data["findings"][0], "description": text}]
                 data["notes"] = f"Compare with staging CT. {text}"
-                with Outbox(db) as outbox:
+                with Outbox(store.at(db)) as outbox:
                     before = (outbox.counts(), len(outbox.timers().open()))
                 refusal = expected_refusal(profile, patient, text_name)
                 if refusal is not None:
@@ -122,13 +125,13 @@ def test_every_profile_patient_and_text(
                         asyncio.run(submit_review_async(data, settings))
                     assert err.value.location == refusal, (profile, patient, text_name)
                     assert "U+" in str(err.value)
-                    with Outbox(db) as outbox:
+                    with Outbox(store.at(db)) as outbox:
                         assert (outbox.counts(), len(outbox.timers().open())) == before
                     assert count_reports(hapi, review_id) == 0
                     continue
                 result = asyncio.run(submit_review_async(data, settings))
                 assert count_reports(hapi, review_id) == 1
-                with Outbox(db) as outbox:
+                with Outbox(store.at(db)) as outbox:
                     (row_id,) = result.hl7_rows
                     row = outbox.get(row_id)
                     assert row.destination == HL7 and row.target == profile

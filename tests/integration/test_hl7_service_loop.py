@@ -24,13 +24,17 @@ from adapter.jobs.deliver import deliver, enqueue, targets
 from adapter.jobs.review import submit_review_async
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.serve import serve
+from adapter.store.location import store_location
 from adapter.store.outbox import Outbox, State
 from adapter.tables import load_tables
 from tests.integration.test_closed_loop import oru, review_for
 from tests.peers.launch import free_port
 from tests.peers.mllp_fault import ack as fault_ack
 from tests.peers.mllp_fault import silence
+from tests.store_backend import StoreUnderTest
 from tests.support import ROOT, enqueue_order, make_study
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 
 def copy_with(tmp: Path, replacements: dict[str, str]) -> Path:
@@ -49,7 +53,7 @@ def ingested(tmp: Path, settings: Settings, out: Path | None) -> str:
     folder, uid = make_study(tmp)
     tables = load_tables(settings.mappings_dir)
     result = run_ingest([folder], settings, tables)
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         ids = enqueue(outbox, result, targets(settings, out))
         assert asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out)).dead == 0
         record = outbox.study(uid)  # stored by ingest with the study's rows
@@ -163,7 +167,7 @@ def test_t1_escalation_and_result_reach_the_fhir_peer_while_running(
     ("code", "profile"), [("AE", "default-ris"), ("AR", "default-ris"), ("CE", "swfb-ris")]
 )
 def test_rejection_fires_one_escalation_ends_t1_and_stays_on_the_task(
-    code: str, profile: str, mllp_fault: Any, tmp_path: Path
+    code: str, profile: str, mllp_fault: Any, tmp_path: Path, store: StoreUnderTest
 ) -> None:
     folder = copy_with(tmp_path, {"enabled: true": "enabled: false"})
     out = tmp_path / "out"
@@ -186,7 +190,7 @@ def test_rejection_fires_one_escalation_ends_t1_and_stays_on_the_task(
     fhir_targets = targets(settings, out)
     # A day later: only the rejection has fired, once; T1 was ended by it.
     later = time.time() + 86400
-    with Outbox(tmp_path / "o.sqlite", clock=lambda: later) as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite"), clock=lambda: later) as outbox:
         assert [t.kind for t in escalate_due(outbox, fhir_targets, metrics)] == [REJECTED]
         assert escalate_due(outbox, fhir_targets, metrics) == []
         assert [t.kind for t in outbox.timers().open()] == []
@@ -199,14 +203,16 @@ def test_rejection_fires_one_escalation_ends_t1_and_stays_on_the_task(
     assert code in task["businessStatus"]["text"] and "207" in task["businessStatus"]["text"]
 
 
-def test_replay_after_rejection_is_a_new_transmission(mllp_fault: Any, tmp_path: Path) -> None:
+def test_replay_after_rejection_is_a_new_transmission(
+    mllp_fault: Any, tmp_path: Path, store: StoreUnderTest
+) -> None:
     mllp_fault.script(fault_ack("AE"))
     settings = settings_for(tmp_path, mllp=True, host="127.0.0.1", port=mllp_fault.port)
     out = tmp_path / "out"
     uid = ingested(tmp_path, settings, out)
     result = asyncio.run(submit_review_async(review_for(uid, "REV-REPLAY"), settings, out_dir=out))
     (order_id,) = result.hl7_rows
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         row = outbox.get(order_id)
         assert row.state is State.DEAD and row.kind == KIND_ORDER
         assert [t.kind for t in escalate_due(outbox, [], Metrics())] == [REJECTED]
@@ -219,7 +225,7 @@ def test_replay_after_rejection_is_a_new_transmission(mllp_fault: Any, tmp_path:
         f"hl7: {{mllp: true, host: 127.0.0.1, port: {mllp_fault.port}}}\n"
     )
     assert main(["--config", str(config), "outbox", "replay", str(order_id)]) == 0
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         new_id = max(r.id for r in outbox.rows() if r.destination == "hl7")
         assert new_id != order_id and outbox.get(new_id).state is State.DELIVERED
         again = outbox.get(new_id)
@@ -233,7 +239,7 @@ def test_replay_after_rejection_is_a_new_transmission(mllp_fault: Any, tmp_path:
 
 
 def test_cli_refuses_an_order_the_charset_cannot_carry_and_stores_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     """``rtplan review submit REVIEW.json --out DIR`` with the Latin-1 ``swfb-ris`` profile and a
     Japanese finding: exit 2, one line naming the field and the character, nothing stored."""
@@ -248,7 +254,7 @@ def test_cli_refuses_an_order_the_charset_cannot_carry_and_stores_nothing(
     data["findings"] = [{**data["findings"][0], "description": "肝臓に病変"}]
     review = tmp_path / "review.json"
     review.write_text(json.dumps(data, ensure_ascii=False))
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         before = outbox.counts()
     written = sorted((out / "fhir").iterdir())
     capsys.readouterr()
@@ -257,14 +263,16 @@ def test_cli_refuses_an_order_the_charset_cannot_carry_and_stores_nothing(
     assert code == 2
     assert len(err) == 1 and "NTE-3" in err[0] and "U+809D CJK UNIFIED IDEOGRAPH-809D" in err[0]
     assert "肝" not in err[0]
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         assert outbox.counts() == before and outbox.timers().open() == []
     assert sorted((out / "fhir").iterdir()) == written
     assert not (out / "hl7").exists()
 
 
 @pytest.mark.parametrize("code", ["AE", "AR", "AA"])
-def test_enhanced_application_ack_rejection_ends_t1(code: str, tmp_path: Path) -> None:
+def test_enhanced_application_ack_rejection_ends_t1(
+    code: str, tmp_path: Path, store: StoreUnderTest
+) -> None:
     """Enhanced mode: the RIS's application ACK arrives on our listener. AE/AR is one
     rejection escalation and ends T1; AA ends T1 and arms nothing else."""
     from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
@@ -273,7 +281,7 @@ def test_enhanced_application_ack_rejection_ends_t1(code: str, tmp_path: Path) -
     order = OrderRequest(
         "NW", "RTPAPP1", "RTPLAN", OrderPatient((PatientIdentifier("P1", "H"),), family="X"), "1.2"
     )
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         enqueue_order(
             outbox,
             target="swfb-ris",
@@ -292,14 +300,14 @@ def test_enhanced_application_ack_rejection_ends_t1(code: str, tmp_path: Path) -
         assert T1 not in open_kinds
         assert open_kinds == ([] if code == "AA" else [REJECTED])
         later = time.time() + 86400
-    with Outbox(tmp_path / "o.sqlite", clock=lambda: later) as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite"), clock=lambda: later) as outbox:
         fired = [t.kind for t in escalate_due(outbox, [], Metrics())]
         assert fired == ([] if code == "AA" else [REJECTED])
 
 
 @pytest.mark.peer
 def test_order_held_and_escalated_when_the_ehr_patient_disagrees(
-    hapi: str, hl7_receiver: Any, tmp_path: Path
+    hapi: str, hl7_receiver: Any, tmp_path: Path, store: StoreUnderTest
 ) -> None:
     """The EHR corrected the patient's birth date after the scan: the order is stored but held
     (nothing reaches the RIS), escalated on the radiology Task, and sent once an analyst
@@ -309,7 +317,7 @@ def test_order_held_and_escalated_when_the_ehr_patient_disagrees(
         settings, fhir=FhirSettings(base_url=hapi, create_patient=True, initial_wait=0.05)
     )
     uid = ingested(tmp_path, settings, None)
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         subject = outbox.rows_for_key(f"study:{uid}")[0].payload["entry"]
     patient = next(e["resource"] for e in subject if e["resource"]["resourceType"] == "Patient")
     ident = patient["identifier"][0]
@@ -324,7 +332,7 @@ def test_order_held_and_escalated_when_the_ehr_patient_disagrees(
     assert hl7_receiver.control_ids == []  # nothing sent to the RIS
     (order_id,) = result.hl7_rows
     metrics = Metrics()
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         assert outbox.get(order_id).state is State.PENDING
         (hold,) = outbox.holds()
         assert hold.reason == "the EHR's patient birth date do not match the DICOM headers"
@@ -354,7 +362,9 @@ def test_order_held_and_escalated_when_the_ehr_patient_disagrees(
 
 
 @pytest.mark.parametrize("updates", ["change", "cancel-replace"])
-def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: Path) -> None:
+def test_amendment_of_urgency_or_text_updates_the_order(
+    updates: str, tmp_path: Path, store: StoreUnderTest
+) -> None:
     """Version 2 of a review raises the urgency and corrects a finding's text: the RIS gets an
     order change (ORC-1 XO), or with ``updates: cancel-replace`` a cancel of the order as sent
     (its priority, ORC-16) and a new order under ``<placer>-2``. An unchanged resubmission
@@ -373,7 +383,7 @@ def test_amendment_of_urgency_or_text_updates_the_order(updates: str, tmp_path: 
     # The RIS accepted the order under its own number (ORR^O02, ORC-3).
     from adapter.service.inbound import InboundHandler
 
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         handler = InboundHandler(outbox, load_tables(ROOT / "mappings"), [], _trust())
         orr = (
             "MSH|^~\\&|RIS|RADIOLOGY|RTPLAN|ONCOLOGY|20260305101500||ORR^O02^ORR_O02|ORR1|P|2.3.1\r"

@@ -18,6 +18,8 @@ from tests.api_support import TOKEN, api_settings, running_api
 from tests.peers.launch import free_port
 from tests.support import FIXTURES, ROOT
 
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
+
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PLANNING = FIXTURES / "dicom" / "planning-ct"
 

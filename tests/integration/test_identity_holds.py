@@ -22,7 +22,10 @@ from pydicom import dcmread
 from adapter.cli import main
 from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
+from tests.store_backend import StoreUnderTest
 from tests.support import make_study, read_study, study_count, synth
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -93,8 +96,11 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    store: StoreUnderTest,
 ) -> None:
     setup_env(monkeypatch, tmp_path)
+    # Patient ids of this run only: the FHIR server outlives the test (both store backends).
+    late_id, moved_id = f"LATE{store.backend.upper()}", f"MOVED{store.backend.upper()}"
     out = tmp_path / "out"
     folder, study_uid = make_study(tmp_path / "in")
     code, report, _ = ingest(capsys, out, fhir_url, folder)
@@ -102,20 +108,20 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     before = read_study(fhir_url, study_uid)
     bundle_file = out / "fhir" / f"ImagingStudy-{log_key(study_uid)}.json"
     bundle_before = bundle_file.read_bytes()
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         rows_before = len(outbox.rows())
         recorded = outbox.study(study_uid)
     assert recorded is not None
 
     # 1. A late CT series of the same study naming another patient.
     cts = sorted(folder.glob("*_CT_*.dcm"))
-    late = rewrite(cts, tmp_path / "late", patient_id="LATE0001", tag="late-series")
+    late = rewrite(cts, tmp_path / "late", patient_id=late_id, tag="late-series")
     code, report, stdout = ingest(capsys, out, fhir_url, late[0].parent)
     late_hold = assert_held(capsys, out, code, report, study_uid)
     assert "HELD (patient identity): patient differs" in stdout
-    assert "PatientID, PatientName" in stdout and "LATE0001" not in stdout  # fields, no values
+    assert "PatientID, PatientName" in stdout and late_id not in stdout  # fields, no values
     # 2. The whole study again, under another patient.
-    again = rewrite(sorted(folder.glob("*.dcm")), tmp_path / "again", patient_id="MOVED0001")
+    again = rewrite(sorted(folder.glob("*.dcm")), tmp_path / "again", patient_id=moved_id)
     code, report, _ = ingest(capsys, out, fhir_url, again[0].parent)
     moved_hold = assert_held(capsys, out, code, report, study_uid)
     assert moved_hold != late_hold
@@ -124,9 +130,9 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     after = read_study(fhir_url, study_uid)
     assert after["meta"]["versionId"] == before["meta"]["versionId"]
     assert after["subject"] == before["subject"]
-    assert patients_named(fhir_url, "LATE0001") == patients_named(fhir_url, "MOVED0001") == 0
+    assert patients_named(fhir_url, late_id) == patients_named(fhir_url, moved_id) == 0
     assert bundle_file.read_bytes() == bundle_before  # the output folder is unchanged too
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         assert len(outbox.rows()) == rows_before
         assert outbox.study(study_uid) == recorded
 
@@ -148,11 +154,11 @@ def test_late_series_and_reingest_under_another_patient_are_held_then_resolved(
     )  # fmt: skip
     assert code == 0 and "delivered 2, gave up 0" in stdout
     moved = read_study(fhir_url, study_uid)
-    assert moved["subject"] != before["subject"] and patients_named(fhir_url, "MOVED0001") == 1
+    assert moved["subject"] != before["subject"] and patients_named(fhir_url, moved_id) == 1
     assert study_count(fhir_url, study_uid) == 1
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         stored = outbox.study(study_uid)
-        assert stored is not None and stored.patient_id == "MOVED0001"
+        assert stored is not None and stored.patient_id == moved_id
         assert outbox.identity_holds(open_only=True) == []
     code, stdout = run(capsys, "audit", "--study", study_uid, "--out", str(out))
     assert "identity-resolve" in stdout
@@ -167,6 +173,7 @@ def test_mixed_patients_and_conflicting_duplicate_are_never_mapped(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    store: StoreUnderTest,
 ) -> None:
     # incomplete_studies: map would map an incomplete study; a patient mix is held regardless.
     setup_env(monkeypatch, tmp_path, RTPLAN_INGEST__INCOMPLETE_STUDIES="map")
@@ -196,7 +203,7 @@ def test_mixed_patients_and_conflicting_duplicate_are_never_mapped(
     # Nothing sent for either study.
     assert study_count(fhir_url, mixed_uid) == study_count(fhir_url, dup_uid) == 0
     assert patients_named(fhir_url, "MIXED0002") == patients_named(fhir_url, "DUP0002") == 0
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         assert outbox.rows() == []
         holds = {h.study_uid: h.id for h in outbox.identity_holds(open_only=True)}
     assert set(holds) == {mixed_uid, dup_uid}

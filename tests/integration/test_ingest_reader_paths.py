@@ -17,6 +17,8 @@ from adapter.dicom import fast
 from adapter.dicom.models import InstanceHeader, Rejection
 from tests.support import FIXTURES
 
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
+
 DICOM = FIXTURES / "dicom"
 
 

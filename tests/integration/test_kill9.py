@@ -18,7 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import make_study, study_count
+
+pytestmark = pytest.mark.sqlite_only(
+    reason="the SQLite file's integrity after kill -9 (PostgreSQL: test_store_two_instances.py)"
+)
 
 RTPLAN = str(Path(sys.executable).parent / "rtplan")
 ROUNDS = 8

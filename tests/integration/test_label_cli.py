@@ -17,6 +17,7 @@ from adapter.cli import main
 from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
 from tests.peers.postgres_fixture import CliStore
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES
 
 DICOM = FIXTURES / "dicom"
@@ -39,8 +40,9 @@ def kos_files(out: Path) -> list[Path]:
     return sorted((out / "dicom").glob("*.dcm"))
 
 
+@pytest.mark.store
 def test_ingest_writes_one_kos_per_planning_study_and_none_for_a_diagnostic_one(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     out = tmp_path / "out"
     code, stdout, _ = run(capsys, "ingest", str(PLANNING), str(DIAGNOSTIC), "--out", str(out))
@@ -58,14 +60,14 @@ def test_ingest_writes_one_kos_per_planning_study_and_none_for_a_diagnostic_one(
     assert entries[planning]["pacs_label"]["kos_sop_instance_uid"] == ds.SOPInstanceUID
     assert "pacs_label" not in entries[study_uid(DIAGNOSTIC)]
 
-    code, stdout, _ = run(capsys, "label", "status", "--db", str(out / "outbox.sqlite"))
+    code, stdout, _ = run(capsys, "label", "status", *store.db_option(out / "outbox.sqlite"))
     assert code == 0
     assert stdout.splitlines() == [
         f"{log_key(planning)} accepted KOS #1 dicom-files:delivered",
         "0 none, 0 sent, 1 accepted, 0 failed",
     ]
     code, stdout, _ = run(
-        capsys, "label", "status", "--db", str(out / "outbox.sqlite"),
+        capsys, "label", "status", *store.db_option(out / "outbox.sqlite"),
         "--study", study_uid(DIAGNOSTIC),
     )  # fmt: skip
     assert stdout.splitlines()[0] == f"{log_key(study_uid(DIAGNOSTIC))} none"
@@ -75,7 +77,7 @@ def test_ingest_writes_one_kos_per_planning_study_and_none_for_a_diagnostic_one(
     assert code == 0
     assert f"PACS label {log_key(planning)}: KOS #1 (already built)" in stdout
     assert kos_files(out) == [kos]
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         assert len([r for r in outbox.rows() if r.kind == "dicom-kos"]) == 1
 
 
@@ -130,8 +132,7 @@ def test_a_late_series_gets_a_new_kos_that_supersedes_the_first(
     with Outbox(cli_store.location(out / "outbox.sqlite")) as outbox:
         history = outbox.labels().history(study_uid(folder))
     assert [r.superseded_by for r in history] == [second.SOPInstanceUID, None]
-    # On PostgreSQL the store is named by RTPLAN_STORE__URL (--db names a SQLite file).
-    db = ["--db", str(out / "outbox.sqlite")] if cli_store.url is None else []
+    db = cli_store.store.db_option(out / "outbox.sqlite")
     code, stdout, _ = run(capsys, "label", "status", *db)
     assert stdout.splitlines()[0] == (
         f"{key} accepted KOS #2 (supersedes 1 earlier) dicom-files:delivered"
@@ -153,18 +154,20 @@ def test_label_preview_prints_what_would_be_sent_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.store
 def test_label_preview_with_an_outbox_says_the_stored_kos_is_reused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     out = tmp_path / "out"
     assert run(capsys, "ingest", str(PLANNING), "--out", str(out))[0] == 0
     code, stdout, _ = run(
-        capsys, "label", "preview", str(PLANNING), "--db", str(out / "outbox.sqlite")
+        capsys, "label", "preview", str(PLANNING), *store.db_option(out / "outbox.sqlite")
     )
     assert code == 0
     assert f"study {log_key(study_uid(PLANNING))}: mapped: KOS #1 already stored; re-used" in stdout
 
 
+@pytest.mark.store
 def test_labelling_can_be_switched_off_in_the_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -184,6 +187,7 @@ def test_labelling_can_be_switched_off_in_the_settings(
     )
 
 
+@pytest.mark.store
 def test_a_study_read_from_an_archive_is_reported_not_silently_unlabelled(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,8 +201,9 @@ def test_a_study_read_from_an_archive_is_reported_not_silently_unlabelled(
     assert not (out / "dicom").exists()
 
 
+@pytest.mark.store
 def test_a_replayed_kos_with_a_rejection_title_is_refused_before_sending(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     """An analyst's corrected payload is the one way to put arbitrary bytes in a KOS row: the
     pre-send check still refuses a rejection title, and nothing is written."""
@@ -208,7 +213,7 @@ def test_a_replayed_kos_with_a_rejection_title_is_refused_before_sending(
     out = tmp_path / "out"
     assert run(capsys, "ingest", str(PLANNING), "--out", str(out))[0] == 0
     db = out / "outbox.sqlite"
-    with Outbox(db) as outbox:
+    with Outbox(store.at(db)) as outbox:
         (row,) = [r for r in outbox.rows() if r.kind == "dicom-kos"]
     ds = dcmread(BytesIO(base64.b64decode(row.payload["document"])))
     ds.ConceptNameCodeSequence[0].CodeValue = "113001"
@@ -220,13 +225,14 @@ def test_a_replayed_kos_with_a_rejection_title_is_refused_before_sending(
     payload.write_text(json.dumps(forced))
     (kos,) = kos_files(out)
     kos.unlink()
-    code, stdout, _ = run(capsys, "outbox", "--db", str(db), "replay", str(row.id),
+    code, stdout, _ = run(capsys, "outbox", *store.db_option(db), "replay", str(row.id),
                           "--payload", str(payload))  # fmt: skip
     assert code == 1
     assert "refused before sending: the KOS title DCM|113001 is a rejection title" in stdout
     assert kos_files(out) == []
 
 
+@pytest.mark.store
 def test_ingest_json_counts_the_pacs_labels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

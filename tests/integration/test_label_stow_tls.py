@@ -23,7 +23,10 @@ from pydicom import dcmread
 
 from adapter.cli import main
 from adapter.store.outbox import Outbox
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 PLANNING = FIXTURES / "dicom" / "planning-ct"
 
@@ -76,6 +79,7 @@ def test_stow_rs_over_https_verifies_with_the_configured_ca(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    store: StoreUnderTest,
 ) -> None:
     url, ca_file = https_stow
     monkeypatch.setenv("RTPLAN_LABEL__MAX_ATTEMPTS", "1")  # the label's own policy
@@ -83,7 +87,7 @@ def test_stow_rs_over_https_verifies_with_the_configured_ca(
     config.write_text(f"label:\n  stow_rs_url: {url}\n")
     untrusted = tmp_path / "untrusted"
     assert main(["--config", str(config), "ingest", str(PLANNING), "--out", str(untrusted)]) == 1
-    with Outbox(untrusted / "outbox.sqlite") as outbox:
+    with Outbox(store.at(untrusted / "outbox.sqlite")) as outbox:
         (row,) = [r for r in outbox.rows() if r.destination == "pacs"]
     assert (row.state.value, row.last_error) == ("dead", "gave up after 1 attempt(s): "
                                                  "STOW-RS: cannot connect")  # fmt: skip
@@ -91,6 +95,7 @@ def test_stow_rs_over_https_verifies_with_the_configured_ca(
 
     config.write_text(f"label:\n  stow_rs_url: {url}\n  ca_bundle: {ca_file}\n")
     out = tmp_path / "out"
+    store.point_cli(monkeypatch, out / "outbox.sqlite")  # a store of its own
     assert main(["--config", str(config), "ingest", str(PLANNING), "--out", str(out)]) == 0
     (body,) = _Stow.received
     (kos,) = sorted((out / "dicom").glob("*.dcm"))

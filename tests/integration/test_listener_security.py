@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
+import pytest
 import trustme
 
 from adapter.config import DEFAULT_MAPPINGS_DIR, Hl7Settings, OutboxSettings, Settings
@@ -27,9 +28,13 @@ from adapter.hl7.mllp import Framer, frame
 from adapter.hl7.model import OrderPatient, OrderRequest, PatientIdentifier
 from adapter.service.escalate import Metrics, escalate_due
 from adapter.service.serve import serve
+from adapter.store.db import open_database
+from adapter.store.location import store_location
 from adapter.store.outbox import Outbox
 from tests.peers.launch import free_port
 from tests.support import enqueue_order
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 PLACER = "RTPO0001"
 FHIR_CONTEXT = {  # what an order row carries for the FHIR side of a result (review/orders.py)
@@ -63,7 +68,7 @@ def settings_for(tmp_path: Path, **hl7: object) -> Settings:
 
 
 def with_order(settings: Settings) -> None:
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         order = OrderRequest(
             "NW", PLACER, "RTPLAN", OrderPatient((PatientIdentifier("P1", "HOSP-MRN"),)), "1.2.3"
         )
@@ -125,9 +130,26 @@ def result_rows(outbox: Outbox) -> list[str]:
     return [r.label for r in outbox.rows() if r.label.startswith("RadiologyResult")]
 
 
-def inbound_rows(path: Path) -> list[tuple[str, str, str, bytes]]:
-    with sqlite3.connect(path) as db:
-        return list(db.execute("SELECT kind, status, detail, message FROM inbound ORDER BY id"))
+def stored_size(settings: Settings) -> int:
+    """Bytes a refused frame would take if it were kept: the SQLite file; on PostgreSQL the
+    inbound log's table with its TOAST data and indexes (where such a frame would land)."""
+    location = store_location(settings)
+    if isinstance(location, Path):
+        return location.stat().st_size
+    db = open_database(location)
+    try:
+        return int(db.scalar("SELECT pg_total_relation_size('inbound')"))
+    finally:
+        db.close()
+
+
+def inbound_rows(settings: Settings) -> list[tuple[str, str, str, bytes]]:
+    db = open_database(store_location(settings))
+    try:
+        rows = db.execute("SELECT kind, status, detail, message FROM inbound ORDER BY id")
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+    finally:
+        db.close()
 
 
 def test_forged_result_is_refused_with_ar_and_nothing_written(tmp_path: Path) -> None:
@@ -145,12 +167,12 @@ def test_forged_result_is_refused_with_ar_and_nothing_written(tmp_path: Path) ->
     refused, genuine = asyncio.run(go())
     assert b"MSA|AR|EVIL1" in refused
     assert b"MSA|AA|OK1" in genuine
-    rows = inbound_rows(Path(settings.outbox.path))
+    rows = inbound_rows(settings)
     kind, status, detail, message = rows[0]
     assert (kind, status, message) == ("refused", "refused", b"")
     assert hashlib.sha256(forged).hexdigest() in detail and f"{len(forged)} bytes" in detail
     assert "No abnormality" not in detail
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         labels = result_rows(outbox)
     assert labels and all("OK1" in label for label in labels)  # only the genuine result
 
@@ -168,9 +190,9 @@ def test_a_result_is_accepted_only_from_the_receiver_its_order_went_to(tmp_path:
             )
 
     assert b"MSA|AR|X1" in asyncio.run(go())
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         assert result_rows(outbox) == []
-    assert [r[1] for r in inbound_rows(Path(settings.outbox.path))] == ["refused"]
+    assert [r[1] for r in inbound_rows(settings)] == ["refused"]
 
 
 def test_reused_control_id_with_other_content_is_ae_and_escalated(tmp_path: Path) -> None:
@@ -188,7 +210,7 @@ def test_reused_control_id_with_other_content_is_ae_and_escalated(tmp_path: Path
     first, again, other = asyncio.run(go())
     assert b"MSA|AA|C1" in first and b"MSA|AA|C1" in again
     assert b"MSA|AE|C1" in other and b"ERR|" in other and b"205" in other
-    with Outbox(Path(settings.outbox.path)) as outbox:
+    with Outbox(store_location(settings)) as outbox:
         before = len(result_rows(outbox))
         escalate_due(outbox, [], Metrics())  # unless the service's own check already did
         fired = outbox.timers().fired()
@@ -211,10 +233,10 @@ def test_unreadable_and_unknown_charset_are_refused_and_stored_by_hash_only(
     first, second = asyncio.run(go())
     assert b"MSA|AR|G1" in first
     assert b"MSA|AR|K1" in second and b"ERR||MSH^1^18|103" in second
-    rows = inbound_rows(Path(settings.outbox.path))
+    rows = inbound_rows(settings)
     assert [r[0] for r in rows] == ["unreadable", "unreadable"]
     assert all(r[3] == b"" for r in rows)
-    assert Path(settings.outbox.path).stat().st_size < 200_000  # never the 500 KB frame
+    assert stored_size(settings) < 200_000  # never the 500 KB frame
 
 
 def test_a_peer_address_its_profile_does_not_list_is_refused(tmp_path: Path) -> None:
@@ -229,7 +251,7 @@ def test_a_peer_address_its_profile_does_not_list_is_refused(tmp_path: Path) -> 
             return await exchange(settings.hl7.listen_port, oru("P1", "text"))
 
     assert b"MSA|AR|P1" in asyncio.run(go())
-    rows = inbound_rows(Path(settings.outbox.path))
+    rows = inbound_rows(settings)
     assert [(r[1], r[3]) for r in rows] == [("refused", b"")]
     assert "peer address not allowed" in rows[0][2]
 
@@ -250,7 +272,7 @@ def test_an_address_no_profile_lists_is_closed_before_it_can_send(tmp_path: Path
                 return b""
 
     assert asyncio.run(go()) == b""
-    assert inbound_rows(Path(settings.outbox.path)) == []
+    assert inbound_rows(settings) == []
 
 
 def _tls_files(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
@@ -394,7 +416,7 @@ def test_200_connections_and_20_oversized_frames_stay_bounded(tmp_path: Path) ->
     assert closed >= 200 - 32  # the cap held: at most 32 of the idle connections kept
     # 20 x 15 MiB were sent; at most one frame (1 MiB) per connection is ever buffered.
     assert peak - baseline < 120 * MiB, f"RSS grew {(peak - baseline) // MiB} MiB"
-    assert Path(settings.outbox.path).stat().st_size < 2 * MiB
+    assert stored_size(settings) < 2 * MiB
 
 
 def test_an_idle_connection_is_closed(tmp_path: Path) -> None:
@@ -411,6 +433,7 @@ def test_an_idle_connection_is_closed(tmp_path: Path) -> None:
     assert asyncio.run(go()) == b""
 
 
+@pytest.mark.sqlite_only(reason="holds SQLite's one write lock from another connection")
 def test_a_locked_database_does_not_freeze_the_event_loop(tmp_path: Path) -> None:
     """Another process holding the write lock delays the ACK, not the listener."""
     settings = settings_for(tmp_path)

@@ -15,6 +15,8 @@ from tests.integration.mllp_support import deliver, order, run
 from tests.peers.hl7_receiver import Hl7Receiver
 from tests.peers.mllp_fault import build_ack, msh10
 
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
+
 
 class Handler:
     def __init__(self, *, fail_on: str = "", silent_on: str = "", delay: float = 0.0) -> None:

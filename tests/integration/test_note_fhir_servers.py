@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import base64
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.integration.test_review_fhir import Site, assert_references_resolve, one, search
+from tests.store_backend import StoreUnderTest
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 
 
 @pytest.fixture
-def site(fhir_url: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> Site:
-    return Site(fhir_url, tmp_path, monkeypatch)  # type: ignore[arg-type]
+def site(
+    fhir_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest
+) -> Site:
+    return Site(fhir_url, tmp_path, monkeypatch, store)
 
 
 def _text(doc: dict[str, object]) -> str:
@@ -86,7 +90,7 @@ def test_amendment_through_another_outbox_still_supersedes(
     # does not hold): only the note's own versioning is under test.
     assert site.submit(site.review("no-finding", uid, review_id)) == 0
     (v1,) = search(site.base, "DocumentReference", subject=patient)
-    monkeypatch.setenv("RTPLAN_OUTBOX__PATH", str(site.tmp / "other-outbox.sqlite"))
+    site.store.point_cli(monkeypatch, site.tmp / "other-outbox.sqlite")
     amended = site.review("no-finding", uid, review_id, version=2, notes="Amended: re-checked.")
     assert site.submit(amended) == 0
     docs = {d["id"]: d for d in search(site.base, "DocumentReference", subject=patient)}

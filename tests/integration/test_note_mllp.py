@@ -19,7 +19,7 @@ from adapter.jobs.review import submit_review
 from tests.note_support import load_review
 from tests.peers.hl7v2_validator_fixture import Validate
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = "A | B ^ C & D ~ E \\ F \\F\\ \\X0B\\ 山田 Ø\nsecond line"
 

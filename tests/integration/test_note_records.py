@@ -134,10 +134,10 @@ def create_patient(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_note_header_comes_from_the_study_record_not_the_stored_bundle(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_store: CliStore
 ) -> None:
-    # The reference: an untouched store (a SQLite file), then the same study on the backend
-    # under test with its ingest Bundle rewritten before the review.
+    # The reference: an untouched store of its own, then the same study in the test's store
+    # with its ingest Bundle rewritten before the review.
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RTPLAN_STORE__URL", raising=False)
+        cli_store.store.point_cli(mp, tmp_path / "clean" / "out" / "outbox.sqlite")
         clean_out, uid = ingest(tmp_path, capsys, "clean")
         submit(tmp_path, capsys, clean_out, uid, "concern.json")
     out, same_uid = ingest(tmp_path, capsys, "tampered")

@@ -20,6 +20,8 @@ from tests.loop_support import count_loops_and_clients
 from tests.peers.fault_fhir import FaultServer
 from tests.support import FIXTURES
 
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
+
 
 def _config(tmp_path: Path) -> Path:
     config = tmp_path / "rtplan.yaml"

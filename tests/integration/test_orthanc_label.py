@@ -19,9 +19,10 @@ from adapter.cli import main
 from adapter.ingest.pipeline import log_key
 from adapter.store.outbox import Outbox
 from tests.peers.orthanc_fixture import OrthancPeer, value
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, ROOT
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 
 DICOM = FIXTURES / "dicom"
 PLANNING = DICOM / "planning-ct"
@@ -77,8 +78,8 @@ def assert_labelled_once(peer: OrthancPeer, before: dict[str, dict[str, Any]], o
     assert snapshot(peer, diagnostic) == before[diagnostic]
 
 
-def label_state(out: Path) -> str:
-    with Outbox(out / "outbox.sqlite") as outbox:
+def label_state(store: StoreUnderTest, out: Path) -> str:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         return outbox.labels().status(study_uid(PLANNING)).state.value
 
 
@@ -87,7 +88,7 @@ def test_cstore_adds_one_ko_series_to_the_study_orthanc_holds(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, store: StoreUnderTest,
 ) -> None:
     before = hold_both_studies(orthanc)
     monkeypatch.setenv("RTPLAN_LABEL__CSTORE", orthanc.cstore_target)
@@ -101,7 +102,7 @@ def test_cstore_adds_one_ko_series_to_the_study_orthanc_holds(
     for value_ in (str(patient.PatientName), patient.PatientID, patient.AccessionNumber):
         assert value_ not in caplog.text
     assert "row" in caplog.text  # the logs were captured at all
-    assert label_state(out) == "accepted"
+    assert label_state(store, out) == "accepted"
     # Ingesting again sends nothing new: still one KO instance.
     assert main(["ingest", str(PLANNING), "--out", str(out)]) == 0
     assert_labelled_once(orthanc, before, out)
@@ -111,7 +112,7 @@ def test_stow_rs_adds_one_ko_series_to_the_study_orthanc_holds(
     orthanc: OrthancPeer,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest,
 ) -> None:
     before = hold_both_studies(orthanc)
     monkeypatch.setenv("RTPLAN_LABEL__STOW_RS_URL", orthanc.dicomweb_url)
@@ -119,8 +120,8 @@ def test_stow_rs_adds_one_ko_series_to_the_study_orthanc_holds(
     code = main(["ingest", str(PLANNING), str(DIAGNOSTIC), "--out", str(out)])
     assert code == 0, capsys.readouterr()
     assert_labelled_once(orthanc, before, out)
-    assert label_state(out) == "accepted"
-    with Outbox(out / "outbox.sqlite") as outbox:
+    assert label_state(store, out) == "accepted"
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         (row,) = [r for r in outbox.rows() if r.destination == "pacs"]
     assert row.result == {"http": 200}
 
@@ -129,7 +130,7 @@ def test_a_cstore_refusal_is_a_dead_letter_not_a_crash(
     orthanc: OrthancPeer,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest,
 ) -> None:
     # Orthanc checks the called AE title: a wrong one is rejected-permanent at association, a
     # dead letter at once (no resends), visible in the label state and the outbox.
@@ -139,8 +140,8 @@ def test_a_cstore_refusal_is_a_dead_letter_not_a_crash(
     captured = capsys.readouterr()
     assert code == 1
     assert "Delivery: 2 delivered, 1 gave up" in captured.out  # Bundle and KOS files written
-    assert label_state(out) == "failed"
-    with Outbox(out / "outbox.sqlite") as outbox:
+    assert label_state(store, out) == "failed"
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         (row,) = [r for r in outbox.rows() if r.destination == "pacs"]
     assert row.attempts == 1
     assert row.last_error == (
@@ -149,7 +150,9 @@ def test_a_cstore_refusal_is_a_dead_letter_not_a_crash(
     assert orthanc.qido("studies") == []  # nothing reached the archive
 
 
-def test_archive_down_then_up_the_kos_arrives_once(orthanc_factory: Any, tmp_path: Path) -> None:
+def test_archive_down_then_up_the_kos_arrives_once(
+    orthanc_factory: Any, tmp_path: Path, store: StoreUnderTest
+) -> None:
     peer: OrthancPeer = orthanc_factory()
     peer.start()
     before = hold_both_studies(peer)
@@ -168,10 +171,11 @@ def test_archive_down_then_up_the_kos_arrives_once(orthanc_factory: Any, tmp_pat
                           stderr=subprocess.PIPE, text=True) as ingest:  # fmt: skip
         try:
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and _label_attempts(out) < 2:
+            while time.monotonic() < deadline and _label_attempts(store, out) < 2:
                 assert ingest.poll() is None, ingest.communicate()
                 time.sleep(0.1)
-            assert _label_attempts(out) >= 2  # it tried and failed while the archive was down
+            # It tried and failed while the archive was down.
+            assert _label_attempts(store, out) >= 2
             peer.start()
             stdout, stderr = ingest.communicate(timeout=120)
         finally:
@@ -180,16 +184,16 @@ def test_archive_down_then_up_the_kos_arrives_once(orthanc_factory: Any, tmp_pat
     assert ingest.returncode == 0, stderr
     assert "1 gave up" not in stdout
     assert_labelled_once(peer, before, out)
-    assert label_state(out) == "accepted"
+    assert label_state(store, out) == "accepted"
     assert f"PACS label {log_key(study_uid(PLANNING))}: KOS #1 (new)" in stdout
 
 
-def _label_attempts(out: Path) -> int:
+def _label_attempts(store: StoreUnderTest, out: Path) -> int:
     path = out / "outbox.sqlite"
-    if not path.exists():
+    if not store.postgresql and not path.exists():
         return 0
     try:
-        with Outbox(path) as outbox:
+        with Outbox(store.at(path)) as outbox:
             rows = [r for r in outbox.rows() if r.destination == "pacs"]
     except Exception:  # the ingest process may be creating the schema right now
         return 0
@@ -200,7 +204,7 @@ def test_cstore_over_tls_with_a_client_certificate(
     orthanc_factory: Any,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest,
 ) -> None:
     import trustme
 
@@ -240,9 +244,10 @@ def test_cstore_over_tls_with_a_client_certificate(
     # Without TLS the same archive is unreachable: the row retries, then gives up, visibly.
     monkeypatch.setenv("RTPLAN_LABEL__MAX_ATTEMPTS", "1")
     plain = tmp_path / "plain"
+    store.point_cli(monkeypatch, plain / "outbox.sqlite")  # a store of its own
     config.write_text(f"label:\n  cstore: \"{peer.cstore_target}\"\n  timeout: 3\n")
     assert main(["--config", str(config), "ingest", str(PLANNING), "--out", str(plain)]) == 1
-    with Outbox(plain / "outbox.sqlite") as outbox:
+    with Outbox(store.at(plain / "outbox.sqlite")) as outbox:
         (row,) = [r for r in outbox.rows() if r.destination == "pacs"]
     assert row.state.value == "dead"
     assert_labelled_once(peer, before, out)
@@ -252,7 +257,7 @@ def test_a_late_series_adds_a_superseding_kos_to_the_same_ko_series(
     orthanc: OrthancPeer,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest,
 ) -> None:
     from tests.integration.test_label_cli import copy_without_declared_counts, late_series
 
@@ -278,7 +283,7 @@ def test_a_late_series_adds_a_superseding_kos_to_the_same_ko_series(
     assert sorted(i[1] for i in after["instances"] if i[0] == ko_after[0]) == sorted(
         [first, second]
     )
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         status = outbox.labels().status(uid)
     assert status.state.value == "accepted"
     assert status.current is not None and status.current.sop_instance_uid == second

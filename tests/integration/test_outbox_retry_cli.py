@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from adapter.store.outbox import Outbox, State
+from tests.store_backend import StoreUnderTest
 from tests.support import ROOT
 
 DOCUMENTED = re.compile(r"^rtplan: config id: row 7 is delivered; only dead or waiting rows retry$")
 
 
-def _rtplan(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RTPLAN_")}
+def _rtplan(args: list[str], cwd: Path, store: StoreUnderTest) -> subprocess.CompletedProcess[str]:
+    env = store.env({k: v for k, v in os.environ.items() if not k.startswith("RTPLAN_")})
     return subprocess.run(
         [sys.executable, "-m", "adapter.cli", *args],
         env={**env, "PYTHONPATH": str(ROOT)},
@@ -31,12 +32,12 @@ def _rtplan(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _outbox_with(db: Path, rows: int) -> list[int]:
+def _outbox_with(db: Path | str, rows: int, folder: Path) -> list[int]:
     with Outbox(db) as outbox:
         return [
             outbox.enqueue(
                 destination="files",
-                target=str(db.parent),
+                target=str(folder),
                 key=f"k{n}",
                 kind="fhir-transaction",
                 label=f"L{n}",
@@ -52,9 +53,13 @@ def test_the_documented_line_is_the_one_printed() -> None:
 
 
 @pytest.mark.parametrize("state", [State.DELIVERED, State.IN_FLIGHT])
-def test_retry_of_a_row_that_needs_none(tmp_path: Path, state: State) -> None:
-    db = tmp_path / "outbox.sqlite"
-    ids = _outbox_with(db, 7)
+@pytest.mark.store
+def test_retry_of_a_row_that_needs_none(
+    tmp_path: Path, state: State, store: StoreUnderTest
+) -> None:
+    sqlite_file = tmp_path / "outbox.sqlite"
+    db = store.at(sqlite_file)
+    ids = _outbox_with(db, 7, tmp_path)
     with Outbox(db) as outbox:
         claimed = outbox.claim(7, lease_seconds=600)
         row_id = claimed[-1].id
@@ -65,7 +70,9 @@ def test_retry_of_a_row_that_needs_none(tmp_path: Path, state: State) -> None:
         audited = len(outbox.audit_records())
     assert before.state is state
 
-    result = _rtplan(["outbox", "--db", str(db), "retry", str(row_id)], tmp_path)
+    result = _rtplan(
+        ["outbox", *store.db_option(sqlite_file), "retry", str(row_id)], tmp_path, store
+    )
 
     assert result.returncode == 2
     assert result.stdout == "" and "Traceback" not in result.stderr

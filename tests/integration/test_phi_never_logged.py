@@ -38,6 +38,7 @@ def canary_study(root: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("incomplete", ["hold", "map"])
+@pytest.mark.store
 def test_no_canary_outside_the_bundle(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

@@ -15,7 +15,7 @@ from tests.api_support import api_settings, running_api
 from tests.peers.hl7_receiver import Hl7Receiver
 from tests.peers.launch import free_port
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 
 
 def mllp_settings(tmp_path: Path, port: int, **env: str) -> Settings:

@@ -23,7 +23,7 @@ from tests.receive_support import wait_for
 from tests.support import FIXTURES, ROOT, make_study
 
 pytest_plugins = ["tests.peers.orthanc_fixture"]
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 
 DIAGNOSTIC = FIXTURES / "dicom" / "diagnostic-ct"
 TOKEN = "receive-fhir-token-0123"

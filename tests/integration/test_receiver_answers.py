@@ -18,7 +18,7 @@ from adapter.receive.spool import Identity, Spool
 from tests.receive_support import receiver_settings, running_receiver
 from tests.support import FIXTURES
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 CT = sorted((FIXTURES / "dicom" / "planning-ct").glob("*_CT_0001.dcm"))[0]
 
 

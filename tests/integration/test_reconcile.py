@@ -23,7 +23,10 @@ from adapter.service.inbound import InboundHandler
 from adapter.service.serve import trust_policy
 from adapter.store.outbox import Outbox
 from adapter.tables import load_tables
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, synth
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 MRN = "HOSP-MRN"
 
@@ -80,7 +83,7 @@ def items(capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> tuple[i
 
 
 def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     out, root = tmp_path / "out", tmp_path / "in"
     folders = {seed: study(root, seed) for seed in ("rec-a", "rec-b", "rec-c", "rec-d")}
@@ -97,7 +100,7 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
         )  # fmt: skip
         assert code == 0, stdout
         assert json.loads(stdout)["radiology_request"] is True
-        with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
+        with Outbox(store.at(out / "outbox.sqlite"), check_same_thread=False) as outbox:
             (order,) = outbox.rows_for_key(f"study:{uid[seed]}", kind="hl7-order")
         placers[seed] = str(order.payload["order"]["placer_order_number"])
     # D: re-ingested under another patient -> an identity hold.
@@ -114,7 +117,7 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     synth.planning_ct(partial, seed="rec-e", slices=4, missing_slices=[2], patient_id="PID-rec-e")
     uid["rec-e"] = synth.uid_for("rec-e", "/study")
     assert run(capsys, "ingest", str(partial), "--out", str(out))[0] == 1
-    with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
+    with Outbox(store.at(out / "outbox.sqlite"), check_same_thread=False) as outbox:
         timers = outbox.timers()
         # B's order was never acknowledged: its T1 is already past due.
         timers.arm(placers["rec-b"], T1, 0, "no AA from RIS")
@@ -161,7 +164,7 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     assert "SOMEONE-ELSE" in stdout and "1 held row(s)" in stdout
     code, stdout = run(capsys, "identity", "list", "--out", str(out))
     assert f"hold {hold['hold']} study {uid['rec-d']}" in stdout and "1 open" in stdout
-    with Outbox(out / "outbox.sqlite") as outbox:  # the metric a scheduler alerts on
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:  # the metric a scheduler alerts on
         assert b"rtplan_identity_holds_open 1.0" in metrics_text(outbox, {})[0]
     # --since: nothing created after a far future date.
     code, stdout = run(capsys, "reconcile", "--since", "2999-01-01", "--json", "--out", str(out))
@@ -174,7 +177,7 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     for seed in ("rec-a", "rec-d", "rec-e"):
         path = review(tmp_path, "no-finding.json", uid[seed], f"R-{seed}")
         assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0
-    with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
+    with Outbox(store.at(out / "outbox.sqlite"), check_same_thread=False) as outbox:
         order_b = outbox.order(placers["rec-b"])
         assert order_b is not None
         assert inbound(outbox, out, app_ack(order_b.transmissions[-1].control_id, 2)) is None
@@ -189,15 +192,16 @@ def test_reconcile_lists_every_open_item_and_exits_zero_once_closed(
     assert code == 0
     code, stdout = run(capsys, "identity", "list", "--all", "--out", str(out))
     assert "resolved (keep by Dr Safe)" in stdout and "0 open identity hold(s)" in stdout
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         assert b"rtplan_identity_holds_open 0.0" in metrics_text(outbox, {})[0]
-    assert run(capsys, "outbox", "--db", str(out / "outbox.sqlite"), "run")[0] == 0
+    assert run(capsys, "outbox", *store.db_option(out / "outbox.sqlite"), "run")[0] == 0
     code, listed = items(capsys, out)
     assert (code, listed["open"], listed["overdue"]) == (0, 0, 0), listed
     code, stdout = run(capsys, "reconcile", "--out", str(out))
     assert code == 0 and "0 open item(s), 0 overdue" in stdout
 
 
+@pytest.mark.sqlite_only(reason="a SQLite file not there yet (a database server always is)")
 def test_reconcile_without_a_store_is_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -208,14 +212,14 @@ def test_reconcile_without_a_store_is_one_clear_line(
 
 
 def test_a_dead_row_is_overdue_until_a_replay_is_delivered(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     """A dead letter stays an overdue item (nothing retries it by itself) until an analyst's
     replay of it is delivered. The death is injected (a fault no embedded peer produces)."""
     out = tmp_path / "out"
     assert run(capsys, "ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out))[0] == 0
     path = review(tmp_path, "no-finding.json", synth.uid_for("planning-ct", "/study"), "R-dead")
-    with Outbox(out / "outbox.sqlite", check_same_thread=False) as outbox:
+    with Outbox(store.at(out / "outbox.sqlite"), check_same_thread=False) as outbox:
         row_id = outbox.enqueue(
             destination="files", target=str(out.resolve()), key="study:x", kind="fhir-transaction",
             label="Injected-dead", payload={"resourceType": "Bundle"},
@@ -224,7 +228,9 @@ def test_a_dead_row_is_overdue_until_a_replay_is_delivered(
     assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0
     code, listed = items(capsys, out)
     assert code == 1 and [(i["kind"], i["row"]) for i in listed["items"]] == [("dead", row_id)]
-    code, stdout = run(capsys, "outbox", "--db", str(out / "outbox.sqlite"), "replay", str(row_id))
+    code, stdout = run(
+        capsys, "outbox", *store.db_option(out / "outbox.sqlite"), "replay", str(row_id)
+    )
     assert code == 0 and f"replayed row {row_id}" in stdout
     code, listed = items(capsys, out)
     assert (code, listed["open"]) == (0, 0)

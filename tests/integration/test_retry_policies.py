@@ -23,8 +23,9 @@ from tests.note_support import load_review
 from tests.peers import mllp_fault
 from tests.peers.launch import free_port
 from tests.peers.mllp_fault import MllpFaultPeer
+from tests.store_backend import StoreUnderTest
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "fixtures" / "dicom" / "planning-ct"
 
@@ -36,7 +37,7 @@ def _profile(receivers: Path, name: str, port: int, **connection: object) -> Non
     path.write_text(yaml.safe_dump(data))
 
 
-def _dead(outbox_path: Path, destination: str, target: str | None = None) -> list[Row]:
+def _dead(outbox_path: Path | str, destination: str, target: str | None = None) -> list[Row]:
     with Outbox(outbox_path) as outbox:
         return [
             r
@@ -45,7 +46,9 @@ def _dead(outbox_path: Path, destination: str, target: str | None = None) -> lis
         ]
 
 
-def test_each_hl7_receiver_resends_as_its_profile_says(tmp_path: Path) -> None:
+def test_each_hl7_receiver_resends_as_its_profile_says(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     """default-ris: ``max_resends: 1`` -> 2 transmissions at the peer; document-mdm:
     ``max_resends: 4`` against a closed port -> 5 attempts. The FHIR policy (40) is not used."""
     out = tmp_path / "out"
@@ -67,8 +70,8 @@ def test_each_hl7_receiver_resends_as_its_profile_says(tmp_path: Path) -> None:
         frames = len(ris.frames)
         unique = ris.unique_control_ids
     assert result.delivery is not None and result.delivery.dead >= 2
-    (order,) = _dead(out / "outbox.sqlite", "hl7", "default-ris")
-    (note,) = _dead(out / "outbox.sqlite", "hl7", "document-mdm")
+    (order,) = _dead(store.at(out / "outbox.sqlite"), "hl7", "default-ris")
+    (note,) = _dead(store.at(out / "outbox.sqlite"), "hl7", "document-mdm")
     assert (order.state, order.attempts) == ("dead", 2)
     assert frames == 2 and len(unique) == 1  # the same message, resent once
     assert "gave up after 2 attempt(s)" in order.last_error
@@ -76,7 +79,7 @@ def test_each_hl7_receiver_resends_as_its_profile_says(tmp_path: Path) -> None:
     assert "gave up after 5 attempt(s)" in note.last_error
 
 
-def test_a_receivers_give_up_window_stops_resends(tmp_path: Path) -> None:
+def test_a_receivers_give_up_window_stops_resends(tmp_path: Path, store: StoreUnderTest) -> None:
     """``give_up_after`` bounds the resends by time since the order was queued."""
     out = tmp_path / "out"
     assert main(["ingest", str(STUDY), "--out", str(out)]) == 0
@@ -97,13 +100,13 @@ def test_a_receivers_give_up_window_stops_resends(tmp_path: Path) -> None:
         outbox=OutboxSettings(path=str(out / "outbox.sqlite")),
     )
     submit_review(load_review("concern"), settings, out_dir=out)
-    (order,) = _dead(out / "outbox.sqlite", "hl7", "default-ris")
+    (order,) = _dead(store.at(out / "outbox.sqlite"), "hl7", "default-ris")
     assert order.state == "dead" and order.attempts < 10  # not 1 + max_resends = 101
     assert "gave up after" in order.last_error
 
 
 def test_fhir_and_the_pacs_label_each_keep_their_own_count(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest
 ) -> None:
     """As a user configures it (docs/configuration.md, docs/delivery.md): ``fhir.max_attempts``
     3 and ``label.max_attempts`` 2, both destinations refusing connections."""
@@ -125,13 +128,15 @@ def test_fhir_and_the_pacs_label_each_keep_their_own_count(
     out = tmp_path / "out"
     code = main(["--config", str(config), "ingest", str(STUDY), "--out", str(out)])
     assert code != 0  # nothing reached the server: the command says so
-    fhir_rows = _dead(out / "outbox.sqlite", "fhir")
-    pacs_rows = _dead(out / "outbox.sqlite", "pacs")
+    fhir_rows = _dead(store.at(out / "outbox.sqlite"), "fhir")
+    pacs_rows = _dead(store.at(out / "outbox.sqlite"), "pacs")
     assert fhir_rows and {(r.state, r.attempts) for r in fhir_rows} == {("dead", 3)}
     assert pacs_rows and {(r.state, r.attempts) for r in pacs_rows} == {("dead", 2)}
 
 
-def test_a_nak_is_never_resent_whatever_max_resends_says(tmp_path: Path) -> None:
+def test_a_nak_is_never_resent_whatever_max_resends_says(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     """AE is the receiver's answer, not a lost message: one transmission, a dead letter."""
     out = tmp_path / "out"
     assert main(["ingest", str(STUDY), "--out", str(out)]) == 0
@@ -147,6 +152,6 @@ def test_a_nak_is_never_resent_whatever_max_resends_says(tmp_path: Path) -> None
         )
         submit_review(load_review("concern"), settings, out_dir=out)
         frames = len(ris.frames)
-    (order,) = _dead(out / "outbox.sqlite", "hl7", "default-ris")
+    (order,) = _dead(store.at(out / "outbox.sqlite"), "hl7", "default-ris")
     assert (order.state, order.attempts, frames) == ("dead", 1, 1)
     assert "rejected by the receiver" in order.last_error

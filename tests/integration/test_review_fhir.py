@@ -16,7 +16,10 @@ import httpx
 import pytest
 
 from adapter.cli import main
+from tests.store_backend import StoreUnderTest
 from tests.support import synth
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 SERVERS = ["medplum", "hapi"]
 REVIEWS = Path(__file__).resolve().parents[2] / "fixtures" / "reviews"
@@ -66,12 +69,14 @@ def assert_references_resolve(base: str, *resources: dict[str, Any]) -> None:
 class Site:
     """One patient on one server: ingest studies, submit reviews."""
 
-    def __init__(self, base: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.base, self.tmp = base, tmp
+    def __init__(
+        self, base: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest
+    ) -> None:
+        self.base, self.tmp, self.store = base, tmp, store
         self.patient_id = f"P{uuid.uuid4().hex[:10]}"
         monkeypatch.setenv("RTPLAN_FHIR__CREATE_PATIENT", "true")
         monkeypatch.setenv("RTPLAN_FHIR__INITIAL_WAIT", "0.05")
-        monkeypatch.setenv("RTPLAN_OUTBOX__PATH", str(tmp / "outbox.sqlite"))
+        store.point_cli(monkeypatch, tmp / "outbox.sqlite")
         monkeypatch.setenv("RTPLAN_INGEST__WORKERS", "1")
         self.monkeypatch = monkeypatch
 
@@ -105,8 +110,10 @@ class Site:
 
 
 @pytest.fixture
-def site(fhir_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
-    return Site(fhir_url, tmp_path, monkeypatch)
+def site(
+    fhir_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest
+) -> Site:
+    return Site(fhir_url, tmp_path, monkeypatch, store)
 
 
 def test_full_loop(site: Site) -> None:
@@ -190,7 +197,7 @@ def test_review_of_a_study_known_only_to_the_server(
     site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uid = site.ingest()
-    monkeypatch.setenv("RTPLAN_OUTBOX__PATH", str(site.tmp / "other-outbox.sqlite"))
+    site.store.point_cli(monkeypatch, site.tmp / "other-outbox.sqlite")
     assert site.submit(site.review("no-finding", uid, f"R-{uuid.uuid4().hex[:8]}")) == 0
     task = site.review_task(uid)
     assert task["status"] == "completed" and task["priority"] == "urgent"  # kept from ingest
@@ -215,7 +222,7 @@ def test_prior_imaging_rule(site: Site) -> None:
     assert task["priority"] == "routine"
     assert "1 earlier CT/MR/PT study(ies) of Pelvis found" in task["note"][0]["text"]
     # Outside the window (over a year before): raised again.
-    other = Site(site.base, site.tmp, site.monkeypatch)
+    other = Site(site.base, site.tmp, site.monkeypatch, site.store)
     other.ingest("diagnostic_ct", body_part="PELVIS", study_date="20240101")
     uid = other.ingest()
     assert other.review_task(uid)["priority"] == "urgent"

@@ -10,7 +10,6 @@ one wins.
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,11 @@ import httpx
 import pytest
 
 from adapter.cli import main
+from adapter.store.outbox import Outbox
 from tests.integration.test_review_fhir import REVIEWS, Site, one
+from tests.store_backend import StoreUnderTest
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 SNOMED = "http://snomed.info/sct"
 SUSPECTED = "415684004"
@@ -29,8 +32,10 @@ NAD = "281900007"
 
 
 @pytest.fixture
-def site(fhir_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
-    return Site(fhir_url, tmp_path, monkeypatch)
+def site(
+    fhir_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest
+) -> Site:
+    return Site(fhir_url, tmp_path, monkeypatch, store)
 
 
 def review_file(site: Site, name: str, uid: str, review_id: str, **changes: Any) -> Path:
@@ -85,8 +90,8 @@ def radiology_update(base: str, task: dict[str, Any]) -> dict[str, Any]:
 
 
 def outbox_rows(site: Site) -> int:
-    with sqlite3.connect(site.tmp / "outbox.sqlite") as db:
-        return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    with Outbox(site.store.at(site.tmp / "outbox.sqlite")) as outbox:
+        return len(outbox.rows())
 
 
 def test_versions_amendment_withdrawal_and_stale_copy(site: Site) -> None:

@@ -37,9 +37,10 @@ from tests.peers.launch import PeerProcess, free_port
 from tests.peers.medplum_fixture import connections_accepted
 from tests.peers.mllp_fault import ack as fault_ack
 from tests.receive_support import wait_for
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 PLANNING = sorted((FIXTURES / "dicom" / "planning-ct").glob("*.dcm"))
 TOKEN = "one-loop-token-0123456789"
 
@@ -130,6 +131,7 @@ def test_serve_runs_every_part_on_one_loop_with_one_fhir_client(
     medplum_peer: PeerProcess,
     mllp_fault: Any,
     monkeypatch: pytest.MonkeyPatch,
+    store: StoreUnderTest,
 ) -> None:
     mllp_fault.default = fault_ack("AR", error_code="207")  # the RIS rejects the order
     settings = _settings(tmp_path, medplum, mllp_fault.port)
@@ -172,7 +174,7 @@ def test_serve_runs_every_part_on_one_loop_with_one_fhir_client(
         e["resource"].get("businessStatus", {}).get("text", "") for e in tasks.get("entry", [])
     ]
     assert any(s.startswith("escalated: the RIS rejected the order") for s in statuses)
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         assert outbox.counts().get("in_flight", 0) == 0  # nothing left leased at the stop
 
 

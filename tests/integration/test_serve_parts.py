@@ -23,7 +23,7 @@ from tests.peers.launch import free_port
 from tests.receive_support import wait_for
 from tests.support import FIXTURES, ROOT
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 PLANNING = FIXTURES / "dicom" / "planning-ct"
 TOKEN = "parts-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -24,7 +24,7 @@ from tests.peers.postgres_fixture import CliStore
 from tests.receive_support import wait_for
 from tests.support import FIXTURES, ROOT
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.store]
 PLANNING = FIXTURES / "dicom" / "planning-ct"
 
 

@@ -22,12 +22,15 @@ from adapter.jobs.deliver import enqueue, targets
 from adapter.jobs.ingest import read_and_map
 from adapter.service import serve as serve_module
 from adapter.service.serve import serve
+from adapter.store.location import store_location
 from adapter.store.outbox import Outbox, State
 from adapter.tables import load_tables
 from tests.peers.fault_fhir import FaultServer, commit_then_hang, delay
 from tests.support import FIXTURES, ROOT
 
 STUDY = FIXTURES / "dicom" / "planning-ct"
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 
 def _settings(tmp_path: Path, fhir_url: str, *, lease: float = 300.0) -> Settings:
@@ -42,7 +45,7 @@ def _settings(tmp_path: Path, fhir_url: str, *, lease: float = 300.0) -> Setting
 def _enqueue_study(settings: Settings, tmp_path: Path) -> int:
     tables = load_tables(settings.mappings_dir)
     result = asyncio.run(read_and_map([STUDY], settings, tables, fhir=None))
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store_location(settings)) as outbox:
         (row_id,) = enqueue(outbox, result, targets(settings, None))
     return row_id
 
@@ -62,8 +65,8 @@ def _posted(peer: FaultServer) -> Callable[[], bool]:
     return lambda: any(r.method == "POST" for r in peer.requests)
 
 
-def _row(tmp_path: Path, row_id: int) -> tuple[State, int, list[str]]:
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+def _row(settings: Settings, row_id: int) -> tuple[State, int, list[str]]:
+    with Outbox(store_location(settings)) as outbox:
         row = outbox.get(row_id)
         return row.state, row.attempts, [event for _, event, _ in outbox.events(row_id)]
 
@@ -83,7 +86,7 @@ def test_a_stop_signal_lets_the_delivery_in_progress_finish(
         await asyncio.wait_for(service, 60)
 
     asyncio.run(run())
-    state, attempts, events = _row(tmp_path, row_id)
+    state, attempts, events = _row(settings, row_id)
     assert (state, attempts) == (State.DELIVERED, 1)
     assert events[-1] == "delivered"
     assert fault_fhir.count("ImagingStudy") == 1
@@ -105,17 +108,17 @@ def test_a_delivery_outlasting_the_grace_period_is_handed_back_and_taken_up_afte
         await asyncio.wait_for(service, 60)  # the hung delivery does not hold the stop
 
     asyncio.run(first_run())
-    state, attempts, _ = _row(tmp_path, row_id)
+    state, attempts, _ = _row(settings, row_id)
     assert (state, attempts) == (State.IN_FLIGHT, 1)  # still leased: nothing decided, nothing lost
 
     async def next_start() -> None:
         service = asyncio.create_task(serve(settings, None))
-        await _until(lambda: _row(tmp_path, row_id)[0] is State.DELIVERED, "the row delivered")
+        await _until(lambda: _row(settings, row_id)[0] is State.DELIVERED, "the row delivered")
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(service, 60)
 
     asyncio.run(next_start())
-    state, attempts, events = _row(tmp_path, row_id)
+    state, attempts, events = _row(settings, row_id)
     assert (state, attempts) == (State.DELIVERED, 2)
     assert "recovered" in events  # taken over once the lease ran out
     assert fault_fhir.count("ImagingStudy") == 1  # the repeat updated the same resource

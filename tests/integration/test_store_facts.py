@@ -23,12 +23,16 @@ from adapter.config import Settings
 from adapter.jobs.deliver import targets
 from adapter.service.inbound import InboundHandler
 from adapter.service.serve import trust_policy
+from adapter.store.db import open_database
 from adapter.store.identity import HeldRow, IngestedStudy
 from adapter.store.orders import QueuedOrder
 from adapter.store.outbox import NewRow, Outbox
 from adapter.store.studies import StudyRecord
 from adapter.tables import load_tables
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES, synth
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 MRN = "HOSP-MRN"
 
@@ -50,8 +54,10 @@ def record(uid: str = "1.2.3", **facts: Any) -> StudyRecord:
                        **facts)  # fmt: skip
 
 
-def test_a_study_record_and_its_rows_are_stored_together_or_not_at_all(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+def test_a_study_record_and_its_rows_are_stored_together_or_not_at_all(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
+    with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         # NaN is not JSON: the row cannot be stored, so the record must not be either.
         bad = HeldRow("files", "out", "study:1.2.3", "fhir-transaction", "x", {"n": float("nan")})
         with pytest.raises(ValueError):
@@ -67,11 +73,11 @@ def test_a_study_record_and_its_rows_are_stored_together_or_not_at_all(tmp_path:
 
 
 def test_an_order_record_and_its_hl7_row_are_stored_together_or_not_at_all(
-    tmp_path: Path,
+    tmp_path: Path, store: StoreUnderTest,
 ) -> None:
     queued = QueuedOrder("P1", "1.2.3", "P1", "default-ris", "NW", "RTX1", {"priority": "urgent"})
     row = NewRow("hl7", "default-ris", "study:1.2.3", "hl7-order", "Order-P1-NW", {"a": 1})
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         with pytest.raises(RuntimeError), outbox.batch() as batch:
             batch.record_order(batch.enqueue(row), queued)
             raise RuntimeError("crash between the order and the rest of the review")
@@ -91,6 +97,7 @@ def test_an_order_record_and_its_hl7_row_are_stored_together_or_not_at_all(
         assert order.transmissions[0].ack_code == "AA" and order.transmissions[0].ack_at
 
 
+@pytest.mark.sqlite_only(reason="a store from before the records is a SQLite file")
 def test_a_studies_table_written_before_the_facts_gains_their_columns(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     db = sqlite3.connect(path)
@@ -122,28 +129,27 @@ def _ingest_and_review(
     return out, uid, str(out / "outbox.sqlite")
 
 
-def _tamper(path: str, where: str) -> int:
+def _tamper(location: Path | str, where: str) -> int:
     """Rewrite the stored payloads (as a corrupted or hand-edited row would be)."""
-    db = sqlite3.connect(path)
+    db = open_database(location)
     raws = db.execute(f"SELECT id, payload FROM outbox WHERE {where}").fetchall()
     for row_id, text in raws:
         text = text.replace("PID-facts", "PID-WRONG").replace("urn:oid:", "urn:oid:9.")
         db.execute("UPDATE outbox SET payload=? WHERE id=?", (text, row_id))
-    db.commit()
     db.close()
     return len(raws)
 
 
 def test_a_review_and_its_order_carry_the_recorded_patient_not_the_stored_bundle(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     out, uid, path = _ingest_and_review(tmp_path, capsys)
-    with Outbox(Path(path)) as outbox:
+    with Outbox(store.at(Path(path))) as outbox:
         stored = outbox.study(uid)
         assert stored is not None and stored.classification == "planning" and stored.evidence
         assert stored.review_task_key.endswith(f"review:{uid}") and stored.review_task
     # The ingest Bundle as stored no longer names the patient or the study correctly.
-    assert _tamper(path, "kind='fhir-transaction'") >= 1
+    assert _tamper(store.at(Path(path)), "kind='fhir-transaction'") >= 1
     code, stdout = run(
         capsys, "review", "submit", str(review_file(tmp_path, "concern.json", uid, "R-facts")),
         "--out", str(out), "--json",
@@ -160,7 +166,7 @@ def test_a_review_and_its_order_carry_the_recorded_patient_not_the_stored_bundle
 
 
 def test_an_inbound_result_finds_its_order_by_the_record_not_the_payload(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     out, uid, path = _ingest_and_review(tmp_path, capsys)
     code, _ = run(
@@ -168,13 +174,12 @@ def test_an_inbound_result_finds_its_order_by_the_record_not_the_payload(
         "--out", str(out),
     )  # fmt: skip
     assert code == 0
-    with Outbox(Path(path)) as outbox:
+    with Outbox(store.at(Path(path))) as outbox:
         (order,) = outbox.orders_for_study(uid)
         placer = order.placer
     # The HL7 row's payload loses its order: a workflow reading it could not match the result.
-    db = sqlite3.connect(path)
+    db = open_database(store.at(Path(path)))
     db.execute("UPDATE outbox SET payload=? WHERE destination='hl7'", (json.dumps({"x": 1}),))
-    db.commit()
     db.close()
     oru = (
         "MSH|^~\\&|RIS|RADIOLOGY|RTPLAN|ONCOLOGY|20260305101500+0000||ORU^R01^ORU_R01|ORU1|P|"
@@ -186,7 +191,7 @@ def test_an_inbound_result_finds_its_order_by_the_record_not_the_payload(
         "OBX|1|TX|18748-4^Diagnostic imaging study^LN||Benign cysts only.||||||F\r"
     )
     settings = Settings()
-    with Outbox(Path(path), check_same_thread=False) as outbox:
+    with Outbox(store.at(Path(path)), check_same_thread=False) as outbox:
         handler = InboundHandler(
             outbox,
             load_tables(settings.mappings_dir),
@@ -223,6 +228,7 @@ def _as_before_issue_8(path: str) -> None:
     db.close()
 
 
+@pytest.mark.sqlite_only(reason="a store from before the records is a SQLite file")
 def test_a_store_written_before_the_records_is_filled_once_on_opening(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

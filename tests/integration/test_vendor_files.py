@@ -7,11 +7,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from pydicom.data import get_testdata_file
 
 from adapter.config import IngestSettings, Settings
 from adapter.ingest.pipeline import Status, run_ingest
 from adapter.tables import load_tables
+
+pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
 VENDOR_FILES = (
     "CT_small.dcm",

@@ -123,6 +123,7 @@ def test_a_series_description_longer_than_lo_is_a_load_time_error(tmp_path: Path
         load_vocabulary(load_tables(folder))
 
 
+@pytest.mark.store
 def test_a_rejection_title_in_the_tables_stops_the_cli_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

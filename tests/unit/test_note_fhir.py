@@ -186,6 +186,7 @@ def test_unknown_previous_version_is_not_referenced() -> None:
     assert only["resource"]["docStatus"] == "amended"
 
 
+@pytest.mark.store
 def test_preview_shows_the_note_as_a_submission_would_write_it(tmp_path: Path) -> None:
     from adapter.cli import main
     from adapter.config import Settings

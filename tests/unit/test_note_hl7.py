@@ -22,6 +22,7 @@ from adapter.hl7.escape import unescape
 from adapter.hl7.messages import MessageBuildError
 from adapter.jobs.review import submit_review
 from tests.note_support import load_review
+from tests.store_backend import StoreUnderTest
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = "Pipes | carets ^ amp & tilde ~ backslash \\ looks escaped \\F\\ \\.br\\\nnew line"
@@ -48,6 +49,7 @@ def submit(name: str, out: Path, settings: Settings | None = None, **changes: An
     return submit_review(load_review(name, **changes), settings or Settings(), out_dir=out)
 
 
+@pytest.mark.store
 def test_embedded_default_writes_every_output(tmp_path: Path) -> None:
     ingest(tmp_path)
     first = submit("concern", tmp_path, notes=HOSTILE)
@@ -73,6 +75,7 @@ def test_embedded_default_writes_every_output(tmp_path: Path) -> None:
     assert str(r01.segment("OBR")(25)) == "F"
 
 
+@pytest.mark.store
 def test_amendment_then_withdrawal_sequence(tmp_path: Path) -> None:
     ingest(tmp_path)
     submit("concern", tmp_path)
@@ -108,6 +111,7 @@ def _profiles(tmp_path: Path, **document: str) -> Path:
     return folder
 
 
+@pytest.mark.store
 def test_profile_chooses_t08_and_withdrawal_by_replacement(tmp_path: Path) -> None:
     out = tmp_path / "out"
     ingest(out)
@@ -127,6 +131,7 @@ def test_profile_chooses_t08_and_withdrawal_by_replacement(tmp_path: Path) -> No
     assert list((out / "fhir").glob("Review-*.json"))  # the review Bundle is still written
 
 
+@pytest.mark.store
 def test_a_profile_of_the_wrong_kind_is_a_clear_error(tmp_path: Path) -> None:
     ingest(tmp_path)
     settings = Settings(
@@ -169,7 +174,8 @@ def test_settings_replace_keeps_defaults() -> None:
     assert replace(Settings()).note.mdm_receiver == "document-mdm"
 
 
-def test_an_unencodable_note_stores_nothing(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_an_unencodable_note_stores_nothing(tmp_path: Path, store: StoreUnderTest) -> None:
     """A note the receiver's charset cannot carry is refused before any row of the review is
     stored: the command fails cleanly and nothing half-done waits in the outbox."""
     from adapter.store.outbox import Outbox
@@ -182,11 +188,11 @@ def test_an_unencodable_note_stores_nothing(tmp_path: Path) -> None:
     data["charset"] = "8859/1"
     path.write_text(yaml.safe_dump(data))
     settings = Settings(hl7=Hl7Settings(receivers_dir=str(folder)))
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         before = len(outbox.rows_for_key(f"study:{_uid()}"))
     with pytest.raises(MessageBuildError, match="OBX-5: has a character that 8859/1 cannot encode"):
         submit("concern", out, settings, notes="肝臓")
-    with Outbox(out / "outbox.sqlite") as outbox:
+    with Outbox(store.at(out / "outbox.sqlite")) as outbox:
         assert len(outbox.rows_for_key(f"study:{_uid()}")) == before
 
 

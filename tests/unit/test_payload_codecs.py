@@ -9,6 +9,7 @@ import pytest
 from adapter.hl7.order_payload import KIND_CANCEL, KIND_ORDER, OrderPayload
 from adapter.store import payloads
 from adapter.store.outbox import NewRow, Outbox
+from tests.store_backend import StoreUnderTest
 
 ORDER = {"placer_order_number": "P1", "control": "NW", "priority": "urgent"}
 
@@ -35,8 +36,11 @@ def test_every_hl7_order_kind_has_the_codec_and_a_fhir_bundle_has_none() -> None
         payloads.register(dict, KIND_ORDER)  # type: ignore[arg-type]
 
 
-def test_decoding_a_payload_that_does_not_fit_names_the_kind(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+@pytest.mark.store
+def test_decoding_a_payload_that_does_not_fit_names_the_kind(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
+    with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         good = OrderPayload("x", ORDER).to_json()
         row_id = outbox.enqueue(
             destination="hl7", target="x", key="k", kind=KIND_ORDER, label="l", payload=good

@@ -282,6 +282,10 @@ _INGEST_IMPORTS = (
 )
 
 
+# What an ingest on the embedded default (a SQLite file) imports; PostgreSQL loads psycopg.
+EMBEDDED_DEFAULT = pytest.mark.sqlite_only(reason="the imports of the embedded SQLite default")
+
+
 def _ingest_imports(case: str, out: Path, *, label: bool) -> tuple[str, list[str], list[str]]:
     """Exit status, heavy packages and label modules loaded by one ``rtplan ingest`` run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTPLAN_")}
@@ -299,6 +303,7 @@ def _ingest_imports(case: str, out: Path, *, label: bool) -> tuple[str, list[str
     return code, json.loads(heavy), json.loads(modules)
 
 
+@EMBEDDED_DEFAULT
 def test_ingest_with_labelling_off_imports_no_label_builder_or_toolkit(tmp_path: Path) -> None:
     """``label.enabled: false``: a planning study is mapped and delivered without pydicom,
     numpy or pynetdicom, and without the KOS builder or the label delivery module."""
@@ -308,6 +313,7 @@ def test_ingest_with_labelling_off_imports_no_label_builder_or_toolkit(tmp_path:
     assert not set(modules) & {*_LABEL_BUILDER, *_RAW_LABEL, "adapter.label.delivery"}, modules
 
 
+@EMBEDDED_DEFAULT
 def test_ingest_without_a_planning_study_imports_no_toolkit(tmp_path: Path) -> None:
     """Labelling on, but no study to label (a diagnostic study is held): no KOS is built, so
     neither pydicom nor the builder is loaded; the label delivery module loads without them."""
@@ -316,6 +322,7 @@ def test_ingest_without_a_planning_study_imports_no_toolkit(tmp_path: Path) -> N
     assert not set(modules) & set(_LABEL_BUILDER), modules
 
 
+@EMBEDDED_DEFAULT
 def test_default_ingest_that_builds_a_label_imports_neither_pydicom_nor_numpy(
     tmp_path: Path,
 ) -> None:
@@ -332,6 +339,7 @@ def test_default_ingest_that_builds_a_label_imports_neither_pydicom_nor_numpy(
         assert (tmp_path / case / "o" / "dicom").is_dir()
 
 
+@EMBEDDED_DEFAULT
 def test_ingest_of_an_iso_2022_study_builds_its_label_with_pydicom(tmp_path: Path) -> None:
     """The other side: ISO 2022 (code extensions) needs pydicom's builder and its check."""
     code, heavy, modules = _ingest_imports("charset-jp", tmp_path, label=True)

@@ -14,13 +14,15 @@ from adapter.receive.process import RETRY_SECONDS, StudyProcessor
 from adapter.receive.spool import Spool, identify
 from adapter.store.outbox import Outbox
 from adapter.tables import load_tables
+from tests.store_backend import StoreUnderTest
 from tests.support import FIXTURES
 
 FILES = sorted((FIXTURES / "dicom" / "planning-ct").glob("*.dcm"))
 
 
+@pytest.mark.store
 def test_a_failed_study_stays_spooled_and_is_retried_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: StoreUnderTest
 ) -> None:
     settings = load_settings(None, env={})
     spool = Spool(tmp_path / "spool")
@@ -40,7 +42,7 @@ def test_a_failed_study_stays_spooled_and_is_retried_later(
     monkeypatch.setattr(process_module, "enqueue", flaky_enqueue)
 
     async def run() -> list[int]:
-        with Outbox(tmp_path / "out" / "outbox.sqlite") as outbox:
+        with Outbox(store.at(tmp_path / "out" / "outbox.sqlite")) as outbox:
             processor = StudyProcessor(
                 spool, settings, load_tables(settings.mappings_dir), outbox, tmp_path / "out",
                 clock=lambda: now[0],

@@ -21,6 +21,7 @@ from adapter.jobs.retry_policies import (
 )
 from adapter.outbox.worker import RetryPolicy, Worker
 from adapter.store.outbox import Outbox
+from tests.store_backend import StoreUnderTest
 from tests.support import ROOT
 
 
@@ -79,10 +80,11 @@ def test_the_shipped_profiles_give_their_own_counts() -> None:
     assert receiver_policies("hl7", profiles, ["no-such-profile"]) == {}
 
 
-def test_the_worker_prefers_the_targets_policy(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_the_worker_prefers_the_targets_policy(tmp_path: Path, store: StoreUnderTest) -> None:
     ris = RetryPolicy.backoff(max_attempts=2, max_seconds=60, initial_wait=1, max_wait=1)
     fhir = RetryPolicy.backoff(max_attempts=40, max_seconds=3600, initial_wait=1, max_wait=300)
-    with Outbox(tmp_path / "o.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
         worker = Worker(
             outbox, {}, {"hl7": fhir, "fhir": fhir}, target_policies={("hl7", "default-ris"): ris}
         )

@@ -20,6 +20,7 @@ from adapter.review.service import HL7, KIND_HL7_CANCEL, preview_review
 from adapter.review.versions import StaleReviewError
 from adapter.store.outbox import Outbox, State
 from adapter.tables import load_tables
+from tests.store_backend import StoreUnderTest
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT / "fixtures" / "reviews"
@@ -133,6 +134,7 @@ def test_invalid_fixtures_are_rejected() -> None:
             parse_review(data, TABLES)
 
 
+@pytest.mark.store
 def test_placer_order_number_is_stable_and_changes_with_the_finding_set() -> None:
     concern = parse_review(load("concern"), TABLES)
     amended = parse_review(load("concern-amended"), TABLES)  # same finding ids, new text
@@ -151,6 +153,7 @@ def _ingest(out: Path) -> None:
     )
 
 
+@pytest.mark.store
 def test_unknown_study_is_a_clear_error(tmp_path: Path) -> None:
     _ingest(tmp_path)
     data = json.loads((REVIEWS / "invalid" / "unknown-study.json").read_text())
@@ -159,6 +162,7 @@ def test_unknown_study_is_a_clear_error(tmp_path: Path) -> None:
     assert caught.value.problems[0][0] == "/study_instance_uid"
 
 
+@pytest.mark.store
 def test_cli_exit_codes_and_messages_without_values(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -175,8 +179,10 @@ def test_cli_exit_codes_and_messages_without_values(
     assert not list((tmp_path / "fhir").glob("Review-*"))  # preview sends nothing
 
 
+@pytest.mark.store
 def test_concern_and_withdrawal_on_embedded_default_write_order_and_cancel(
     tmp_path: Path,
+    store: StoreUnderTest,
 ) -> None:
     """On the embedded default the HL7 order and its cancel are files in DIR/hl7, written
     only after the review's FHIR Bundle was written (the order row waits for it)."""
@@ -200,7 +206,7 @@ def test_concern_and_withdrawal_on_embedded_default_write_order_and_cancel(
     ]
     assert withdrawn.bundle["entry"][0]["resource"]["status"] == "amended"
     assert len(withdrawn.hl7_rows) == 1
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         row = outbox.get(withdrawn.hl7_rows[0])
         assert (row.destination, row.kind, row.state) == (HL7, KIND_HL7_CANCEL, State.DELIVERED)
         review_row = outbox.get(withdrawn.row_ids[0])
@@ -220,6 +226,7 @@ def test_concern_and_withdrawal_on_embedded_default_write_order_and_cancel(
         submit_review(load("concern"), settings, out_dir=tmp_path)
 
 
+@pytest.mark.store
 def test_withdrawing_an_unknown_concern_is_an_error(tmp_path: Path) -> None:
     _ingest(tmp_path)
     data = load("concern-withdrawn")
@@ -229,6 +236,7 @@ def test_withdrawing_an_unknown_concern_is_an_error(tmp_path: Path) -> None:
     assert caught.value.problems[0][0] == "/concern_withdrawn"
 
 
+@pytest.mark.store
 def test_incomplete_review_leaves_the_task_open(tmp_path: Path) -> None:
     _ingest(tmp_path)
     output = preview_review(load("incomplete"), Settings(), out_dir=tmp_path)

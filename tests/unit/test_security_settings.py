@@ -15,6 +15,7 @@ from adapter.hl7.profiles import load_profiles, parse_profile
 from adapter.hl7.trust import TrustPolicy
 from adapter.mapping.fhir_text import without_control_characters
 from adapter.ratelimit import RateLimitedWarning
+from tests.store_backend import StoreUnderTest
 from tests.support import ROOT
 
 RECEIVERS = ROOT / "mappings" / "receivers"
@@ -243,7 +244,10 @@ def test_control_characters_never_reach_fhir() -> None:
     assert without_control_characters("line\r\nnext\ttab") == "line\r\nnext\ttab"
 
 
-def test_orders_to_a_remote_ris_use_tls_with_the_default_profile(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_orders_to_a_remote_ris_use_tls_with_the_default_profile(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     """The issue's finding: the default RIS profile sent PID in clear. Pointed at a remote
     host (``hl7.host``), it now connects with TLS; at loopback it stays plain TCP."""
     import asyncio
@@ -256,7 +260,7 @@ def test_orders_to_a_remote_ris_use_tls_with_the_default_profile(tmp_path: Path)
 
     async def client_tls(host: str) -> bool:
         settings = Settings(hl7=Hl7Settings(mllp=True, host=host, port=2575))
-        with Outbox(tmp_path / "o.sqlite") as outbox:
+        with Outbox(store.at(tmp_path / "o.sqlite")) as outbox:
             async with AsyncExitStack() as stack:
                 found = await _hl7_deliverers(stack, outbox, settings, {"default-ris"}, None)
                 deliverer = found[("hl7", "default-ris")]

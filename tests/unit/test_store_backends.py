@@ -42,6 +42,7 @@ def put(outbox: Outbox, key: str, n: int = 0) -> int:
 # -- migrations -------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only(reason="the earlier release wrote SQLite files only")
 def test_a_store_of_the_previous_release_opens_and_migrates(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     shutil.copy(BEFORE_MIGRATIONS, path)
@@ -130,6 +131,7 @@ def test_order_lookups_and_inbound_log(store_url: Path | str) -> None:
 # -- store.url ----------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only(reason="sets store.url itself (sqlite:///PATH and unreachable URLs)")
 def test_store_url_setting_and_its_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

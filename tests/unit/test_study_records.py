@@ -76,6 +76,7 @@ def test_order_fields_are_filled_in_never_overwritten_and_patient_kept(
         assert stored == record(accession="ACC9")  # filled; RP1 and P1 kept
 
 
+@pytest.mark.sqlite_only(reason="reads the SQLite file's own catalogue")
 def test_the_table_lives_in_the_outbox_file(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite"
     Outbox(path).close()

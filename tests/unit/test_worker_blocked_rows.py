@@ -12,6 +12,7 @@ import tenacity
 
 from adapter.outbox.worker import Attempt, RetryPolicy, Verdict, Worker
 from adapter.store.outbox import Outbox, Row
+from tests.store_backend import StoreUnderTest
 
 T = ("fhir", "http://server/fhir")
 
@@ -25,9 +26,12 @@ class Refusing:
         return Attempt(Verdict.RETRY, "peer unavailable")
 
 
-def test_a_blocked_due_row_does_not_make_the_worker_spin(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_a_blocked_due_row_does_not_make_the_worker_spin(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     now = [1_000_000.0]
-    outbox = Outbox(tmp_path / "o.sqlite", clock=lambda: now[0])
+    outbox = Outbox(store.at(tmp_path / "o.sqlite"), clock=lambda: now[0])
     for n in range(2):  # the same key: the second waits for the first
         outbox.enqueue(destination=T[0], target=T[1], key="study:1", kind="fhir-transaction",
                        label=f"row{n}", payload={"n": n})  # fmt: skip
@@ -44,5 +48,6 @@ def test_a_blocked_due_row_does_not_make_the_worker_spin(tmp_path: Path) -> None
                     clock=lambda: now[0], poll_interval=1.0)  # fmt: skip
     with pytest.raises(Enough):
         asyncio.run(worker.drain(forever=True))
+    outbox.close()
     # The second row is due but cannot be claimed: the worker waits its poll interval.
     assert sleeps == [1.0] * 5, sleeps

@@ -20,6 +20,7 @@ import pytest
 from adapter.outbox.offload import StoreThread
 from adapter.outbox.worker import Attempt, Verdict, Worker
 from adapter.store.outbox import Outbox, Row, State
+from tests.store_backend import StoreUnderTest
 
 T = ("fhir", "http://server/fhir")
 
@@ -66,6 +67,7 @@ class Gated:
         return Attempt(Verdict.DELIVERED, result={})
 
 
+@pytest.mark.sqlite_only(reason="sqlite3 refuses a connection used from another thread")
 def test_store_calls_run_on_the_store_thread_and_deliveries_on_the_loop(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite"
     with Outbox(path) as setup:
@@ -92,13 +94,16 @@ def test_store_calls_run_on_the_store_thread_and_deliveries_on_the_loop(tmp_path
         assert outbox.counts()["delivered"] == 6
 
 
-def test_wake_claims_rows_stored_while_the_worker_waits(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_wake_claims_rows_stored_while_the_worker_waits(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     path = tmp_path / "o.sqlite"
     deliverer = Recording()
 
     async def run() -> list[int]:
         wake, stop = asyncio.Event(), asyncio.Event()
-        with Outbox(path) as outbox:
+        with Outbox(store.at(path)) as outbox:
             # A poll interval of an hour: only the wake can bring the row in.
             worker = Worker(outbox, {T: deliverer}, poll_interval=3600.0, wake=wake)
             task = asyncio.create_task(worker.drain(forever=True, stop=stop))
@@ -116,15 +121,18 @@ def test_wake_claims_rows_stored_while_the_worker_waits(tmp_path: Path) -> None:
     assert deliverer.rows == ids
 
 
-def test_a_stopped_worker_finishes_the_rows_it_holds_and_claims_no_more(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_a_stopped_worker_finishes_the_rows_it_holds_and_claims_no_more(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     path = tmp_path / "o.sqlite"
-    with Outbox(path) as setup:
+    with Outbox(store.at(path)) as setup:
         ids = _enqueue(setup, 5)
     deliverer = Gated()
 
     async def run() -> None:
         stop = asyncio.Event()
-        with Outbox(path) as outbox:
+        with Outbox(store.at(path)) as outbox:
             # concurrency 1 claims two ahead: one in delivery, one waiting locally.
             worker = Worker(outbox, {T: deliverer}, concurrency=1)
             task = asyncio.create_task(worker.drain(forever=True, stop=stop))
@@ -135,20 +143,23 @@ def test_a_stopped_worker_finishes_the_rows_it_holds_and_claims_no_more(tmp_path
             assert report.delivered == 2
 
     asyncio.run(run())
-    with Outbox(path) as outbox:
+    with Outbox(store.at(path)) as outbox:
         states = [outbox.get(i).state for i in ids]
     assert states == [State.DELIVERED] * 2 + [State.PENDING] * 3
     assert deliverer.rows == ids[:2]
 
 
-def test_a_cancelled_worker_leaves_the_row_in_delivery_leased(tmp_path: Path) -> None:
+@pytest.mark.store
+def test_a_cancelled_worker_leaves_the_row_in_delivery_leased(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
     path = tmp_path / "o.sqlite"
-    with Outbox(path) as setup:
+    with Outbox(store.at(path)) as setup:
         (row_id,) = _enqueue(setup, 1)
     deliverer = Gated()  # never opened: the delivery hangs
 
     async def run() -> None:
-        with Outbox(path) as outbox:
+        with Outbox(store.at(path)) as outbox:
             worker = Worker(outbox, {T: deliverer}, concurrency=1, lease_seconds=60)
             task = asyncio.create_task(worker.drain(forever=True))
             await asyncio.wait_for(deliverer.started.wait(), 30)
@@ -157,9 +168,9 @@ def test_a_cancelled_worker_leaves_the_row_in_delivery_leased(tmp_path: Path) ->
                 await task
 
     asyncio.run(run())
-    with Outbox(path) as outbox:
+    with Outbox(store.at(path)) as outbox:
         row = outbox.get(row_id)
         assert (row.state, row.attempts) == (State.IN_FLIGHT, 1)
     # After the lease, a worker takes it over (here: a clock past the lease).
-    with Outbox(path, clock=lambda: row.created_at + 3600) as later:
+    with Outbox(store.at(path), clock=lambda: row.created_at + 3600) as later:
         assert [r.id for r in later.claim(1)] == [row_id]
