@@ -54,7 +54,9 @@ def add_outbox_parser(commands: Any) -> None:
 def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import asyncio
 
+    from adapter.jobs import payload_codecs  # noqa: F401  (replay reads every kind)
     from adapter.jobs.deliver import deliver  # lazy for start-up time (the delivery stack)
+    from adapter.store import payloads
     from adapter.store.location import open_existing
     from adapter.store.outbox import State
 
@@ -75,8 +77,14 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
                 print(f"held key {hold.destination} {hold.key}: {hold.reason}", file=out)
             return 0
         ids: list[int] | None = None
+        payload = None
         if command in ("retry", "replay"):
             row = _existing(outbox, args.id)
+            if command == "replay" and args.payload:
+                # Refused (one line naming the kind and field, exit 2) before the audit
+                # records the command as done and before any hold is lifted.
+                payload = _read_payload(args.payload)
+                payloads.encode(row.kind, payload)
             if command == "retry" and row.state in (State.DELIVERED, State.IN_FLIGHT):
                 # Refused before the audit records the command as done (issue 8).
                 raise ConfigError(
@@ -95,7 +103,6 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             outbox.retry(args.id)
         elif command == "replay":
             row = _existing(outbox, args.id)
-            payload = _read_payload(args.payload) if args.payload else None
             if row.destination == "hl7":  # a new transmission: new MSH-10, same placer number
                 from adapter.hl7.replay import replay_hl7  # lazy for start-up time: hl7apy
 

@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING
 
 from adapter.config import Settings, is_loopback
 from adapter.errors import ConfigError
+from adapter.fhir.transaction_payload import KIND_TRANSACTION, TransactionPayload
 from adapter.ingest.pipeline import IngestResult, Status
+from adapter.jobs import payload_codecs  # noqa: F401  (the worker reads every kind)
 from adapter.jobs.output import bundle_label, write_json_atomic
 from adapter.jobs.retry_policies import fhir_policy, label_policy, receiver_policies
 from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
+from adapter.store import payloads
 from adapter.store.identity import HeldRow, IngestedStudy, IngestWrite
 from adapter.store.outbox import Outbox, Row
 
@@ -35,7 +38,6 @@ log = logging.getLogger(__name__)
 # used: it is a fifth of the embedded default's start-up time otherwise.
 
 FILES, FHIR, HL7 = "files", "fhir", "hl7"
-KIND_TRANSACTION = "fhir-transaction"
 
 
 class FileDeliverer:
@@ -47,8 +49,9 @@ class FileDeliverer:
     async def deliver(self, row: Row) -> Attempt:
         target = self.folder / f"{row.label}.json"
         try:
+            bundle = payloads.read_as(TransactionPayload, row.kind, row.payload).bundle
             # 0600, never through a symlink; fsynced: off the event loop.
-            await asyncio.to_thread(write_json_atomic, target, row.payload)
+            await asyncio.to_thread(write_json_atomic, target, bundle)
         except OSError as exc:
             return Attempt(Verdict.RETRY, f"cannot write the output file: {exc.strerror}")
         except ConfigError as exc:  # a symlink or a file where our folder should be

@@ -9,7 +9,6 @@ the previous one in the store.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +18,7 @@ from typing import Any
 from adapter.config import Settings
 from adapter.errors import AdapterError
 from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome
+from adapter.label.kos_payload import KosPayload
 from adapter.label.plan import KosPlan, content_digest
 from adapter.label.titles import LabelVocabulary, load_vocabulary
 from adapter.store.labels import KIND_KOS, LabelRecord, LabelStore, label_key, row_label
@@ -212,17 +212,18 @@ def _current_record(
 
 
 def _row(record: LabelRecord, destination: str, target: str, previous: str) -> NewRow:
+    payload = KosPayload(
+        study_uid=record.study_uid,
+        sop_instance_uid=record.sop_instance_uid,
+        instance_number=record.instance_number,
+        document=record.document,
+        supersedes=previous,
+    )
     return NewRow(
         destination=destination,
         target=target,
         key=label_key(record.study_uid),
         kind=KIND_KOS,
         label=kos_file_label(record.study_uid, record.instance_number),
-        payload={
-            "study_uid": record.study_uid,
-            "sop_instance_uid": record.sop_instance_uid,
-            "instance_number": record.instance_number,
-            "supersedes": previous,
-            "document": base64.b64encode(record.document).decode("ascii"),
-        },
+        payload=payload.to_json(),
     )

@@ -26,6 +26,7 @@ from tenacity.wait import WaitBaseT
 
 from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.store.outbox import NewRow, Outbox, Row
+from adapter.store.payloads import PayloadError
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -232,6 +233,8 @@ class Worker:
             return
         try:
             attempt = await deliverer.deliver(row)
+        except PayloadError as exc:  # the payload does not fit its kind: no retry mends it
+            attempt = Attempt(Verdict.DEAD, str(exc))
         except Exception as exc:  # a bug or no answer: keep the row, try again later
             log.exception("row %d: deliverer raised %s", row.id, type(exc).__name__)
             attempt = Attempt(Verdict.RETRY, f"deliverer error: {type(exc).__name__}")

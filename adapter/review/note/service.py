@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from adapter.config import Settings
 from adapter.dicom.charset import person_name
 from adapter.errors import ConfigError, TransportError
+from adapter.fhir.transaction_payload import KIND_NOTE
+from adapter.hl7.document_payload import KIND_DOCUMENT, DocumentPayload
 from adapter.hl7.document_profile import DocumentOptions
 from adapter.hl7.model import OrderPatient, PatientIdentifier, Provider
 from adapter.hl7.profiles import load_profiles, receivers_dir
@@ -52,8 +54,6 @@ if TYPE_CHECKING:
     from adapter.hl7.mdm import DocumentMessage
 
 JSON = dict[str, Any]
-KIND_NOTE = "fhir-note-transaction"
-KIND_DOCUMENT = "hl7-document"
 HL7 = "hl7"
 
 
@@ -436,17 +436,17 @@ def note_rows(
         for doc in document_messages(plan, profile.message, profile.document, tables, earlier):
             control = new_control_id()  # random, stored in the row: resends keep it
             message = build_document_message(doc, profile, control_id=control, now=now)
-            payload = {
-                "profile": name,
-                "review_id": doc.review_id,
-                "version": doc.version,
-                "event": doc.event,
-                "document_number": doc.document_number,
-                "control_id": control,
-                "message": base64.b64encode(message).decode("ascii"),
-            }
+            payload = DocumentPayload(
+                profile=name,
+                review_id=doc.review_id,
+                version=doc.version,
+                event=doc.event,
+                document_number=doc.document_number,
+                control_id=control,
+                message=message,
+            )
             doc_label = f"Note-{doc.document_number}-v{doc.version}-{doc.event}"
-            rows.append(NewRow(HL7, name, key, KIND_DOCUMENT, doc_label, payload))
+            rows.append(NewRow(HL7, name, key, KIND_DOCUMENT, doc_label, payload.to_json()))
     return rows
 
 
