@@ -24,7 +24,8 @@ from adapter.jsoninput import read_json
 
 if TYPE_CHECKING:
     from adapter.config import Settings
-    from adapter.store.outbox import Outbox, Row
+    from adapter.store.outbox import Row
+    from adapter.store.protocol import Store
 
 # ``adapter.store.outbox.State``'s values, spelled out so that building the parser of every
 # command does not import the store (start-up time; tests/unit/test_cli_startup.py keeps the
@@ -120,7 +121,7 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
         return 0 if report.dead == 0 and report.held == 0 else 1
 
 
-def _existing(outbox: Outbox, row_id: int) -> Row:
+def _existing(outbox: Store, row_id: int) -> Row:
     try:
         return outbox.get(row_id)
     except KeyError:
@@ -150,7 +151,7 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts.items())
 
 
-def _show(outbox: Outbox, row_id: int, with_payload: bool, out: TextIO) -> int:
+def _show(outbox: Store, row_id: int, with_payload: bool, out: TextIO) -> int:
     from adapter.store.outbox import State
 
     row = _existing(outbox, row_id)

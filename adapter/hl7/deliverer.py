@@ -42,7 +42,7 @@ from adapter.outbox.worker import Attempt, Verdict
 from adapter.private import private_dir, replace_private
 from adapter.store import payloads
 from adapter.store.outbox import NewRow, Row
-from adapter.store.timers import Timers
+from adapter.store.protocol import EscalationTimers
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -141,7 +141,7 @@ class Hl7Deliverer:
         profile: ReceiverProfile,
         client: MllpClient,
         *,
-        timers: Timers | None = None,
+        timers: EscalationTimers | None = None,
         calls: StoreCalls = INLINE,
     ) -> None:
         self.profile = profile
@@ -180,7 +180,7 @@ class Hl7Deliverer:
         return Attempt(Verdict.RETRY, f"{verdict.reason}; resending the same message")
 
     @staticmethod
-    def _rejected(timers: Timers, placer: str, reason: str) -> None:
+    def _rejected(timers: EscalationTimers, placer: str, reason: str) -> None:
         timers.cancel(placer, T1)
         timers.arm(placer, REJECTED, 0, reason)
 

@@ -15,12 +15,13 @@ from typing import Any
 from adapter.config import Settings
 from adapter.hl7.deliverer import KIND_ORDER, ORDER_KINDS, T1, new_transmission
 from adapter.hl7.profiles import load_profiles, receivers_dir
-from adapter.store.outbox import Outbox, Row
+from adapter.store.outbox import Row
+from adapter.store.protocol import Store
 
 JSON = dict[str, Any]
 
 
-def replay_hl7(outbox: Outbox, row: Row, settings: Settings, payload: JSON | None) -> int:
+def replay_hl7(outbox: Store, row: Row, settings: Settings, payload: JSON | None) -> int:
     """Enqueue ``row``'s order (or a corrected ``payload``) as a new transmission; return the
     new row's id.
 

@@ -25,7 +25,8 @@ from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
 from adapter.store import payloads
 from adapter.store.identity import HeldRow, IngestedStudy, IngestWrite
-from adapter.store.outbox import Outbox, Row
+from adapter.store.outbox import Row
+from adapter.store.protocol import Store
 
 if TYPE_CHECKING:
     import httpx
@@ -68,7 +69,7 @@ def targets(settings: Settings, out_dir: Path | None) -> list[tuple[str, str]]:
     return found
 
 
-def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]) -> list[int]:
+def enqueue(outbox: Store, result: IngestResult, to: Iterable[tuple[str, str]]) -> list[int]:
     """One outbox row per mapped study and destination, keyed by the Study Instance UID, all
     stored in one transaction with the record (patient, order) of every study read; a study
     whose patient disagrees is held instead (see :func:`enqueue_ingest`)."""
@@ -76,7 +77,7 @@ def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]])
 
 
 def enqueue_ingest(
-    outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]
+    outbox: Store, result: IngestResult, to: Iterable[tuple[str, str]]
 ) -> IngestWrite:
     """As :func:`enqueue`, and say which studies the store held (identity holds by UID)."""
     destinations = list(to)
@@ -121,7 +122,7 @@ def held_by_store(result: IngestResult, held: Mapping[str, int]) -> IngestResult
 
 
 async def deliver(
-    outbox: Outbox,
+    outbox: Store,
     settings: Settings,
     *,
     ids: list[int] | None = None,
@@ -222,7 +223,7 @@ def note_receivers(settings: Settings, out_dir: Path | None) -> list[str]:
 
 async def _hl7_deliverers(
     stack: AsyncExitStack,
-    outbox: Outbox,
+    outbox: Store,
     settings: Settings,
     profile_names: set[str],
     out_dir: Path | None,

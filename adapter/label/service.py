@@ -21,8 +21,9 @@ from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome
 from adapter.label.kos_payload import KosPayload
 from adapter.label.plan import KosPlan, content_digest
 from adapter.label.titles import LabelVocabulary, load_vocabulary
-from adapter.store.labels import KIND_KOS, LabelRecord, LabelStore, label_key, row_label
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.labels import KIND_KOS, LabelRecord, label_key, row_label
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import LabelRecords, Store
 from adapter.tables import Tables
 
 KOS_FILES, PACS = "dicom-files", "pacs"
@@ -148,7 +149,7 @@ def document_for(
 
 
 def enqueue_labels(
-    outbox: Outbox,
+    outbox: Store,
     result: IngestResult,
     settings: Settings,
     tables: Tables,
@@ -189,7 +190,7 @@ def _current_record(
     outcome: StudyOutcome,
     settings: Settings,
     vocabulary: LabelVocabulary,
-    store: LabelStore,
+    store: LabelRecords,
     now: datetime,
 ) -> tuple[LabelRecord, bool, str]:
     """The study's KOS to send: the stored one when it still says the same, else a new one."""

@@ -25,8 +25,9 @@ from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
 from adapter.outbox.offload import INLINE, StoreCalls
-from adapter.store.outbox import NewRow, Outbox, Row
+from adapter.store.outbox import NewRow, Row
 from adapter.store.payloads import PayloadError
+from adapter.store.protocol import RowQueue
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -108,7 +109,8 @@ def _state(row: Row, now: float) -> tenacity.RetryCallState:
 
 
 class Worker:
-    """Drains an :class:`Outbox` through deliverers keyed by ``(destination, target)``.
+    """Drains the outbox (a :class:`~adapter.store.protocol.RowQueue`) through deliverers
+    keyed by ``(destination, target)``.
 
     Every store call goes through ``calls``: inline for a command, the connection's own thread
     in ``rtplan serve`` (:class:`adapter.outbox.offload.StoreThread`), so the one event loop
@@ -118,7 +120,7 @@ class Worker:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: RowQueue,
         deliverers: Mapping[tuple[str, str], Deliverer],
         policies: Mapping[str, RetryPolicy] | None = None,
         *,

@@ -62,6 +62,7 @@ from adapter.review.versions import (
 )
 from adapter.store.location import store_exists, store_location
 from adapter.store.outbox import NewRow, Outbox
+from adapter.store.protocol import Store
 from adapter.store.studies import StudyRecord
 from adapter.tables import Tables, load_tables
 
@@ -205,7 +206,7 @@ async def context_from_server(client: FhirClient, study_uid: str, review_id: str
 
 
 async def resolve_context(
-    review: ReviewInput, outbox: Outbox | None, fhir: FhirClient | None
+    review: ReviewInput, outbox: Store | None, fhir: FhirClient | None
 ) -> StudyContext:
     """Outbox first (what this adapter mapped), then the FHIR server (through the process's
     client, when there is one), else UnknownStudyError."""
@@ -234,7 +235,7 @@ def build_review(
 
 
 async def store_version(
-    outbox: Outbox,
+    outbox: Store,
     review: ReviewInput,
     settings: Settings,
     tables: Tables,
@@ -304,7 +305,7 @@ async def store_version(
 
 
 async def _prepare_orders(
-    outbox: Outbox,
+    outbox: Store,
     review: ReviewInput,
     output: ReviewOutput,
     ctx: StudyContext,
@@ -335,7 +336,7 @@ async def _prepare_orders(
 
 
 def _enqueue_review(
-    outbox: Outbox, key: str, review_rows: list[NewRow], orders: list[PreparedOrder]
+    outbox: Store, key: str, review_rows: list[NewRow], orders: list[PreparedOrder]
 ) -> tuple[list[int], list[int]]:
     if not orders:
         with outbox.batch() as batch:
@@ -385,7 +386,7 @@ def _preview_context(
 
 
 async def _resolve_with_own_client(
-    review: ReviewInput, settings: Settings, outbox: Outbox | None
+    review: ReviewInput, settings: Settings, outbox: Store | None
 ) -> StudyContext:
     """For the synchronous previews (one command, one loop): a client only if the outbox does
     not know the study."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from adapter.hl7.deliverer import REJECTED, T1, T2
 from adapter.review.radiology_result import task_entry, task_update, transaction
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import Store
 from adapter.store.timers import Timer
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Metrics:
 
 
 def escalate_due(
-    outbox: Outbox, fhir_targets: list[tuple[str, str]], metrics: Metrics
+    outbox: Store, fhir_targets: list[tuple[str, str]], metrics: Metrics
 ) -> list[Timer]:
     """Fire every due timer once and store its Task update; return the fired timers."""
     fired = outbox.timers().take_due()

@@ -40,7 +40,8 @@ from adapter.hl7.trust import TrustPolicy
 from adapter.ratelimit import RateLimitedWarning
 from adapter.review.radiology_result import response_bundle, result_bundle
 from adapter.store.orders import OrderAnswer, OrderRecord
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import Store
 from adapter.tables import Tables
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class InboundStats:
 
 @dataclass
 class InboundHandler:
-    outbox: Outbox
+    outbox: Store
     tables: Tables
     fhir_targets: list[tuple[str, str]]
     """Where FHIR updates go (the FHIR server and/or the output folder's file writer)."""

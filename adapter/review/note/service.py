@@ -45,7 +45,8 @@ from adapter.review.note.fhir import (
 )
 from adapter.review.note.render import render_pdf, render_text
 from adapter.store.notes import NoteMessage, NoteVersion
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import Store
 from adapter.store.studies import StudyRecord
 from adapter.tables import Tables
 
@@ -65,7 +66,7 @@ class NoteRecords:
     previous: NoteVersion | None = None  # the version a new one replaces (its DocumentReference)
 
 
-def note_records(outbox: Outbox | None, review: ReviewInput) -> NoteRecords:
+def note_records(outbox: Store | None, review: ReviewInput) -> NoteRecords:
     """The records for ``review``'s note from the store (none without a store)."""
     if outbox is None:
         return NoteRecords()
@@ -391,7 +392,7 @@ def document_messages(
 
 
 def note_rows(
-    outbox: Outbox,
+    outbox: Store,
     plan: NotePlan,
     settings: Settings,
     tables: Tables,
@@ -460,7 +461,7 @@ class NoteRows:
 
 
 def prepare_note_rows(
-    outbox: Outbox,
+    outbox: Store,
     plan: NotePlan,
     settings: Settings,
     tables: Tables,
@@ -491,7 +492,7 @@ def _message(row: NewRow) -> NoteMessage | None:
     )
 
 
-def store_note(outbox: Outbox, prepared: NoteRows) -> list[int]:
+def store_note(outbox: Store, prepared: NoteRows) -> list[int]:
     """Store the note's rows and records (the version, each message's MSH-10) together; return
     the row ids. Call it inside ``Outbox.transaction()`` with the review's rows."""
     ids = outbox.enqueue_many(prepared.rows)
