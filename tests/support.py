@@ -79,3 +79,9 @@ def enqueue_order(
         )  # fmt: skip
         batch.record_order(row_id, queued)
     return row_id
+
+
+def tx(**marks: Any) -> dict[str, Any]:
+    """The smallest FHIR transaction Bundle (fits the ``fhir-transaction`` payload codec), with
+    ``marks`` beside its fields to tell test rows apart; for tests of the outbox itself."""
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [], **marks}

@@ -2,7 +2,9 @@
 
 A :class:`Deliverer` turns one row into one :class:`Attempt` (delivered / retry / dead / hold).
 It never raises for a peer's answer: a rejection is a value. An exception from a deliverer is
-a bug or "no answer at all" and is treated as a retry, so a row is never lost to it.
+a bug or "no answer at all" and is treated as a retry, so a row is never lost to it; except a
+payload that does not fit its kind's codec (``adapter.store.payloads.PayloadError``, a row
+edited by hand): no retry mends that, so the row is dead, the reason naming kind and field.
 
 The retry policy is a pair of tenacity values (``stop`` and ``wait``) per destination, or per
 ``(destination, target)`` where targets differ (each HL7 receiver profile has its own
