@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
 from adapter.errors import TransportError
+from adapter.fhir.transaction_payload import KIND_REVIEW
+from adapter.hl7.order_payload import KIND_CANCEL
 from adapter.hl7.profiles import receivers_dir
 from adapter.mapping.identifiers import (
     DICOM_UID_SYSTEM,
@@ -72,8 +74,7 @@ if TYPE_CHECKING:
     from adapter.review.order_rows import PreparedOrder
 
 JSON = dict[str, Any]
-KIND_REVIEW = "fhir-review-transaction"
-KIND_HL7_CANCEL = "hl7-cancel"  # = adapter.hl7.deliverer (not imported: hl7apy is slow)
+KIND_HL7_CANCEL = KIND_CANCEL
 HL7 = "hl7"
 UNKNOWN_STUDY = (
     "/study_instance_uid",

@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from adapter.fhir.transaction_payload import KIND_REVIEW, KIND_TRANSACTION
+from adapter.hl7.order_payload import KIND_ORDER
 from adapter.store.audit import study_of_key
 from adapter.store.outbox import Row, State
 from adapter.store.protocol import Store
 from adapter.store.timers import Timer
 
 JSON = dict[str, Any]
-KIND_STUDY = "fhir-transaction"
-KIND_REVIEW = "fhir-review-transaction"  # = adapter.review.service.KIND_REVIEW
-KIND_ORDER = "hl7-order"  # = adapter.hl7.deliverer.KIND_ORDER (hl7apy is slow to import)
+KIND_STUDY = KIND_TRANSACTION
 T1, T2, REJECTED = "T1", "T2", "rejected"
 
 
