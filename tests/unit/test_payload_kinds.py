@@ -204,6 +204,23 @@ def test_a_payload_that_does_not_fit_is_refused_naming_the_kind_and_field(
         assert outbox.rows() == [] and outbox.audit_records() == []
 
 
+def test_a_misfit_replay_changes_nothing_on_either_backend(store_url: Path | str) -> None:
+    """The replay's hold lift, its event and the new row are one transaction."""
+    with Outbox(store_url) as outbox:
+        row_id = outbox.enqueue(
+            destination="files", target="t", key="k", kind=KIND_DOCUMENT, label="l",
+            payload=document(),
+        )  # fmt: skip
+        outbox.hold_key(outbox.get(row_id), "held by a test")
+        events = outbox.events(row_id)
+        with pytest.raises(payloads.PayloadError, match=r"^hl7-document payload: event: "):
+            outbox.replay(row_id, edit(document, lambda d: d.update(event="T99")))
+        assert [r.id for r in outbox.rows()] == [row_id] and len(outbox.holds()) == 1
+        assert outbox.events(row_id) == events
+        new_id = outbox.replay(row_id)
+        assert outbox.get(new_id).payload == document() and outbox.holds() == []
+
+
 def test_a_kind_without_a_codec_is_not_stored(tmp_path: Path) -> None:
     with Outbox(tmp_path / "outbox.sqlite") as outbox:
         with pytest.raises(payloads.PayloadError, match="no payload codec for kind 'fhir'"):
