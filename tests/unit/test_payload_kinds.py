@@ -159,6 +159,8 @@ MISFITS = [
      "entry[0].resource.resourceType"),
     (KIND_ORDER, edit(order, lambda o: o.pop("order")), "missing field 'order'"),
     (KIND_CANCEL, edit(order, lambda o: o["order"].pop("placer_order_number")), "order"),
+    (KIND_CHANGE, edit(order, lambda o: o.update(on_ack=[{"kind": "x"}])), "on_ack[0]"),
+    (KIND_ORDER, edit(order, lambda o: o.update(message="MSH|")), "message"),
     (KIND_DOCUMENT, edit(document, lambda d: d.update(version="2")), "version"),
     (KIND_DOCUMENT, edit(document, lambda d: d.update(event="A01")), "event"),
     (KIND_DOCUMENT, edit(document, lambda d: d.update(message="not base64!")), "message"),
