@@ -258,6 +258,38 @@ def test_a_hand_edited_row_that_does_not_fit_is_a_dead_letter_naming_kind_and_fi
     assert not (out / "fhir" / "l.json").exists()
 
 
+@pytest.mark.parametrize(("kind", "good", "bad", "reason"), [
+    (KIND_ORDER, order(), edit(order, lambda o: o["order"].pop("placer_order_number")),
+     "hl7-order payload: order: missing or without placer_order_number"),
+    (KIND_DOCUMENT, document(), edit(document, lambda d: d.update(version=0)),
+     "hl7-document payload: version: not a positive whole number"),
+    (KIND_KOS, kos(), edit(kos, lambda k: k.update(document="AAAA")),
+     "dicom-kos payload: document: not a DICOM file (no DICM preamble)"),
+])  # fmt: skip
+def test_a_hand_edited_hl7_or_kos_row_is_a_dead_letter_too(
+    tmp_path: Path, kind: str, good: JSON, bad: JSON, reason: str
+) -> None:
+    from adapter.hl7.deliverer import Hl7FileDeliverer
+    from adapter.hl7.profiles import load_profiles
+    from adapter.label.delivery import KosFileDeliverer
+
+    path, out = tmp_path / "outbox.sqlite", tmp_path / "out"
+    profile = load_profiles(ADAPTER.parent / "mappings" / "receivers")["default-ris"]
+    deliverer = KosFileDeliverer(out, frozenset()) if kind == KIND_KOS else (
+        Hl7FileDeliverer(out, profile)
+    )  # fmt: skip
+    with Outbox(path) as outbox:
+        row_id = outbox.enqueue(
+            destination="d", target="t", key="k", kind=kind, label="l", payload=good
+        )
+        hand_edit(path, row_id, bad)
+        report = asyncio_run(Worker(outbox, {("d", "t"): deliverer}).drain())
+        row = outbox.get(row_id)
+    assert (report.dead, report.retries) == (1, 0)
+    assert row.state is State.DEAD and row.last_error == reason
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
 def asyncio_run(coro: Any) -> Any:
     import asyncio
 
