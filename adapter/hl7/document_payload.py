@@ -1,10 +1,10 @@
 """The payload of a review-note document row (kind ``hl7-document``): one MDM^T02/T11 or
 ORU^R01 message about the oncologist's note, rendered when the row was stored.
 
-Written by the note workflow (``adapter.review.note.service``), read by the document deliverer
-(``adapter.hl7.document_deliverer``), the HL7 file writer and the note workflow itself (which
-versions a receiver already has). Every attempt sends ``message`` as stored, so a resend keeps
-its MSH-10 (``control_id``).
+Written by the note workflow (``adapter.review.note.service``, which records each message in
+the note records beside the row), read by the document deliverer
+(``adapter.hl7.document_deliverer``) and the HL7 file writer. Every attempt sends ``message`` as
+stored, so a resend keeps its MSH-10 (``control_id``).
 """
 
 from __future__ import annotations

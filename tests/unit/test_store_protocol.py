@@ -15,6 +15,7 @@ import pytest
 
 from adapter.store import protocol
 from adapter.store.labels import LabelStore
+from adapter.store.notes import NoteStore
 from adapter.store.outbox import Batch, Outbox
 from adapter.store.reviews import ReviewVersions
 from adapter.store.timers import Timers
@@ -27,6 +28,7 @@ IMPLEMENTATIONS = [
     (protocol.EscalationTimers, Timers),
     (protocol.ReviewRecords, ReviewVersions),
     (protocol.LabelRecords, LabelStore),
+    (protocol.NoteRecords, NoteStore),
 ]
 
 

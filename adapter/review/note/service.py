@@ -481,14 +481,14 @@ def _message(row: NewRow) -> NoteMessage | None:
     """The record of a document row as :func:`note_rows` just built it (None for FHIR rows)."""
     if row.kind != KIND_DOCUMENT:
         return None
-    built = row.payload
+    built = DocumentPayload.from_json(row.payload)
     return NoteMessage(
-        receiver=str(built["profile"]),
-        review_id=str(built["review_id"]),
-        version=int(built["version"]),
-        event=str(built["event"]),
-        document_number=str(built["document_number"]),
-        control_id=str(built["control_id"]),
+        receiver=built.profile,
+        review_id=built.review_id,
+        version=built.version,
+        event=built.event,
+        document_number=built.document_number,
+        control_id=built.control_id,
     )
 
 
