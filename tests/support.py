@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from adapter.jobs import payload_codecs  # noqa: F401  (every outbox kind's codec, as rtplan has)
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 

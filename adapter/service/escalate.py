@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from adapter.fhir.transaction_payload import KIND_TRANSACTION
 from adapter.hl7.deliverer import REJECTED, T1, T2
 from adapter.review.radiology_result import task_entry, task_update, transaction
 from adapter.store.outbox import NewRow
@@ -72,7 +73,7 @@ def escalate_due(
                     d,
                     t,
                     order.study_key,
-                    "fhir-transaction",
+                    KIND_TRANSACTION,
                     f"Escalation-{timer.key}-{timer.kind}",
                     bundle,
                 )

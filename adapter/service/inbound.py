@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from adapter.fhir.transaction_payload import KIND_TRANSACTION
 from adapter.hl7.ack import build_ack, parse_ack
 from adapter.hl7.deliverer import REJECTED, T1, T2, on_ack_rows
 from adapter.hl7.inbound import InboundMessage, InboundParseError, parse_inbound
@@ -179,7 +180,7 @@ class InboundHandler:
 
     def _fhir_rows(self, order: OrderRecord, label: str, bundle: JSON) -> list[NewRow]:
         return [
-            NewRow(destination, target, order.study_key, "fhir-transaction", label, bundle)
+            NewRow(destination, target, order.study_key, KIND_TRANSACTION, label, bundle)
             for destination, target in self.fhir_targets
         ]
 
