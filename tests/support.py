@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from adapter.jobs import payload_codecs  # noqa: F401  (every outbox kind's codec, as rtplan has)
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 
@@ -79,3 +81,9 @@ def enqueue_order(
         )  # fmt: skip
         batch.record_order(row_id, queued)
     return row_id
+
+
+def tx(**marks: Any) -> dict[str, Any]:
+    """The smallest FHIR transaction Bundle (fits the ``fhir-transaction`` payload codec), with
+    ``marks`` beside its fields to tell test rows apart; for tests of the outbox itself."""
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [], **marks}

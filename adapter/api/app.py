@@ -38,6 +38,7 @@ from adapter.review.versions import StaleReviewError
 from adapter.store.location import open_outbox
 from adapter.store.orders import OrderRecord
 from adapter.store.outbox import Outbox, Row, State
+from adapter.store.protocol import Store
 from adapter.store.studies import StudyRecord
 from adapter.tables import Tables, load_tables
 
@@ -182,7 +183,7 @@ def create_app(
         description=__doc__,
     )
 
-    def outbox() -> Outbox:
+    def outbox() -> Store:
         found = state.get("outbox")
         if not isinstance(found, Outbox):
             raise HTTPException(503, "the store is not open")
@@ -429,7 +430,7 @@ def _row(row: Row) -> RowState:
 
 
 def _deliver_later(
-    state: dict[str, Any], settings: Settings, store: Outbox, ids: list[int], out_dir: Path | None
+    state: dict[str, Any], settings: Settings, store: Store, ids: list[int], out_dir: Path | None
 ) -> None:
     """Queue ``ids`` for the one background drainer: requests arriving while it delivers are
     taken in its next batch, so a burst of reviews shares one delivery set-up."""
@@ -448,7 +449,7 @@ def _deliver_later(
 
 
 async def _drain(
-    state: dict[str, Any], settings: Settings, store: Outbox, out_dir: Path | None
+    state: dict[str, Any], settings: Settings, store: Store, out_dir: Path | None
 ) -> None:
     while state.get("pending"):
         batch, state["pending"] = state["pending"], []

@@ -27,14 +27,15 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from adapter.store.outbox import OPEN_STATES, Outbox, Row
+from adapter.store.outbox import OPEN_STATES, Row
+from adapter.store.protocol import Store
 
 ORDER_KIND = "hl7-order"
 ACK_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 14400.0, 86400.0)
 
 
 class StoreCollector(Collector):
-    def __init__(self, outbox: Outbox, receiver: Mapping[str, int]) -> None:
+    def __init__(self, outbox: Store, receiver: Mapping[str, int]) -> None:
         self.outbox = outbox
         self.receiver = receiver
 
@@ -98,7 +99,7 @@ def _histogram(values: list[float]) -> HistogramMetricFamily:
     )
 
 
-def metrics_text(outbox: Outbox, receiver: Mapping[str, int]) -> tuple[bytes, str]:
+def metrics_text(outbox: Store, receiver: Mapping[str, int]) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(outbox, receiver))
     return generate_latest(registry), CONTENT_TYPE_LATEST

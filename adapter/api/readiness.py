@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.private import private_dir
-from adapter.store.outbox import Outbox
+from adapter.store.protocol import Store
 
 TIMEOUT = 5.0
 
@@ -37,7 +37,7 @@ TIMEOUT = 5.0
 async def readiness_problems(
     settings: Settings,
     out_dir: Path | None,
-    outbox: Outbox | None,
+    outbox: Store | None,
     fhir_ready: Awaitable[bool] | None = None,
 ) -> list[str]:
     """What is not ready, one short phrase each (empty: ready). ``fhir_ready``: the check of

@@ -21,7 +21,7 @@ from adapter.errors import AdapterError
 
 if TYPE_CHECKING:  # the KOS builder imports pydicom: loaded by the commands that build one
     from adapter.config import Settings
-    from adapter.store.outbox import Outbox
+    from adapter.store.protocol import Store
 
 
 def add_label_parser(commands: Any) -> None:
@@ -62,7 +62,7 @@ def run_label_command(args: argparse.Namespace, settings: Settings, out: TextIO)
     return 0
 
 
-def _compared_store(db: Path | None, settings: Settings) -> Outbox | None:
+def _compared_store(db: Path | None, settings: Settings) -> Store | None:
     """The store a preview compares with: ``--db``, else the one ``store.url`` or
     ``outbox.path`` names (never the per-user default), if it is there."""
     from adapter.store.location import store_exists, store_location

@@ -24,7 +24,8 @@ from adapter.jsoninput import read_json
 
 if TYPE_CHECKING:
     from adapter.config import Settings
-    from adapter.store.outbox import Outbox, Row
+    from adapter.store.outbox import Row
+    from adapter.store.protocol import Store
 
 # ``adapter.store.outbox.State``'s values, spelled out so that building the parser of every
 # command does not import the store (start-up time; tests/unit/test_cli_startup.py keeps the
@@ -54,7 +55,9 @@ def add_outbox_parser(commands: Any) -> None:
 def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import asyncio
 
+    from adapter.jobs import payload_codecs  # noqa: F401  (replay reads every kind)
     from adapter.jobs.deliver import deliver  # lazy for start-up time (the delivery stack)
+    from adapter.store import payloads
     from adapter.store.location import open_existing
     from adapter.store.outbox import State
 
@@ -75,8 +78,14 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
                 print(f"held key {hold.destination} {hold.key}: {hold.reason}", file=out)
             return 0
         ids: list[int] | None = None
+        payload = None
         if command in ("retry", "replay"):
             row = _existing(outbox, args.id)
+            if command == "replay" and args.payload:
+                # Refused (one line naming the kind and field, exit 2) before the audit
+                # records the command as done and before any hold is lifted.
+                payload = _read_payload(args.payload)
+                payloads.encode(row.kind, payload)
             if command == "retry" and row.state in (State.DELIVERED, State.IN_FLIGHT):
                 # Refused before the audit records the command as done (issue 8).
                 raise ConfigError(
@@ -95,7 +104,6 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
             outbox.retry(args.id)
         elif command == "replay":
             row = _existing(outbox, args.id)
-            payload = _read_payload(args.payload) if args.payload else None
             if row.destination == "hl7":  # a new transmission: new MSH-10, same placer number
                 from adapter.hl7.replay import replay_hl7  # lazy for start-up time: hl7apy
 
@@ -113,7 +121,7 @@ def run_outbox_command(args: argparse.Namespace, settings: Settings, out: TextIO
         return 0 if report.dead == 0 and report.held == 0 else 1
 
 
-def _existing(outbox: Outbox, row_id: int) -> Row:
+def _existing(outbox: Store, row_id: int) -> Row:
     try:
         return outbox.get(row_id)
     except KeyError:
@@ -143,7 +151,7 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts.items())
 
 
-def _show(outbox: Outbox, row_id: int, with_payload: bool, out: TextIO) -> int:
+def _show(outbox: Store, row_id: int, with_payload: bool, out: TextIO) -> int:
     from adapter.store.outbox import State
 
     row = _existing(outbox, row_id)

@@ -26,7 +26,7 @@ from adapter.errors import ConfigError
 if TYPE_CHECKING:
     from adapter.config import Settings
     from adapter.store.audit import AuditRecord
-    from adapter.store.outbox import Outbox
+    from adapter.store.protocol import Store
 
 EXIT_OK, EXIT_OPEN, EXIT_USAGE = 0, 1, 2
 JSON = dict[str, Any]
@@ -98,7 +98,7 @@ def run_safety_command(args: argparse.Namespace, settings: Settings, out: TextIO
         return _identity(outbox, args, settings, out)
 
 
-def _identity(outbox: Outbox, args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+def _identity(outbox: Store, args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from adapter.store.identity import IDENTITY_KEYWORDS, Resolution, ResolveError
 
     command = args.identity_command
@@ -149,7 +149,7 @@ def _identity(outbox: Outbox, args: argparse.Namespace, settings: Settings, out:
     return EXIT_OK if report.dead == 0 and report.held == 0 else EXIT_OPEN
 
 
-def _audit_events(outbox: Outbox, records: list[AuditRecord], settings: Settings) -> JSON:
+def _audit_events(outbox: Store, records: list[AuditRecord], settings: Settings) -> JSON:
     from adapter.safety.audit_event import audit_bundle, audit_event
     from adapter.tables import load_tables
 
@@ -164,7 +164,7 @@ def _audit_events(outbox: Outbox, records: list[AuditRecord], settings: Settings
     return audit_bundle(events)
 
 
-def _audit(outbox: Outbox, args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+def _audit(outbox: Store, args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.verify:
         broken = outbox.verify_audit()
         count = len(outbox.audit_records())
@@ -194,7 +194,7 @@ def _audit(outbox: Outbox, args: argparse.Namespace, settings: Settings, out: Te
     return EXIT_OK
 
 
-def _reconcile(outbox: Outbox, args: argparse.Namespace, out: TextIO) -> int:
+def _reconcile(outbox: Store, args: argparse.Namespace, out: TextIO) -> int:
     from adapter.safety.reconcile import lines, reconcile
 
     items = reconcile(outbox, now=time.time(), since=args.since)

@@ -31,7 +31,7 @@ from adapter.jobs.deliver import deliver, enqueue, targets
 from adapter.jobs.ingest import read_and_map
 from adapter.label.service import LabelOutcome, enqueue_labels, label_targets
 from adapter.outbox.worker import DrainReport
-from adapter.store.outbox import Outbox
+from adapter.store.protocol import Store
 from adapter.tables import Tables
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ async def backload(
     source: DicomWebSource,
     settings: Settings,
     tables: Tables,
-    outbox: Outbox,
+    outbox: Store,
     out_dir: Path | None,
     *,
     since: str = "",

@@ -31,7 +31,9 @@ from adapter.errors import NoAnswer, NotSent
 from adapter.fhir.auth import AuthRefused
 from adapter.fhir.client import FhirClient, FhirResponse
 from adapter.fhir.patches import conditional_patches, resolve_patches
+from adapter.fhir.transaction_payload import TransactionPayload
 from adapter.outbox.worker import Attempt, Verdict
+from adapter.store import payloads
 from adapter.store.outbox import Row
 
 log = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ class FhirDeliverer:
         self.reconcile = reconcile
 
     async def deliver(self, row: Row) -> Attempt:
-        bundle = row.payload
+        bundle = payloads.read_as(TransactionPayload, row.kind, row.payload).bundle
         if conditional_patches(bundle):
             return await self._deliver_patched(bundle)
         try:

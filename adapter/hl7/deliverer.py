@@ -23,7 +23,6 @@ ACK discipline (reliability.md §1.5, rows 5-10):
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import secrets
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from typing import Any
 from adapter.errors import ConfigError, NoAnswer, NotSent
 from adapter.hl7.ack_judge import AckOutcome, judge_ack
 from adapter.hl7.client import MllpClient
+from adapter.hl7.document_payload import DocumentPayload
 from adapter.hl7.messages import MessageBuildError, build_order
 from adapter.hl7.model import OrderRequest
 from adapter.hl7.order_payload import KIND_CANCEL, KIND_CHANGE, KIND_ORDER, OrderPayload
@@ -40,8 +40,9 @@ from adapter.hl7.profiles import ReceiverProfile
 from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.outbox.worker import Attempt, Verdict
 from adapter.private import private_dir, replace_private
+from adapter.store import payloads
 from adapter.store.outbox import NewRow, Row
-from adapter.store.timers import Timers
+from adapter.store.protocol import EscalationTimers
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -71,8 +72,17 @@ def prerender(payload: OrderPayload, *, profile: ReceiverProfile, now: datetime)
 
 
 def payload_of(row: Row) -> OrderPayload:
-    """The typed payload of an HL7 order row (``adapter.hl7.order_payload``)."""
-    return OrderPayload.from_json(row.payload)
+    """The typed payload of an HL7 order row (``adapter.hl7.order_payload``).
+
+    Raises:
+        PayloadError: the payload does not fit the row's kind (names the field).
+    """
+    return payloads.read_as(OrderPayload, row.kind, row.payload)
+
+
+def document_of(row: Row) -> DocumentPayload:
+    """The typed payload of a note document row (``adapter.hl7.document_payload``)."""
+    return payloads.read_as(DocumentPayload, row.kind, row.payload)
 
 
 def new_transmission(row: Row, profile: ReceiverProfile, now: datetime) -> OrderPayload:
@@ -92,7 +102,7 @@ def control_id_for(row: Row) -> str:
     """MSH-10 of a row: the random one decided at enqueue. Rows stored before MSH-10 was stored
     with them fall back to one derived from the row id. Either way every resend keeps it."""
     if row.kind not in ORDER_KINDS:  # a note document (``hl7-document``, adapter.review.note)
-        return str(row.payload.get("control_id") or f"RTP{row.id:09d}")
+        return document_of(row).control_id
     return payload_of(row).control_id or f"RTP{row.id:09d}"
 
 
@@ -107,7 +117,7 @@ def render(row: Row, profile: ReceiverProfile) -> bytes:
         MessageBuildError: the order cannot be encoded (names the segment and field).
     """
     if row.kind not in ORDER_KINDS:  # a note document: rendered when it was stored
-        return base64.b64decode(row.payload["message"])
+        return document_of(row).message
     payload = payload_of(row)
     if payload.message:
         return payload.message
@@ -131,7 +141,7 @@ class Hl7Deliverer:
         profile: ReceiverProfile,
         client: MllpClient,
         *,
-        timers: Timers | None = None,
+        timers: EscalationTimers | None = None,
         calls: StoreCalls = INLINE,
     ) -> None:
         self.profile = profile
@@ -170,7 +180,7 @@ class Hl7Deliverer:
         return Attempt(Verdict.RETRY, f"{verdict.reason}; resending the same message")
 
     @staticmethod
-    def _rejected(timers: Timers, placer: str, reason: str) -> None:
+    def _rejected(timers: EscalationTimers, placer: str, reason: str) -> None:
         timers.cancel(placer, T1)
         timers.arm(placer, REJECTED, 0, reason)
 

@@ -16,14 +16,15 @@ which writes those bytes as ``<out>/hl7/<label>.hl7``.
 
 from __future__ import annotations
 
-import base64
 import logging
 
 from adapter.errors import NoAnswer, NotSent
 from adapter.hl7.ack_judge import AckOutcome, judge_ack
 from adapter.hl7.client import MllpClient
+from adapter.hl7.document_payload import DocumentPayload
 from adapter.hl7.profiles import ReceiverProfile
 from adapter.outbox.worker import Attempt, Verdict
+from adapter.store import payloads
 from adapter.store.outbox import Row
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ class Hl7DocumentDeliverer:
         self.client = client
 
     async def deliver(self, row: Row) -> Attempt:
-        control = str(row.payload.get("control_id", ""))
-        message = base64.b64decode(row.payload["message"])
+        document = payloads.read_as(DocumentPayload, row.kind, row.payload)
+        control, message = document.control_id, document.message
         try:
             ack = await self.client.send(message)
         except NotSent as exc:

@@ -9,6 +9,7 @@ send it, and the rows to store when the RIS acknowledges it.
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Self
@@ -69,16 +70,37 @@ class OrderPayload:
         order = data["order"]
         if not isinstance(order, dict) or "placer_order_number" not in order:
             raise ValueError("order: missing or without placer_order_number")
+        fhir = data.get("fhir")
+        if fhir is not None and not isinstance(fhir, dict):
+            raise ValueError("fhir: not an object")
         message = data.get("message")
+        try:
+            rendered = base64.b64decode(message, validate=True) if message else b""
+        except (binascii.Error, TypeError):
+            raise ValueError("message: not base64") from None
         return cls(
             profile=str(data.get("profile", "")),
             order=dict(order),
-            on_ack=tuple(NewRow(**item) for item in data.get("on_ack", ())),
-            fhir=data.get("fhir"),
+            on_ack=_rows(data.get("on_ack", [])),
+            fhir=fhir,
             request_placer=str(data.get("request_placer", "")),
             control_id=str(data.get("control_id", "")),
-            message=base64.b64decode(message) if message else b"",
+            message=rendered,
         )
+
+
+def _rows(items: object) -> tuple[NewRow, ...]:
+    if not isinstance(items, list | tuple):
+        raise ValueError("on_ack: not a list")
+    rows = []
+    for index, item in enumerate(items):
+        try:
+            rows.append(NewRow(**item))
+        except TypeError:
+            raise ValueError(
+                f"on_ack[{index}]: not a row (destination, target, key, kind, label, payload)"
+            ) from None
+    return tuple(rows)
 
 
 def _row_json(row: NewRow) -> JSON:

@@ -13,22 +13,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from adapter.config import Settings
-from adapter.hl7.deliverer import KIND_ORDER, T1, new_transmission
+from adapter.hl7.deliverer import KIND_ORDER, ORDER_KINDS, T1, new_transmission
 from adapter.hl7.profiles import load_profiles, receivers_dir
-from adapter.store.outbox import Outbox, Row
+from adapter.store.outbox import Row
+from adapter.store.protocol import Store
 
 JSON = dict[str, Any]
 
 
-def replay_hl7(outbox: Outbox, row: Row, settings: Settings, payload: JSON | None) -> int:
+def replay_hl7(outbox: Store, row: Row, settings: Settings, payload: JSON | None) -> int:
     """Enqueue ``row``'s order (or a corrected ``payload``) as a new transmission; return the
     new row's id.
 
     Raises:
         MessageBuildError: the order cannot be built for its receiver.
+        PayloadError: the corrected payload does not fit the row's kind (names the field).
     """
     profile = load_profiles(receivers_dir(settings)).get(row.target)
-    if profile is None:
+    if profile is None or row.kind not in ORDER_KINDS:  # a note document is sent as stored
         return outbox.replay(row.id, payload)  # waits, visibly, for its profile to return
     source = row if payload is None else _with_payload(row, payload)
     fresh = new_transmission(source, profile, datetime.now(UTC))

@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING
 
 from adapter.config import Settings, is_loopback
 from adapter.errors import ConfigError
+from adapter.fhir.transaction_payload import KIND_TRANSACTION, TransactionPayload
 from adapter.ingest.pipeline import IngestResult, Status
+from adapter.jobs import payload_codecs  # noqa: F401  (the worker reads every kind)
 from adapter.jobs.output import bundle_label, write_json_atomic
 from adapter.jobs.retry_policies import fhir_policy, label_policy, receiver_policies
 from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
+from adapter.store import payloads
 from adapter.store.identity import HeldRow, IngestedStudy, IngestWrite
-from adapter.store.outbox import Outbox, Row
+from adapter.store.outbox import Row
+from adapter.store.protocol import Store
 
 if TYPE_CHECKING:
     import httpx
@@ -35,7 +39,6 @@ log = logging.getLogger(__name__)
 # used: it is a fifth of the embedded default's start-up time otherwise.
 
 FILES, FHIR, HL7 = "files", "fhir", "hl7"
-KIND_TRANSACTION = "fhir-transaction"
 
 
 class FileDeliverer:
@@ -47,8 +50,9 @@ class FileDeliverer:
     async def deliver(self, row: Row) -> Attempt:
         target = self.folder / f"{row.label}.json"
         try:
+            bundle = payloads.read_as(TransactionPayload, row.kind, row.payload).bundle
             # 0600, never through a symlink; fsynced: off the event loop.
-            await asyncio.to_thread(write_json_atomic, target, row.payload)
+            await asyncio.to_thread(write_json_atomic, target, bundle)
         except OSError as exc:
             return Attempt(Verdict.RETRY, f"cannot write the output file: {exc.strerror}")
         except ConfigError as exc:  # a symlink or a file where our folder should be
@@ -65,7 +69,7 @@ def targets(settings: Settings, out_dir: Path | None) -> list[tuple[str, str]]:
     return found
 
 
-def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]) -> list[int]:
+def enqueue(outbox: Store, result: IngestResult, to: Iterable[tuple[str, str]]) -> list[int]:
     """One outbox row per mapped study and destination, keyed by the Study Instance UID, all
     stored in one transaction with the record (patient, order) of every study read; a study
     whose patient disagrees is held instead (see :func:`enqueue_ingest`)."""
@@ -73,7 +77,7 @@ def enqueue(outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]])
 
 
 def enqueue_ingest(
-    outbox: Outbox, result: IngestResult, to: Iterable[tuple[str, str]]
+    outbox: Store, result: IngestResult, to: Iterable[tuple[str, str]]
 ) -> IngestWrite:
     """As :func:`enqueue`, and say which studies the store held (identity holds by UID)."""
     destinations = list(to)
@@ -118,7 +122,7 @@ def held_by_store(result: IngestResult, held: Mapping[str, int]) -> IngestResult
 
 
 async def deliver(
-    outbox: Outbox,
+    outbox: Store,
     settings: Settings,
     *,
     ids: list[int] | None = None,
@@ -219,7 +223,7 @@ def note_receivers(settings: Settings, out_dir: Path | None) -> list[str]:
 
 async def _hl7_deliverers(
     stack: AsyncExitStack,
-    outbox: Outbox,
+    outbox: Store,
     settings: Settings,
     profile_names: set[str],
     out_dir: Path | None,

@@ -24,7 +24,6 @@ STOW-RS other 4xx                          dead, with the status
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import os
@@ -38,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from adapter.config import LabelSettings, Settings
+from adapter.label.kos_payload import KosPayload
 from adapter.label.raw_title import Defer as RawDefer
 from adapter.label.raw_title import checked_title
 from adapter.label.service import DIMSE_PREFIX, KOS_FILES, PACS, label_targets
 from adapter.label.titles import RejectionTitleRefused, load_vocabulary, refuse_rejection_title
 from adapter.outbox.worker import Attempt, Deliverer, Verdict
+from adapter.store import payloads
 from adapter.store.outbox import Row
 from adapter.tables import load_tables
 
@@ -58,6 +59,15 @@ DICOM_JSON_SOP_INSTANCE = "00081155"
 DICOM_JSON_FAILURE_REASON = "00081197"
 
 
+def kos_payload(row: Row) -> KosPayload:
+    """The row's typed payload (``adapter.label.kos_payload``).
+
+    Raises:
+        PayloadError: the payload is not a KOS row's (names the field).
+    """
+    return payloads.read_as(KosPayload, row.kind, row.payload)
+
+
 def checked_document(row: Row, allowed: Iterable[str]) -> tuple[bytes, Any]:
     """The row's KOS bytes and Dataset, after the pre-send title check.
 
@@ -66,10 +76,11 @@ def checked_document(row: Row, allowed: Iterable[str]) -> tuple[bytes, Any]:
     """
     from pydicom import dcmread  # only when a label row is delivered
 
-    data = base64.b64decode(row.payload["document"])
+    kos = kos_payload(row)
+    data = kos.document
     ds = dcmread(BytesIO(data))
     refuse_rejection_title(ds, allowed)
-    if str(ds.SOPInstanceUID) != row.payload["sop_instance_uid"]:
+    if str(ds.SOPInstanceUID) != kos.sop_instance_uid:
         raise RejectionTitleRefused("the stored document is not the row's KOS")
     return data, ds
 
@@ -81,12 +92,13 @@ def checked_bytes(row: Row, allowed: Iterable[str]) -> bytes:
     Raises:
         RejectionTitleRefused: the title is a rejection title or not allowed.
     """
-    data = base64.b64decode(row.payload["document"])
+    kos = kos_payload(row)
+    data = kos.document
     try:
         sop_instance_uid = checked_title(data, allowed)
     except RawDefer:
         return checked_document(row, allowed)[0]
-    if sop_instance_uid != row.payload["sop_instance_uid"]:
+    if sop_instance_uid != kos.sop_instance_uid:
         raise RejectionTitleRefused("the stored document is not the row's KOS")
     return data
 
@@ -237,7 +249,7 @@ class StowDeliverer:
             return Attempt(Verdict.RETRY, "STOW-RS: cannot connect")
         except httpx.HTTPError as exc:
             return Attempt(Verdict.RETRY, f"STOW-RS: no answer ({type(exc).__name__})")
-        return _judge_stow(response, str(row.payload["sop_instance_uid"]))
+        return _judge_stow(response, kos_payload(row).sop_instance_uid)
 
 
 def _judge_stow(response: Any, sop_uid: str) -> Attempt:

@@ -9,7 +9,6 @@ the previous one in the store.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,10 +18,12 @@ from typing import Any
 from adapter.config import Settings
 from adapter.errors import AdapterError
 from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome
+from adapter.label.kos_payload import KosPayload
 from adapter.label.plan import KosPlan, content_digest
 from adapter.label.titles import LabelVocabulary, load_vocabulary
-from adapter.store.labels import KIND_KOS, LabelRecord, LabelStore, label_key, row_label
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.labels import KIND_KOS, LabelRecord, label_key, row_label
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import LabelRecords, Store
 from adapter.tables import Tables
 
 KOS_FILES, PACS = "dicom-files", "pacs"
@@ -148,7 +149,7 @@ def document_for(
 
 
 def enqueue_labels(
-    outbox: Outbox,
+    outbox: Store,
     result: IngestResult,
     settings: Settings,
     tables: Tables,
@@ -189,7 +190,7 @@ def _current_record(
     outcome: StudyOutcome,
     settings: Settings,
     vocabulary: LabelVocabulary,
-    store: LabelStore,
+    store: LabelRecords,
     now: datetime,
 ) -> tuple[LabelRecord, bool, str]:
     """The study's KOS to send: the stored one when it still says the same, else a new one."""
@@ -212,17 +213,18 @@ def _current_record(
 
 
 def _row(record: LabelRecord, destination: str, target: str, previous: str) -> NewRow:
+    payload = KosPayload(
+        study_uid=record.study_uid,
+        sop_instance_uid=record.sop_instance_uid,
+        instance_number=record.instance_number,
+        document=record.document,
+        supersedes=previous,
+    )
     return NewRow(
         destination=destination,
         target=target,
         key=label_key(record.study_uid),
         kind=KIND_KOS,
         label=kos_file_label(record.study_uid, record.instance_number),
-        payload={
-            "study_uid": record.study_uid,
-            "sop_instance_uid": record.sop_instance_uid,
-            "instance_number": record.instance_number,
-            "supersedes": previous,
-            "document": base64.b64encode(record.document).decode("ascii"),
-        },
+        payload=payload.to_json(),
     )

@@ -2,7 +2,9 @@
 
 A :class:`Deliverer` turns one row into one :class:`Attempt` (delivered / retry / dead / hold).
 It never raises for a peer's answer: a rejection is a value. An exception from a deliverer is
-a bug or "no answer at all" and is treated as a retry, so a row is never lost to it.
+a bug or "no answer at all" and is treated as a retry, so a row is never lost to it; except a
+payload that does not fit its kind's codec (``adapter.store.payloads.PayloadError``, a row
+edited by hand): no retry mends that, so the row is dead, the reason naming kind and field.
 
 The retry policy is a pair of tenacity values (``stop`` and ``wait``) per destination, or per
 ``(destination, target)`` where targets differ (each HL7 receiver profile has its own
@@ -25,7 +27,9 @@ from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
 from adapter.outbox.offload import INLINE, StoreCalls
-from adapter.store.outbox import NewRow, Outbox, Row
+from adapter.store.outbox import NewRow, Row
+from adapter.store.payloads import PayloadError
+from adapter.store.protocol import RowQueue
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -107,7 +111,8 @@ def _state(row: Row, now: float) -> tenacity.RetryCallState:
 
 
 class Worker:
-    """Drains an :class:`Outbox` through deliverers keyed by ``(destination, target)``.
+    """Drains the outbox (a :class:`~adapter.store.protocol.RowQueue`) through deliverers
+    keyed by ``(destination, target)``.
 
     Every store call goes through ``calls``: inline for a command, the connection's own thread
     in ``rtplan serve`` (:class:`adapter.outbox.offload.StoreThread`), so the one event loop
@@ -117,7 +122,7 @@ class Worker:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: RowQueue,
         deliverers: Mapping[tuple[str, str], Deliverer],
         policies: Mapping[str, RetryPolicy] | None = None,
         *,
@@ -232,6 +237,8 @@ class Worker:
             return
         try:
             attempt = await deliverer.deliver(row)
+        except PayloadError as exc:  # the payload does not fit its kind: no retry mends it
+            attempt = Attempt(Verdict.DEAD, str(exc))
         except Exception as exc:  # a bug or no answer: keep the row, try again later
             log.exception("row %d: deliverer raised %s", row.id, type(exc).__name__)
             attempt = Attempt(Verdict.RETRY, f"deliverer error: {type(exc).__name__}")

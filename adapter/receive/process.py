@@ -32,7 +32,7 @@ from adapter.jobs.output import study_report, write_json_atomic
 from adapter.label.service import enqueue_labels, label_targets
 from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.receive.spool import PendingStudy, Spool
-from adapter.store.outbox import Outbox
+from adapter.store.protocol import Store
 from adapter.tables import Tables
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class StudyProcessor:
         spool: Spool,
         settings: Settings,
         tables: Tables,
-        outbox: Outbox,
+        outbox: Store,
         out_dir: Path | None,
         *,
         clock: Clock = time.time,

@@ -21,7 +21,7 @@ from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.receive.process import StudyProcessor, spool_path
 from adapter.receive.scp import Receiver
 from adapter.receive.spool import Spool
-from adapter.store.outbox import Outbox
+from adapter.store.protocol import Store
 from adapter.tables import Tables
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class ReceiveService:
         self,
         settings: Settings,
         tables: Tables,
-        outbox: Outbox,
+        outbox: Store,
         out_dir: Path | None,
         fhir: FhirClient | None = None,
         *,

@@ -23,7 +23,8 @@ from adapter.mapping.review_bundle import ReviewOutput, StudyContext
 from adapter.mapping.review_input import ReviewInput
 from adapter.review.orders import order_payloads, study_facts
 from adapter.store.orders import QueuedOrder
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import Store
 from adapter.tables import Tables
 
 JSON = dict[str, Any]
@@ -81,7 +82,7 @@ def receiver_profile(settings: Settings, folder: Any) -> ReceiverProfile:
 
 
 def prepare_orders(
-    outbox: Outbox,
+    outbox: Store,
     review: ReviewInput,
     output: ReviewOutput,
     ctx: StudyContext,
@@ -140,7 +141,7 @@ def prepare_orders(
 
 
 def enqueue_review(
-    outbox: Outbox, key: str, review_rows: Sequence[NewRow], orders: Sequence[PreparedOrder]
+    outbox: Store, key: str, review_rows: Sequence[NewRow], orders: Sequence[PreparedOrder]
 ) -> tuple[list[int], list[int]]:
     """Store the review's FHIR rows, its HL7 rows and their T1 timers in one transaction.
 

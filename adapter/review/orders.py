@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from adapter.fhir.transaction_payload import KIND_TRANSACTION
 from adapter.hl7.deliverer import HL7
 from adapter.hl7.model import (
     OrderPatient,
@@ -36,7 +37,7 @@ from adapter.store.studies import StudyRecord
 from adapter.tables import Tables
 
 JSON = dict[str, Any]
-KIND_TASK_UPDATE = "fhir-transaction"
+KIND_TASK_UPDATE = KIND_TRANSACTION
 
 
 DICOM_SEX = {"M": "M", "F": "F", "O": "O"}  # DICOM (0010,0040) -> HL7 table 0001

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
 from adapter.errors import TransportError
+from adapter.fhir.transaction_payload import KIND_REVIEW
+from adapter.hl7.order_payload import KIND_CANCEL
 from adapter.hl7.profiles import receivers_dir
 from adapter.mapping.identifiers import (
     DICOM_UID_SYSTEM,
@@ -62,6 +64,7 @@ from adapter.review.versions import (
 )
 from adapter.store.location import store_exists, store_location
 from adapter.store.outbox import NewRow, Outbox
+from adapter.store.protocol import Store
 from adapter.store.studies import StudyRecord
 from adapter.tables import Tables, load_tables
 
@@ -71,8 +74,7 @@ if TYPE_CHECKING:
     from adapter.review.order_rows import PreparedOrder
 
 JSON = dict[str, Any]
-KIND_REVIEW = "fhir-review-transaction"
-KIND_HL7_CANCEL = "hl7-cancel"  # = adapter.hl7.deliverer (not imported: hl7apy is slow)
+KIND_HL7_CANCEL = KIND_CANCEL
 HL7 = "hl7"
 UNKNOWN_STUDY = (
     "/study_instance_uid",
@@ -205,7 +207,7 @@ async def context_from_server(client: FhirClient, study_uid: str, review_id: str
 
 
 async def resolve_context(
-    review: ReviewInput, outbox: Outbox | None, fhir: FhirClient | None
+    review: ReviewInput, outbox: Store | None, fhir: FhirClient | None
 ) -> StudyContext:
     """Outbox first (what this adapter mapped), then the FHIR server (through the process's
     client, when there is one), else UnknownStudyError."""
@@ -234,7 +236,7 @@ def build_review(
 
 
 async def store_version(
-    outbox: Outbox,
+    outbox: Store,
     review: ReviewInput,
     settings: Settings,
     tables: Tables,
@@ -304,7 +306,7 @@ async def store_version(
 
 
 async def _prepare_orders(
-    outbox: Outbox,
+    outbox: Store,
     review: ReviewInput,
     output: ReviewOutput,
     ctx: StudyContext,
@@ -335,7 +337,7 @@ async def _prepare_orders(
 
 
 def _enqueue_review(
-    outbox: Outbox, key: str, review_rows: list[NewRow], orders: list[PreparedOrder]
+    outbox: Store, key: str, review_rows: list[NewRow], orders: list[PreparedOrder]
 ) -> tuple[list[int], list[int]]:
     if not orders:
         with outbox.batch() as batch:
@@ -385,7 +387,7 @@ def _preview_context(
 
 
 async def _resolve_with_own_client(
-    review: ReviewInput, settings: Settings, outbox: Outbox | None
+    review: ReviewInput, settings: Settings, outbox: Store | None
 ) -> StudyContext:
     """For the synchronous previews (one command, one loop): a client only if the outbox does
     not know the study."""

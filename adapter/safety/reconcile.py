@@ -30,14 +30,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from adapter.fhir.transaction_payload import KIND_REVIEW, KIND_TRANSACTION
+from adapter.hl7.order_payload import KIND_ORDER
 from adapter.store.audit import study_of_key
-from adapter.store.outbox import Outbox, Row, State
+from adapter.store.outbox import Row, State
+from adapter.store.protocol import Store
 from adapter.store.timers import Timer
 
 JSON = dict[str, Any]
-KIND_STUDY = "fhir-transaction"
-KIND_REVIEW = "fhir-review-transaction"  # = adapter.review.service.KIND_REVIEW
-KIND_ORDER = "hl7-order"  # = adapter.hl7.deliverer.KIND_ORDER (hl7apy is slow to import)
+KIND_STUDY = KIND_TRANSACTION
 T1, T2, REJECTED = "T1", "T2", "rejected"
 
 
@@ -76,7 +77,7 @@ def _due(end: str) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _rows(outbox: Outbox) -> list[Row]:
+def _rows(outbox: Store) -> list[Row]:
     rows: list[Row] = []
     while True:
         batch = outbox.rows_after(rows[-1].id if rows else 0, 1000)
@@ -85,7 +86,7 @@ def _rows(outbox: Outbox) -> list[Row]:
             return rows
 
 
-def _reviews(outbox: Outbox, rows: list[Row], now: datetime) -> list[Item]:
+def _reviews(outbox: Store, rows: list[Row], now: datetime) -> list[Item]:
     studies: dict[str, Row] = {}
     reviews: dict[str, list[Row]] = {}
     for row in rows:
@@ -132,7 +133,7 @@ def _timer_state(timers: list[Timer], kind: str) -> tuple[str, float | None]:
     return "armed", last.due_at
 
 
-def _concerns(outbox: Outbox, rows: list[Row], now: float) -> list[Item]:
+def _concerns(outbox: Store, rows: list[Row], now: float) -> list[Item]:
     by_id = {row.id: row for row in rows}
     timers = outbox.timers()
     all_timers = sorted([*timers.fired(), *timers.open(), *timers.stopped()], key=lambda t: t.id)
@@ -210,7 +211,7 @@ def _dead(rows: list[Row]) -> list[Item]:
     return items
 
 
-def reconcile(outbox: Outbox, *, now: float, since: date | None = None) -> list[Item]:
+def reconcile(outbox: Store, *, now: float, since: date | None = None) -> list[Item]:
     """Every open item in the store, oldest study first within each kind."""
     cutoff = datetime.combine(since, datetime.min.time(), UTC).timestamp() if since else None
     rows = [r for r in _rows(outbox) if cutoff is None or r.created_at >= cutoff]
@@ -232,7 +233,7 @@ def reconcile(outbox: Outbox, *, now: float, since: date | None = None) -> list[
 _NOT_ASSESSED = ("held-incomplete", "failed")
 
 
-def _unmapped(outbox: Outbox, rows: list[Row], cutoff: float | None) -> list[Item]:
+def _unmapped(outbox: Store, rows: list[Row], cutoff: float | None) -> list[Item]:
     mapped = {study_of_key(r.key) for r in rows if r.kind == KIND_STUDY}
     items = []
     for uid, (outcome, at) in sorted(outbox.ingest_outcomes().items(), key=lambda i: i[1][1]):

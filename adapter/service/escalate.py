@@ -13,9 +13,11 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from adapter.fhir.transaction_payload import KIND_TRANSACTION
 from adapter.hl7.deliverer import REJECTED, T1, T2
 from adapter.review.radiology_result import task_entry, task_update, transaction
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import Store
 from adapter.store.timers import Timer
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class Metrics:
 
 
 def escalate_due(
-    outbox: Outbox, fhir_targets: list[tuple[str, str]], metrics: Metrics
+    outbox: Store, fhir_targets: list[tuple[str, str]], metrics: Metrics
 ) -> list[Timer]:
     """Fire every due timer once and store its Task update; return the fired timers."""
     fired = outbox.timers().take_due()
@@ -71,7 +73,7 @@ def escalate_due(
                     d,
                     t,
                     order.study_key,
-                    "fhir-transaction",
+                    KIND_TRANSACTION,
                     f"Escalation-{timer.key}-{timer.kind}",
                     bundle,
                 )

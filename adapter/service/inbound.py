@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from adapter.fhir.transaction_payload import KIND_TRANSACTION
 from adapter.hl7.ack import build_ack, parse_ack
 from adapter.hl7.deliverer import REJECTED, T1, T2, on_ack_rows
 from adapter.hl7.inbound import InboundMessage, InboundParseError, parse_inbound
@@ -40,7 +41,8 @@ from adapter.hl7.trust import TrustPolicy
 from adapter.ratelimit import RateLimitedWarning
 from adapter.review.radiology_result import response_bundle, result_bundle
 from adapter.store.orders import OrderAnswer, OrderRecord
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import Store
 from adapter.tables import Tables
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ class InboundStats:
 
 @dataclass
 class InboundHandler:
-    outbox: Outbox
+    outbox: Store
     tables: Tables
     fhir_targets: list[tuple[str, str]]
     """Where FHIR updates go (the FHIR server and/or the output folder's file writer)."""
@@ -178,7 +180,7 @@ class InboundHandler:
 
     def _fhir_rows(self, order: OrderRecord, label: str, bundle: JSON) -> list[NewRow]:
         return [
-            NewRow(destination, target, order.study_key, "fhir-transaction", label, bundle)
+            NewRow(destination, target, order.study_key, KIND_TRANSACTION, label, bundle)
             for destination, target in self.fhir_targets
         ]
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from adapter.config import Settings
 from adapter.outbox.offload import StoreThread
 from adapter.store.location import open_outbox
-from adapter.store.outbox import Outbox
+from adapter.store.protocol import Store
 from adapter.tables import Tables
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class ServiceParts:
-    def __init__(self, outbox: Outbox | None = None) -> None:
+    def __init__(self, outbox: Store | None = None) -> None:
         self.outbox = outbox  # the receiver's own store connection (on ``store``'s thread)
         self.store: StoreThread | None = None
         self.receiver: Any = None  # adapter.receive.service.ReceiveService

@@ -51,6 +51,7 @@ from adapter.service.inbound import InboundHandler
 from adapter.service.parts import start_parts
 from adapter.store.location import open_outbox, store_location
 from adapter.store.outbox import Outbox
+from adapter.store.protocol import Store
 from adapter.tables import Tables, load_tables
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ def listener_tls(settings: Settings) -> ssl.SSLContext | None:
 
 async def _escalations(
     store: StoreThread,
-    outbox: Outbox,
+    outbox: Store,
     fhir_targets: list[tuple[str, str]],
     metrics: Metrics,
     settings: Settings,

@@ -49,7 +49,7 @@ from typing import Any
 
 from adapter.errors import ConfigError
 from adapter.private import private_dir, touch_private
-from adapter.store import audit, claims, identity
+from adapter.store import audit, claims, identity, payloads
 from adapter.store import orders as order_records
 from adapter.store import studies as study_records
 from adapter.store.audit import AuditRecord
@@ -349,9 +349,12 @@ class Outbox:
             )
 
     def _insert(self, db: Database, new: NewRow) -> int:
+        # Through the kind's codec: a payload its deliverer cannot read is refused here
+        # (PayloadError names the kind and field), and the whole transaction with it.
+        payload = payloads.encode(new.kind, new.payload)
         # allow_nan=False: NaN is not JSON, and a peer would reject it later anyway.
         text = json.dumps(
-            new.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+            payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
         )
         digest = hashlib.sha256(text.encode()).hexdigest()
         now = self._clock()
@@ -520,22 +523,25 @@ class Outbox:
 
     def replay(self, row_id: int, payload: JSON | None = None) -> int:
         """Enqueue a fresh copy of a row (optionally with a corrected payload); the original
-        stays as history. Lifts any hold on the key."""
+        stays as history. Lifts any hold on the key. One transaction: a corrected payload
+        that does not fit the row's kind (:class:`~adapter.store.payloads.PayloadError`)
+        changes nothing."""
         row = self.get(row_id)
+        new = NewRow(
+            row.destination,
+            row.target,
+            row.key,
+            row.kind,
+            row.label,
+            row.payload if payload is None else payload,
+        )
         with self._write() as db:
             db.execute(
                 "DELETE FROM key_holds WHERE destination=? AND target=? AND key=?",
                 (row.destination, row.target, row.key),
             )
             self._event(db, row_id, "replayed")
-        return self.enqueue(
-            destination=row.destination,
-            target=row.target,
-            key=row.key,
-            kind=row.kind,
-            label=row.label,
-            payload=row.payload if payload is None else payload,
-        )
+            return self._insert(db, new)
 
     def record_inbound(
         self,
@@ -762,7 +768,7 @@ class Batch:
 
     def record_order(self, row_id: int, queued: QueuedOrder) -> None:
         """Record (or update) the order the HL7 row ``row_id`` sends, in the same transaction."""
-        order_records.record_queued(self._db, row_id, queued, self._outbox._clock())
+        order_records.record_queued(self._db, row_id, queued, self._outbox.clock())
 
     def arm(self, key: str, kind: str, seconds: float, detail: str = "") -> int:
         """Start an escalation timer in the same transaction."""

@@ -25,7 +25,7 @@ from adapter.jobs.deliver import FILES, KIND_TRANSACTION
 from adapter.store.db import open_database
 from adapter.store.outbox import Outbox, State
 from tests.store_backend import StoreUnderTest
-from tests.support import FIXTURES, synth
+from tests.support import FIXTURES, synth, tx
 
 RTPLAN = [sys.executable, "-m", "adapter.cli"]
 PLANNING_CT = FIXTURES / "dicom" / "planning-ct"
@@ -168,7 +168,7 @@ def test_retry_of_a_delivered_row(tmp_path: Path, capsys: pytest.CaptureFixture[
     with Outbox(db) as outbox:
         row_id = outbox.enqueue(
             destination=FILES, target=str(tmp_path), key="k", kind=KIND_TRANSACTION,
-            label="L", payload={"resourceType": "Bundle"},
+            label="L", payload=tx(),
         )  # fmt: skip
         claimed = outbox.claim(1, lease_seconds=60)
         outbox.mark_delivered(claimed[0].id, {"file": "x"})

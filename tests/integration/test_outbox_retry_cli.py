@@ -14,7 +14,7 @@ import pytest
 
 from adapter.store.outbox import Outbox, State
 from tests.store_backend import StoreUnderTest
-from tests.support import ROOT
+from tests.support import ROOT, tx
 
 DOCUMENTED = re.compile(r"^rtplan: config id: row 7 is delivered; only dead or waiting rows retry$")
 
@@ -41,7 +41,7 @@ def _outbox_with(db: Path | str, rows: int, folder: Path) -> list[int]:
                 key=f"k{n}",
                 kind="fhir-transaction",
                 label=f"L{n}",
-                payload={"resourceType": "Bundle"},
+                payload=tx(),
             )
             for n in range(rows)
         ]

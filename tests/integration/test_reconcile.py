@@ -24,7 +24,7 @@ from adapter.service.serve import trust_policy
 from adapter.store.outbox import Outbox
 from adapter.tables import load_tables
 from tests.store_backend import StoreUnderTest
-from tests.support import FIXTURES, synth
+from tests.support import FIXTURES, synth, tx
 
 pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
@@ -222,7 +222,7 @@ def test_a_dead_row_is_overdue_until_a_replay_is_delivered(
     with Outbox(store.at(out / "outbox.sqlite"), check_same_thread=False) as outbox:
         row_id = outbox.enqueue(
             destination="files", target=str(out.resolve()), key="study:x", kind="fhir-transaction",
-            label="Injected-dead", payload={"resourceType": "Bundle"},
+            label="Injected-dead", payload=tx(),
         )  # fmt: skip
         outbox.mark_dead(row_id, "rejected: HTTP 422")
     assert run(capsys, "review", "submit", str(path), "--out", str(out))[0] == 0

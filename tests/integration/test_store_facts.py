@@ -20,6 +20,7 @@ import pytest
 
 from adapter.cli import main
 from adapter.config import Settings
+from adapter.hl7.order_payload import OrderPayload
 from adapter.jobs.deliver import targets
 from adapter.service.inbound import InboundHandler
 from adapter.service.serve import trust_policy
@@ -30,7 +31,7 @@ from adapter.store.outbox import NewRow, Outbox
 from adapter.store.studies import StudyRecord
 from adapter.tables import load_tables
 from tests.store_backend import StoreUnderTest
-from tests.support import FIXTURES, synth
+from tests.support import FIXTURES, synth, tx
 
 pytestmark = pytest.mark.store  # every test here reaches the store: both backends
 
@@ -59,12 +60,12 @@ def test_a_study_record_and_its_rows_are_stored_together_or_not_at_all(
 ) -> None:
     with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         # NaN is not JSON: the row cannot be stored, so the record must not be either.
-        bad = HeldRow("files", "out", "study:1.2.3", "fhir-transaction", "x", {"n": float("nan")})
+        bad = HeldRow("files", "out", "study:1.2.3", "fhir-transaction", "x", tx(n=float("nan")))
         with pytest.raises(ValueError):
             outbox.record_ingest([IngestedStudy(record(), "mapped", (bad,))])
         assert outbox.study("1.2.3") is None
         assert outbox.rows() == []
-        good = HeldRow("files", "out", "study:1.2.3", "fhir-transaction", "x", {"n": 1})
+        good = HeldRow("files", "out", "study:1.2.3", "fhir-transaction", "x", tx(n=1))
         facts = record(classification="planning", patient_system="urn:mrn", modality="CT")
         outbox.record_ingest([IngestedStudy(facts, "mapped", (good,))])
         stored = outbox.study("1.2.3")
@@ -76,7 +77,8 @@ def test_an_order_record_and_its_hl7_row_are_stored_together_or_not_at_all(
     tmp_path: Path, store: StoreUnderTest,
 ) -> None:
     queued = QueuedOrder("P1", "1.2.3", "P1", "default-ris", "NW", "RTX1", {"priority": "urgent"})
-    row = NewRow("hl7", "default-ris", "study:1.2.3", "hl7-order", "Order-P1-NW", {"a": 1})
+    payload = OrderPayload("default-ris", {"placer_order_number": "P1", "control": "NW"})
+    row = NewRow("hl7", "default-ris", "study:1.2.3", "hl7-order", "Order-P1-NW", payload.to_json())
     with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         with pytest.raises(RuntimeError), outbox.batch() as batch:
             batch.record_order(batch.enqueue(row), queued)

@@ -19,6 +19,7 @@ from typing import Any
 from adapter.store import claims
 from adapter.store.db import open_database
 from adapter.store.outbox import Outbox, State
+from tests.support import tx
 
 _SERIAL = itertools.count()
 FHIR = ("fhir", "http://server/fhir")
@@ -33,7 +34,7 @@ def put(outbox: Outbox, target: tuple[str, str], key: str, after_id: int | None 
         key=key,
         kind="fhir-transaction",
         label=key,
-        payload={"key": key, "n": next(_SERIAL)},  # distinct: an equal payload is not stored twice
+        payload=tx(key=key, n=next(_SERIAL)),  # distinct: an equal payload is not stored twice
         after_id=after_id,
     )
 

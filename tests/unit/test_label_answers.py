@@ -33,6 +33,7 @@ def kos_row() -> Row:
     return Row(
         id=1, destination="pacs", target="x", key="pacs-label:1", kind=KIND_KOS, label="KOS-1",
         payload={"sop_instance_uid": str(ds.SOPInstanceUID),
+                 "study_uid": str(ds.StudyInstanceUID), "instance_number": 1,
                  "document": base64.b64encode(encode(ds)).decode()},
         state=State.IN_FLIGHT, attempts=1, next_attempt_at=0.0, last_error="", result=None,
         created_at=0.0, updated_at=0.0,

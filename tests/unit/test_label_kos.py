@@ -158,6 +158,8 @@ def forced_rejection_row(code: str) -> Row:
         label="KOS-test-1",
         payload={
             "sop_instance_uid": str(ds.SOPInstanceUID),  # type: ignore[attr-defined]
+            "study_uid": str(ds.StudyInstanceUID),  # type: ignore[attr-defined]
+            "instance_number": 1,
             "document": base64.b64encode(encode(ds)).decode(),  # type: ignore[arg-type]
         },
         state=State.IN_FLIGHT, attempts=1, next_attempt_at=0.0, last_error="", result=None,

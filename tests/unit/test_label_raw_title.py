@@ -27,6 +27,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from adapter.label.delivery import checked_bytes, checked_document
 from adapter.label.raw_title import Defer, checked_title
 from adapter.label.titles import REJECTION_TITLE_CODES, RejectionTitleRefused
+from adapter.store.labels import KIND_KOS
 from tests.support import FIXTURES
 
 GOLDEN = FIXTURES / "expected" / "kos"
@@ -46,8 +47,9 @@ def encoded(ds: Dataset, *, implicit: bool = False) -> bytes:
 
 
 def row(data: bytes, sop_uid: str) -> Any:
-    payload = {"document": base64.b64encode(data).decode(), "sop_instance_uid": sop_uid}
-    return SimpleNamespace(payload=payload)
+    payload = {"document": base64.b64encode(data).decode(), "sop_instance_uid": sop_uid,
+               "study_uid": "1.2.3", "instance_number": 1}  # fmt: skip
+    return SimpleNamespace(kind=KIND_KOS, payload=payload)
 
 
 def verdict(check: Callable[[Any, frozenset[str]], Any], data: bytes, sop_uid: str) -> str:

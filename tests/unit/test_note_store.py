@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from adapter.hl7.document_payload import DocumentPayload
 from adapter.store.notes import NoteMessage, NoteVersion
 from adapter.store.outbox import NewRow, Outbox
 
@@ -27,7 +28,10 @@ def version(number: int, **changes: object) -> NoteVersion:
 
 
 def test_versions_and_messages_are_recorded_with_the_rows(store_url: Path | str) -> None:
-    row = NewRow("hl7", "document-mdm", "study:1.2.3", "hl7-document", "Note-RNA-v1-T02", {"m": 1})
+    payload = DocumentPayload("document-mdm", "R1", 1, "T02", "RNA", "RTN1", b"MSH|^~\\&|\r")
+    row = NewRow(
+        "hl7", "document-mdm", "study:1.2.3", "hl7-document", "Note-RNA-v1-T02", payload.to_json()
+    )
     message = NoteMessage("document-mdm", "R1", 1, "T02", "RNA", "RTN1")
     with Outbox(store_url) as outbox:
         notes = outbox.notes()

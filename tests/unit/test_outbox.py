@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import tenacity
 
+from adapter.hl7.order_payload import OrderPayload
 from adapter.outbox.worker import Attempt, RetryPolicy, Verdict, Worker
 from adapter.store.outbox import Outbox, Row, State
+from tests.support import tx
 
 T = ("fhir", "http://server/fhir")
 
@@ -26,7 +28,7 @@ class Clock:
 
 def put(outbox: Outbox, key: str, n: int = 0) -> int:
     return outbox.enqueue(
-        destination=T[0], target=T[1], key=key, kind="fhir-transaction", label=key, payload={"n": n}
+        destination=T[0], target=T[1], key=key, kind="fhir-transaction", label=key, payload=tx(n=n)
     )
 
 
@@ -45,7 +47,7 @@ class Scripted:
         self.in_flight.add(row.key)
         await asyncio.sleep(0.001)
         self.in_flight.discard(row.key)
-        self.calls.append((row.key, row.payload["n"]))
+        self.calls.append((row.key, row.payload.get("n")))
         answers = self.script.get(row.key, [])
         return answers.pop(0) if answers else Attempt(Verdict.DELIVERED, result={"ok": True})
 
@@ -103,7 +105,7 @@ def test_retry_policy_gives_up_and_keeps_the_payload(store_url: Path | str) -> N
     row = outbox.get(row_id)
     assert row.state is State.DEAD and row.attempts == 3
     assert row.last_error == "gave up after 3 attempt(s): HTTP 502"
-    assert row.payload == {"n": 7}
+    assert row.payload == tx(n=7)
 
 
 def test_retry_after_is_honoured_and_absurd_values_give_up(store_url: Path | str) -> None:
@@ -148,8 +150,8 @@ def test_replay_with_a_corrected_payload(store_url: Path | str) -> None:
     outbox = Outbox(store_url)
     row_id = put(outbox, "a", 1)
     outbox.mark_dead(row_id, "rejected: HTTP 400")
-    new_id = outbox.replay(row_id, {"n": 2})
-    assert new_id != row_id and outbox.get(new_id).payload == {"n": 2}
+    new_id = outbox.replay(row_id, tx(n=2))
+    assert new_id != row_id and outbox.get(new_id).payload == tx(n=2)
     assert outbox.get(row_id).state is State.DEAD  # history kept
 
 
@@ -212,7 +214,7 @@ def test_a_waiting_row_goes_only_after_its_prerequisite(store_url: Path | str) -
         key="hl7-side",
         kind="hl7-order",
         label="order",
-        payload={"n": 2},
+        payload=OrderPayload("ris", {"placer_order_number": "P2", "control": "NW"}).to_json(),
         after_id=first,
     )
     deliverer = Scripted({"fhir-side": [Attempt(Verdict.RETRY, "HTTP 503")]})
@@ -231,7 +233,7 @@ def test_a_waiting_row_gives_up_with_its_prerequisite(store_url: Path | str) -> 
         key="hl7-side",
         kind="hl7-order",
         label="order",
-        payload={"n": 2},
+        payload=OrderPayload("ris", {"placer_order_number": "P2", "control": "NW"}).to_json(),
         after_id=first,
     )
     deliverer = Scripted({"fhir-side": [Attempt(Verdict.DEAD, "rejected: HTTP 400")]})
@@ -247,7 +249,7 @@ def test_follow_ups_are_stored_with_the_delivery(store_url: Path | str) -> None:
     clock = Clock()
     outbox = Outbox(store_url, clock=clock)
     put(outbox, "order", 1)
-    follow = NewRow(T[0], T[1], "task", "fhir-transaction", "task-update", {"n": 9})
+    follow = NewRow(T[0], T[1], "task", "fhir-transaction", "task-update", tx(n=9))
     deliverer = Scripted({"order": [Attempt(Verdict.DELIVERED, follow_ups=(follow,))]})
     asyncio.run(worker(outbox, deliverer, clock).drain())
     assert deliverer.calls == [("order", 1), ("task", 9)]
@@ -258,8 +260,8 @@ def test_enqueue_many_is_one_transaction(store_url: Path | str) -> None:
     from adapter.store.outbox import NewRow
 
     outbox = Outbox(store_url)
-    rows = [NewRow(T[0], T[1], f"k{i}", "fhir-transaction", f"k{i}", {"n": i}) for i in range(3)]
-    rows.append(NewRow(T[0], T[1], "bad", "fhir-transaction", "bad", {"n": float("nan")}))
+    rows = [NewRow(T[0], T[1], f"k{i}", "fhir-transaction", f"k{i}", tx(n=i)) for i in range(3)]
+    rows.append(NewRow(T[0], T[1], "bad", "fhir-transaction", "bad", tx(n=float("nan"))))
     with pytest.raises(ValueError):
         outbox.enqueue_many(rows)  # NaN is not JSON: nothing of the batch is stored
     assert outbox.counts()["pending"] == 0

@@ -28,10 +28,9 @@ def test_an_order_payload_round_trips_through_json() -> None:
     }  # fmt: skip
 
 
-def test_every_hl7_order_kind_has_the_codec_and_a_fhir_bundle_has_none() -> None:
+def test_every_hl7_order_kind_has_the_codec_and_a_kind_has_one_codec() -> None:
     assert payloads.codec_for(KIND_ORDER) is OrderPayload
     assert payloads.codec_for(KIND_CANCEL) is OrderPayload
-    assert payloads.codec_for("fhir-transaction") is None
     with pytest.raises(ValueError, match="already has the codec"):
         payloads.register(dict, KIND_ORDER)  # type: ignore[arg-type]
 
@@ -49,5 +48,5 @@ def test_decoding_a_payload_that_does_not_fit_names_the_kind(
     for bad in ({"profile": "x"}, {"order": {"control": "NW"}}):
         with pytest.raises(payloads.PayloadError, match="hl7-order payload"):
             payloads.decode(KIND_ORDER, bad)
-    with pytest.raises(payloads.PayloadError, match="no payload codec"):
-        payloads.decode("fhir-transaction", {})
+    with pytest.raises(payloads.PayloadError, match="no payload codec for kind 'fhir-bundle'"):
+        payloads.decode("fhir-bundle", {})

@@ -24,6 +24,7 @@ from adapter.store.outbox import NewRow, Outbox, Row, State
 from adapter.store.reviews import AcceptedReview
 from adapter.tables import concept, confirmed, load_tables
 from tests.peers.postgres_fixture import CliStore
+from tests.support import tx
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT / "fixtures" / "reviews"
@@ -68,7 +69,7 @@ def test_version_record_commits_with_its_rows_or_not_at_all(store_url: Path | st
     with Outbox(store_url) as outbox:
         with pytest.raises(RuntimeError, match=r"inside Outbox\.transaction"):
             outbox.reviews().accept(record)
-        new = NewRow("files", "t", "study:1.2", "k", "l", {"a": 1})
+        new = NewRow("files", "t", "study:1.2", "fhir-transaction", "l", tx(a=1))
         with pytest.raises(ZeroDivisionError), outbox.transaction():
             outbox.enqueue_many([new])
             outbox.reviews().accept(record)

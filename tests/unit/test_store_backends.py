@@ -19,6 +19,7 @@ from adapter.store.identity import HeldRow, IngestedStudy, Resolution
 from adapter.store.migrations import LATEST, MIGRATIONS
 from adapter.store.outbox import NewRow, Outbox, State
 from adapter.store.studies import StudyRecord
+from tests.support import tx
 
 ROOT = Path(__file__).resolve().parents[2]
 BEFORE_MIGRATIONS = ROOT / "fixtures" / "store" / "outbox-before-migrations.sqlite"
@@ -35,7 +36,7 @@ class Clock:
 
 def put(outbox: Outbox, key: str, n: int = 0) -> int:
     return outbox.enqueue(
-        destination=T[0], target=T[1], key=key, kind="fhir-transaction", label=key, payload={"n": n}
+        destination=T[0], target=T[1], key=key, kind="fhir-transaction", label=key, payload=tx(n=n)
     )
 
 
@@ -163,7 +164,9 @@ def test_concurrent_claims_never_share_a_row_and_keep_each_keys_order(pg_url: st
     keys, per_key = 12, 8
     with Outbox(pg_url) as setup:
         for n in range(per_key):
-            rows = [NewRow(T[0], T[1], f"k{k}", "fhir", "l", {"n": n}) for k in range(keys)]
+            rows = [
+                NewRow(T[0], T[1], f"k{k}", "fhir-transaction", "l", tx(n=n)) for k in range(keys)
+            ]
             setup.enqueue_many(rows)
     delivered: list[tuple[str, int, int]] = []  # (key, n, row id) in delivery order
     overlap: list[str] = []
@@ -238,7 +241,7 @@ def test_a_finish_after_the_lease_was_taken_over_is_not_recorded(pg_url: str) ->
     assert first.claim(1, lease_seconds=10)
     clock.now += 11
     (taken,) = second.claim(1)
-    follow_up = NewRow(T[0], T[1], "a", "fhir-transaction", "follow-up", {"n": 9})
+    follow_up = NewRow(T[0], T[1], "a", "fhir-transaction", "follow-up", tx(n=9))
     assert first.mark_delivered(row_id, {"by": "first"}, [follow_up]) == []  # too late
     assert second.mark_delivered(taken.id, {"by": "second"}, [follow_up]) != []
     row = first.get(row_id)
@@ -306,7 +309,7 @@ def test_identity_holds_and_their_resolution(store_url: Path | str) -> None:
         record = StudyRecord("1.2.9", patient_id, "HOSP", "DOE^JANE", "1960-01-02", "F",
                              "ACC1", "RP1", "")  # fmt: skip
         row = HeldRow(T[0], T[1], "study:1.2.9", "fhir-transaction", "ImagingStudy",
-                      {"patient": patient_id})  # fmt: skip
+                      tx(patient=patient_id))  # fmt: skip
         return IngestedStudy(record, "mapped", (row,))
 
     with Outbox(store_url) as outbox:
@@ -317,7 +320,7 @@ def test_identity_holds_and_their_resolution(store_url: Path | str) -> None:
         assert outbox.record_ingest([study("P2")]).held == moved.held  # one open hold
         (hold,) = outbox.identity_holds(open_only=True)
         released = outbox.resolve_identity(hold.id, Resolution.REPLACE, by="Dr R", note="merge")
-        assert len(released) == 1 and outbox.get(released[0]).payload == {"patient": "P2"}
+        assert len(released) == 1 and outbox.get(released[0]).payload == tx(patient="P2")
         record = outbox.study("1.2.9")
         assert record is not None and record.patient_id == "P2"
         assert outbox.identity_holds(open_only=True) == []
@@ -344,7 +347,11 @@ def test_the_label_state_finds_its_rows_by_their_label_not_their_payload(
     """Issue 8: no SQL reads a payload. A KOS's delivery rows are found by the outbox label
     (``row_label``), so a payload without the SOP Instance UID (or with another one) changes
     nothing, and a later KOS of the same study does not see its predecessor's rows."""
+    from adapter.label.kos_payload import KosPayload
     from adapter.store.labels import KIND_KOS, LabelState, label_key, row_label
+
+    part10 = b"\0" * 128 + b"DICM"
+    another_kos = KosPayload("1.2.9", "9.9.9", 1, part10).to_json()  # not this study's KOS
 
     with Outbox(store_url) as outbox:
         store = outbox.labels()
@@ -355,7 +362,7 @@ def test_the_label_state_finds_its_rows_by_their_label_not_their_payload(
         assert not store.has_row(first, *T)
         row_id = outbox.enqueue(
             destination=T[0], target=T[1], key=label_key("1.2.9"), kind=KIND_KOS,
-            label=row_label("1.2.9", 1), payload={"sop_instance_uid": "9.9.9 not this one"},
+            label=row_label("1.2.9", 1), payload=another_kos,
         )  # fmt: skip
         assert store.has_row(first, *T)
         assert store.status("1.2.9").state is LabelState.SENT

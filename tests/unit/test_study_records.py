@@ -16,7 +16,7 @@ from adapter.dicom.models import PersonName
 from adapter.store.outbox import NewRow, Outbox
 from adapter.store.studies import StudyRecord, pn_string
 from tests.peers.postgres_fixture import CliStore
-from tests.support import FIXTURES, synth
+from tests.support import FIXTURES, synth, tx
 
 PLANNING_CT = FIXTURES / "dicom" / "planning-ct"
 
@@ -52,7 +52,7 @@ def test_pn_string_is_the_dicom_form() -> None:
 def test_record_is_stored_with_the_rows_and_read_back(store_url: Path | str) -> None:
     with Outbox(store_url) as outbox:
         assert outbox.study("1.2.3") is None
-        ids = outbox.enqueue_many([row("study:1.2.3", {"a": 1})], [record()])
+        ids = outbox.enqueue_many([row("study:1.2.3", tx(a=1))], [record()])
         assert len(ids) == 1
         assert outbox.study("1.2.3") == record()
 
@@ -60,7 +60,7 @@ def test_record_is_stored_with_the_rows_and_read_back(store_url: Path | str) -> 
 def test_a_failed_write_stores_neither_rows_nor_record(store_url: Path | str) -> None:
     with Outbox(store_url) as outbox:
         with pytest.raises(ValueError):  # NaN is not JSON: the row cannot be stored
-            outbox.enqueue_many([row("study:1.2.3", {"a": math.nan})], [record()])
+            outbox.enqueue_many([row("study:1.2.3", tx(a=math.nan))], [record()])
         assert outbox.study("1.2.3") is None
         assert outbox.rows() == []
 

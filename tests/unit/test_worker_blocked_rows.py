@@ -13,6 +13,7 @@ import tenacity
 from adapter.outbox.worker import Attempt, RetryPolicy, Verdict, Worker
 from adapter.store.outbox import Outbox, Row
 from tests.store_backend import StoreUnderTest
+from tests.support import tx
 
 T = ("fhir", "http://server/fhir")
 
@@ -34,7 +35,7 @@ def test_a_blocked_due_row_does_not_make_the_worker_spin(
     outbox = Outbox(store.at(tmp_path / "o.sqlite"), clock=lambda: now[0])
     for n in range(2):  # the same key: the second waits for the first
         outbox.enqueue(destination=T[0], target=T[1], key="study:1", kind="fhir-transaction",
-                       label=f"row{n}", payload={"n": n})  # fmt: skip
+                       label=f"row{n}", payload=tx(n=n))  # fmt: skip
     sleeps: list[float] = []
 
     async def sleep(seconds: float) -> None:

@@ -21,6 +21,7 @@ from adapter.outbox.offload import StoreThread
 from adapter.outbox.worker import Attempt, Verdict, Worker
 from adapter.store.outbox import Outbox, Row, State
 from tests.store_backend import StoreUnderTest
+from tests.support import tx
 
 T = ("fhir", "http://server/fhir")
 
@@ -33,7 +34,7 @@ def _enqueue(outbox: Outbox, n: int) -> list[int]:
             key=f"study:{i}",
             kind="fhir-transaction",
             label=f"row{i}",
-            payload={"n": i},
+            payload=tx(n=i),
         )
         for i in range(n)
     ]

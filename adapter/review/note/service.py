@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from adapter.config import Settings
 from adapter.dicom.charset import person_name
 from adapter.errors import ConfigError, TransportError
+from adapter.fhir.transaction_payload import KIND_NOTE
+from adapter.hl7.document_payload import KIND_DOCUMENT, DocumentPayload
 from adapter.hl7.document_profile import DocumentOptions
 from adapter.hl7.model import OrderPatient, PatientIdentifier, Provider
 from adapter.hl7.profiles import load_profiles, receivers_dir
@@ -43,7 +45,8 @@ from adapter.review.note.fhir import (
 )
 from adapter.review.note.render import render_pdf, render_text
 from adapter.store.notes import NoteMessage, NoteVersion
-from adapter.store.outbox import NewRow, Outbox
+from adapter.store.outbox import NewRow
+from adapter.store.protocol import Store
 from adapter.store.studies import StudyRecord
 from adapter.tables import Tables
 
@@ -52,8 +55,6 @@ if TYPE_CHECKING:
     from adapter.hl7.mdm import DocumentMessage
 
 JSON = dict[str, Any]
-KIND_NOTE = "fhir-note-transaction"
-KIND_DOCUMENT = "hl7-document"
 HL7 = "hl7"
 
 
@@ -65,7 +66,7 @@ class NoteRecords:
     previous: NoteVersion | None = None  # the version a new one replaces (its DocumentReference)
 
 
-def note_records(outbox: Outbox | None, review: ReviewInput) -> NoteRecords:
+def note_records(outbox: Store | None, review: ReviewInput) -> NoteRecords:
     """The records for ``review``'s note from the store (none without a store)."""
     if outbox is None:
         return NoteRecords()
@@ -391,7 +392,7 @@ def document_messages(
 
 
 def note_rows(
-    outbox: Outbox,
+    outbox: Store,
     plan: NotePlan,
     settings: Settings,
     tables: Tables,
@@ -436,17 +437,17 @@ def note_rows(
         for doc in document_messages(plan, profile.message, profile.document, tables, earlier):
             control = new_control_id()  # random, stored in the row: resends keep it
             message = build_document_message(doc, profile, control_id=control, now=now)
-            payload = {
-                "profile": name,
-                "review_id": doc.review_id,
-                "version": doc.version,
-                "event": doc.event,
-                "document_number": doc.document_number,
-                "control_id": control,
-                "message": base64.b64encode(message).decode("ascii"),
-            }
+            payload = DocumentPayload(
+                profile=name,
+                review_id=doc.review_id,
+                version=doc.version,
+                event=doc.event,
+                document_number=doc.document_number,
+                control_id=control,
+                message=message,
+            )
             doc_label = f"Note-{doc.document_number}-v{doc.version}-{doc.event}"
-            rows.append(NewRow(HL7, name, key, KIND_DOCUMENT, doc_label, payload))
+            rows.append(NewRow(HL7, name, key, KIND_DOCUMENT, doc_label, payload.to_json()))
     return rows
 
 
@@ -460,7 +461,7 @@ class NoteRows:
 
 
 def prepare_note_rows(
-    outbox: Outbox,
+    outbox: Store,
     plan: NotePlan,
     settings: Settings,
     tables: Tables,
@@ -480,18 +481,18 @@ def _message(row: NewRow) -> NoteMessage | None:
     """The record of a document row as :func:`note_rows` just built it (None for FHIR rows)."""
     if row.kind != KIND_DOCUMENT:
         return None
-    built = row.payload
+    built = DocumentPayload.from_json(row.payload)
     return NoteMessage(
-        receiver=str(built["profile"]),
-        review_id=str(built["review_id"]),
-        version=int(built["version"]),
-        event=str(built["event"]),
-        document_number=str(built["document_number"]),
-        control_id=str(built["control_id"]),
+        receiver=built.profile,
+        review_id=built.review_id,
+        version=built.version,
+        event=built.event,
+        document_number=built.document_number,
+        control_id=built.control_id,
     )
 
 
-def store_note(outbox: Outbox, prepared: NoteRows) -> list[int]:
+def store_note(outbox: Store, prepared: NoteRows) -> list[int]:
     """Store the note's rows and records (the version, each message's MSH-10) together; return
     the row ids. Call it inside ``Outbox.transaction()`` with the review's rows."""
     ids = outbox.enqueue_many(prepared.rows)
