@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import base64
 import json
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,8 +30,12 @@ from adapter.jobs.deliver import FILES, FileDeliverer
 from adapter.label.kos_payload import KosPayload
 from adapter.outbox.worker import Worker
 from adapter.store import payloads
+from adapter.store.db import open_database
 from adapter.store.labels import KIND_KOS
 from adapter.store.outbox import NewRow, Outbox, State
+from tests.store_backend import StoreUnderTest
+
+pytestmark = pytest.mark.store  # the rows are stored: each test on SQLite and on PostgreSQL
 
 ADAPTER = Path(__file__).resolve().parents[2] / "adapter"
 ROW_CLASSES = {"NewRow": 3, "HeldRow": 3}  # class -> position of its ``kind`` argument
@@ -176,9 +179,9 @@ MISFITS = [
     (KIND_ORDER, order()), (KIND_CHANGE, order()), (KIND_DOCUMENT, document()), (KIND_KOS, kos()),
 ])  # fmt: skip
 def test_a_payload_that_fits_its_kind_is_stored_as_its_codec_writes_it(
-    tmp_path: Path, kind: str, good: JSON
+    tmp_path: Path, kind: str, good: JSON, store: StoreUnderTest
 ) -> None:
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         row_id = outbox.enqueue(
             destination="files", target="t", key="k", kind=kind, label="l", payload=good
         )
@@ -188,14 +191,14 @@ def test_a_payload_that_fits_its_kind_is_stored_as_its_codec_writes_it(
 
 @pytest.mark.parametrize(("kind", "bad", "field"), MISFITS)
 def test_a_payload_that_does_not_fit_is_refused_naming_the_kind_and_field(
-    tmp_path: Path, kind: str, bad: JSON, field: str
+    tmp_path: Path, kind: str, bad: JSON, field: str, store: StoreUnderTest
 ) -> None:
     with pytest.raises(payloads.PayloadError) as refused:
         payloads.decode(kind, bad)
     message = str(refused.value)
     assert message.startswith(f"{kind} payload: ") and field in message
     assert "\n" not in message
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+    with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         # In one transaction with a good row: neither is stored.
         with (
             pytest.raises(payloads.PayloadError, match=f"^{kind} payload: "),
@@ -223,8 +226,8 @@ def test_a_misfit_replay_changes_nothing_on_either_backend(store_url: Path | str
         assert outbox.get(new_id).payload == document() and outbox.holds() == []
 
 
-def test_a_kind_without_a_codec_is_not_stored(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "outbox.sqlite") as outbox:
+def test_a_kind_without_a_codec_is_not_stored(tmp_path: Path, store: StoreUnderTest) -> None:
+    with Outbox(store.at(tmp_path / "outbox.sqlite")) as outbox:
         with pytest.raises(payloads.PayloadError, match="no payload codec for kind 'fhir'"):
             outbox.enqueue(
                 destination="files", target="t", key="k", kind="fhir", label="l", payload={}
@@ -232,17 +235,19 @@ def test_a_kind_without_a_codec_is_not_stored(tmp_path: Path) -> None:
         assert outbox.rows() == []
 
 
-def hand_edit(path: Path, row_id: int, payload: JSON) -> None:
+def hand_edit(location: Path | str, row_id: int, payload: JSON) -> None:
     """An operator edits a stored payload with a database tool (what the store never does)."""
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE outbox SET payload=? WHERE id=?", (json.dumps(payload), row_id))
-    conn.close()
+    db = open_database(location)
+    try:
+        db.execute("UPDATE outbox SET payload=? WHERE id=?", (json.dumps(payload), row_id))
+    finally:
+        db.close()
 
 
 def test_a_hand_edited_row_that_does_not_fit_is_a_dead_letter_naming_kind_and_field(
-    tmp_path: Path,
+    tmp_path: Path, store: StoreUnderTest
 ) -> None:
-    path, out = tmp_path / "outbox.sqlite", tmp_path / "out"
+    path, out = store.at(tmp_path / "outbox.sqlite"), tmp_path / "out"
     with Outbox(path) as outbox:
         target = (FILES, str(out))
         row_id = outbox.enqueue(
@@ -267,13 +272,13 @@ def test_a_hand_edited_row_that_does_not_fit_is_a_dead_letter_naming_kind_and_fi
      "dicom-kos payload: document: not a DICOM file (no DICM preamble)"),
 ])  # fmt: skip
 def test_a_hand_edited_hl7_or_kos_row_is_a_dead_letter_too(
-    tmp_path: Path, kind: str, good: JSON, bad: JSON, reason: str
+    tmp_path: Path, kind: str, good: JSON, bad: JSON, reason: str, store: StoreUnderTest
 ) -> None:
     from adapter.hl7.deliverer import Hl7FileDeliverer
     from adapter.hl7.profiles import load_profiles
     from adapter.label.delivery import KosFileDeliverer
 
-    path, out = tmp_path / "outbox.sqlite", tmp_path / "out"
+    path, out = store.at(tmp_path / "outbox.sqlite"), tmp_path / "out"
     profile = load_profiles(ADAPTER.parent / "mappings" / "receivers")["default-ris"]
     deliverer = KosFileDeliverer(out, frozenset()) if kind == KIND_KOS else (
         Hl7FileDeliverer(out, profile)
@@ -297,10 +302,11 @@ def asyncio_run(coro: Any) -> Any:
 
 
 def test_replay_with_a_corrected_payload_that_does_not_fit_exits_2_and_changes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: StoreUnderTest
 ) -> None:
     path, out = tmp_path / "outbox.sqlite", tmp_path / "out"
-    with Outbox(path) as outbox:
+    db = store.db_option(path)
+    with Outbox(store.at(path)) as outbox:
         row_id = outbox.enqueue(
             destination=FILES, target=str(out), key="study:1.2.3", kind=KIND_TRANSACTION,
             label="l", payload=bundle(),
@@ -309,16 +315,16 @@ def test_replay_with_a_corrected_payload_that_does_not_fit_exits_2_and_changes_n
         before = (outbox.counts(), len(outbox.audit_records()))
     fixed = tmp_path / "fixed.json"
     fixed.write_text(json.dumps(edit(bundle, lambda b: b["entry"][0].pop("request"))))
-    code = main(["outbox", "--db", str(path), "replay", str(row_id), "--payload", str(fixed)])
+    code = main(["outbox", *db, "replay", str(row_id), "--payload", str(fixed)])
     captured = capsys.readouterr()
     assert code == 2
     assert captured.err == (
         "rtplan: fhir-transaction payload: entry[0].request: missing or not an object\n"
     )
-    with Outbox(path) as outbox:  # no new row, no audit record of a replay
+    with Outbox(store.at(path)) as outbox:  # no new row, no audit record of a replay
         assert (outbox.counts(), len(outbox.audit_records())) == before
     fixed.write_text(json.dumps(bundle()))
-    code = main(["outbox", "--db", str(path), "replay", str(row_id), "--payload", str(fixed)])
+    code = main(["outbox", *db, "replay", str(row_id), "--payload", str(fixed)])
     assert code == 0 and f"replayed row {row_id} as row {row_id + 1}" in capsys.readouterr().out
     assert json.loads((out / "fhir" / "l.json").read_text()) == bundle()
 
