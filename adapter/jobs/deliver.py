@@ -148,6 +148,7 @@ async def deliver(
         # (escalations, radiologist results); plus whatever older rows are still waiting for.
         configured = targets(settings, out_dir)
         waiting = await calls.run(outbox.open_targets)
+        note_fhir = fhir  # the client for fhir.base_url: note jobs search it for a previous note
         for destination, target in dict.fromkeys([*configured, *waiting]):
             if destination == FILES:
                 deliverers[(destination, target)] = FileDeliverer(Path(target))
@@ -168,6 +169,16 @@ async def deliver(
                 deliverers[(destination, target)] = FhirDeliverer(
                     client, reconcile=settings.fhir.reconcile
                 )
+                if target == settings.fhir.base_url:
+                    note_fhir = client
+        # Review note jobs (adapter/review/note_job.py): always, so a worker runs the jobs the
+        # API enqueues after it started. Lazy for start-up time only (the note renderer).
+        from adapter.jobs.note_job import NoteJobDeliverer
+        from adapter.review.note_job import NOTE_JOB, NOTE_JOB_TARGET
+
+        deliverers[(NOTE_JOB, NOTE_JOB_TARGET)] = NoteJobDeliverer(
+            outbox, settings, out_dir, fhir=note_fhir, fallback=configured
+        )
         hl7_targets = {t for d, t in waiting if d == HL7}
         if settings.hl7.mllp or out_dir is not None:
             hl7_targets.add(settings.hl7.receiver)
