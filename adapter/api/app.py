@@ -38,8 +38,7 @@ from adapter.jobs.deliver import deliver
 from adapter.jobs.fhir import fhir_session, read_capabilities
 from adapter.mapping.review_input import ReviewError, ReviewInput, parse_review
 from adapter.private import log_key
-from adapter.review.note.service import KIND_DOCUMENT, KIND_NOTE
-from adapter.review.note_job import BUILT, KIND_NOTE_JOB, SUPERSEDED, job_label
+from adapter.review.note_job import BUILT, KIND_NOTE_JOB, SUPERSEDED, is_note_row, job_label
 from adapter.review.versions import StaleReviewError
 from adapter.store.location import store_location
 from adapter.store.orders import OrderRecord
@@ -381,17 +380,7 @@ def review_state(store: Outbox, review_id: str) -> ReviewState | None:
 def _note_state(study: list[Row], review_id: str, version: int) -> NoteState | None:
     label = job_label(review_id, version)
     jobs = [r for r in study if r.kind == KIND_NOTE_JOB and r.label == label]
-    note_label = f"Note-{_digest(review_id)}-v{version}"
-    rows = [
-        r
-        for r in study
-        if (r.kind == KIND_NOTE and r.label == note_label)
-        or (
-            r.kind == KIND_DOCUMENT
-            and r.payload.get("review_id") == review_id
-            and r.payload.get("version") == version
-        )
-    ]
+    rows = [r for r in study if is_note_row(r, review_id, version)]
     if not jobs:
         if not rows:
             return None  # no note outputs chosen

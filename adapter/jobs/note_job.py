@@ -31,7 +31,6 @@ from adapter.errors import ConfigError
 from adapter.hl7.charset_fit import MessageBuildError
 from adapter.outbox.worker import Attempt, Verdict
 from adapter.review.note.service import (
-    KIND_DOCUMENT,
     KIND_NOTE,
     NotePlan,
     note_rows,
@@ -44,6 +43,7 @@ from adapter.review.note_job import (
     SUPERSEDED,
     BadJobError,
     NoteJob,
+    is_note_row,
     note_fhir_rows,
     read_job,
 )
@@ -124,7 +124,7 @@ class NoteJobDeliverer:
         if newer:
             return _Prepared(job, label, None, _superseded(newer))
         study = store.rows_for_key(row.key)
-        built = _built_rows(study, review.review_id, review.version, label)
+        built = _built_rows(study, review.review_id, review.version)
         if built:  # stored by an earlier run that ended before the job was marked
             return _Prepared(job, label, None, Attempt(Verdict.DELIVERED, result=_built(built)))
         mine = [r for r in study if r.kind == KIND_REVIEW and r.label == label]
@@ -180,19 +180,9 @@ def _built(rows: Sequence[Row]) -> JSON:
     return {"note": BUILT, "rows": [r.id for r in rows]}
 
 
-def _built_rows(study: Sequence[Row], review_id: str, version: int, label: str) -> list[Row]:
-    """This version's note rows already in the store (FHIR by label, HL7 by payload)."""
-    note_label = label.replace("Review-", "Note-", 1)
-    return [
-        r
-        for r in study
-        if (r.kind == KIND_NOTE and r.label == note_label)
-        or (
-            r.kind == KIND_DOCUMENT
-            and r.payload.get("review_id") == review_id
-            and r.payload.get("version") == version
-        )
-    ]
+def _built_rows(study: Sequence[Row], review_id: str, version: int) -> list[Row]:
+    """This version's note rows already in the store."""
+    return [r for r in study if is_note_row(r, review_id, version)]
 
 
 __all__ = ["NoteJobDeliverer"]

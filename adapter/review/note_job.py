@@ -11,7 +11,7 @@ What the job row holds: the accepted review version exactly as validated, its co
 the study context it was mapped with, so the note always shows exactly that version (nothing is
 re-read that a later version could have changed).
 
-Rules (docs/ehr-note.md, "The note as a job"):
+Rules (docs/operations.md, "The review note, after the answer"):
 
 * The review's own rows never wait for its note: they are other destinations; a failed note
   build is the job row retrying, then dead (visible in ``GET /reviews/{id}`` and
@@ -43,9 +43,10 @@ from adapter.mapping.narrative import with_narratives
 from adapter.mapping.review_bundle import REVIEW_SYSTEM, StudyContext
 from adapter.mapping.review_input import ReviewInput
 from adapter.private import log_key
+from adapter.review.note.facts import review_document_number
 from adapter.review.note.fhir import with_presented_form
-from adapter.review.note.service import KIND_NOTE, NotePlan, note_bundle
-from adapter.store.outbox import NewRow
+from adapter.review.note.service import KIND_DOCUMENT, KIND_NOTE, NotePlan, note_bundle
+from adapter.store.outbox import NewRow, Row
 
 if TYPE_CHECKING:
     from adapter.tables import Tables
@@ -88,6 +89,18 @@ def job_row(review: ReviewInput, digest: str, ctx: StudyContext, key: str) -> Ne
     }
     label = job_label(review.review_id, review.version)
     return NewRow(NOTE_JOB, NOTE_JOB_TARGET, key, KIND_NOTE_JOB, label, payload)
+
+
+def is_note_row(row: Row, review_id: str, version: int) -> bool:
+    """Whether ``row`` is one of this version's note rows, by its label (the labels
+    :func:`note_fhir_rows` and ``note_rows`` give: ``Note-<hash>-v<n>`` for the FHIR
+    transaction, ``Note-<document number>-v<n>-<event>`` for MDM/ORU)."""
+    if row.kind == KIND_NOTE:
+        return row.label == f"Note-{log_key(review_id)}-v{version}"
+    if row.kind == KIND_DOCUMENT:
+        base = f"Note-{review_document_number(review_id)}"
+        return row.label.startswith(base) and f"-v{version}-" in row.label
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +190,7 @@ __all__ = [
     "BadJobError",
     "NoteJob",
     "deferrable",
+    "is_note_row",
     "job_label",
     "job_row",
     "note_fhir_rows",
