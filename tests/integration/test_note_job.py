@@ -254,3 +254,25 @@ def wait_for_note(
 def job_attempts(api: Any, job_id: int) -> int:
     found = [r for r in api.get("/outbox", headers=AUTH).json() if r["id"] == job_id]
     return int(found[0]["attempts"]) if found else 0
+
+
+def test_the_cli_still_builds_the_note_inline_and_get_says_so(
+    tmp_path: Path, ingested: Path, cli_store: CliStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "review.json"
+    path.write_text(json.dumps(review(1)))
+    assert main(["review", "submit", str(path), "--out", str(ingested)]) == 0
+    capsys.readouterr()
+    location = cli_store.location(ingested / "outbox.sqlite")
+    assert rows(location, KIND_NOTE_JOB) == []  # no job: the note was rendered in the command
+    (review_row,) = rows(location, KIND_REVIEW)
+    (report,) = [e["resource"] for e in review_row.payload["entry"]
+                 if e["resource"]["resourceType"] == "DiagnosticReport"]  # fmt: skip
+    assert {f["contentType"] for f in report["presentedForm"]} == {
+        "text/plain; charset=utf-8", "application/pdf"
+    }
+    settings = api_settings(settings_for(cli_store), tmp_path)
+    with running_api(settings, ingested) as api:
+        (note,) = api.get("/reviews/REV-NOTE-JOB", headers=AUTH).json()["notes"]
+    assert note["state"] == "inline" and note["job"] is None
+    assert {r["kind"] for r in note["rows"]} == {KIND_NOTE, KIND_DOCUMENT}
