@@ -20,6 +20,7 @@ analyst retries after fixing the cause; ``retry`` on anything unexpected.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ class NoteJobDeliverer:
         plan = plan_note(
             review, job.ctx, self.settings, self.tables, payloads, out_dir=self.out_dir
         )
+        # The outputs chosen when the version was accepted (this worker's settings may differ).
+        plan = dataclasses.replace(plan, outputs=job.outputs)
         return _Prepared(
             job,
             label,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter.config import Settings
@@ -60,6 +61,11 @@ SUPERSEDED = "superseded"
 BUILT = "built"
 
 
+def note_outputs(settings: Settings, *, out_dir: Path | None) -> frozenset[str]:
+    """The note outputs of a submission (``note.outputs``, ``auto`` resolved)."""
+    return settings.note.selected(out_dir=out_dir is not None, mllp=settings.hl7.mllp)
+
+
 def deferrable(settings: Settings, *, out_dir: bool) -> bool:
     """Whether the review's own Bundle is complete without the note: when it carries the
     DiagnosticReport (``note.outputs`` has ``diagnostic-report``; ``auto`` has)."""
@@ -72,11 +78,16 @@ def job_label(review_id: str, version: int) -> str:
     return f"NoteJob-{log_key(review_id)}-v{version}"
 
 
-def job_row(review: ReviewInput, digest: str, ctx: StudyContext, key: str) -> NewRow:
-    """The job row stored with the review version (same key as the review's rows)."""
+def job_row(
+    review: ReviewInput, digest: str, ctx: StudyContext, key: str, outputs: frozenset[str]
+) -> NewRow:
+    """The job row stored with the review version (same key as the review's rows).
+    ``outputs``: the note outputs chosen when the version was accepted (``note.outputs``), so
+    a worker with other settings still builds what the review's own rows were built for."""
     payload = {
         "review": review.model_dump(mode="json"),
         "content_hash": digest,
+        "outputs": sorted(outputs),
         "context": {
             "study_uid": ctx.study_uid,
             "patient": ctx.patient,
@@ -110,6 +121,7 @@ class NoteJob:
     review: ReviewInput
     content_hash: str
     ctx: StudyContext
+    outputs: frozenset[str]
 
 
 class BadJobError(ValueError):
@@ -134,11 +146,12 @@ def read_job(payload: JSON) -> NoteJob:
             request_opened=dict(raw["request_opened"]),
         )
         digest = str(payload["content_hash"])
+        outputs = frozenset(str(o) for o in payload["outputs"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BadJobError(f"not a review note job ({type(exc).__name__})") from None
     if content_hash(review) != digest:
         raise BadJobError("the job's review does not match its content hash")
-    return NoteJob(review, digest, ctx)
+    return NoteJob(review, digest, ctx, outputs)
 
 
 def report_entry(review_payload: JSON, plan: NotePlan) -> JSON | None:
@@ -194,6 +207,7 @@ __all__ = [
     "job_label",
     "job_row",
     "note_fhir_rows",
+    "note_outputs",
     "read_job",
     "report_entry",
 ]

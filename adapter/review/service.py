@@ -53,7 +53,7 @@ from adapter.review.note.service import (
     store_note,
     with_server_previous,
 )
-from adapter.review.note_job import deferrable, job_row
+from adapter.review.note_job import deferrable, job_row, note_outputs
 from adapter.review.patient_check import patient_disagreement
 from adapter.review.versions import (
     Decision,
@@ -289,7 +289,7 @@ async def store_version(
         label = review_label(review)
         # The note's rows too are built (and can refuse) before anything is stored.
         notes_to_store: NoteRows | NewRow = (
-            job_row(review, digest, ctx, key)
+            job_row(review, digest, ctx, key, note_outputs(settings, out_dir=out_dir))
             if note is None
             else prepare_note_rows(
                 outbox, note, settings, tables, destinations, key=key, label=label

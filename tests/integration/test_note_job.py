@@ -276,3 +276,16 @@ def test_the_cli_still_builds_the_note_inline_and_get_says_so(
         (note,) = api.get("/reviews/REV-NOTE-JOB", headers=AUTH).json()["notes"]
     assert note["state"] == "inline" and note["job"] is None
     assert {r["kind"] for r in note["rows"]} == {KIND_NOTE, KIND_DOCUMENT}
+
+
+def test_the_job_builds_the_outputs_chosen_when_the_version_was_accepted(
+    ingested: Path, cli_store: CliStore
+) -> None:
+    accepted_with = settings_for(cli_store, outputs="diagnostic-report")
+    worker = settings_for(cli_store)  # auto: both FHIR outputs, MDM and ORU files
+    location = cli_store.location(ingested / "outbox.sqlite")
+    submit(accepted_with, ingested, review(1))
+    drain(worker, location, ingested)
+    (note,) = rows(location, KIND_NOTE)
+    assert [e["resource"]["resourceType"] for e in note.payload["entry"]] == ["DiagnosticReport"]
+    assert rows(location, KIND_DOCUMENT) == []
