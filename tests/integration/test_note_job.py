@@ -22,6 +22,7 @@ from adapter.jobs.review import submit_review_async
 from adapter.review.note_job import KIND_NOTE_JOB, job_label
 from adapter.store.outbox import Outbox, Row, State
 from tests.api_support import TOKEN, api_settings, running_api
+from tests.peers.fhir_validator_fixture import Validate
 from tests.peers.postgres_fixture import CliStore
 from tests.support import FIXTURES
 
@@ -269,7 +270,8 @@ def test_the_cli_still_builds_the_note_inline_and_get_says_so(
     (report,) = [e["resource"] for e in review_row.payload["entry"]
                  if e["resource"]["resourceType"] == "DiagnosticReport"]  # fmt: skip
     assert {f["contentType"] for f in report["presentedForm"]} == {
-        "text/plain; charset=utf-8", "application/pdf"
+        "text/plain; charset=utf-8",
+        "application/pdf",
     }
     settings = api_settings(settings_for(cli_store), tmp_path)
     with running_api(settings, ingested) as api:
@@ -289,3 +291,31 @@ def test_the_job_builds_the_outputs_chosen_when_the_version_was_accepted(
     (note,) = rows(location, KIND_NOTE)
     assert [e["resource"]["resourceType"] for e in note.payload["entry"]] == ["DiagnosticReport"]
     assert rows(location, KIND_DOCUMENT) == []
+
+
+def test_the_note_jobs_transaction_is_valid_r4(
+    tmp_path: Path,
+    fhir_validate: Validate,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The DiagnosticReport written again with presentedForm and the DocumentReferences of two
+    versions (the second supersedes the first), by the offline HAPI validator: no error."""
+    monkeypatch.delenv("RTPLAN_STORE__URL", raising=False)  # the resources, not the store
+    out = tmp_path / "out"
+    assert main(["ingest", str(PLANNING), "--out", str(out)]) == 0
+    capsys.readouterr()
+    settings = load_settings(None, env={})
+    for version in (1, 2):
+        submit(settings, out, review(version))
+        drain(settings, out / "outbox.sqlite", out)
+    found = [e["resource"] for n in rows(out / "outbox.sqlite", KIND_NOTE)
+             for e in n.payload["entry"]]  # fmt: skip
+    assert [r["resourceType"] for r in found] == [
+        "DiagnosticReport", "DocumentReference",
+        "DiagnosticReport", "DocumentReference", "DocumentReference",
+    ]  # fmt: skip
+    results = fhir_validate(found)
+    pairs = enumerate(zip(found, results, strict=True))
+    errors = {f"{r['resourceType']}#{i}": res.errors for i, (r, res) in pairs if res.errors}
+    assert errors == {}
