@@ -34,8 +34,11 @@ from adapter.outbox.worker import Attempt, Verdict
 from adapter.review.note.service import (
     KIND_NOTE,
     NotePlan,
-    note_rows,
+    NoteRows,
+    note_records,
     plan_note,
+    prepare_note_rows,
+    store_note,
     with_server_previous,
 )
 from adapter.review.note_job import (
@@ -49,7 +52,7 @@ from adapter.review.note_job import (
     read_job,
 )
 from adapter.review.service import review_label
-from adapter.store.outbox import NewRow, Outbox, Row
+from adapter.store.outbox import Outbox, Row
 from adapter.tables import Tables, load_tables
 
 if TYPE_CHECKING:
@@ -130,9 +133,9 @@ class NoteJobDeliverer:
             return _Prepared(job, label, None, Attempt(Verdict.DELIVERED, result=_built(built)))
         mine = [r for r in study if r.kind == KIND_REVIEW and r.label == label]
         destinations = tuple(dict.fromkeys((r.destination, r.target) for r in mine))
-        payloads = [(r.kind, r.payload) for r in study if r.id != row.id]
+        records = note_records(store, review)  # the study's record, the previous note version
         plan = plan_note(
-            review, job.ctx, self.settings, self.tables, payloads, out_dir=self.out_dir
+            review, job.ctx, self.settings, self.tables, records, out_dir=self.out_dir
         )
         # The outputs chosen when the version was accepted (this worker's settings may differ).
         plan = dataclasses.replace(plan, outputs=job.outputs)
@@ -147,26 +150,29 @@ class NoteJobDeliverer:
     def _store_rows(self, store: Outbox, row: Row, prepared: _Prepared, plan: NotePlan) -> Attempt:
         review = prepared.job.review
         destinations = list(prepared.destinations)
-        hl7 = [
-            r
-            for r in note_rows(
-                store, plan, self.settings, self.tables, destinations, key=row.key,
-                label=prepared.label,
-            )
-            if r.kind != KIND_NOTE
-        ]  # fmt: skip
+        built = prepare_note_rows(
+            store, plan, self.settings, self.tables, destinations, key=row.key,
+            label=prepared.label,
+        )  # fmt: skip
+        # The note's FHIR transaction is this job's (the report again with presentedForm, then
+        # the DocumentReference); the MDM/ORU rows and the records are as built.
+        pairs = zip(built.rows, built.messages, strict=True)
+        hl7 = [(r, m) for r, m in pairs if r.kind != KIND_NOTE]
         fhir = note_fhir_rows(
             plan, self.tables, prepared.review_payload, destinations, key=row.key,
             label=prepared.label,
         )  # fmt: skip
-        rows: list[NewRow] = [*fhir, *hl7]
+        note = NoteRows(
+            [*fhir, *(r for r, _ in hl7)], [*(None for _ in fhir), *(m for _, m in hl7)],
+            built.version,
+        )  # fmt: skip
         # The version check and the insert in one exclusive write transaction: a newer version
         # accepted meanwhile is either seen here, or its rows come after these.
         with store.transaction():
             newer = _newer_version(store, review.review_id, review.version)
             if newer:
                 return _superseded(newer)
-            ids = store.enqueue_many(rows)
+            ids = store_note(store, note)
         return Attempt(Verdict.DELIVERED, result={"note": BUILT, "rows": ids})
 
 
