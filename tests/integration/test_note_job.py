@@ -293,6 +293,7 @@ def test_the_job_builds_the_outputs_chosen_when_the_version_was_accepted(
     assert rows(location, KIND_DOCUMENT) == []
 
 
+@pytest.mark.sqlite_only(reason="validates the FHIR resources; the store does not shape them")
 def test_the_note_jobs_transaction_is_valid_r4(
     tmp_path: Path,
     fhir_validate: Validate,
