@@ -7,13 +7,19 @@ carry UIDs, states and FHIR ids, never names, birth dates or other patient data.
 ``POST /reviews`` validates and stores the review (and its radiology order) in the outbox and
 answers 202 with the review's location; delivery runs in the background (in this process, or
 in another one when ``serve.delivery`` is off here), so ``GET /reviews/{id}`` shows it progress
-to "delivered" and the order's ACK.
+to "delivered" and the order's ACK. The review note (PDF, DocumentReference, MDM/ORU) is built
+after the answer, as a job of its own: ``GET /reviews/{id}`` shows each version's note state
+(``notes``); a failed build is a dead job row that ``POST /outbox/{id}/retry`` runs again.
+
+Store calls run on worker threads with pooled connections, never on the serving event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,15 +33,16 @@ from pydantic import BaseModel
 
 from adapter.api.guards import Guard, load_tokens, token_accepted
 from adapter.api.metrics import metrics_text
+from adapter.api.store_pool import StorePool
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.jobs.deliver import deliver
 from adapter.jobs.fhir import fhir_session, read_capabilities
-from adapter.jobs.review import submit_review_async
 from adapter.mapping.review_input import ReviewError, ReviewInput, parse_review
 from adapter.private import log_key
+from adapter.review.note_job import BUILT, KIND_NOTE_JOB, SUPERSEDED, is_note_row, job_label
 from adapter.review.versions import StaleReviewError
-from adapter.store.location import open_outbox
+from adapter.store.location import store_location
 from adapter.store.orders import OrderRecord
 from adapter.store.outbox import Outbox, Row, State
 from adapter.store.protocol import Store
@@ -68,11 +75,26 @@ class Accepted(BaseModel):
     rows: list[int]
 
 
+class NoteState(BaseModel):
+    """The review note of one version (adapter/review/note_job.py)."""
+
+    version: int
+    # building (queued or being built) | built (its rows queued: see ``rows``) |
+    # superseded (a newer version came first; its note is the one sent) |
+    # failed (see ``last_error``; POST /outbox/{job}/retry builds it again) | inline (built
+    # with the submission: the CLI, or a site whose review Bundle needs the note)
+    state: str
+    job: int | None
+    last_error: str
+    rows: list[RowState]
+
+
 class ReviewState(BaseModel):
     review: str
     versions: list[int]
     rows: list[RowState]
     orders: list[RowState]
+    notes: list[NoteState] = []
 
 
 class LabelState(BaseModel):
@@ -164,15 +186,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The store is opened on the serving loop's thread (SQLite connections stay there).
-        with open_outbox(settings, out_dir) as outbox:
-            state["outbox"] = outbox
+        # Store connections for the handlers' worker threads (adapter/api/store_pool.py); the
+        # first is opened now, so a store that cannot be opened stops the start.
+        pool = StorePool(store_location(settings, out_dir))
+        try:
+            await pool.run(lambda store: None)
+            state["pool"] = pool
             from adapter.api.intake import freeze_startup_heap
 
             freeze_startup_heap()  # the long-lived start-up objects: out of each full collection
             yield
             for task in list(state["tasks"]):
                 await task  # a delivery in flight finishes (or is taken up after its lease)
+        finally:
+            state.pop("pool", None)
+            pool.close()
 
     app = FastAPI(
         title="rtplan adapter API",
@@ -183,9 +211,9 @@ def create_app(
         description=__doc__,
     )
 
-    def outbox() -> Store:
-        found = state.get("outbox")
-        if not isinstance(found, Outbox):
+    def store() -> StorePool:
+        found = state.get("pool")
+        if not isinstance(found, StorePool):
             raise HTTPException(503, "the store is not open")
         return found
 
@@ -208,10 +236,12 @@ def create_app(
     async def readyz() -> Any:
         from adapter.api.readiness import readiness_problems  # every dependency, at once
 
-        found = state.get("outbox")
-        store = found if isinstance(found, Outbox) else None
+        found = state.get("pool")
+        reachable = _store_reachable(found) if isinstance(found, StorePool) else None
         fhir_ready = _fhir_reachable(settings, fhir) if settings.fhir.base_url else None
-        problems = await readiness_problems(settings, out_dir, store, fhir_ready)
+        problems = await readiness_problems(
+            settings, out_dir, None, fhir_ready, store_reachable=reachable
+        )
         if problems:
             return JSONResponse({"detail": "; ".join(problems)}, 503)
         return Health(status="ready")
@@ -219,7 +249,7 @@ def create_app(
     @app.get("/metrics", dependencies=auth, responses=UNAUTHORIZED, response_class=Response)
     async def metrics() -> Response:
         stats = receiver_stats() if receiver_stats is not None else {}
-        body, content_type = metrics_text(outbox(), stats)
+        body, content_type = await store().run(lambda outbox: metrics_text(outbox, stats))
         return Response(body, media_type=content_type)
 
     @app.post(
@@ -254,16 +284,11 @@ def create_app(
             review = parse_review(data, tables)
         except ReviewError as exc:
             return _invalid(exc.problems)
-        store = outbox()
+        pool = store()
         from adapter.api.intake import submit_off_loop
 
-        try:
-            if settings.fhir.base_url:  # mapped against the server: the process's one client
-                result = await submit_review_async(
-                    review, settings, out_dir=out_dir, tables=tables, deliver=False, fhir=fhir
-                )
-            else:  # CPU and the store only: off the serving loop (adapter/api/intake.py)
-                result = await submit_off_loop(review, settings, out_dir, tables)
+        try:  # off the serving loop; the note is a job for later (adapter/api/intake.py)
+            result = await submit_off_loop(review, settings, out_dir, tables, pool, fhir)
         except StaleReviewError as exc:  # not newer than the accepted version (versions.py)
             detail = "; ".join(message for _, message in exc.problems)
             return JSONResponse({"detail": f"stale version: {detail}"}, 409)
@@ -271,8 +296,8 @@ def create_app(
             return _invalid(exc.problems)
         except ConfigError as exc:
             return JSONResponse({"detail": str(exc)}, 503)
-        ids = [*result.row_ids, *result.hl7_rows]
-        _deliver_later(state, settings, store, ids, out_dir)
+        ids = [*result.row_ids, *result.hl7_rows, *result.note_rows]
+        _deliver_later(state, settings, pool.location, ids, out_dir)
         location = f"/reviews/{quote(review.review_id, safe='')}"
         body = Accepted(review=review.review_id, version=review.version, rows=ids)
         return JSONResponse(body.model_dump(), 202, headers={"Location": location})
@@ -284,19 +309,10 @@ def create_app(
         responses={**UNAUTHORIZED, 404: {"model": Problem}},
     )
     async def get_review(review_id: str) -> ReviewState:
-        store = outbox()
-        prefix = f"Review-{_digest(review_id)}-v"
-        rows = [r for r in store.rows(limit=100_000) if r.label.startswith(prefix)]
-        if not rows:
+        found = await store().run(lambda outbox: review_state(outbox, review_id))
+        if found is None:
             raise HTTPException(404, "no such review")
-        versions = sorted({int(r.label[len(prefix) :]) for r in rows})
-        orders = [r for k in ORDER_KINDS for r in store.rows_for_key(rows[0].key, kind=k)]
-        return ReviewState(
-            review=review_id,
-            versions=versions,
-            rows=[_row(r) for r in rows],
-            orders=[_row(r) for r in sorted(orders, key=lambda r: r.id)],
-        )
+        return found
 
     @app.get(
         "/studies/{study_uid}",
@@ -305,29 +321,14 @@ def create_app(
         responses={**UNAUTHORIZED, 404: {"model": Problem}},
     )
     async def get_study(study_uid: str) -> StudyState:
-        store = outbox()
-        rows = store.rows_for_key(f"study:{study_uid}")
-        record = store.study(study_uid)
-        recorded = record is not None
-        if not rows and not recorded:
+        found = await store().run(lambda outbox: _study_state(outbox, study_uid))
+        if found is None:
             raise HTTPException(404, "no such study")
-        label = store.labels().status(study_uid)
-        return StudyState(
-            study_instance_uid=study_uid,
-            recorded=recorded,
-            rows=[_row(r) for r in rows],
-            label=LabelState(
-                state=label.state.value,
-                kos_instance_number=label.current.instance_number if label.current else None,
-                superseded=label.superseded,
-            ),
-            classification=_classification(record) if record is not None else None,
-            orders=[_order(o) for o in store.orders_for_study(study_uid)],
-        )
+        return found
 
     @app.get("/outbox", dependencies=auth, response_model=list[RowState], responses=UNAUTHORIZED)
     async def list_outbox(state_: State | None = Query(None, alias="state")) -> list[RowState]:  # noqa: B008
-        return [_row(r) for r in outbox().rows(state=state_)]
+        return await store().run(lambda outbox: [_row(r) for r in outbox.rows(state=state_)])
 
     @app.post(
         "/outbox/{row_id}/retry",
@@ -336,30 +337,102 @@ def create_app(
         responses={**UNAUTHORIZED, 404: {"model": Problem}, 409: {"model": Problem}},
     )
     async def retry(row_id: RowId) -> RowState:
-        store = outbox()
+        pool = store()
         try:
-            row = store.retry(row_id)
+            row = await pool.run(lambda outbox: outbox.retry(row_id))
         except KeyError:
             raise HTTPException(404, "no such row") from None
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
-        _deliver_later(state, settings, store, [row.id], out_dir)
+        _deliver_later(state, settings, pool.location, [row.id], out_dir)
         return _row(row)
 
     @app.get(
         "/escalations", dependencies=auth, response_model=list[Escalation], responses=UNAUTHORIZED
     )
     async def escalations() -> list[Escalation]:
-        timers = outbox().timers()
-        return [
-            Escalation(
-                order=t.key, kind=t.kind, due_at=t.due_at, fired_at=t.fired_at, detail=t.detail
-            )
-            for t in [*timers.fired(), *timers.open()]
-        ]
+        return await store().run(_escalations)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return Guard(app, settings.http.max_body_bytes)  # type: ignore[return-value]
+
+
+def review_state(store: Store, review_id: str) -> ReviewState | None:
+    """The review's rows, orders and note states, from the study's rows (its outbox key)."""
+    digest = _digest(review_id)
+    prefix = f"Review-{digest}-v"
+    accepted = store.reviews().get(review_id)
+    if accepted is not None:
+        study = store.rows_for_key(f"study:{accepted.study_uid}")
+    else:  # no version record (a store written before there were any): search by label
+        study = [r for r in store.rows(limit=100_000) if r.label.startswith(prefix)]
+    rows = [r for r in study if r.label.startswith(prefix)]
+    if not rows:
+        return None
+    versions = sorted({int(r.label[len(prefix) :]) for r in rows})
+    orders = [r for k in ORDER_KINDS for r in store.rows_for_key(rows[0].key, kind=k)]
+    return ReviewState(
+        review=review_id,
+        versions=versions,
+        rows=[_row(r) for r in rows],
+        orders=[_row(r) for r in sorted(orders, key=lambda r: r.id)],
+        notes=[n for v in versions if (n := _note_state(study, review_id, v)) is not None],
+    )
+
+
+def _note_state(study: list[Row], review_id: str, version: int) -> NoteState | None:
+    label = job_label(review_id, version)
+    jobs = [r for r in study if r.kind == KIND_NOTE_JOB and r.label == label]
+    rows = [r for r in study if is_note_row(r, review_id, version)]
+    if not jobs:
+        if not rows:
+            return None  # no note outputs chosen
+        return NoteState(version=version, state="inline", job=None, last_error="", rows=[
+            _row(r) for r in rows])  # fmt: skip
+    job = jobs[-1]  # the newest, should an analyst have replayed one
+    if job.state is State.DELIVERED:
+        superseded = (job.result or {}).get("note") == SUPERSEDED
+        note = "superseded" if superseded else "built"
+    elif job.state is State.DEAD:
+        note = "failed"
+    else:
+        note = "building"
+    return NoteState(
+        version=version,
+        state=note,
+        job=job.id,
+        last_error=job.last_error,
+        rows=[_row(r) for r in rows],
+    )
+
+
+def _study_state(store: Store, study_uid: str) -> StudyState | None:
+    rows = store.rows_for_key(f"study:{study_uid}")
+    record = store.study(study_uid)
+    recorded = record is not None
+    if not rows and not recorded:
+        return None
+    label = store.labels().status(study_uid)
+    return StudyState(
+        study_instance_uid=study_uid,
+        recorded=recorded,
+        rows=[_row(r) for r in rows],
+        label=LabelState(
+            state=label.state.value,
+            kos_instance_number=label.current.instance_number if label.current else None,
+            superseded=label.superseded,
+        ),
+        classification=_classification(record) if record is not None else None,
+        orders=[_order(o) for o in store.orders_for_study(study_uid)],
+    )
+
+
+def _escalations(store: Store) -> list[Escalation]:
+    timers = store.timers()
+    return [
+        Escalation(order=t.key, kind=t.kind, due_at=t.due_at, fired_at=t.fired_at, detail=t.detail)
+        for t in [*timers.fired(), *timers.open()]
+    ]
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -387,6 +460,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     guard = create_app(settings, None)
     app: FastAPI = guard.app  # type: ignore[attr-defined]
     return app.openapi()
+
+
+async def _store_reachable(pool: StorePool) -> bool:
+    """The store answers a read (on a worker thread, within 5 s)."""
+    try:
+        await asyncio.wait_for(pool.run(lambda store: store.counts()), timeout=5.0)
+    except Exception:  # any store failure means not ready
+        return False
+    return True
 
 
 async def _fhir_reachable(settings: Settings, fhir: FhirClient | None) -> bool:
@@ -430,7 +512,11 @@ def _row(row: Row) -> RowState:
 
 
 def _deliver_later(
-    state: dict[str, Any], settings: Settings, store: Store, ids: list[int], out_dir: Path | None
+    state: dict[str, Any],
+    settings: Settings,
+    location: Path | str,
+    ids: list[int],
+    out_dir: Path | None,
 ) -> None:
     """Queue ``ids`` for the one background drainer: requests arriving while it delivers are
     taken in its next batch, so a burst of reviews shares one delivery set-up."""
@@ -442,27 +528,61 @@ def _deliver_later(
     state.setdefault("pending", []).extend(ids)
     drainer = state.get("drainer")
     if drainer is None or drainer.done():
-        task = asyncio.create_task(_drain(state, settings, store, out_dir))
+        task = asyncio.create_task(_drain(state, settings, location, out_dir))
         state["drainer"] = task
         state["tasks"].add(task)
         task.add_done_callback(state["tasks"].discard)
 
 
 async def _drain(
-    state: dict[str, Any], settings: Settings, store: Store, out_dir: Path | None
+    state: dict[str, Any], settings: Settings, location: Path | str, out_dir: Path | None
 ) -> None:
     while state.get("pending"):
         batch, state["pending"] = state["pending"], []
-        # On its own thread, loop and store connection: delivery (file writes, fsyncs, peers)
-        # does not hold up the requests being answered.
-        await asyncio.to_thread(_deliver_batch, settings, store.location, batch, out_dir)
+        # On its own thread, loop and store connection: delivery (file writes, fsyncs, peers,
+        # note jobs) does not hold up the requests being answered. Only where the app runs
+        # without ``rtplan serve`` (which hands rows to its one worker, ``deliver_soon``).
+        # A daemon thread, not the default executor: a delivery waiting out a peer's retry
+        # policy must not keep the process from exiting; its rows stay in the store, leased,
+        # and are delivered after the lease (docs/delivery.md).
+        await _on_daemon_thread(_deliver_batch, settings, location, batch, out_dir)
+
+
+async def _on_daemon_thread(call: Callable[..., None], *args: Any) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(None) if error is None else done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            call(*args)
+        except BaseException as exc:  # handed to the awaiting task, raised there
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="api-delivery", daemon=True).start()
+    await done
 
 
 def _deliver_batch(
-    settings: Settings, path: Path | str, ids: list[int], out_dir: Path | None
+    settings: Settings, location: Path | str, ids: list[int], out_dir: Path | None
 ) -> None:
-    with Outbox(path) as outbox:
-        asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out_dir))
+    """Deliver ``ids``, then the rows the note jobs among them queued (a job stores its
+    note's rows itself, after its version check: adapter/jobs/note_job.py)."""
+    with Outbox(location) as outbox:
+        while ids:
+            asyncio.run(deliver(outbox, settings, ids=ids, out_dir=out_dir))
+            ids = [
+                int(i)
+                for row in map(outbox.get, ids)
+                if row.kind == KIND_NOTE_JOB and row.result and row.result.get("note") == BUILT
+                for i in row.result.get("rows", [])
+            ]
 
 
 def _classification(record: StudyRecord) -> ClassificationState:

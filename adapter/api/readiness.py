@@ -39,16 +39,24 @@ async def readiness_problems(
     out_dir: Path | None,
     outbox: Store | None,
     fhir_ready: Awaitable[bool] | None = None,
+    *,
+    store_reachable: Awaitable[bool] | None = None,
 ) -> list[str]:
     """What is not ready, one short phrase each (empty: ready). ``fhir_ready``: the check of
-    the configured FHIR server through the process's own client (``adapter.api.app``)."""
+    the configured FHIR server through the process's own client (``adapter.api.app``).
+    ``store_reachable``: the API's check of the store off the event loop; without it
+    ``outbox`` is asked here."""
     problems: list[str] = []
-    try:
-        if outbox is None:
-            raise RuntimeError("not open")
-        outbox.counts()
-    except Exception:  # any store failure means not ready
-        problems.append("store not reachable")
+    if store_reachable is not None:
+        if not await store_reachable:
+            problems.append("store not reachable")
+    else:
+        try:
+            if outbox is None:
+                raise RuntimeError("not open")
+            outbox.counts()
+        except Exception:  # any store failure means not ready
+            problems.append("store not reachable")
     if settings.dicom.listen_port and not _writable(spool_folder(settings, out_dir)):
         problems.append("spool not writable")
     checks: dict[str, Awaitable[bool]] = {}

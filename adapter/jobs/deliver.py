@@ -23,6 +23,7 @@ from adapter.jobs.output import bundle_label, write_json_atomic
 from adapter.jobs.retry_policies import fhir_policy, label_policy, receiver_policies
 from adapter.outbox.offload import INLINE, StoreCalls
 from adapter.outbox.worker import Attempt, Deliverer, DrainReport, RetryPolicy, Verdict, Worker
+from adapter.review.note_job_payload import NOTE_JOB, NOTE_JOB_TARGET
 from adapter.store import payloads
 from adapter.store.identity import HeldRow, IngestedStudy, IngestWrite
 from adapter.store.outbox import Row
@@ -152,6 +153,7 @@ async def deliver(
         # (escalations, radiologist results); plus whatever older rows are still waiting for.
         configured = targets(settings, out_dir)
         waiting = await calls.run(outbox.open_targets)
+        note_fhir = fhir  # the client for fhir.base_url: note jobs search it for a previous note
         for destination, target in dict.fromkeys([*configured, *waiting]):
             if destination == FILES:
                 deliverers[(destination, target)] = FileDeliverer(Path(target))
@@ -172,6 +174,17 @@ async def deliver(
                 deliverers[(destination, target)] = FhirDeliverer(
                     client, reconcile=settings.fhir.reconcile
                 )
+                if target == settings.fhir.base_url:
+                    note_fhir = client
+        # Review note jobs (adapter/review/note_job.py): in a forever worker always, so it runs
+        # the jobs the API enqueues after it started; otherwise when one waits. Lazy for
+        # start-up time only (the note renderer, pydantic): a plain ingest loads neither.
+        if forever or (NOTE_JOB, NOTE_JOB_TARGET) in waiting:
+            from adapter.jobs.note_job import NoteJobDeliverer
+
+            deliverers[(NOTE_JOB, NOTE_JOB_TARGET)] = NoteJobDeliverer(
+                outbox, settings, out_dir, fhir=note_fhir, fallback=configured
+            )
         hl7_targets = {t for d, t in waiting if d == HL7}
         if settings.hl7.mllp or out_dir is not None:
             hl7_targets.add(settings.hl7.receiver)

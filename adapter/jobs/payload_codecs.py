@@ -11,5 +11,12 @@ from __future__ import annotations
 from adapter.fhir import transaction_payload
 from adapter.hl7 import document_payload, order_payload
 from adapter.label import kos_payload
+from adapter.review import note_job_payload
 
-CODEC_MODULES = (transaction_payload, order_payload, document_payload, kos_payload)
+CODEC_MODULES = (
+    transaction_payload,
+    order_payload,
+    document_payload,
+    kos_payload,
+    note_job_payload,
+)

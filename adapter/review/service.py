@@ -47,6 +47,7 @@ from adapter.mapping.review_task import REVIEW_TASK_SYSTEM, review_task_value
 from adapter.private import log_key
 from adapter.review.note.service import (
     NoteRecords,
+    NoteRows,
     apply_note,
     note_records,
     plan_note,
@@ -54,6 +55,7 @@ from adapter.review.note.service import (
     store_note,
     with_server_previous,
 )
+from adapter.review.note_job import deferrable, job_row, note_outputs
 from adapter.review.patient_check import patient_disagreement
 from adapter.review.versions import (
     Decision,
@@ -92,6 +94,7 @@ class SubmitResult:
     hl7_rows: tuple[int, ...] = ()
     delivery: DrainReport | None = None
     unchanged: bool = False  # this version was accepted before: nothing enqueued
+    note_rows: tuple[int, ...] = ()  # the note's rows, or its job row (adapter/review/note_job)
 
 
 def review_options(settings: Settings) -> ReviewOptions:
@@ -244,10 +247,15 @@ async def store_version(
     *,
     fhir: FhirClient | None,
     out_dir: Path | None = None,
+    note_job: bool = False,
 ) -> tuple[ReviewOutput, list[int], list[int], list[int]] | None:
     """Check the version, map, and store the review's rows (FHIR, HL7 and their timers) with
     the new version record in one transaction (docs/review.md section 4); None when this very
     version is already accepted.
+
+    ``note_job``: instead of rendering the review note here, store one note job row with the
+    version (``adapter.review.note_job``; the API's path), when the review's Bundle does not
+    depend on the note; the last list returned then holds the job row's id.
 
     Mapping needs the FHIR server (outside the write lock), so the record is read again under
     the lock: if another submission of this review was accepted meanwhile, map again.
@@ -265,12 +273,16 @@ async def store_version(
         ctx = await resolve_context(review, outbox, fhir)
         if stored is not None:  # the record knows which requests exist: it wins
             ctx = replace(ctx, previous_placers=stored.active_placers, request_opened=stored.opened)
-        # The review note (issue 15): rendered once per version, in the outputs the site chose,
-        # from the store's records of the study and of the review's earlier notes.
-        records = note_records(outbox, review)
-        note = plan_note(review, ctx, settings, tables, records, out_dir=out_dir)
-        note = await with_server_previous(note, fhir)
-        output = apply_note(build_review(review, ctx, settings, tables), note, tables)
+        later = note_job and deferrable(settings, out_dir=out_dir is not None)
+        note = None
+        if later:  # the note is its own job after the answer (adapter/review/note_job.py)
+            output = build_review(review, ctx, settings, tables)
+        else:  # the review note (issue 15): rendered once per version, in the chosen outputs,
+            # from the store's records of the study and of the review's earlier notes.
+            records = note_records(outbox, review)
+            note = plan_note(review, ctx, settings, tables, records, out_dir=out_dir)
+            note = await with_server_previous(note, fhir)
+            output = apply_note(build_review(review, ctx, settings, tables), note, tables)
         # The HL7 rows are built (and can refuse) before anything is stored; then the review's
         # FHIR rows, its HL7 rows and their timers are stored together (order_rows.py).
         orders = await _prepare_orders(
@@ -278,8 +290,12 @@ async def store_version(
         )
         label = review_label(review)
         # The note's rows too are built (and can refuse) before anything is stored.
-        notes_to_store = prepare_note_rows(
-            outbox, note, settings, tables, destinations, key=key, label=label
+        notes_to_store: NoteRows | NewRow = (
+            job_row(review, digest, ctx, key, note_outputs(settings, out_dir=out_dir))
+            if note is None
+            else prepare_note_rows(
+                outbox, note, settings, tables, destinations, key=key, label=label
+            )
         )
         review_rows = [
             NewRow(d, t, key, KIND_REVIEW, label, output.bundle) for d, t in destinations
@@ -291,7 +307,11 @@ async def store_version(
             ):
                 continue
             ids, cancels = _enqueue_review(outbox, key, review_rows, orders)
-            notes = store_note(outbox, notes_to_store)
+            notes = (
+                outbox.enqueue_many([notes_to_store])
+                if isinstance(notes_to_store, NewRow)
+                else store_note(outbox, notes_to_store)
+            )
             revoked = tuple(str(c["placer_order_number"]["value"]) for c in output.hl7_cancels)
             findings = tuple(sorted({finding_key(f) for f in review.findings}))
             versions.accept(

@@ -807,6 +807,8 @@ def _audit_terms(raw: Mapping[str, Any] | DbRow, event: str) -> tuple[str, str, 
         if event == "delivered":
             return name, f"ACK {ack}" if ack else "written", what
         return name, f"NACK {ack}" if ack else "failed", what
+    if destination == "note":  # a review note job (adapter/review/note_job.py)
+        return "note-build", "success" if event == "delivered" else "failed", what
     name = "fhir-write" if destination == "fhir" else "file-write"
     return name, "success" if event == "delivered" else "failed", what
 

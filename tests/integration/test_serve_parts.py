@@ -106,6 +106,8 @@ def test_api_process_only_stores_and_a_delivery_process_delivers(
         assert api_proc.poll() is None, api_proc.communicate()[1][-3000:]
         assert {r["state"] for r in review_rows(api, "REV-PARTS-1")} == {"pending"}
         assert not list(out.glob("hl7/*.hl7"))
+        (note,) = api.get("/reviews/REV-PARTS-1", headers=AUTH).json()["notes"]
+        assert note["state"] == "building" and note["rows"] == []  # its job waits too
         # ... the delivery process does: the defaults, switched off only by the environment.
         worker = start_serve(
             worker_config, out, {"RTPLAN_HTTP__LISTEN_PORT": "0", "RTPLAN_SERVE__DELIVERY": "true"}
@@ -116,10 +118,15 @@ def test_api_process_only_stores_and_a_delivery_process_delivers(
             return {r["state"] for r in review_rows(api, "REV-PARTS-1")} == {"delivered"}
 
         wait_for(delivered, timeout=60, what="the delivery process to deliver the review")
-        # Every row, the note's MDM and ORU too: they were enqueued after the worker started.
-        rows = api.get("/outbox", headers=AUTH).json()
-        documents = [r for r in rows if r["kind"] == "hl7-document"]
-        assert len(documents) == 2, rows  # MDM^T02 and ORU^R01 (note.outputs: auto, --out)
+        # Every row, the note's MDM and ORU too: the worker builds the note after the answer
+        # (its job row was stored with the review) and queues them.
+        def documents() -> list[dict[str, object]]:
+            rows = api.get("/outbox", headers=AUTH).json()
+            return [r for r in rows if r["kind"] == "hl7-document"]
+
+        wait_for(lambda: len(documents()) == 2, timeout=120, what="the note's MDM and ORU rows")
+        (note,) = api.get("/reviews/REV-PARTS-1", headers=AUTH).json()["notes"]
+        assert note["state"] == "built"  # MDM^T02 and ORU^R01 (note.outputs: auto, --out)
 
         def all_delivered() -> bool:
             rows = api.get("/outbox", headers=AUTH).json()
@@ -170,8 +177,13 @@ def test_a_delivery_process_started_first_delivers_rows_of_every_kind_accepted_l
         data = json.loads((FIXTURES / "reviews" / "concern.json").read_text())
         body = {**data, "study_instance_uid": study_uid(), "review_id": "REV-PARTS-LATE"}
         assert api.post("/reviews", json=body, headers=AUTH).status_code == 202
-        rows = api.get("/outbox", headers=AUTH).json()
-        assert len([r for r in rows if r["kind"] == "hl7-document"]) == 2, rows
+
+        def documents() -> int:  # the note job, run by the worker, queues MDM and ORU
+            assert worker.poll() is None, worker.communicate()[1][-3000:]
+            rows = api.get("/outbox", headers=AUTH).json()
+            return len([r for r in rows if r["kind"] == "hl7-document"])
+
+        wait_for(lambda: documents() == 2, timeout=120, what="the note's MDM and ORU rows")
 
         def all_delivered() -> bool:
             assert worker.poll() is None, worker.communicate()[1][-3000:]

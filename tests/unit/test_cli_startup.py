@@ -83,7 +83,8 @@ def _modules_of(args: list[str], tmp_path: Path) -> tuple[int, set[str]]:
 # through its kind's codec, rows of any kind can be in the store it drains, and a kind without
 # its codec would be a dead letter. They are light (no hl7apy, pydicom or httpx), which the
 # third-party check above proves, so they are the one part of those packages ingest loads.
-CODECS = frozenset({module.__name__ for module in CODEC_MODULES} | {"adapter.fhir", "adapter.hl7"})
+PACKAGES_OF_CODECS = {"adapter.fhir", "adapter.hl7", "adapter.review"}
+CODECS = frozenset({module.__name__ for module in CODEC_MODULES} | PACKAGES_OF_CODECS)
 
 
 def _heavy(modules: set[str]) -> list[str]:

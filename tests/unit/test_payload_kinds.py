@@ -29,6 +29,8 @@ from adapter.jobs import payload_codecs
 from adapter.jobs.deliver import FILES, FileDeliverer
 from adapter.label.kos_payload import KosPayload
 from adapter.outbox.worker import Worker
+from adapter.review.note_job_payload import CONTEXT_FIELDS as NOTE_JOB_CONTEXT
+from adapter.review.note_job_payload import KIND_NOTE_JOB
 from adapter.store import payloads
 from adapter.store.db import open_database
 from adapter.store.labels import KIND_KOS
@@ -144,6 +146,11 @@ def kos() -> JSON:
     return KosPayload("1.2.3", "2.25.42", 1, part10, supersedes="2.25.41").to_json()
 
 
+def note_job() -> JSON:
+    context = dict.fromkeys(NOTE_JOB_CONTEXT, "")
+    return {"review": {"review_id": "r1"}, "content_hash": "abc", "outputs": [], "context": context}
+
+
 def edit(make: Callable[[], JSON], change: Callable[[JSON], object]) -> JSON:
     data = make()
     change(data)
@@ -171,12 +178,16 @@ MISFITS = [
     (KIND_KOS, edit(kos, lambda k: k.update(document="AAAA")), "document"),
     (KIND_KOS, edit(kos, lambda k: k.update(sop_instance_uid="2.25.x")), "sop_instance_uid"),
     (KIND_KOS, edit(kos, lambda k: k.pop("instance_number")), "missing field 'instance_number'"),
+    (KIND_NOTE_JOB, edit(note_job, lambda j: j.update(review=[])), "review"),
+    (KIND_NOTE_JOB, edit(note_job, lambda j: j["context"].pop("accession")),
+     "context: missing accession"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("kind", "good"), [
     (KIND_TRANSACTION, bundle()), (KIND_REVIEW, bundle()), (KIND_NOTE, bundle()),
     (KIND_ORDER, order()), (KIND_CHANGE, order()), (KIND_DOCUMENT, document()), (KIND_KOS, kos()),
+    (KIND_NOTE_JOB, note_job()),
 ])  # fmt: skip
 def test_a_payload_that_fits_its_kind_is_stored_as_its_codec_writes_it(
     tmp_path: Path, kind: str, good: JSON, store: StoreUnderTest

@@ -1,0 +1,198 @@
+"""Run review note jobs (``adapter.review.note_job``) as outbox rows: the note deliverer.
+
+The delivery worker hands each job row (destination ``note``) to :class:`NoteJobDeliverer`
+like any other row, so a job is leased, retried with backoff, marked dead and retried by an
+analyst with the same machinery, and runs wherever delivery runs (``rtplan serve``'s worker,
+the API's delivery thread, ``rtplan outbox deliver``).
+
+The CPU work (the PDF, the MDM/ORU messages) and the store reads and writes run on a worker
+thread with their own store connection, so a job never holds up the event loop it was claimed
+on (``rtplan serve`` answers the API on that loop). Only the FHIR search for a previous note
+version, which uses the process's FHIR client, runs on the loop.
+
+A job's answer: ``delivered`` with ``{"note": "built", "rows": [...]}`` (the note's rows, now
+queued for their own destinations) or ``{"note": "superseded", "by_version": n}`` (a newer
+version was accepted first: its note is the one to send); ``dead`` with the reason when the
+note cannot be built (a missing receiver profile, a message that cannot be encoded), which an
+analyst retries after fixing the cause; ``retry`` on anything unexpected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapter.config import Settings
+from adapter.errors import ConfigError
+from adapter.hl7.charset_fit import MessageBuildError
+from adapter.outbox.worker import Attempt, Verdict
+from adapter.review.note.service import (
+    KIND_NOTE,
+    NotePlan,
+    NoteRows,
+    note_records,
+    plan_note,
+    prepare_note_rows,
+    store_note,
+    with_server_previous,
+)
+from adapter.review.note_job import (
+    BUILT,
+    KIND_REVIEW,
+    SUPERSEDED,
+    BadJobError,
+    NoteJob,
+    is_note_row,
+    note_fhir_rows,
+    read_job,
+)
+from adapter.review.service import review_label
+from adapter.store.outbox import Outbox, Row
+from adapter.store.protocol import Store
+from adapter.tables import Tables, load_tables
+
+if TYPE_CHECKING:
+    from adapter.fhir.client import FhirClient
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    job: NoteJob
+    label: str
+    plan: NotePlan | None  # None: nothing to build (superseded, or built before)
+    answer: Attempt | None = None
+    review_payload: JSON | None = None
+    destinations: tuple[tuple[str, str], ...] = ()
+
+
+class NoteJobDeliverer:
+    """Builds the note of one accepted review version and queues its rows."""
+
+    def __init__(
+        self,
+        outbox: Store,
+        settings: Settings,
+        out_dir: Path | None,
+        *,
+        fhir: FhirClient | None = None,
+        tables: Tables | None = None,
+        fallback: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.location = outbox.location
+        self.settings = settings
+        self.out_dir = out_dir
+        self.fhir = fhir
+        self._tables = tables
+        self.fallback = tuple(fallback)  # destinations when the review row is not found
+
+    @property
+    def tables(self) -> Tables:
+        if self._tables is None:
+            self._tables = load_tables(self.settings.mappings_dir)
+        return self._tables
+
+    async def deliver(self, row: Row) -> Attempt:
+        try:
+            job = read_job(row.payload)
+        except BadJobError as exc:
+            return Attempt(Verdict.DEAD, str(exc))
+        store = await asyncio.to_thread(Outbox, self.location, check_same_thread=False)
+        try:
+            return await self._run(store, row, job)
+        except (ConfigError, MessageBuildError) as exc:  # fix the cause, then retry the job
+            return Attempt(Verdict.DEAD, f"note not built: {exc}")
+        except Exception as exc:  # unexpected: try again later; the type only (no patient data)
+            log.warning("row %d (%s): note job failed: %s", row.id, row.label, type(exc).__name__)
+            return Attempt(Verdict.RETRY, f"note not built: {type(exc).__name__}")
+        finally:
+            await asyncio.to_thread(store.close)
+
+    async def _run(self, store: Store, row: Row, job: NoteJob) -> Attempt:
+        prepared = await asyncio.to_thread(self._prepare, store, row, job)
+        if prepared.answer is not None or prepared.plan is None:
+            return prepared.answer or Attempt(Verdict.DEAD, "nothing to build")
+        plan = await with_server_previous(prepared.plan, self.fhir)  # the process's client
+        return await asyncio.to_thread(self._store_rows, store, row, prepared, plan)
+
+    def _prepare(self, store: Store, row: Row, job: NoteJob) -> _Prepared:
+        review = job.review
+        label = review_label(review)
+        newer = _newer_version(store, review.review_id, review.version)
+        if newer:
+            return _Prepared(job, label, None, _superseded(newer))
+        study = store.rows_for_key(row.key)
+        built = _built_rows(study, review.review_id, review.version)
+        if built:  # stored by an earlier run that ended before the job was marked
+            return _Prepared(job, label, None, Attempt(Verdict.DELIVERED, result=_built(built)))
+        mine = [r for r in study if r.kind == KIND_REVIEW and r.label == label]
+        destinations = tuple(dict.fromkeys((r.destination, r.target) for r in mine))
+        records = note_records(store, review)  # the study's record, the previous note version
+        plan = plan_note(
+            review, job.ctx, self.settings, self.tables, records, out_dir=self.out_dir
+        )
+        # The outputs chosen when the version was accepted (this worker's settings may differ).
+        plan = dataclasses.replace(plan, outputs=job.outputs)
+        return _Prepared(
+            job,
+            label,
+            plan,
+            review_payload=mine[0].payload if mine else None,
+            destinations=destinations or self.fallback,
+        )
+
+    def _store_rows(self, store: Store, row: Row, prepared: _Prepared, plan: NotePlan) -> Attempt:
+        review = prepared.job.review
+        destinations = list(prepared.destinations)
+        built = prepare_note_rows(
+            store, plan, self.settings, self.tables, destinations, key=row.key,
+            label=prepared.label,
+        )  # fmt: skip
+        # The note's FHIR transaction is this job's (the report again with presentedForm, then
+        # the DocumentReference); the MDM/ORU rows and the records are as built.
+        pairs = zip(built.rows, built.messages, strict=True)
+        hl7 = [(r, m) for r, m in pairs if r.kind != KIND_NOTE]
+        fhir = note_fhir_rows(
+            plan, self.tables, prepared.review_payload, destinations, key=row.key,
+            label=prepared.label,
+        )  # fmt: skip
+        note = NoteRows(
+            [*fhir, *(r for r, _ in hl7)], [*(None for _ in fhir), *(m for _, m in hl7)],
+            built.version,
+        )  # fmt: skip
+        # The version check and the insert in one exclusive write transaction: a newer version
+        # accepted meanwhile is either seen here, or its rows come after these.
+        with store.transaction():
+            newer = _newer_version(store, review.review_id, review.version)
+            if newer:
+                return _superseded(newer)
+            ids = store_note(store, note)
+        return Attempt(Verdict.DELIVERED, result={"note": BUILT, "rows": ids})
+
+
+def _newer_version(store: Store, review_id: str, version: int) -> int:
+    accepted = store.reviews().get(review_id)
+    return accepted.version if accepted is not None and accepted.version > version else 0
+
+
+def _superseded(newer: int) -> Attempt:
+    return Attempt(Verdict.DELIVERED, result={"note": SUPERSEDED, "by_version": newer})
+
+
+def _built(rows: Sequence[Row]) -> JSON:
+    return {"note": BUILT, "rows": [r.id for r in rows]}
+
+
+def _built_rows(study: Sequence[Row], review_id: str, version: int) -> list[Row]:
+    """This version's note rows already in the store."""
+    return [r for r in study if is_note_row(r, review_id, version)]
+
+
+__all__ = ["NoteJobDeliverer"]
