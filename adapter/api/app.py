@@ -190,14 +190,20 @@ def create_app(
         # first is opened now, so a store that cannot be opened stops the start.
         pool = StorePool(store_location(settings, out_dir))
         try:
-            await pool.run(lambda store: None)
-            state["pool"] = pool
-            from adapter.api.intake import freeze_startup_heap
+            async with contextlib.AsyncExitStack() as stack:
+                # Review submissions reach the FHIR server through one client on this loop:
+                # the serving process's, or (the API served on its own) one for its life.
+                state["fhir"] = fhir
+                if fhir is None and settings.fhir.base_url:
+                    state["fhir"] = await stack.enter_async_context(fhir_session(settings))
+                await pool.run(lambda store: None)
+                state["pool"] = pool
+                from adapter.api.intake import freeze_startup_heap
 
-            freeze_startup_heap()  # the long-lived start-up objects: out of each full collection
-            yield
-            for task in list(state["tasks"]):
-                await task  # a delivery in flight finishes (or is taken up after its lease)
+                freeze_startup_heap()  # long-lived start-up objects: out of full collections
+                yield
+                for task in list(state["tasks"]):
+                    await task  # a delivery in flight finishes (or is taken up after its lease)
         finally:
             state.pop("pool", None)
             pool.close()
@@ -288,7 +294,9 @@ def create_app(
         from adapter.api.intake import submit_off_loop
 
         try:  # off the serving loop; the note is a job for later (adapter/api/intake.py)
-            result = await submit_off_loop(review, settings, out_dir, tables, pool, fhir)
+            result = await submit_off_loop(
+                review, settings, out_dir, tables, pool, state.get("fhir")
+            )
         except StaleReviewError as exc:  # not newer than the accepted version (versions.py)
             detail = "; ".join(message for _, message in exc.problems)
             return JSONResponse({"detail": f"stale version: {detail}"}, 409)
