@@ -35,7 +35,7 @@ class StorePool:
     def __init__(self, location: Path | str, size: int = 4) -> None:
         self.location = location
         self.size = size
-        self._idle: queue.LifoQueue[Outbox] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[Store] = queue.LifoQueue()
         self._opened: list[Outbox] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -49,7 +49,7 @@ class StorePool:
         finally:
             self._idle.put(store)
 
-    def _take(self) -> Outbox:
+    def _take(self) -> Store:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
