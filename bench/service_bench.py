@@ -17,8 +17,10 @@ Run in the project venv from the repository root::
    (``tests/peers/orthanc_fixture.py``, loopback), then ``rtplan ingest --dicomweb URL --out``
    against ``rtplan ingest FILES --out`` of the same files (fresh output folders): studies/s.
 3. **API**: ``--posts`` review POSTs (valid reviews of one ingested study, distinct review ids)
-   one at a time over one keep-alive connection; latency of each 202; reviews/s and p50/p99,
-   for each ``--api-stores`` entry (``sqlite``: the file in the output folder; ``postgresql``:
+   one at a time over one keep-alive connection to a real ``rtplan serve --config FILE --out``
+   process (as deployed; the client never shares that process's interpreter); latency of each
+   202; reviews/s and p50/p99, for each ``--api-stores`` entry (``sqlite``: the file in the
+   output folder; ``postgresql``:
    a durable local cluster, fsync on, as ``bench/store_bench.py`` starts it) and each
    ``--api-layouts`` entry: ``thread`` (delivery, note jobs included, in the API's process) and
    ``process`` (``serve.delivery: false``; a second ``rtplan serve`` delivers); then the time
@@ -43,7 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,42 +164,65 @@ def api(posts: int, work: Path, layouts: list[str], stores: list[str]) -> dict[s
 
 
 def _api_layout(posts: int, work: Path, layout: str, store_url: str) -> dict[str, object]:
-    import httpx  # noqa: F401 - the client used by tests.api_support
+    """One API run: the API is a real ``rtplan serve`` process (as deployed), the client here.
+
+    ``thread``: one ``serve`` with the API and delivery (note jobs included); ``process``: one
+    ``serve`` with the API only (``serve.delivery: false``) and a second with delivery only.
+    """
+    import httpx
 
     from adapter.cli import main
-    from adapter.config import ServeSettings, load_settings
-    from tests.api_support import TOKEN, api_settings, running_api
 
     work.mkdir(parents=True)
     out = work / "out"
     env_store = {"RTPLAN_STORE__URL": store_url} if store_url else {}
     os.environ.pop("RTPLAN_STORE__URL", None)
     os.environ.update(env_store)  # the in-process ingest below reads it
-    with contextlib.redirect_stdout(io.StringIO()):
-        main(["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out)])
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            main(["ingest", str(FIXTURES / "dicom" / "planning-ct"), "--out", str(out)])
+    finally:
+        for name in env_store:
+            os.environ.pop(name, None)
     review = json.loads((FIXTURES / "reviews" / "no-finding.json").read_text())
     from pydicom import dcmread
 
     first = sorted((FIXTURES / "dicom" / "planning-ct").glob("*_CT_0001.dcm"))[0]
     review["study_instance_uid"] = str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
-    latencies = []
-    settings = api_settings(load_settings(None, env=env_store), work)
-    worker = None
+    latencies: list[float] = []
+    tokens = work / "tokens.txt"
+    tokens.write_text(f"{API_TOKEN}\n")
+    tokens.chmod(0o600)
+    port = free_port()
+    api_config = work / "api.yaml"
+    api_config.write_text(
+        f"http:\n  listen_port: {port}\n  tokens_file: {tokens}\n"
+        f"serve:\n  mllp_listener: false\n  delivery: {str(layout == 'thread').lower()}\n"
+        "log:\n  level: WARNING\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_store}
+    command = [sys.executable, "-m", "adapter.cli", "serve"]
+    processes = [
+        subprocess.Popen(
+            [*command, "--config", str(api_config), "--out", str(out)],
+            cwd=ROOT, env=env, stderr=subprocess.DEVNULL,
+        )
+    ]  # fmt: skip
     if layout == "process":
-        settings = replace(settings, serve=ServeSettings(mllp_listener=False, delivery=False))
-        config = work / "worker.yaml"
-        config.write_text(f"hl7:\n  listen_port: {free_port()}\nlog:\n  level: WARNING\n")
-        cmd = [sys.executable, "-m", "adapter.cli", "serve", "--config", str(config),
-               "--out", str(out)]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RTPLAN_SERVE__MLLP_LISTENER": "false",
-               **env_store}  # fmt: skip
-        worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+        worker_config = work / "worker.yaml"
+        worker_config.write_text("serve:\n  mllp_listener: false\nlog:\n  level: WARNING\n")
+        processes.append(subprocess.Popen(
+            [*command, "--config", str(worker_config), "--out", str(out)],
+            cwd=ROOT, env=env, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
     probes: list[float] = []
     posting = threading.Event()
     load_before = os.getloadavg()[0]
     try:
-        with running_api(settings, out) as client:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False)
+        with client:
+            _wait_ready(client, processes)
             # GET /healthz on a second connection while the POSTs run: the serving loop's
             # responsiveness (a POST built on the loop would hold it up).
             prober = threading.Thread(target=_probe, args=(client, posting, probes))
@@ -215,23 +239,22 @@ def _api_layout(posts: int, work: Path, layout: str, store_url: str) -> dict[str
             posting.clear()
             prober.join()
             load_during = os.getloadavg()[0]
-            # Every accepted review delivered, its note built and delivered too (by the thread
-            # or by the other process): no open row left in the store.
+            # Every accepted review delivered, its note built and delivered too (by the same
+            # process or by the other one): no open row left in the store.
             deadline = time.monotonic() + 1800
             while True:
                 metrics = client.get("/metrics", headers=headers).text
                 if _queue_depth(metrics) == 0:
                     break
-                assert worker is None or worker.poll() is None, "the delivery process stopped"
+                assert all(p.poll() is None for p in processes), "a serve process stopped"
                 assert time.monotonic() < deadline, "not all delivered after 30 minutes"
                 time.sleep(0.5)
             drained = time.perf_counter() - started
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(60)
-        for name in env_store:
-            os.environ.pop(name, None)
+        for process in processes:  # only the processes this run started, by handle
+            process.terminate()
+        for process in processes:
+            process.wait(60)
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     return {
@@ -246,6 +269,25 @@ def _api_layout(posts: int, work: Path, layout: str, store_url: str) -> dict[str
         "load_1min": {"before": load_before, "after_posts": load_during,
                       "after_delivery": os.getloadavg()[0]},
     }  # fmt: skip
+
+
+API_TOKEN = "bench-token-0123456789abcdef"
+
+
+def _wait_ready(client: object, processes: list[subprocess.Popen[bytes]]) -> None:
+    import httpx
+
+    assert isinstance(client, httpx.Client)
+    deadline = time.monotonic() + 60
+    while True:
+        assert all(p.poll() is None for p in processes), "rtplan serve did not start"
+        assert time.monotonic() < deadline, "rtplan serve did not answer /healthz in 60 s"
+        try:
+            if client.get("/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
 
 
 def _queue_depth(metrics: str) -> float:

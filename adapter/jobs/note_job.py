@@ -49,6 +49,7 @@ from adapter.review.note_job import (
     NoteJob,
     is_note_row,
     note_fhir_rows,
+    note_label_prefixes,
     read_job,
 )
 from adapter.review.service import review_label
@@ -128,16 +129,15 @@ class NoteJobDeliverer:
         newer = _newer_version(store, review.review_id, review.version)
         if newer:
             return _Prepared(job, label, None, _superseded(newer))
-        study = store.rows_for_key(row.key)
+        prefixes = note_label_prefixes(review.review_id, review.version)
+        study = store.rows_for_key(row.key, label_prefixes=prefixes)
         built = _built_rows(study, review.review_id, review.version)
         if built:  # stored by an earlier run that ended before the job was marked
             return _Prepared(job, label, None, Attempt(Verdict.DELIVERED, result=_built(built)))
         mine = [r for r in study if r.kind == KIND_REVIEW and r.label == label]
         destinations = tuple(dict.fromkeys((r.destination, r.target) for r in mine))
         records = note_records(store, review)  # the study's record, the previous note version
-        plan = plan_note(
-            review, job.ctx, self.settings, self.tables, records, out_dir=self.out_dir
-        )
+        plan = plan_note(review, job.ctx, self.settings, self.tables, records, out_dir=self.out_dir)
         # The outputs chosen when the version was accepted (this worker's settings may differ).
         plan = dataclasses.replace(plan, outputs=job.outputs)
         return _Prepared(

@@ -105,6 +105,16 @@ def job_row(
     return NewRow(NOTE_JOB, NOTE_JOB_TARGET, key, KIND_NOTE_JOB, label, payload)
 
 
+def note_label_prefixes(review_id: str, version: int) -> tuple[str, ...]:
+    """Label prefixes that cover this version's review row and note rows (see
+    :func:`is_note_row`): what a job reads of its study, not the study's whole history."""
+    return (
+        f"Review-{log_key(review_id)}-v{version}",  # = adapter.review.service.review_label
+        f"Note-{log_key(review_id)}-v{version}",
+        f"Note-{review_document_number(review_id)}",
+    )
+
+
 def is_note_row(row: Row, review_id: str, version: int) -> bool:
     """Whether ``row`` is one of this version's note rows, by its label (the labels
     :func:`note_fhir_rows` and ``note_rows`` give: ``Note-<hash>-v<n>`` for the FHIR
@@ -210,6 +220,7 @@ __all__ = [
     "job_label",
     "job_row",
     "note_fhir_rows",
+    "note_label_prefixes",
     "note_outputs",
     "read_job",
     "report_entry",

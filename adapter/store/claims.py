@@ -27,7 +27,8 @@ and a plan chosen without them once scanned every open row of the destination fo
 candidate (0.2-0.6 s per claim at 400 rows). So the PostgreSQL claim walks each destination's
 claimable rows in id order on the partial index ``outbox_ready`` (migration 7) and stops at
 the limit, and its ``NOT EXISTS`` tests are fenced with ``OFFSET 0`` so that they stay
-per-row index probes (``outbox_key``, ``key_holds``' key) instead of being turned into joins.
+per-row index probes (``outbox_key_open``, migration 8; ``key_holds``' key) instead of being
+turned into joins.
 
 Leases: a row in flight whose lease ran out is taken over (``recovered``, then claimable). On
 PostgreSQL only the lease counts, since the owner may run on another host; on SQLite a row whose
@@ -48,7 +49,7 @@ _RECOVERED = "recovered after the delivering process stopped"
 _CLAIMABLE = """
     o.state IN ('pending', 'retrying') AND o.next_attempt_at <= ?
     AND NOT EXISTS (
-        SELECT 1 FROM outbox e
+        SELECT 1 FROM outbox e{open_index}
         WHERE e.destination = o.destination AND e.target = o.target
           AND e.key = o.key AND e.id < o.id
           AND e.state IN ('pending', 'retrying', 'in_flight'){fence})
@@ -59,8 +60,10 @@ _CLAIMABLE = """
         SELECT 1 FROM outbox p WHERE p.id = o.after_id AND p.state = 'delivered'{fence}))
 """
 # OFFSET 0 keeps PostgreSQL from turning a (NOT) EXISTS into a join (see the module docstring).
-_CLAIMABLE_SQLITE = _CLAIMABLE.format(fence="")
-_CLAIMABLE_PG = _CLAIMABLE.format(fence=" OFFSET 0")
+# INDEXED BY outbox_key_open (migration 8): the probe seeks the key's open rows only, never
+# steps over its closed history (SQLite would otherwise pick the full outbox_key).
+_CLAIMABLE_SQLITE = _CLAIMABLE.format(fence="", open_index=" INDEXED BY outbox_key_open")
+_CLAIMABLE_PG = _CLAIMABLE.format(fence=" OFFSET 0", open_index="")
 
 
 def target_filter(targets: Collection[tuple[str, str]] | None) -> tuple[str, list[str]]:

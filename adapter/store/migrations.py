@@ -349,6 +349,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE state IN ('pending', 'retrying')",
         ),
     ),
+    Migration(
+        8,
+        "a key's open rows and a key's rows found without walking its history (issue 11)",
+        (
+            # The claim's "no earlier open row of the key" probe: on outbox_key it stepped
+            # over every closed row of the key first, so a study with a long history made
+            # each claim slower, and a SQLite claim holds the one write lock (POST /reviews
+            # waited behind it). Only open rows here: one seek.
+            "CREATE INDEX IF NOT EXISTS outbox_key_open ON outbox (destination, target, key, id) "
+            "WHERE state IN ('pending', 'retrying', 'in_flight')",
+            # rows_for_key (the note job, GET /reviews and /studies) read the whole table.
+            "CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (key, id)",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

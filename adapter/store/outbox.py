@@ -136,7 +136,6 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-
 class Outbox:
     """A durable, ordered outbox in the store's database. Safe for several processes."""
 
@@ -590,9 +589,7 @@ class Outbox:
                 if answer.control_id and answer.ack:
                     order_records.record_ack(db, answer.control_id, answer.ack, now)
                 if answer.state:
-                    order_records.record_answer(
-                        db, answer.placer, answer.state, answer.filler, now
-                    )
+                    order_records.record_answer(db, answer.placer, answer.state, answer.filler, now)
         return True
 
     def inbound_for_order(self, placer: str) -> list[tuple[str, str]]:
@@ -678,16 +675,25 @@ class Outbox:
         ).fetchall()
         return [_row(raw) for raw in raws]
 
-    def rows_for_key(self, key: str, *, kind: str | None = None) -> list[Row]:
-        """Every row of one business key (any destination, any state), oldest first.
+    def rows_for_key(
+        self, key: str, *, kind: str | None = None, label_prefixes: Sequence[str] = ()
+    ) -> list[Row]:
+        """Every row of one business key (any destination, any state), oldest first; only
+        ``kind`` and only labels starting with one of ``label_prefixes`` when given (a note job
+        reads its own version's rows, not the study's whole history).
 
         Read-only; used to recognise a study the adapter has mapped before (review input).
         """
         query = "SELECT * FROM outbox WHERE key=?"
-        args: tuple[str, ...] = (key,)
+        args: tuple[str | int, ...] = (key,)
         if kind is not None:
             query += " AND kind=?"
             args += (kind,)
+        if label_prefixes:  # substr, not LIKE: a label's own % or _ is no wildcard
+            query += " AND (" + " OR ".join(["substr(label, 1, ?) = ?"] * len(label_prefixes))
+            query += ")"
+            for prefix in label_prefixes:
+                args += (len(prefix), prefix)
         raws = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [_row(raw) for raw in raws]
 

@@ -16,6 +16,8 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapter.store import claims
 from adapter.store.db import open_database
 from adapter.store.outbox import Outbox, State
@@ -110,3 +112,78 @@ def test_claims_across_destinations_take_the_oldest_claimable_rows(
         assert only_files == []
         claimed = [event for _, event, _ in outbox.events(blocked) if event == "claimed"]
         assert len(claimed) == 1
+
+
+def _history(outbox: Outbox, key: str, delivered: int) -> None:
+    """``delivered`` closed rows of one key: a study with a long history."""
+    for _ in range(delivered):
+        row_id = put(outbox, FHIR, key)
+        (taken,) = outbox.claim(1, targets=[FHIR])
+        assert taken.id == row_id
+        outbox.mark_delivered(row_id, {})
+
+
+def _claim_select(url: Path | str) -> tuple[str, Any]:
+    """The SELECT of the claim statement as ``claims.claim`` sends it (rolled back)."""
+    db = open_database(url)
+    sent: list[tuple[str, Any]] = []
+    execute = db.execute
+
+    def capture(sql: str, params: Any = ()) -> Any:
+        sent.append((sql, params))
+        return execute(sql, params)
+
+    try:
+        with db.write(exclusive=False):
+            db.execute = capture  # type: ignore[method-assign]
+            claims.claim(db, 2e9, 300.0, "probe", 8, [FHIR])
+            db.execute = execute  # type: ignore[method-assign]
+            raise _Rollback
+    except _Rollback:
+        pass
+    finally:
+        db.close()
+    return next((s, p) for s, p in sent if "NOT EXISTS" in s)
+
+
+@pytest.mark.sqlite_only(reason="SQLite's own plan (the PostgreSQL one is the next test)")
+def test_the_key_probe_seeks_open_rows_not_the_keys_history_on_sqlite(tmp_path: Path) -> None:
+    """Migration 8: a key with a long delivered history costs a claim nothing more (the
+    probe used to step over every closed row of the key, holding SQLite's write lock)."""
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as outbox:
+        _history(outbox, "study:a", 50)
+        put(outbox, FHIR, "study:a")
+        put(outbox, FHIR, "study:a")  # behind the one before: the probe finds it
+    sql, params = _claim_select(path)
+    db = open_database(path)
+    try:
+        plan = [str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+    finally:
+        db.close()
+    assert any("SEARCH e USING INDEX outbox_key_open" in line for line in plan), plan
+    assert not any("INDEX outbox_key " in line for line in plan), plan
+
+
+def test_the_key_probe_seeks_open_rows_not_the_keys_history_on_postgresql(pg_url: str) -> None:
+    with Outbox(pg_url) as outbox:
+        _history(outbox, "study:a", 50)
+        for k in range(BACKLOG):
+            put(outbox, FHIR, "study:a" if k % 2 else f"study:{k}")
+    plan = claim_plan(pg_url, [FHIR])
+    assert "outbox_key_open on outbox e" in plan, plan
+    assert "Anti Join" not in plan, plan
+
+
+def test_rows_for_key_reads_only_the_labels_asked_for(store_url: Path | str) -> None:
+    """A note job reads its own version's rows; a label's own ``%`` or ``_`` is no wildcard."""
+    with Outbox(store_url) as outbox:
+        for label in ("Review-ab-v1", "Review-ab-v10", "Note-a_%-v1", "Note-aX%-v1", "Other"):
+            outbox.enqueue(
+                destination="fhir", target="http://server/fhir", key="study:z",
+                kind="fhir-transaction", label=label, payload=tx(key=label, n=next(_SERIAL)),
+            )  # fmt: skip
+        found = outbox.rows_for_key("study:z", label_prefixes=("Review-ab-v1", "Note-a_%"))
+        assert [r.label for r in found] == ["Review-ab-v1", "Review-ab-v10", "Note-a_%-v1"]
+        assert len(outbox.rows_for_key("study:z")) == 5
+        assert outbox.rows_for_key("study:z", kind="fhir-transaction", label_prefixes=("Oth",))
