@@ -115,22 +115,47 @@ def write_private(
 
 
 def touch_private(path: Path) -> None:
-    """Make sure ``path`` exists as a 0600 regular file (an empty one if new), not a symlink."""
+    """Make sure ``path`` exists as a 0600 regular file (an empty one if new), not a symlink.
+
+    An existing file is checked and its mode fixed by path, never opened: the file may be a
+    SQLite database this process already has open, and closing *any* descriptor of a file
+    drops every POSIX lock the process holds on it. SQLite's locks then no longer tell another
+    process that this one is using the database; that process, closing what it believes is
+    the last connection, checkpoints and removes the WAL under this one's feet, and the
+    database is corrupted (sqlite.org/howtocorrupt.html, 2.2). That happened to ``rtplan
+    serve`` with a second process on the same store.
+    """
     _check_parent(path)
     try:
-        fd = os.open(path, _open_flags(), FILE_MODE)
+        info = os.lstat(path)
+    except FileNotFoundError:
+        _create_private(path)
+        return
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot open: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(str(path), "is a symlink; refusing to open it")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(str(path), "is not a regular file")
+    if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.getuid():
+        try:
+            path.chmod(FILE_MODE)  # Linux has no lchmod; the lstat above saw a regular file
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot make it private: {exc.strerror}") from None
+
+
+def _create_private(path: Path) -> None:
+    """A new empty 0600 file (``O_EXCL``: if another process made it first, check that one)."""
+    try:
+        fd = os.open(path, _open_flags() | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        touch_private(path)
+        return
     except OSError as exc:
         if path.is_symlink():
             raise ConfigError(str(path), "is a symlink; refusing to open it") from None
         raise ConfigError(str(path), f"cannot open: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(str(path), "is not a regular file")
-        if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.getuid():
-            os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
+    os.close(fd)  # new this instant: nothing in this process holds a lock on it yet
 
 
 def replace_private(target: Path, data: bytes | str) -> None:

@@ -73,6 +73,34 @@ def test_sqlite_is_durable_mode(tmp_path: Path) -> None:
     assert outbox._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+@pytest.mark.sqlite_only(reason="the POSIX locks SQLite holds on its file")
+def test_opening_the_store_again_keeps_the_locks_this_process_holds(tmp_path: Path) -> None:
+    """Opening the store checks the file is private without opening it: closing any
+    descriptor of the file would drop this process's SQLite locks, and another process closing
+    its connection would then checkpoint and remove the WAL this one still uses (the database
+    was corrupted with ``rtplan serve`` and a second process on one store)."""
+    path = tmp_path / "outbox.sqlite"
+    path.touch(mode=0o644)
+    other = (  # another process reads the store and closes its connection
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "c.execute('SELECT count(*) FROM outbox').fetchone(); c.close()"
+    )
+    with Outbox(path) as held:
+        for n in range(3):
+            held.enqueue(destination="fhir", target="t", key="k", kind="fhir-transaction",
+                         label=f"r{n}", payload=tx(key="k", n=n))  # fmt: skip
+        held._db.execute("BEGIN")  # a read in progress here (the API's GET, say)
+        assert len(held.rows_for_key("k")) == 3
+        Outbox(path).close()  # meanwhile the store is opened again in this process
+        assert path.stat().st_mode & 0o777 == 0o600
+        subprocess.run([sys.executable, "-c", other, str(path)], check=True)
+        # Still in use here: the other process was not the last connection, the WAL stays.
+        assert path.with_name("outbox.sqlite-wal").stat().st_size > 0
+        assert len(held.rows_for_key("k")) == 3
+        held._db.execute("COMMIT")
+        assert held._db.scalar("PRAGMA integrity_check") == "ok"
+
+
 def test_order_is_kept_per_key_and_keys_run_in_parallel(store_url: Path | str) -> None:
     clock = Clock()
     outbox = Outbox(store_url, clock=clock)
