@@ -181,9 +181,16 @@ async def deliver(
         # start-up time only (the note renderer, pydantic): a plain ingest loads neither.
         if forever or (NOTE_JOB, NOTE_JOB_TARGET) in waiting:
             from adapter.jobs.note_job import NoteJobDeliverer
+            from adapter.jobs.note_process import NoteProcess
 
+            # A long-running worker in the process that answers the API (``rtplan serve`` with
+            # ``http.listen_port``) builds notes in a child process: the GIL stays the API's.
+            process = None
+            if forever and settings.http.listen_port:
+                process = NoteProcess()
+                stack.push_async_callback(asyncio.to_thread, process.close)
             deliverers[(NOTE_JOB, NOTE_JOB_TARGET)] = NoteJobDeliverer(
-                outbox, settings, out_dir, fhir=note_fhir, fallback=configured
+                outbox, settings, out_dir, fhir=note_fhir, fallback=configured, process=process
             )
         hl7_targets = {t for d, t in waiting if d == HL7}
         if settings.hl7.mllp or out_dir is not None:

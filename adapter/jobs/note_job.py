@@ -5,10 +5,12 @@ like any other row, so a job is leased, retried with backoff, marked dead and re
 analyst with the same machinery, and runs wherever delivery runs (``rtplan serve``'s worker,
 the API's delivery thread, ``rtplan outbox deliver``).
 
-The CPU work (the PDF, the MDM/ORU messages) and the store reads and writes run on a worker
-thread with their own store connection, so a job never holds up the event loop it was claimed
-on (``rtplan serve`` answers the API on that loop). Only the FHIR search for a previous note
-version, which uses the process's FHIR client, runs on the loop.
+The CPU work (the PDF, the MDM/ORU messages) and the store reads and writes
+(:class:`NoteSteps`) run on a worker thread with their own store connection, so a job never
+holds up the event loop it was claimed on; when the same process serves the HTTP API they run
+in a child process instead (:mod:`adapter.jobs.note_process`: a thread would still hold the
+GIL the API needs). Only the FHIR search for a previous note version, which uses the process's
+FHIR client, runs on the loop.
 
 A job's answer: ``delivered`` with ``{"note": "built", "rows": [...]}`` (the note's rows, now
 queued for their own destinations) or ``{"note": "superseded", "by_version": n}`` (a newer
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from adapter.config import Settings
 from adapter.errors import ConfigError
 from adapter.hl7.charset_fit import MessageBuildError
+from adapter.jobs.note_process import NoteProcess, NoteProcessStopped
 from adapter.outbox.worker import Attempt, Verdict
 from adapter.review.note.service import (
     KIND_NOTE,
@@ -75,7 +78,11 @@ class _Prepared:
 
 
 class NoteJobDeliverer:
-    """Builds the note of one accepted review version and queues its rows."""
+    """Builds the note of one accepted review version and queues its rows.
+
+    ``process``: run the two synchronous steps in that child process
+    (:mod:`adapter.jobs.note_process`), not on worker threads of this one.
+    """
 
     def __init__(
         self,
@@ -86,13 +93,65 @@ class NoteJobDeliverer:
         fhir: FhirClient | None = None,
         tables: Tables | None = None,
         fallback: Sequence[tuple[str, str]] = (),
+        process: NoteProcess | None = None,
     ) -> None:
         self.location = outbox.location
-        self.settings = settings
-        self.out_dir = out_dir
         self.fhir = fhir
-        self._tables = tables
-        self.fallback = tuple(fallback)  # destinations when the review row is not found
+        self.process = process
+        # fallback: the destinations when the review row is not found
+        self.steps = NoteSteps(settings, out_dir, tuple(fallback), tables)
+
+    async def deliver(self, row: Row) -> Attempt:
+        try:
+            job = read_job(row.payload)
+        except BadJobError as exc:
+            return Attempt(Verdict.DEAD, str(exc))
+        try:
+            prepared = await self._step(PREPARE, row, job)
+            if isinstance(prepared, Attempt):
+                return prepared
+            if prepared.answer is not None or prepared.plan is None:
+                return prepared.answer or Attempt(Verdict.DEAD, "nothing to build")
+            plan = await with_server_previous(prepared.plan, self.fhir)  # the process's client
+            answer = await self._step(STORE_ROWS, row, prepared, plan)
+        except NoteProcessStopped as exc:
+            return Attempt(Verdict.RETRY, f"note not built: {exc}")
+        assert isinstance(answer, Attempt)
+        return answer
+
+    async def _step(self, name: str, *args: Any) -> _Prepared | Attempt:
+        if self.process is not None:
+            return await self.process.run(run_step, name, self.steps, self.location, *args)
+        return await asyncio.to_thread(run_step, name, self.steps, self.location, *args)
+
+
+PREPARE = "prepare"
+STORE_ROWS = "store_rows"
+
+
+def run_step(name: str, steps: NoteSteps, location: Path | str, *args: Any) -> _Prepared | Attempt:
+    """One synchronous step on its own store connection, every failure turned into the job's
+    answer (so it crosses a process boundary as a value)."""
+    try:
+        with Outbox(location, check_same_thread=False) as store:
+            if name == PREPARE:
+                return steps.prepare(store, *args)
+            return steps.store_rows(store, *args)
+    except (ConfigError, MessageBuildError) as exc:  # fix the cause, then retry the job
+        return Attempt(Verdict.DEAD, f"note not built: {exc}")
+    except Exception as exc:  # unexpected: try again later; the type only (no patient data)
+        log.warning("note job failed: %s", type(exc).__name__)
+        return Attempt(Verdict.RETRY, f"note not built: {type(exc).__name__}")
+
+
+@dataclass(slots=True)
+class NoteSteps:
+    """The note job's synchronous work (the CPU and the store), in this process or a child."""
+
+    settings: Settings
+    out_dir: Path | None
+    fallback: tuple[tuple[str, str], ...]
+    _tables: Tables | None = None
 
     @property
     def tables(self) -> Tables:
@@ -100,30 +159,7 @@ class NoteJobDeliverer:
             self._tables = load_tables(self.settings.mappings_dir)
         return self._tables
 
-    async def deliver(self, row: Row) -> Attempt:
-        try:
-            job = read_job(row.payload)
-        except BadJobError as exc:
-            return Attempt(Verdict.DEAD, str(exc))
-        store = await asyncio.to_thread(Outbox, self.location, check_same_thread=False)
-        try:
-            return await self._run(store, row, job)
-        except (ConfigError, MessageBuildError) as exc:  # fix the cause, then retry the job
-            return Attempt(Verdict.DEAD, f"note not built: {exc}")
-        except Exception as exc:  # unexpected: try again later; the type only (no patient data)
-            log.warning("row %d (%s): note job failed: %s", row.id, row.label, type(exc).__name__)
-            return Attempt(Verdict.RETRY, f"note not built: {type(exc).__name__}")
-        finally:
-            await asyncio.to_thread(store.close)
-
-    async def _run(self, store: Store, row: Row, job: NoteJob) -> Attempt:
-        prepared = await asyncio.to_thread(self._prepare, store, row, job)
-        if prepared.answer is not None or prepared.plan is None:
-            return prepared.answer or Attempt(Verdict.DEAD, "nothing to build")
-        plan = await with_server_previous(prepared.plan, self.fhir)  # the process's client
-        return await asyncio.to_thread(self._store_rows, store, row, prepared, plan)
-
-    def _prepare(self, store: Store, row: Row, job: NoteJob) -> _Prepared:
+    def prepare(self, store: Store, row: Row, job: NoteJob) -> _Prepared:
         review = job.review
         label = review_label(review)
         newer = _newer_version(store, review.review_id, review.version)
@@ -137,7 +173,9 @@ class NoteJobDeliverer:
         mine = [r for r in study if r.kind == KIND_REVIEW and r.label == label]
         destinations = tuple(dict.fromkeys((r.destination, r.target) for r in mine))
         records = note_records(store, review)  # the study's record, the previous note version
-        plan = plan_note(review, job.ctx, self.settings, self.tables, records, out_dir=self.out_dir)
+        plan = plan_note(
+            review, job.ctx, self.settings, self.tables, records, out_dir=self.out_dir
+        )
         # The outputs chosen when the version was accepted (this worker's settings may differ).
         plan = dataclasses.replace(plan, outputs=job.outputs)
         return _Prepared(
@@ -148,7 +186,7 @@ class NoteJobDeliverer:
             destinations=destinations or self.fallback,
         )
 
-    def _store_rows(self, store: Store, row: Row, prepared: _Prepared, plan: NotePlan) -> Attempt:
+    def store_rows(self, store: Store, row: Row, prepared: _Prepared, plan: NotePlan) -> Attempt:
         review = prepared.job.review
         destinations = list(prepared.destinations)
         built = prepare_note_rows(
@@ -195,4 +233,4 @@ def _built_rows(study: Sequence[Row], review_id: str, version: int) -> list[Row]
     return [r for r in study if is_note_row(r, review_id, version)]
 
 
-__all__ = ["NoteJobDeliverer"]
+__all__ = ["NoteJobDeliverer", "NoteSteps", "run_step"]

@@ -320,3 +320,43 @@ def test_the_note_jobs_transaction_is_valid_r4(
     pairs = enumerate(zip(found, results, strict=True))
     errors = {f"{r['resourceType']}#{i}": res.errors for i, (r, res) in pairs if res.errors}
     assert errors == {}
+
+
+def test_a_serving_process_builds_notes_in_a_child_that_is_replaced_when_it_dies(
+    ingested: Path, cli_store: CliStore
+) -> None:
+    """``rtplan serve`` with the API builds notes in a child process (the GIL stays the
+    API's); a child that dies (a native crash in the PDF library) is replaced, the job built."""
+    import os
+    import signal
+
+    from adapter.jobs.note_job import NoteJobDeliverer
+    from adapter.jobs.note_process import NoteProcess
+    from adapter.outbox.worker import Verdict
+
+    settings = settings_for(cli_store)
+    location = cli_store.location(ingested / "outbox.sqlite")
+    submit(settings, ingested, review())
+    submit(settings, ingested, review(review_id="REV-NOTE-JOB-2"))
+    first, second = rows(location, KIND_NOTE_JOB)
+    process = NoteProcess()
+
+    async def build(job: Row) -> tuple[Any, int]:
+        with Outbox(location) as outbox:
+            deliverer = NoteJobDeliverer(outbox, settings, ingested, process=process)
+            answer = await deliverer.deliver(job)
+        return answer, await process.run(os.getpid)
+
+    try:
+        answer, child = asyncio.run(build(first))
+        assert answer.verdict is Verdict.DELIVERED and answer.result["note"] == "built"
+        assert child != os.getpid()
+        os.kill(child, signal.SIGKILL)  # the child dies between jobs
+        answer, replaced = asyncio.run(build(second))
+        assert answer.verdict is Verdict.DELIVERED and answer.result["note"] == "built"
+        assert replaced not in (child, os.getpid())
+    finally:
+        process.close()
+    # The rows each job reported are the note rows stored: the note and its MDM/ORU per review.
+    notes, documents = rows(location, KIND_NOTE), rows(location, KIND_DOCUMENT)
+    assert len(notes) == 2 and len(documents) == 4
