@@ -183,10 +183,11 @@ async def deliver(
             from adapter.jobs.note_job import NoteJobDeliverer
             from adapter.jobs.note_process import NoteProcess
 
-            # A long-running worker in the process that answers the API (``rtplan serve`` with
-            # ``http.listen_port``) builds notes in a child process: the GIL stays the API's.
+            # A long-running worker (``rtplan serve``) builds notes in a child process: the GIL
+            # stays the API's, and its own store transactions (SQLite's write lock held) are
+            # never left waiting for it behind a note's CPU.
             process = None
-            if forever and settings.http.listen_port:
+            if forever:
                 process = NoteProcess()
                 stack.push_async_callback(asyncio.to_thread, process.close)
             deliverers[(NOTE_JOB, NOTE_JOB_TARGET)] = NoteJobDeliverer(

@@ -1,13 +1,12 @@
-"""A child process for the review note's CPU work, for a process that also answers the API.
+"""A child process for the review note's CPU work, for a long-running delivery worker.
 
 Building one note version costs about 0.2-0.5 s of Python CPU (the MDM/ORU messages by
-hl7apy, the PDF by WeasyPrint, then a full garbage collection). On a thread of the process
-that serves ``POST /reviews`` it holds the GIL that long: the API's answers, and the delivery
-worker's store transactions (during which SQLite's one write lock is held), wait for it. So
-when ``rtplan serve`` runs the HTTP API *and* delivery (``http.listen_port`` set,
-``serve.delivery`` on), the note job's two synchronous steps run in one child process instead
-(``docs/operations.md``, "The review note, after the answer"); every other process keeps them
-on worker threads, where they cost nobody a wait.
+hl7apy, the PDF by WeasyPrint, then a full garbage collection). On a thread of ``rtplan
+serve`` it holds the GIL that long: the API's answers wait for it, and so do the delivery
+worker's store transactions, during which SQLite's one write lock is held and every other
+process's writes (another instance's ``POST /reviews``) wait too. So a long-running worker
+runs the note job's two synchronous steps in one child process instead (``docs/operations.md``,
+"The review note, after the answer"); one-shot commands keep them on worker threads.
 
 The child is started with ``spawn`` (never ``fork``: the parent has threads and an event loop),
 once, on the first job. It opens its own store connection per step, so it holds no lock
