@@ -9,8 +9,8 @@ The CPU work (the PDF, the MDM/ORU messages) and the store reads and writes
 (:class:`NoteSteps`) run on a worker thread with their own store connection, so a job never
 holds up the event loop it was claimed on; in a long-running worker (``rtplan serve``) they run
 in a child process instead (:mod:`adapter.jobs.note_process`: a thread would still hold the
-GIL the API and the worker's own store transactions need). Only the FHIR search for a previous note version, which uses the process's
-FHIR client, runs on the loop.
+GIL the API and the worker's own store transactions need). Only the FHIR search for a previous
+note version, which uses the process's FHIR client, runs on the loop.
 
 A job's answer: ``delivered`` with ``{"note": "built", "rows": [...]}`` (the note's rows, now
 queued for their own destinations) or ``{"note": "superseded", "by_version": n}`` (a newer
