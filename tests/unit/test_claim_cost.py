@@ -41,8 +41,16 @@ def put(outbox: Outbox, target: tuple[str, str], key: str, after_id: int | None 
     )
 
 
-def claim_plan(url: str, targets: list[tuple[str, str]] | None) -> str:
-    """EXPLAIN ANALYZE of the claim statement as ``claims.claim`` sends it (rolled back)."""
+def claim_plan(
+    url: Path | str,
+    targets: list[tuple[str, str]] | None,
+    *,
+    explain: str = "EXPLAIN (ANALYZE, COSTS OFF) ",
+    statement: str = "UPDATE outbox",
+    column: int = 0,
+) -> str:
+    """The plan of the claim's ``statement`` as ``claims.claim`` sends it (rolled back):
+    PostgreSQL's EXPLAIN ANALYZE by default; SQLite's ``EXPLAIN QUERY PLAN`` (``column`` 3)."""
     db = open_database(url)
     sent: list[tuple[str, Any]] = []
     execute = db.execute
@@ -56,14 +64,14 @@ def claim_plan(url: str, targets: list[tuple[str, str]] | None) -> str:
             db.execute = capture  # type: ignore[method-assign]
             claims.claim(db, 2e9, 300.0, "probe", 8, targets)
             db.execute = execute  # type: ignore[method-assign]
-            sql, params = next((s, p) for s, p in sent if "UPDATE outbox" in s)
-            plan = db.execute("EXPLAIN (ANALYZE, COSTS OFF) " + sql, params).fetchall()
+            sql, params = next((s, p) for s, p in sent if statement in s)
+            plan = db.execute(explain + sql, params).fetchall()
             raise _Rollback
     except _Rollback:
         pass
     finally:
         db.close()
-    return "\n".join(str(row[0]) for row in plan)
+    return "\n".join(str(row[column]) for row in plan)
 
 
 class _Rollback(Exception):
@@ -123,29 +131,6 @@ def _history(outbox: Outbox, key: str, delivered: int) -> None:
         outbox.mark_delivered(row_id, {})
 
 
-def _claim_select(url: Path | str) -> tuple[str, Any]:
-    """The SELECT of the claim statement as ``claims.claim`` sends it (rolled back)."""
-    db = open_database(url)
-    sent: list[tuple[str, Any]] = []
-    execute = db.execute
-
-    def capture(sql: str, params: Any = ()) -> Any:
-        sent.append((sql, params))
-        return execute(sql, params)
-
-    try:
-        with db.write(exclusive=False):
-            db.execute = capture  # type: ignore[method-assign]
-            claims.claim(db, 2e9, 300.0, "probe", 8, [FHIR])
-            db.execute = execute  # type: ignore[method-assign]
-            raise _Rollback
-    except _Rollback:
-        pass
-    finally:
-        db.close()
-    return next((s, p) for s, p in sent if "NOT EXISTS" in s)
-
-
 @pytest.mark.sqlite_only(reason="SQLite's own plan (the PostgreSQL one is the next test)")
 def test_the_key_probe_seeks_open_rows_not_the_keys_history_on_sqlite(tmp_path: Path) -> None:
     """Migration 8: a key with a long delivered history costs a claim nothing more (the
@@ -155,14 +140,9 @@ def test_the_key_probe_seeks_open_rows_not_the_keys_history_on_sqlite(tmp_path: 
         _history(outbox, "study:a", 50)
         put(outbox, FHIR, "study:a")
         put(outbox, FHIR, "study:a")  # behind the one before: the probe finds it
-    sql, params = _claim_select(path)
-    db = open_database(path)
-    try:
-        plan = [str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
-    finally:
-        db.close()
-    assert any("SEARCH e USING INDEX outbox_key_open" in line for line in plan), plan
-    assert not any("INDEX outbox_key " in line for line in plan), plan
+    plan = claim_plan(path, [FHIR], explain="EXPLAIN QUERY PLAN ", statement="NOT EXISTS", column=3)
+    assert "SEARCH e USING INDEX outbox_key_open" in plan, plan
+    assert "INDEX outbox_key " not in plan, plan
 
 
 def test_the_key_probe_seeks_open_rows_not_the_keys_history_on_postgresql(pg_url: str) -> None:
