@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapter.config import Settings
 from adapter.errors import ConfigError
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 JSON = dict[str, Any]
 
 
@@ -107,40 +108,35 @@ class NoteJobDeliverer:
         except BadJobError as exc:
             return Attempt(Verdict.DEAD, str(exc))
         try:
-            prepared = await self._step(PREPARE, row, job)
+            prepared = await self._step(self.steps.prepare, row, job)
             if isinstance(prepared, Attempt):
                 return prepared
             if prepared.answer is not None or prepared.plan is None:
                 return prepared.answer or Attempt(Verdict.DEAD, "nothing to build")
             plan = await with_server_previous(prepared.plan, self.fhir)  # the process's client
-            answer = await self._step(STORE_ROWS, row, prepared, plan)
+            return await self._step(self.steps.store_rows, row, prepared, plan)
         except NoteProcessStopped as exc:
             return Attempt(Verdict.RETRY, f"note not built: {exc}")
-        assert isinstance(answer, Attempt)
-        return answer
 
-    async def _step(self, name: str, *args: Any) -> _Prepared | Attempt:
+    async def _step(self, step: Callable[..., T], row: Row, *args: Any) -> T | Attempt:
+        # A bound method of NoteSteps pickles with its instance: the same call in a child.
         if self.process is not None:
-            return await self.process.run(run_step, name, self.steps, self.location, *args)
-        return await asyncio.to_thread(run_step, name, self.steps, self.location, *args)
+            return await self.process.run(run_step, step, self.location, row, *args)
+        return await asyncio.to_thread(run_step, step, self.location, row, *args)
 
 
-PREPARE = "prepare"
-STORE_ROWS = "store_rows"
-
-
-def run_step(name: str, steps: NoteSteps, location: Path | str, *args: Any) -> _Prepared | Attempt:
-    """One synchronous step on its own store connection, every failure turned into the job's
-    answer (so it crosses a process boundary as a value)."""
+def run_step(
+    step: Callable[..., T], location: Path | str, row: Row, *args: Any
+) -> T | Attempt:
+    """``step(store, row, *args)`` on its own store connection, every failure turned into the
+    job's answer (so it crosses a process boundary as a value)."""
     try:
         with Outbox(location, check_same_thread=False) as store:
-            if name == PREPARE:
-                return steps.prepare(store, *args)
-            return steps.store_rows(store, *args)
+            return step(store, row, *args)
     except (ConfigError, MessageBuildError) as exc:  # fix the cause, then retry the job
         return Attempt(Verdict.DEAD, f"note not built: {exc}")
     except Exception as exc:  # unexpected: try again later; the type only (no patient data)
-        log.warning("note job failed: %s", type(exc).__name__)
+        log.warning("row %d (%s): note job failed: %s", row.id, row.label, type(exc).__name__)
         return Attempt(Verdict.RETRY, f"note not built: {type(exc).__name__}")
 
 
@@ -165,7 +161,7 @@ class NoteSteps:
         newer = _newer_version(store, review.review_id, review.version)
         if newer:
             return _Prepared(job, label, None, _superseded(newer))
-        prefixes = note_label_prefixes(review.review_id, review.version)
+        prefixes = (label, *note_label_prefixes(review.review_id, review.version))
         study = store.rows_for_key(row.key, label_prefixes=prefixes)
         built = _built_rows(study, review.review_id, review.version)
         if built:  # stored by an earlier run that ended before the job was marked

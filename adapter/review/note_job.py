@@ -105,24 +105,21 @@ def job_row(
     return NewRow(NOTE_JOB, NOTE_JOB_TARGET, key, KIND_NOTE_JOB, label, payload)
 
 
-def note_label_prefixes(review_id: str, version: int) -> tuple[str, ...]:
-    """Label prefixes that cover this version's review row and note rows (see
-    :func:`is_note_row`): what a job reads of its study, not the study's whole history."""
-    return (
-        f"Review-{log_key(review_id)}-v{version}",  # = adapter.review.service.review_label
-        f"Note-{log_key(review_id)}-v{version}",
-        f"Note-{review_document_number(review_id)}",
-    )
+def note_label_prefixes(review_id: str, version: int) -> tuple[str, str]:
+    """Label prefixes that cover this version's note rows (see :func:`is_note_row`): the FHIR
+    transaction's whole label, and the start of every MDM/ORU label of the review."""
+    return f"Note-{log_key(review_id)}-v{version}", f"Note-{review_document_number(review_id)}"
 
 
 def is_note_row(row: Row, review_id: str, version: int) -> bool:
     """Whether ``row`` is one of this version's note rows, by its label (the labels
     :func:`note_fhir_rows` and ``note_rows`` give: ``Note-<hash>-v<n>`` for the FHIR
     transaction, ``Note-<document number>-v<n>-<event>`` for MDM/ORU)."""
+    transaction, documents = note_label_prefixes(review_id, version)
     if row.kind == KIND_NOTE:
-        return row.label == f"Note-{log_key(review_id)}-v{version}"
+        return row.label == transaction
     if row.kind == KIND_DOCUMENT:
-        base = f"Note-{review_document_number(review_id)}"
+        base = documents
         return row.label.startswith(base) and f"-v{version}-" in row.label
     return False
 
