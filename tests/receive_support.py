@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,3 +77,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def data_set_offset(raw: bytes) -> int:
+    """Where a Part 10 file's data set starts: after the preamble, DICM and group 0002."""
+    group_length: int = struct.unpack_from("<I", raw, 132 + 8)[0]
+    return 132 + 12 + group_length

@@ -40,6 +40,7 @@ EXPECTED: Final = "expected"  # outside the study folders: ingest reads every fi
 QUARANTINE: Final = "quarantine"
 _SUFFIX: Final = ".dcm"
 _DEFLATED: Final = "1.2.840.10008.1.2.1.99"
+_EXPECTED_CACHE: Final = 10_000
 
 
 def uid_key(uid: str) -> str:
@@ -109,12 +110,15 @@ def _count(value: object) -> int | None:
 
 
 class Spool:
-    """Thread-safe: pynetdicom calls :meth:`store` from one thread per association."""
+    """Thread-safe: the receiver calls :meth:`store` from one thread per association."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
         self._index: dict[str, PendingStudy] | None = None
+        # (0020,1208) as on disk, per study key: every instance of a study usually repeats the
+        # same count, and rewriting it durably each time doubled the fsyncs per instance.
+        self._expected_known: dict[str, int | None] = {}
         for folder in (root, root / INCOMING, root / STUDIES, root / EXPECTED):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             folder.chmod(0o700)
@@ -133,8 +137,9 @@ class Spool:
                 return False
             _make_private_dir(incoming)
             _write_durably(incoming / name, raw)
-            if identity.expected is not None:
+            if identity.expected is not None and self._expected(study) != identity.expected:
                 _write_durably(self.root / EXPECTED / study, str(identity.expected).encode())
+                self._expected_known[study] = identity.expected
             if self._index is not None:
                 entry = self._index.get(study)
                 if entry is None:
@@ -147,6 +152,15 @@ class Spool:
                         expected=identity.expected or entry.expected,
                     )
             return True
+
+    def _expected(self, study: str) -> int | None:
+        if study not in self._expected_known:
+            if len(self._expected_known) >= _EXPECTED_CACHE:
+                self._expected_known.clear()  # bounded: re-read from disk when needed
+            path = self.root / EXPECTED / study
+            text = path.read_text(encoding="ascii") if path.exists() else ""
+            self._expected_known[study] = _count(text)
+        return self._expected_known[study]
 
     def pending(self) -> list[PendingStudy]:
         """Studies with instances waiting, oldest activity first (from an index kept in

@@ -95,7 +95,7 @@ async def _start(
     deliver_soon: Callable[[list[int]], None] | None,
 ) -> None:
     if settings.dicom.listen_port:
-        # Lazy (downward) for start-up time only: pynetdicom, pydicom; FastAPI, uvicorn.
+        # Lazy (downward) for start-up time only: the receiver, pydicom; FastAPI, uvicorn.
         from adapter.receive.service import ReceiveService
 
         parts.store = StoreThread("receiver-store")

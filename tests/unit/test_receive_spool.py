@@ -4,6 +4,7 @@ by (0020,1208), headers kept cut before Pixel Data; the ``dicom`` settings."""
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,36 @@ def test_instances_are_stored_once_privately_and_ready_when_all_expected_arrived
     assert sorted(p.read_bytes() for p in stored) == sorted(p.read_bytes() for p in FILES)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in stored)
     assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+
+
+def test_the_expected_count_is_written_when_it_changes_not_per_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapter.receive import spool as module
+
+    writes: list[str] = []
+    real = module._write_durably
+
+    def counted(target: Path, data: bytes) -> None:
+        writes.append(target.parent.name)
+        real(target, data)
+
+    monkeypatch.setattr(module, "_write_durably", counted)
+    spool = Spool(tmp_path / "spool")
+    for path in FILES[:3]:
+        raw = path.read_bytes()
+        spool.store(raw, identify(raw))
+    assert writes.count("expected") == 1  # three instances, one count
+    raw = FILES[3].read_bytes()
+    identity = identify(raw)
+    spool.store(raw, replace(identity, expected=(identity.expected or 0) + 5))
+    assert writes.count("expected") == 2  # a new count is written
+    again = Spool(tmp_path / "spool")  # after a restart the count on disk is known
+    raw = FILES[4].read_bytes()
+    again.store(raw, replace(identify(raw), expected=(identity.expected or 0) + 5))
+    assert writes.count("expected") == 2
+    (pending,) = again.pending()
+    assert pending.expected == (identity.expected or 0) + 5
 
 
 def test_settled_instances_keep_their_header_and_still_count_as_duplicates(

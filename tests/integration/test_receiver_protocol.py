@@ -1,0 +1,344 @@
+"""The C-STORE receiver's upper layer against real senders (dcmtk ``storescu``/``echoscu``,
+pynetdicom) and against a raw socket for what no well-behaved sender does: garbage, oversized
+PDUs, an abort mid-instance, too many associations, silence, and a stop with an association
+open. Each instance lands byte for byte; each fault is one log line, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import ExplicitVRBigEndian
+from pynetdicom import AE
+
+from adapter.config import DicomSettings
+from adapter.receive import scp
+from adapter.receive.scp import Receiver
+from adapter.receive.spool import INCOMING, Spool
+from tests.peers.launch import free_port
+from tests.receive_support import data_set_offset
+from tests.support import FIXTURES
+
+pytestmark = [pytest.mark.peer]
+CT_FILES = sorted((FIXTURES / "dicom" / "planning-ct").glob("*_CT_*.dcm"))
+CT = CT_FILES[0]
+CT_STORAGE = b"1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = b"1.2.840.10008.1.2.1"
+
+
+@contextmanager
+def receiving(tmp_path: Path, **settings: object) -> Iterator[Receiver]:
+    receiver = Receiver(
+        DicomSettings(listen_port=free_port(), **settings),  # type: ignore[arg-type]
+        Spool(tmp_path / "spool"),
+    )
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.fail(f"dcmtk {tool} is missing; install the Debian package dcmtk", pytrace=False)
+    assert exe is not None
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def spooled(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "spool" / INCOMING).rglob("*.dcm"))
+
+
+# A requestor written from PS3.8 §9.3 with struct alone (not with the receiver's own codec).
+def item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BxH", kind, len(value)) + value
+
+
+def associate_rq(
+    *, called: bytes = b"RTPLAN", contexts: tuple[bytes, ...] = (CT_STORAGE,)
+) -> bytes:
+    body = struct.pack(">HH", 1, 0) + called.ljust(16) + b"CTSIM1".ljust(16) + bytes(32)
+    body += item(0x10, b"1.2.840.10008.3.1.1.1")
+    for number, abstract in enumerate(contexts):
+        proposed = item(0x30, abstract) + item(0x40, EXPLICIT_LE)
+        body += item(0x20, bytes((2 * number + 1, 0, 0, 0)) + proposed)
+    body += item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
+    return struct.pack(">BxI", 1, len(body)) + body
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    header = recv_exactly(sock, 6)
+    kind, length = struct.unpack(">BxI", header)
+    return kind, recv_exactly(sock, length)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+@contextmanager
+def connected(receiver: Receiver) -> Iterator[socket.socket]:
+    sock = socket.create_connection(("127.0.0.1", receiver.port), timeout=10)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def associated(sock: socket.socket) -> None:
+    sock.sendall(associate_rq())
+    kind, _ = read_pdu(sock)
+    assert kind == 0x02, "A-ASSOCIATE-AC expected"
+
+
+def closed_after_abort(sock: socket.socket) -> bool:
+    kind, body = read_pdu(sock)
+    assert kind == 0x07 and body[2] == 2, "an A-ABORT from the service provider"
+    return sock.recv(1) == b""
+
+
+def test_storescu_instances_are_spooled_byte_for_byte(tmp_path: Path) -> None:
+    with receiving(tmp_path) as receiver:
+        result = dcmtk(
+            "storescu", "-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port),
+            *map(str, CT_FILES[:3]),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        counts = dict(receiver.counts)
+    assert counts["received"] == 3 and counts["associations"] == 1
+    sent = {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p.read_bytes() for p in CT_FILES}
+    for path in spooled(tmp_path):
+        raw = path.read_bytes()
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        original = sent[meta.MediaStorageSOPInstanceUID]
+        assert raw[data_set_offset(raw) :] == original[data_set_offset(original) :]
+        assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert meta.SourceApplicationEntityTitle == "CTSIM1"
+        assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("option", "syntax"),
+    [("-xi", "1.2.840.10008.1.2"), ("-xd", "1.2.840.10008.1.2.1.99")],
+    ids=["implicit", "deflated"],
+)
+def test_a_syntax_the_sender_converts_to_is_spooled_as_sent(
+    tmp_path: Path, option: str, syntax: str
+) -> None:
+    with receiving(tmp_path) as receiver:
+        result = dcmtk(
+            "storescu", option, "-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1",
+            str(receiver.port), str(CT),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    assert_spooled_whole(tmp_path, syntax)
+
+
+def test_a_big_endian_file_is_spooled_as_sent(tmp_path: Path) -> None:
+    big = tmp_path / "big.dcm"
+    ds = dcmread(CT)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    dcmwrite(big, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    with receiving(tmp_path) as receiver:
+        result = dcmtk(
+            "storescu", "-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port),
+            str(big),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    assert_spooled_whole(tmp_path, ExplicitVRBigEndian)
+
+
+def assert_spooled_whole(tmp_path: Path, syntax: str) -> None:
+    [path] = spooled(tmp_path)
+    ds = dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    assert ds.SOPInstanceUID == dcmread(CT, stop_before_pixels=True).SOPInstanceUID
+    assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
+
+
+def test_echoscu_is_answered(tmp_path: Path) -> None:
+    with receiving(tmp_path) as receiver:
+        result = dcmtk(
+            "echoscu", "-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port)
+        )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_wrong_called_title_is_rejected_and_counted(tmp_path: Path) -> None:
+    with receiving(tmp_path) as receiver:
+        result = dcmtk(
+            "storescu", "-aet", "CTSIM1", "-aec", "PACS", "127.0.0.1", str(receiver.port), str(CT)
+        )
+        counts = dict(receiver.counts)
+    assert result.returncode != 0 and "Called AE Title Not Recognized" in result.stderr
+    assert counts["associations_rejected"] == 1 and counts["received"] == 0
+    assert spooled(tmp_path) == []
+
+
+def test_unsupported_presentation_contexts_are_refused_one_by_one(tmp_path: Path) -> None:
+    ae = AE(ae_title="CTSIM1")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root FIND: not ours
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", ["1.2.3.4.5"])  # MR, unknown syntax
+    with receiving(tmp_path) as receiver:
+        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="RTPLAN")
+        try:
+            assert assoc.is_established
+            accepted = [c.abstract_syntax for c in assoc.accepted_contexts]
+            refused = {c.abstract_syntax: c.result for c in assoc.rejected_contexts}
+            assert int(assoc.send_c_store(dcmread(CT)).Status) == 0x0000
+        finally:
+            assoc.release()
+    assert accepted == ["1.2.840.10008.5.1.4.1.1.2"]
+    assert refused == {"1.2.840.10008.5.1.4.1.2.2.1": 3, "1.2.840.10008.5.1.4.1.1.4": 4}
+
+
+def test_garbage_instead_of_an_association_request_is_aborted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert closed_after_abort(sock)
+    assert "unrecognized PDU type 0x47" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_pdu_over_the_announced_maximum_is_aborted(tmp_path: Path) -> None:
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        associated(sock)
+        sock.sendall(struct.pack(">BxI", 0x04, scp.MAX_PDU_LENGTH + 1))
+        assert closed_after_abort(sock)
+
+
+def test_an_abort_mid_instance_spools_nothing_and_the_next_sender_is_served(
+    tmp_path: Path,
+) -> None:
+    raw = CT.read_bytes()
+    with receiving(tmp_path) as receiver:
+        with connected(receiver) as sock:
+            associated(sock)
+            half = raw[data_set_offset(raw) :][:4000]
+            pdv = struct.pack(">IBB", len(half) + 2, 1, 0x00) + half  # data, not last
+            command = store_command(dcmread(CT, stop_before_pixels=True).SOPInstanceUID)
+            cmd_pdv = struct.pack(">IBB", len(command) + 2, 1, 0x03) + command
+            sock.sendall(struct.pack(">BxI", 0x04, len(cmd_pdv)) + cmd_pdv)
+            sock.sendall(struct.pack(">BxI", 0x04, len(pdv)) + pdv)
+            sock.sendall(struct.pack(">BxI", 0x07, 4) + bytes((0, 0, 0, 0)))
+            assert sock.recv(1) == b""  # the receiver closes after the peer's abort
+        result = dcmtk(
+            "storescu", "-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port), str(CT)
+        )
+        counts = dict(receiver.counts)
+    assert result.returncode == 0, result.stderr
+    assert counts["received"] == 1 and len(spooled(tmp_path)) == 1
+
+
+def store_command(instance_uid: str) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 §9.3.1.1), Implicit VR Little Endian."""
+
+    def element(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0, tag, len(value)) + value
+
+    def uid(text: str) -> bytes:
+        raw = text.encode()
+        return raw + b"\x00" * (len(raw) % 2)
+
+    body = (
+        element(0x0002, uid("1.2.840.10008.5.1.4.1.1.2"))
+        + element(0x0100, struct.pack("<H", 0x0001))
+        + element(0x0110, struct.pack("<H", 7))
+        + element(0x0700, struct.pack("<H", 0))
+        + element(0x0800, struct.pack("<H", 0x0000))
+        + element(0x1000, uid(instance_uid))
+    )
+    return element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def test_one_association_too_many_is_rejected_as_transient(tmp_path: Path) -> None:
+    with receiving(tmp_path) as receiver:
+        sockets = [socket.create_connection(("127.0.0.1", receiver.port), timeout=10)]
+        try:
+            for sock in sockets:
+                associated(sock)
+            for _ in range(scp.MAX_ASSOCIATIONS - 1):
+                sockets.append(socket.create_connection(("127.0.0.1", receiver.port), timeout=10))
+                associated(sockets[-1])
+            with connected(receiver) as extra:
+                extra.sendall(associate_rq())
+                kind, body = read_pdu(extra)
+                assert (kind, body[1], body[2], body[3]) == (0x03, 2, 3, 2)
+            sockets.pop().close()
+            deadline = time.monotonic() + 10
+            while receiver.counts["associations"] < scp.MAX_ASSOCIATIONS + 1:
+                with connected(receiver) as again:
+                    again.sendall(associate_rq())
+                    if read_pdu(again)[0] == 0x02:
+                        break
+                assert time.monotonic() < deadline, "a closed association was not released"
+                time.sleep(0.05)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_silence_before_the_association_request_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scp, "REQUEST_TIMEOUT", 0.3)
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        started = time.monotonic()
+        assert closed_after_abort(sock)
+    assert time.monotonic() - started < 5
+
+
+def test_stop_ends_an_open_association_promptly(tmp_path: Path) -> None:
+    receiver = Receiver(DicomSettings(listen_port=free_port()), Spool(tmp_path / "spool"))
+    receiver.start()
+    sock = socket.create_connection(("127.0.0.1", receiver.port), timeout=10)
+    try:
+        associated(sock)
+        started = time.monotonic()
+        receiver.stop()
+        assert time.monotonic() - started < 5
+        assert sock.recv(1) == b""
+    finally:
+        sock.close()
+
+
+def test_the_receivers_log_names_no_patient_or_uid(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    ds = dcmread(CT, stop_before_pixels=True)
+    with receiving(tmp_path, ae_title="RTPLAN", allowed_callers=("CTSIM1",)) as receiver:
+        dcmtk(
+            "storescu", "-aet", "OTHER", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port), str(CT)
+        )
+        dcmtk(
+            "storescu", "-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port), str(CT)
+        )
+        with connected(receiver) as sock:
+            sock.sendall(b"\x01\x00\x00\x00\x00\x02zz")
+            closed_after_abort(sock)
+    text = caplog.text
+    assert "calling AE title not on the allow-list" in text
+    for secret in (str(ds.PatientName), str(ds.PatientID), ds.StudyInstanceUID, ds.SOPInstanceUID):
+        assert secret not in text
