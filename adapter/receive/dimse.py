@@ -31,7 +31,7 @@ _ELEMENT: Final = struct.Struct("<HHI")  # group, element, value length (implici
 _EXPLICIT_SHORT: Final = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 # (0002,0001) File Meta Information Version, OB: a 4-byte length after two reserved bytes.
 _META_VERSION: Final = struct.pack("<HH2sHI2s", 0x0002, 0x0001, b"OB", 0, 2, b"\x00\x01")
-_MAX_COMMAND: Final = 64 * 1024  # a command set is a few hundred bytes
+MAX_COMMAND_BYTES: Final = 64 * 1024  # a command set is a few hundred bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class Command:
 
 def parse_command(data: bytes) -> Command:
     """The elements of a request's command set that the receiver acts on."""
-    if len(data) > _MAX_COMMAND:
+    if len(data) > MAX_COMMAND_BYTES:
         raise PduError("command set larger than 64 KiB")
     values: dict[int, bytes] = {}
     offset = 0

@@ -102,8 +102,13 @@ IMPLEMENTATION_VERSION: Final = "RTPLAN_SCP_1"
 MAX_PDU_LENGTH: Final = 1024 * 1024
 """The largest P-DATA-TF we accept (announced in the A-ASSOCIATE-AC): larger PDUs mean fewer
 reads per image; bounded, because a caller may send PDUs up to the size we announce."""
-MAX_INSTANCE_BYTES: Final = 2 * 1024**3
-"""An instance is held in memory until it is on disk; a larger one aborts the association."""
+MAX_INSTANCE_BYTES: Final = 1024**3
+"""An instance is held in memory until it is on disk; a larger one aborts the association
+(an enhanced CT of 1,000 512x512 frames is 0.5 GiB)."""
+MAX_BUFFERED_BYTES: Final = 3 * 1024**3
+"""Data sets held in memory across all associations at once: an association whose next
+fragment would pass it is aborted (its sender re-sends later) rather than the process running
+out of memory."""
 MAX_ASSOCIATIONS: Final = 16
 """Associations at once; one more is rejected as transient ("local limit exceeded")."""
 MAX_REQUEST_LENGTH: Final = 64 * 1024
@@ -138,6 +143,8 @@ class Receiver:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._open: set[_Association] = set()
+        self._stopping = False
+        self._buffered = 0  # bytes of data sets held by all associations
 
     @property
     def port(self) -> int:
@@ -165,6 +172,8 @@ class Receiver:
         server, self._server = self._server, None
         if server is None:
             return
+        with self._lock:
+            self._stopping = True  # one accepted during shutdown() is closed at once
         server.shutdown()
         with self._lock:
             for association in self._open:
@@ -188,13 +197,27 @@ class Receiver:
         with self._lock:
             self.counts[name] += 1
 
-    def opened(self, association: _Association) -> bool:
-        """Register a connection; False when MAX_ASSOCIATIONS are already open."""
+    def admit(self, association: _Association) -> str | None:
+        """Register a connection; why not, when the receiver is stopping or full."""
         with self._lock:
+            if self._stopping:
+                return "the receiver is stopping"
             if len(self._open) >= MAX_ASSOCIATIONS:
-                return False
+                return f"{MAX_ASSOCIATIONS} associations already open"
             self._open.add(association)
+            return None
+
+    def reserve(self, size: int) -> bool:
+        """Count ``size`` more bytes held in memory; False if that passes the budget."""
+        with self._lock:
+            if self._buffered + size > MAX_BUFFERED_BYTES:
+                return False
+            self._buffered += size
             return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._buffered -= size
 
     def closed(self, association: _Association) -> None:
         with self._lock:
@@ -255,10 +278,12 @@ class _Association(socketserver.BaseRequestHandler):
         self.peer_max = 0
         self.accepted: dict[int, tuple[str, str]] = {}  # context id -> (abstract, transfer)
         self.calling_ae = ""
+        self.held = 0  # bytes of the current data set counted in the receiver's memory budget
 
     def handle(self) -> None:
-        if not self.receiver.opened(self):
-            self._reject_busy()
+        refusal = self.receiver.admit(self)
+        if refusal is not None:
+            self._reject_busy(refusal)
             return
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -297,10 +322,10 @@ class _Association(socketserver.BaseRequestHandler):
         with contextlib.suppress(OSError):  # already closed
             self.sock.shutdown(socket.SHUT_RDWR)
 
-    def _reject_busy(self) -> None:
+    def _reject_busy(self, reason: str) -> None:
         self.sock.settimeout(REQUEST_TIMEOUT)
         self.receiver.bump("associations_rejected")
-        log.warning("DICOM association rejected: %d already open", MAX_ASSOCIATIONS)
+        log.warning("DICOM association rejected: %s", reason)
         # Transient, service-provider (presentation), local limit exceeded (PS3.8 table 9-21).
         self._send_quietly(pdu.associate_rj(2, 3, 2))
 
@@ -366,7 +391,14 @@ class _Association(socketserver.BaseRequestHandler):
         )
 
     def _serve(self) -> None:
+        try:
+            self._messages()
+        finally:
+            self.receiver.release(self.held)
+
+    def _messages(self) -> None:
         command_parts: list[bytes] = []
+        command_size = 0
         data_parts: list[bytes | memoryview] = []
         data_size = 0
         command: dimse.Command | None = None
@@ -388,11 +420,16 @@ class _Association(socketserver.BaseRequestHandler):
                 if pdv.is_command:
                     if command is not None:
                         raise PduError("command fragment before the data set ended")
+                    command_size += len(pdv.data)
+                    if command_size > dimse.MAX_COMMAND_BYTES:
+                        raise PduError("command set larger than 64 KiB")
                     command_parts.append(bytes(pdv.data))
                     if not pdv.is_last:
                         continue
                     command = dimse.parse_command(b"".join(command_parts))
-                    command_parts.clear()
+                    command_parts, command_size = [], 0
+                    if command.field & dimse.RESPONSE_BIT:
+                        raise PduError("a response where a request was expected")
                     context_id = pdv.context_id
                     if command.has_data_set:
                         continue
@@ -402,6 +439,9 @@ class _Association(socketserver.BaseRequestHandler):
                     data_size += len(pdv.data)
                     if data_size > MAX_INSTANCE_BYTES:
                         raise PduError("data set larger than the receiver's limit")
+                    if not self.receiver.reserve(len(pdv.data)):
+                        raise PduError("data sets in memory over the receiver's budget")
+                    self.held += len(pdv.data)
                     data_parts.append(pdv.data)  # a view of its PDU's own buffer: no copy
                     if not pdv.is_last:
                         continue
@@ -409,6 +449,8 @@ class _Association(socketserver.BaseRequestHandler):
                 if command.field != dimse.C_CANCEL_RQ:
                     self._respond(context_id, dimse.response(command, status))
                 command, data_parts, data_size = None, [], 0
+                self.receiver.release(self.held)
+                self.held = 0
 
     def _perform(
         self, command: dimse.Command, context_id: int, data: list[bytes | memoryview]

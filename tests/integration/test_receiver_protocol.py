@@ -272,6 +272,36 @@ def store_command(instance_uid: str) -> bytes:
     return element(0x0000, struct.pack("<I", len(body))) + body
 
 
+def test_data_sets_over_the_memory_budget_are_aborted_and_the_budget_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = tmp_path / "small.dcm"
+    ds = dcmread(CT, stop_before_pixels=True)
+    ds.save_as(small)  # a header only: under the budget
+    budget = small.stat().st_size  # more than its data set, less than the whole CT's
+    assert CT.stat().st_size - 400 > budget
+    monkeypatch.setattr(scp, "MAX_BUFFERED_BYTES", budget)
+    with receiving(tmp_path) as receiver:
+        args = ["-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port)]
+        refused = dcmtk("storescu", *args, str(CT))
+        accepted = dcmtk("storescu", *args, str(small))
+        counts = dict(receiver.counts)
+        assert receiver._buffered == 0
+    assert refused.returncode != 0 and accepted.returncode == 0, accepted.stderr
+    assert counts["received"] == 1 and len(spooled(tmp_path)) == 1
+
+
+def test_a_response_sent_as_a_request_is_aborted(tmp_path: Path) -> None:
+    command = bytearray(store_command("1.2.3.4"))
+    at = command.index(struct.pack("<HHIH", 0, 0x0100, 2, 0x0001))
+    command[at + 8 : at + 10] = struct.pack("<H", 0x8001)  # C-STORE-RSP
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        associated(sock)
+        pdv = struct.pack(">IBB", len(command) + 2, 1, 0x03) + bytes(command)
+        sock.sendall(struct.pack(">BxI", 0x04, len(pdv)) + pdv)
+        assert closed_after_abort(sock)
+
+
 def test_one_association_too_many_is_rejected_as_transient(tmp_path: Path) -> None:
     with receiving(tmp_path) as receiver:
         sockets = [socket.create_connection(("127.0.0.1", receiver.port), timeout=10)]
