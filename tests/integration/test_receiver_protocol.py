@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trustme
 from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRBigEndian
@@ -372,3 +373,29 @@ def test_the_receivers_log_names_no_patient_or_uid(
     assert "calling AE title not on the allow-list" in text
     for secret in (str(ds.PatientName), str(ds.PatientID), ds.StudyInstanceUID, ds.SOPInstanceUID):
         assert secret not in text
+
+
+def test_storescu_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("ctsim1.example")
+    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca", "ccert", "ckey")}
+    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    server.private_key_pem.write_to_path(str(files["key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    client.cert_chain_pems[0].write_to_path(str(files["ccert"]))
+    client.private_key_pem.write_to_path(str(files["ckey"]))
+    tls = {"tls_cert": str(files["cert"]), "tls_key": str(files["key"]), "tls_ca": str(files["ca"])}
+    with receiving(tmp_path, **tls) as receiver:
+        address = ["-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port)]
+        trusted = ["+cf", str(files["ca"])]
+        sent = dcmtk(
+            "storescu", "+tls", str(files["ckey"]), str(files["ccert"]), *trusted, *address,
+            str(CT),
+        )  # fmt: skip
+        anonymous = dcmtk("storescu", "+tla", *trusted, *address, str(CT_FILES[1]))
+        plain = dcmtk("storescu", *address, str(CT_FILES[2]))
+        counts = dict(receiver.counts)
+    assert sent.returncode == 0, sent.stderr
+    assert anonymous.returncode != 0 and plain.returncode != 0
+    assert counts["received"] == 1 and len(spooled(tmp_path)) == 1
