@@ -26,6 +26,7 @@ APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"  # the DICOM application co
 PROTOCOL_VERSION: Final = 0x0001
 
 # A-ABORT reasons (PS3.8 table 9-26), source "service-provider" (2).
+ABORT_NO_REASON: Final = 0x00
 ABORT_UNRECOGNIZED_PDU: Final = 0x01
 ABORT_UNEXPECTED_PDU: Final = 0x02
 ABORT_UNEXPECTED_PARAMETER: Final = 0x05
@@ -97,7 +98,10 @@ def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
         if kind == 0x10:
             context_name = _text(value)
         elif kind == 0x20:
-            contexts.append(_proposed_context(value))
+            context = _proposed_context(value)
+            if context.id % 2 == 0 or any(c.id == context.id for c in contexts):
+                raise PduError("presentation context ID even or repeated (PS3.8 §9.3.2.2)")
+            contexts.append(context)
         elif kind == 0x50:
             for sub_kind, sub_value in _items(value):
                 if sub_kind == 0x51:

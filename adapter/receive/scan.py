@@ -3,7 +3,8 @@
 The receiver needs only the Study Instance UID (0020,000D), the SOP Instance UID (0008,0018)
 and the Number of Study Related Instances (0020,1208), all near the start of the data set.
 pydicom's ``dcmread`` of the header was 40 % of the receiver's CPU per instance, so this walks
-the top-level elements itself, as far as ``identify``'s read goes (to Pixel Data), so that a
+the top-level elements itself, as far as ``identify``'s read goes (to Pixel Data or Float
+/ Double Float Pixel Data), so that a
 data set it would refuse as unreadable is not accepted here.
 
 It only ever *accepts*: anything it does not read exactly as :func:`spool.identify` would
@@ -34,7 +35,9 @@ _SEQUENCE_END: Final = 0xFFFEE0DD
 _SOP_INSTANCE: Final = 0x00080018
 _STUDY: Final = 0x0020000D
 _EXPECTED: Final = 0x00201208
-_PIXEL_DATA: Final = 0x7FE00010
+# pydicom's stop_before_pixels stops at Float, Double Float and Pixel Data.
+_STOP_AT: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_WANTED: Final = {_SOP_INSTANCE: b"UI", _STUDY: b"UI", _EXPECTED: b"IS"}
 _SHORT_VRS: Final = frozenset(
     {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN"}
     | {b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
@@ -71,44 +74,55 @@ def scan_identity(data: bytes, start: int, transfer_syntax: str) -> Identity | N
 def _top_level(data: bytes, offset: int, implicit: bool) -> dict[int, bytes]:
     wanted: dict[int, bytes] = {}
     end = len(data)
+    if implicit and _looks_explicit(data, offset):
+        raise _Unsure  # pydicom would switch to explicit VR here ("Expected implicit VR...")
     previous = -1
     while offset < end:
-        tag, value_at, length = _header(data, offset, implicit)
+        tag, vr, value_at, length = _header(data, offset, implicit)
         if tag <= previous or tag >> 16 == 0xFFFE:
             raise _Unsure  # out of order, repeated, or a stray item at the top level
         previous = tag
-        if tag >= _PIXEL_DATA:
-            break  # where identify's pydicom read stops too
+        if tag in _STOP_AT:
+            break  # where identify's pydicom read stops too (stop_before_pixels)
         if length == _UNDEFINED:
             offset = _skip_undefined(data, value_at, implicit, 1)
             continue
         if value_at + length > end:
             raise _Unsure
-        if tag in (_SOP_INSTANCE, _STUDY, _EXPECTED):
+        if tag in _WANTED:
+            if vr is not None and vr != _WANTED[tag]:
+                raise _Unsure  # pydicom would decode another VR's value otherwise
             wanted[tag] = data[value_at : value_at + length]
         offset = value_at + length
     return wanted
 
 
-def _header(data: bytes, offset: int, implicit: bool) -> tuple[int, int, int]:
-    """(tag, offset of the value, value length) of the element at ``offset``."""
+def _looks_explicit(data: bytes, offset: int) -> bool:
+    """pydicom's test of the first element: two upper-case letters where a VR would be."""
+    vr = data[offset + 4 : offset + 6]
+    return len(vr) == 2 and all(0x40 < byte < 0x5B for byte in vr)
+
+
+def _header(data: bytes, offset: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR or None in implicit VR, offset of the value, value length) of the element
+    at ``offset``."""
     if implicit:
         group, element, length = _TAG.unpack_from(data, offset)
-        return (group << 16) | element, offset + 8, length
+        return (group << 16) | element, None, offset + 8, length
     group, element, vr, short = _EXPLICIT.unpack_from(data, offset)
     tag = (group << 16) | element
     if group == 0xFFFE:  # items and delimiters have no VR, in every syntax
-        return tag, offset + 8, _TAG.unpack_from(data, offset)[2]
+        return tag, None, offset + 8, _TAG.unpack_from(data, offset)[2]
     if vr in _LONG_VRS:
         if short != 0:
             raise _Unsure  # the two reserved bytes
         length = _TAG.unpack_from(data, offset + 4)[2]
         if vr == b"UN" and length == _UNDEFINED:
             raise _Unsure  # its items are Implicit VR (PS3.5 §6.2.2): not walked here
-        return tag, offset + 12, length
+        return tag, vr, offset + 12, length
     if vr not in _SHORT_VRS:
         raise _Unsure
-    return tag, offset + 8, short
+    return tag, vr, offset + 8, short
 
 
 def _skip_undefined(data: bytes, offset: int, implicit: bool, depth: int) -> int:
@@ -118,7 +132,7 @@ def _skip_undefined(data: bytes, offset: int, implicit: bool, depth: int) -> int
         raise _Unsure
     end = len(data)
     while offset < end:
-        tag, value_at, length = _header(data, offset, implicit)
+        tag, _, value_at, length = _header(data, offset, implicit)
         if tag == _SEQUENCE_END:
             return value_at
         if tag != _ITEM:
@@ -135,7 +149,7 @@ def _skip_undefined(data: bytes, offset: int, implicit: bool, depth: int) -> int
 def _skip_item(data: bytes, offset: int, implicit: bool, depth: int) -> int:
     end = len(data)
     while offset < end:
-        tag, value_at, length = _header(data, offset, implicit)
+        tag, _, value_at, length = _header(data, offset, implicit)
         if tag == _ITEM_END:
             return value_at
         if length == _UNDEFINED:

@@ -25,6 +25,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Final
@@ -32,6 +33,7 @@ from typing import Final
 from pydicom import uid as sop
 
 from adapter.config import DicomSettings
+from adapter.dicom.limits import Problem, ReadLimits, check_inflated_size
 from adapter.label.plan import IMPLEMENTATION_CLASS_UID
 from adapter.receive import dimse, pdu
 from adapter.receive.pdu import PduError
@@ -83,6 +85,8 @@ TRANSFER_SYNTAXES: Final[tuple[str, ...]] = (
     "1.2.840.10008.1.2.5",  # RLE Lossless
 )
 VERIFICATION: Final = "1.2.840.10008.1.1"
+DEFLATED: Final = "1.2.840.10008.1.2.1.99"
+_READ_LIMITS: Final = ReadLimits()  # the same bounds as file ingest
 IMPLICIT_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"  # the only syntax for Verification
 SUCCESS: Final = 0x0000
 OUT_OF_RESOURCES: Final = 0xA700
@@ -114,9 +118,13 @@ MAX_ASSOCIATIONS: Final = 16
 MAX_REQUEST_LENGTH: Final = 64 * 1024
 """An A-ASSOCIATE-RQ is a few hundred bytes per presentation context."""
 REQUEST_TIMEOUT: Final = 30.0
-"""TLS handshake and A-ASSOCIATE-RQ must arrive within this (the ARTIM timer, PS3.8 §9.1.5)."""
+"""The TLS handshake and the whole A-ASSOCIATE-RQ must arrive within this from the connection
+(the ARTIM timer, PS3.8 §9.1.5)."""
 IDLE_TIMEOUT: Final = 60.0
-"""An established association silent for this long is aborted."""
+"""An established association must send each PDU, whole, within this; else it is aborted."""
+FRAGMENT_OVERHEAD: Final = 256
+"""What holding one received fragment costs beyond its bytes (the view and its list slot),
+counted in the limits so that a flood of empty fragments is bounded too."""
 
 _SUPPORTED: Final[dict[str, tuple[str, ...]]] = {
     **dict.fromkeys(STORAGE_CLASSES, TRANSFER_SYNTAXES),
@@ -229,6 +237,8 @@ class Receiver:
         """Spool one received Part 10 instance (its data set at ``raw[data_set_at:]``); the
         status to answer."""
         try:
+            if transfer_syntax == DEFLATED:
+                _check_inflation(raw, data_set_at)  # pydicom would inflate it all in memory
             identity = scan_identity(raw, data_set_at, transfer_syntax) or identify(raw)
         except NotStorable as exc:
             self.bump("refused")
@@ -250,8 +260,17 @@ class Receiver:
         return SUCCESS
 
 
+def _check_inflation(raw: bytes, data_set_at: int) -> None:
+    """A deflated data set inflates within ingest's limits (``ReadLimits``), or is refused."""
+    try:
+        check_inflated_size(raw, data_set_at, _READ_LIMITS)
+    except Problem as exc:
+        raise NotStorable(exc.reason) from None
+
+
 class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
+    request_queue_size = 64  # connections waiting to be accepted (a modality burst)
     daemon_threads = False  # stop() waits for each association's thread
     block_on_close = True
 
@@ -279,6 +298,7 @@ class _Association(socketserver.BaseRequestHandler):
         self.accepted: dict[int, tuple[str, str]] = {}  # context id -> (abstract, transfer)
         self.calling_ae = ""
         self.held = 0  # bytes of the current data set counted in the receiver's memory budget
+        self.deadline = 0.0  # time.monotonic() by which the bytes being read must have arrived
 
     def handle(self) -> None:
         refusal = self.receiver.admit(self)
@@ -287,15 +307,12 @@ class _Association(socketserver.BaseRequestHandler):
             return
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock.settimeout(REQUEST_TIMEOUT)
-            if self.server.tls is not None:
-                try:
-                    self.sock = self.server.tls.wrap_socket(self.sock, server_side=True)
-                except (ssl.SSLError, OSError) as exc:
-                    log.warning("DICOM TLS handshake refused: %s", type(exc).__name__)
-                    return
+            # One deadline for the TLS handshake and the whole A-ASSOCIATE-RQ: a sender that
+            # drips a byte at a time does not keep the connection (and a slot) for longer.
+            self.deadline = time.monotonic() + REQUEST_TIMEOUT
+            if self.server.tls is not None and not self._handshake(self.server.tls):
+                return
             if self._associate():
-                self.sock.settimeout(IDLE_TIMEOUT)
                 self._serve()
         except PduError as exc:
             log.warning("DICOM association aborted: %s", exc)
@@ -321,6 +338,17 @@ class _Association(socketserver.BaseRequestHandler):
         """End the connection from another thread (stop()): its blocked read returns."""
         with contextlib.suppress(OSError):  # already closed
             self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _handshake(self, tls: ssl.SSLContext) -> bool:
+        # Wrapped first, shaken after: stop() can then cut the TLS socket mid-handshake.
+        self.sock = tls.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            self.sock.settimeout(max(self.deadline - time.monotonic(), 0.001))
+            self.sock.do_handshake()  # CPython times the whole handshake against this
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("DICOM TLS handshake refused: %s", type(exc).__name__)
+            return False
+        return True
 
     def _reject_busy(self, reason: str) -> None:
         self.sock.settimeout(REQUEST_TIMEOUT)
@@ -361,6 +389,9 @@ class _Association(socketserver.BaseRequestHandler):
 
     def _refusal(self, request: pdu.AssociateRequest) -> tuple[int, int] | None:
         """(source, reason) of an A-ASSOCIATE-RJ (PS3.8 table 9-21), or None to accept."""
+        if not request.contexts:
+            log.warning("DICOM association rejected: no presentation context proposed")
+            return 1, 1
         if not request.protocol_version & pdu.PROTOCOL_VERSION:
             log.warning("DICOM association rejected: protocol version not supported")
             return 2, 2
@@ -404,6 +435,7 @@ class _Association(socketserver.BaseRequestHandler):
         command: dimse.Command | None = None
         context_id = 0
         while True:
+            self.deadline = time.monotonic() + IDLE_TIMEOUT  # to wait for a PDU and read it
             kind, body = self._read_pdu(MAX_PDU_LENGTH)
             if kind == pdu.RELEASE_RQ:
                 self.sock.sendall(pdu.release_rp())
@@ -420,7 +452,7 @@ class _Association(socketserver.BaseRequestHandler):
                 if pdv.is_command:
                     if command is not None:
                         raise PduError("command fragment before the data set ended")
-                    command_size += len(pdv.data)
+                    command_size += len(pdv.data) + FRAGMENT_OVERHEAD
                     if command_size > dimse.MAX_COMMAND_BYTES:
                         raise PduError("command set larger than 64 KiB")
                     command_parts.append(bytes(pdv.data))
@@ -436,12 +468,16 @@ class _Association(socketserver.BaseRequestHandler):
                 else:
                     if command is None or pdv.context_id != context_id:
                         raise PduError("data set fragment without its command")
-                    data_size += len(pdv.data)
+                    # A fragment costs its bytes and its view (empty fragments are not free).
+                    cost = len(pdv.data) + FRAGMENT_OVERHEAD
+                    data_size += cost
                     if data_size > MAX_INSTANCE_BYTES:
                         raise PduError("data set larger than the receiver's limit")
-                    if not self.receiver.reserve(len(pdv.data)):
-                        raise PduError("data sets in memory over the receiver's budget")
-                    self.held += len(pdv.data)
+                    if not self.receiver.reserve(cost):
+                        raise PduError(
+                            "data sets in memory over the receiver's budget", pdu.ABORT_NO_REASON
+                        )
+                    self.held += cost
                     data_parts.append(pdv.data)  # a view of its PDU's own buffer: no copy
                     if not pdv.is_last:
                         continue
@@ -472,12 +508,19 @@ class _Association(socketserver.BaseRequestHandler):
             implementation_version=IMPLEMENTATION_VERSION,
             source_ae=self.calling_ae,
         )
-        return self.receiver.store(
-            b"".join((meta, *data)),
-            command.sop_instance,
-            data_set_at=len(meta),
-            transfer_syntax=transfer,
-        )
+        size = len(meta) + sum(len(part) for part in data)
+        if not self.receiver.reserve(size):  # the joined copy below, while the parts live
+            log.warning("C-STORE not stored: data sets in memory over the receiver's budget")
+            return OUT_OF_RESOURCES  # the sender keeps the instance and sends it again
+        try:
+            return self.receiver.store(
+                b"".join((meta, *data)),
+                command.sop_instance,
+                data_set_at=len(meta),
+                transfer_syntax=transfer,
+            )
+        finally:
+            self.receiver.release(size)
 
     def _respond(self, context_id: int, command_set: bytes) -> None:
         chunks = pdu.p_data(context_id, command_set, command=True, max_pdu_length=self.peer_max)
@@ -493,11 +536,16 @@ class _Association(socketserver.BaseRequestHandler):
         return kind, self._read_exactly(length)
 
     def _read_exactly(self, size: int) -> bytearray:
-        """A new buffer per PDU, so that views of an earlier one stay valid."""
+        """A new buffer per PDU, so that views of an earlier one stay valid; by
+        ``self.deadline``, however the bytes are spread out."""
         buffer = bytearray(size)
         view = memoryview(buffer)
         got = 0
         while got < size:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.sock.settimeout(remaining)
             count = self.sock.recv_into(view[got:])
             if count == 0:
                 raise _Closed

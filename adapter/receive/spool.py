@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Final
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 
 INCOMING: Final = "incoming"
 STUDIES: Final = "studies"
@@ -92,7 +92,8 @@ def identify(raw: bytes) -> Identity:
         sop = str(ds.get("SOPInstanceUID", "") or "").strip()
         expected_raw = ds.get((0x0020, 0x1208))
         expected = _count(expected_raw.value if expected_raw is not None else None)
-    except (InvalidDicomError, ValueError, TypeError, EOFError, OSError) as exc:
+    except Exception as exc:  # pydicom on hostile bytes: NotImplementedError, struct.error,
+        # zlib.error, RecursionError as well as its own errors; the answer is the same C000.
         raise NotStorable(f"cannot read the data set: {type(exc).__name__}") from None
     if not study:
         raise NotStorable("Study Instance UID (0020,000D) is missing")
@@ -232,13 +233,14 @@ def header_bytes(path: Path) -> bytes:
     size. Cut, not re-encoded; a deflated or unreadable file is kept whole."""
     raw = path.read_bytes()
     try:
+        if str(read_file_meta_info(path).get("TransferSyntaxUID", "")) == _DEFLATED:
+            return raw  # not inflated here: ingest inflates it within its limits
         with path.open("rb") as handle:
             ds = dcmread(handle, stop_before_pixels=True)
             offset = handle.tell()
-        syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
-    except (InvalidDicomError, ValueError, TypeError, EOFError, OSError):
+    except Exception:  # whatever pydicom raises on bytes it cannot read: kept whole
         return raw
-    if syntax == _DEFLATED or "PixelData" in ds or offset >= len(raw):
+    if "PixelData" in ds or offset >= len(raw):
         return raw
     return raw[:offset]
 

@@ -17,6 +17,21 @@ from typing import TextIO
 from adapter.config import LogSettings
 
 QUIET = ("pydicom", "pynetdicom", "httpx", "httpcore", "uvicorn.access")
+# Below ERROR these say what they parsed ("Invalid value for VR UI: '<the value>'"); the filter
+# sits on the handler because pydicom sets its own logger's level when it is first imported.
+VALUE_LOGGERS = ("pydicom",)
+WARNINGS_LOGGER = "py.warnings"  # warnings.warn, once logging.captureWarnings(True)
+
+
+class NoParsedValues(logging.Filter):
+    """Drops library records that may quote parsed values: pydicom below ERROR, and Python
+    warnings (pydicom also says it all through ``warnings.warn``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == WARNINGS_LOGGER:
+            return False
+        root = record.name.split(".", 1)[0]
+        return not (root in VALUE_LOGGERS and record.levelno < logging.ERROR)
 
 
 class JsonLines(logging.Formatter):
@@ -52,6 +67,8 @@ def configure_service_logging(settings: LogSettings) -> None:
         handler.setFormatter(JsonLines())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(NoParsedValues())
+    logging.captureWarnings(True)  # to the log, where the filter drops them, not raw stderr
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

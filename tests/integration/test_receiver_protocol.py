@@ -5,12 +5,14 @@ open. Each instance lands byte for byte; each fault is one log line, never a tra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import socket
 import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,13 +70,18 @@ def item(kind: int, value: bytes) -> bytes:
 
 
 def associate_rq(
-    *, called: bytes = b"RTPLAN", contexts: tuple[bytes, ...] = (CT_STORAGE,)
+    *,
+    called: bytes = b"RTPLAN",
+    contexts: tuple[bytes, ...] = (CT_STORAGE,),
+    syntax: bytes = EXPLICIT_LE,
+    ids: tuple[int, ...] = (),
 ) -> bytes:
     body = struct.pack(">HH", 1, 0) + called.ljust(16) + b"CTSIM1".ljust(16) + bytes(32)
     body += item(0x10, b"1.2.840.10008.3.1.1.1")
     for number, abstract in enumerate(contexts):
-        proposed = item(0x30, abstract) + item(0x40, EXPLICIT_LE)
-        body += item(0x20, bytes((2 * number + 1, 0, 0, 0)) + proposed)
+        proposed = item(0x30, abstract) + item(0x40, syntax)
+        context_id = ids[number] if ids else 2 * number + 1
+        body += item(0x20, bytes((context_id, 0, 0, 0)) + proposed)
     body += item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
     return struct.pack(">BxI", 1, len(body)) + body
 
@@ -252,7 +259,7 @@ def test_an_abort_mid_instance_spools_nothing_and_the_next_sender_is_served(
     assert counts["received"] == 1 and len(spooled(tmp_path)) == 1
 
 
-def store_command(instance_uid: str) -> bytes:
+def store_command(instance_uid: str, message_id: int = 7) -> bytes:
     """A C-STORE-RQ command set (PS3.7 §9.3.1.1), Implicit VR Little Endian."""
 
     def element(tag: int, value: bytes) -> bytes:
@@ -265,7 +272,7 @@ def store_command(instance_uid: str) -> bytes:
     body = (
         element(0x0002, uid("1.2.840.10008.5.1.4.1.1.2"))
         + element(0x0100, struct.pack("<H", 0x0001))
-        + element(0x0110, struct.pack("<H", 7))
+        + element(0x0110, struct.pack("<H", message_id))
         + element(0x0700, struct.pack("<H", 0))
         + element(0x0800, struct.pack("<H", 0x0000))
         + element(0x1000, uid(instance_uid))
@@ -276,15 +283,18 @@ def store_command(instance_uid: str) -> bytes:
 def test_data_sets_over_the_memory_budget_are_aborted_and_the_budget_returned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    small = tmp_path / "small.dcm"
-    ds = dcmread(CT, stop_before_pixels=True)
-    ds.save_as(small)  # a header only: under the budget
-    budget = small.stat().st_size  # more than its data set, less than the whole CT's
-    assert CT.stat().st_size - 400 > budget
+    small, large = tmp_path / "small.dcm", tmp_path / "large.dcm"
+    ds = dcmread(CT)
+    ds.save_as(small)
+    ds.add_new(0x00291010, "OB", bytes(256 * 1024))  # a large private element
+    ds.save_as(large)
+    # Held while it arrives and once more while it is joined and written: twice its size.
+    budget = 3 * small.stat().st_size + 64 * 1024
+    assert large.stat().st_size > budget
     monkeypatch.setattr(scp, "MAX_BUFFERED_BYTES", budget)
     with receiving(tmp_path) as receiver:
         args = ["-aet", "CTSIM1", "-aec", "RTPLAN", "127.0.0.1", str(receiver.port)]
-        refused = dcmtk("storescu", *args, str(CT))
+        refused = dcmtk("storescu", *args, str(large))
         accepted = dcmtk("storescu", *args, str(small))
         counts = dict(receiver.counts)
         assert receiver._buffered == 0
@@ -399,3 +409,142 @@ def test_storescu_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
     assert sent.returncode == 0, sent.stderr
     assert anonymous.returncode != 0 and plain.returncode != 0
     assert counts["received"] == 1 and len(spooled(tmp_path)) == 1
+
+
+def pdata(context_id: int, control: int, value: bytes) -> bytes:
+    pdv = struct.pack(">IBB", len(value) + 2, context_id, control) + value
+    return struct.pack(">BxI", 0x04, len(pdv)) + pdv
+
+
+def store_raw(sock: socket.socket, data_set: bytes, instance_uid: str, message_id: int) -> int:
+    """One C-STORE on context 1; the status of the C-STORE-RSP."""
+    sock.sendall(pdata(1, 0x03, store_command(instance_uid, message_id)))
+    sock.sendall(pdata(1, 0x02, data_set))
+    kind, body = read_pdu(sock)
+    assert kind == 0x04, f"P-DATA-TF expected, got {kind:#04x}"
+    command = body[6:]
+    at = command.index(struct.pack("<HHI", 0, 0x0900, 2))
+    status: int = struct.unpack_from("<H", command, at + 8)[0]
+    return status
+
+
+def explicit(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def test_a_sender_dripping_its_request_is_closed_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scp, "REQUEST_TIMEOUT", 1.0)
+    request = associate_rq()
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a byte every 0.2 s restarts no per-read timeout
+            for byte in request:
+                sock.sendall(bytes((byte,)))
+                time.sleep(0.2)
+        assert time.monotonic() - started < 3
+
+
+def test_a_flood_of_empty_fragments_counts_against_the_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scp, "MAX_INSTANCE_BYTES", 64 * 1024)
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        associated(sock)
+        sock.sendall(pdata(1, 0x03, store_command("1.2.3.4")))
+        empty = struct.pack(">IBB", 2, 1, 0x00)  # a data fragment with no bytes, not the last
+        body = empty * 2000
+        flood = struct.pack(">BxI", 0x04, len(body)) + body
+        with contextlib.suppress(OSError):  # the receiver may close before all is sent
+            for _ in range(20):
+                sock.sendall(flood)
+        assert closed_after_abort(sock)
+        assert receiver._buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("request_pdu", "answer"),
+    [
+        (associate_rq(contexts=()), 0x03),  # no presentation context: A-ASSOCIATE-RJ
+        (associate_rq(contexts=(CT_STORAGE,), ids=(2,)), 0x07),  # even context ID: A-ABORT
+        (associate_rq(contexts=(CT_STORAGE, CT_STORAGE), ids=(1, 1)), 0x07),  # repeated ID
+    ],
+    ids=["no-context", "even-id", "repeated-id"],
+)
+def test_a_malformed_context_list_is_refused(
+    tmp_path: Path, request_pdu: bytes, answer: int
+) -> None:
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        sock.sendall(request_pdu)
+        kind, _ = read_pdu(sock)
+        assert kind == answer
+
+
+def test_stop_cuts_a_tls_handshake_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scp, "REQUEST_TIMEOUT", 60.0)
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    settings = DicomSettings(listen_port=free_port(), tls_cert=str(cert), tls_key=str(key))
+    receiver = Receiver(settings, Spool(tmp_path / "spool"))
+    receiver.start()
+    sock = socket.create_connection(("127.0.0.1", receiver.port), timeout=10)
+    try:
+        sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
+        time.sleep(0.3)
+        started = time.monotonic()
+        receiver.stop()
+        assert time.monotonic() - started < 5
+    finally:
+        sock.close()
+
+
+def test_a_deflate_bomb_is_refused_and_the_association_goes_on(tmp_path: Path) -> None:
+    sop = dcmread(CT, stop_before_pixels=True)
+    header = explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\x00")
+    header += explicit(0x00080018, b"UI", uid_value(sop.SOPInstanceUID))
+    header += explicit(0x0020000D, b"UI", uid_value(sop.StudyInstanceUID))
+    zeros = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, 600 * 1024 * 1024)
+    inflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = inflater.compress(header + zeros)
+    chunk = bytes(16 * 1024 * 1024)
+    for _ in range(600 // 16):
+        bomb += inflater.compress(chunk)
+    bomb += inflater.compress(bytes(600 * 1024 * 1024 - 16 * 1024 * 1024 * (600 // 16)))
+    bomb += inflater.flush()
+    assert len(bomb) < 2 * 1024 * 1024  # 600 MiB in under 2 MiB on the wire
+    deflated = b"1.2.840.10008.1.2.1.99"
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        sock.sendall(associate_rq(syntax=deflated))
+        assert read_pdu(sock)[0] == 0x02
+        assert store_raw(sock, bomb, sop.SOPInstanceUID, 1) == 0xC000
+        honest = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        small = honest.compress(header) + honest.flush()
+        assert store_raw(sock, small, sop.SOPInstanceUID, 2) == 0x0000
+        counts = dict(receiver.counts)
+    assert counts["refused"] == 1 and counts["received"] == 1
+
+
+def test_a_data_set_pydicom_cannot_read_is_refused_and_the_association_goes_on(
+    tmp_path: Path,
+) -> None:
+    sop = dcmread(CT, stop_before_pixels=True)
+    instance = explicit(0x00080018, b"UI", uid_value(sop.SOPInstanceUID))
+    study_as_uu = explicit(0x0020000D, b"UU", uid_value(sop.StudyInstanceUID))  # no such VR
+    good = instance + explicit(0x0020000D, b"UI", uid_value(sop.StudyInstanceUID))
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        associated(sock)
+        assert store_raw(sock, instance + study_as_uu, sop.SOPInstanceUID, 1) == 0xC000
+        assert store_raw(sock, good, sop.SOPInstanceUID, 2) == 0x0000
+        counts = dict(receiver.counts)
+    assert counts["refused"] == 1 and counts["received"] == 1
+
+
+def uid_value(uid: str) -> bytes:
+    raw = uid.encode()
+    return raw + b"\x00" * (len(raw) % 2)

@@ -4,6 +4,7 @@ either defers (None) or gives exactly what ``identify`` gives."""
 
 from __future__ import annotations
 
+import struct
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from adapter.receive.dimse import file_meta
 from adapter.receive.scan import scan_identity
 from adapter.receive.spool import Identity, NotStorable, identify
 from tests.receive_support import data_set_offset
@@ -130,3 +132,83 @@ def test_damaged_bytes_are_read_alike_or_left_to_identify(
     found = scan_identity(data, start, ExplicitVRLittleEndian)
     if found is not None:
         assert found == reference(data)
+
+
+# Hand-built data sets (from an attack review of the receiver): each either reads as identify
+# reads it or is left to identify; the first group must be left to identify (they once read
+# differently).
+_LONG = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+EXPLICIT, IMPLICIT = str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)
+SOP = b"1.2.3.4\x00"
+
+
+def ex(tag: int, vr: bytes, value: bytes) -> bytes:
+    if vr in _LONG:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def im(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def plain(study: bytes = b"1.2.5\x00", extra: bytes = b"") -> bytes:
+    return ex(0x00080018, b"UI", SOP) + ex(0x0020000D, b"UI", study) + extra
+
+
+def polyglot() -> bytes:
+    """Implicit VR negotiated, but the first element's length reads as a VR: pydicom switches
+    to explicit VR and finds one study UID, an implicit reading another."""
+    first = struct.pack("<HH", 0x0008, 0x0005) + b"UI" + struct.pack("<H", 0)
+    explicit = ex(0x00080018, b"UI", SOP) + ex(0x0020000D, b"UI", b"1.2.5\x00")
+    gap = 0x4955 - len(explicit) - 12
+    implicit = im(0x00080018, SOP) + im(0x0020000D, b"6.6.6\x00")
+    return first + explicit + ex(0x00290010, b"OB", b"\x00" * gap + implicit)
+
+
+LEFT_TO_IDENTIFY = {
+    "study as OB": (ex(0x00080018, b"UI", SOP) + ex(0x0020000D, b"OB", b"1.2.5\x00"), EXPLICIT),
+    "sop as OB": (ex(0x00080018, b"OB", SOP) + ex(0x0020000D, b"UI", b"1.2.5\x00"), EXPLICIT),
+    "count as US": (plain(extra=ex(0x00201208, b"US", b"12")), EXPLICIT),
+    "a second study UID after (7FE1,0010)": (
+        plain(extra=ex(0x7FE10010, b"LO", b"XX") + ex(0x0020000D, b"UI", b"6.6.6\x00")),
+        EXPLICIT,
+    ),
+    "implicit and explicit at once": (polyglot(), IMPLICIT),
+}
+READ_ALIKE = {
+    "after Pixel Data nothing counts": (
+        plain(extra=ex(0x7FE00010, b"OB", b"\x00\x00") + ex(0x0020000D, b"UI", b"6.6.6\x00")),
+        EXPLICIT,
+    ),
+    "after Float Pixel Data nothing counts": (
+        plain(extra=ex(0x7FE00008, b"OF", b"\x00" * 4) + ex(0x0020000D, b"UI", b"6.6.6\x00")),
+        EXPLICIT,
+    ),
+    "implicit": (
+        im(0x00080018, SOP) + im(0x0020000D, b"1.2.5\x00") + im(0x00201208, b"4 "),
+        IMPLICIT,
+    ),
+    "count with spaces": (plain(extra=ex(0x00201208, b"IS", b"  3")), EXPLICIT),
+}
+
+
+def crafted(data_set: bytes, syntax: str) -> tuple[bytes, int]:
+    meta = file_meta(
+        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", syntax,
+        implementation_uid="1.2.3", implementation_version="TEST", source_ae="CTSIM1",
+    )  # fmt: skip
+    return meta + data_set, len(meta)
+
+
+@pytest.mark.parametrize("name", sorted(LEFT_TO_IDENTIFY))
+def test_data_sets_read_otherwise_by_pydicom_are_left_to_identify(name: str) -> None:
+    raw, start = crafted(*LEFT_TO_IDENTIFY[name])
+    assert scan_identity(raw, start, LEFT_TO_IDENTIFY[name][1]) is None
+
+
+@pytest.mark.parametrize("name", sorted(READ_ALIKE))
+def test_hand_built_data_sets_read_as_identify_reads_them(name: str) -> None:
+    raw, start = crafted(*READ_ALIKE[name])
+    found = scan_identity(raw, start, READ_ALIKE[name][1])
+    assert found is not None and found == reference(raw)
