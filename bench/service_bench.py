@@ -58,7 +58,8 @@ from tests.support import FIXTURES, synth  # noqa: E402
 
 # dcmtk 3.6.7 leaves Nagle's algorithm on unless TCP_NODELAY=1 is in its environment: each
 # C-STORE then waits out a delayed ACK (about 90 ms an instance on loopback, storescp at 16/s).
-# Both dcmtk tools get it, so the reference is dcmtk at its speed (pynetdicom sets it itself).
+# Both dcmtk tools get it, so the reference is dcmtk at its speed (our receiver sets the
+# option on each connection).
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
