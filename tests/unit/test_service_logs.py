@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,49 +15,47 @@ from adapter.config import Settings
 from adapter.service.logs import configure_service_logging
 
 
-def test_log_lines_go_to_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def service_logging() -> Iterator[None]:
+    """serve's logging for one test; the root logger as it was afterwards."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+
+
+@pytest.mark.usefixtures("service_logging")
+def test_log_lines_go_to_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
     first = io.StringIO()
     monkeypatch.setattr("sys.stderr", first)
-    try:
-        configure_service_logging(Settings().log)
-        first.close()  # the stream of set-up time is gone (a test harness, a re-opened log)
-        second = io.StringIO()
-        monkeypatch.setattr("sys.stderr", second)
-        logging.getLogger("adapter.test").warning("study abc: held")
-        line = json.loads(second.getvalue())
-        assert line["message"] == "study abc: held" and line["level"] == "WARNING"
-    finally:
-        logging.captureWarnings(False)
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+    configure_service_logging(Settings().log)
+    first.close()  # the stream of set-up time is gone (a test harness, a re-opened log)
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("adapter.test").warning("study abc: held")
+    line = json.loads(second.getvalue())
+    assert line["message"] == "study abc: held" and line["level"] == "WARNING"
 
 
+@pytest.mark.usefixtures("service_logging")
 def test_values_pydicom_quotes_never_reach_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
-    try:
-        configure_service_logging(Settings().log)
-        # pydicom sets its logger to WARNING when it is first imported, after this set-up.
-        logging.getLogger("pydicom").setLevel(logging.WARNING)
-        logging.getLogger("pydicom").warning("Invalid value for VR UI: '1.2.5.PATIENTSMITH'")
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")  # as in production, not pytest's "error"
-            warnings.warn("Invalid value for VR PN: 'SMITH^JOHN'", UserWarning, stacklevel=1)
-        logging.getLogger("adapter.receive.scp").warning("C-STORE refused: cannot read")
-        text = stream.getvalue()
-        assert "PATIENTSMITH" not in text and "SMITH^JOHN" not in text
-        assert "C-STORE refused: cannot read" in text  # our own lines still pass
-    finally:
-        logging.captureWarnings(False)
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+    configure_service_logging(Settings().log)
+    # pydicom sets its logger to WARNING when it is first imported, after this set-up.
+    logging.getLogger("pydicom").setLevel(logging.WARNING)
+    logging.getLogger("pydicom").warning("Invalid value for VR UI: '1.2.5.PATIENTSMITH'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as in production, not pytest's "error"
+        warnings.warn("Invalid value for VR PN: 'SMITH^JOHN'", UserWarning, stacklevel=1)
+    logging.getLogger("adapter.receive.scp").warning("C-STORE refused: cannot read")
+    text = stream.getvalue()
+    assert "PATIENTSMITH" not in text and "SMITH^JOHN" not in text
+    assert "C-STORE refused: cannot read" in text  # our own lines still pass
