@@ -19,10 +19,10 @@ import re
 import struct
 from typing import Final
 
+from adapter.dicom.limits import DEFLATED_TS, EXPLICIT_BE_TS, IMPLICIT_LE_TS
 from adapter.receive.spool import Identity
 
-IMPLICIT_LE: Final = "1.2.840.10008.1.2"
-_BIG_OR_DEFLATED: Final = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
+_BIG_OR_DEFLATED: Final = frozenset({EXPLICIT_BE_TS, DEFLATED_TS})
 _LONG_VRS: Final = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
@@ -56,7 +56,7 @@ def scan_identity(data: bytes, start: int, transfer_syntax: str) -> Identity | N
     if transfer_syntax in _BIG_OR_DEFLATED:
         return None
     try:
-        values = _top_level(data, start, transfer_syntax == IMPLICIT_LE)
+        values = _top_level(data, start, transfer_syntax == IMPLICIT_LE_TS)
     except (_Unsure, struct.error):
         return None
     study, instance = _uid(values.get(_STUDY)), _uid(values.get(_SOP_INSTANCE))

@@ -33,7 +33,13 @@ from typing import Final
 from pydicom import uid as sop
 
 from adapter.config import DicomSettings
-from adapter.dicom.limits import Problem, ReadLimits, check_inflated_size
+from adapter.dicom.limits import (
+    DEFLATED_TS,
+    IMPLICIT_LE_TS,
+    Problem,
+    ReadLimits,
+    check_inflated_size,
+)
 from adapter.label.plan import IMPLEMENTATION_CLASS_UID
 from adapter.receive import dimse, pdu
 from adapter.receive.pdu import PduError
@@ -85,9 +91,7 @@ TRANSFER_SYNTAXES: Final[tuple[str, ...]] = (
     "1.2.840.10008.1.2.5",  # RLE Lossless
 )
 VERIFICATION: Final = "1.2.840.10008.1.1"
-DEFLATED: Final = "1.2.840.10008.1.2.1.99"
 _READ_LIMITS: Final = ReadLimits()  # the same bounds as file ingest
-IMPLICIT_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"  # the only syntax for Verification
 SUCCESS: Final = 0x0000
 OUT_OF_RESOURCES: Final = 0xA700
 CANNOT_UNDERSTAND: Final = 0xC000
@@ -128,7 +132,7 @@ counted in the limits so that a flood of empty fragments is bounded too."""
 
 _SUPPORTED: Final[dict[str, tuple[str, ...]]] = {
     **dict.fromkeys(STORAGE_CLASSES, TRANSFER_SYNTAXES),
-    VERIFICATION: (IMPLICIT_LITTLE_ENDIAN,),
+    VERIFICATION: (IMPLICIT_LE_TS,),  # the only syntax Verification has
 }
 
 
@@ -237,7 +241,7 @@ class Receiver:
         """Spool one received Part 10 instance (its data set at ``raw[data_set_at:]``); the
         status to answer."""
         try:
-            if transfer_syntax == DEFLATED:
+            if transfer_syntax == DEFLATED_TS:
                 _check_inflation(raw, data_set_at)  # pydicom would inflate it all in memory
             identity = scan_identity(raw, data_set_at, transfer_syntax) or identify(raw)
         except NotStorable as exc:

@@ -34,12 +34,13 @@ from typing import Final
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 
+from adapter.dicom.limits import DEFLATED_TS
+
 INCOMING: Final = "incoming"
 STUDIES: Final = "studies"
 EXPECTED: Final = "expected"  # outside the study folders: ingest reads every file there
 QUARANTINE: Final = "quarantine"
 _SUFFIX: Final = ".dcm"
-_DEFLATED: Final = "1.2.840.10008.1.2.1.99"
 _EXPECTED_CACHE: Final = 10_000
 
 
@@ -233,7 +234,7 @@ def header_bytes(path: Path) -> bytes:
     size. Cut, not re-encoded; a deflated or unreadable file is kept whole."""
     raw = path.read_bytes()
     try:
-        if str(read_file_meta_info(path).get("TransferSyntaxUID", "")) == _DEFLATED:
+        if str(read_file_meta_info(path).get("TransferSyntaxUID", "")) == DEFLATED_TS:
             return raw  # not inflated here: ingest inflates it within its limits
         with path.open("rb") as handle:
             ds = dcmread(handle, stop_before_pixels=True)

@@ -119,8 +119,7 @@ def is_note_row(row: Row, review_id: str, version: int) -> bool:
     if row.kind == KIND_NOTE:
         return row.label == transaction
     if row.kind == KIND_DOCUMENT:
-        base = documents
-        return row.label.startswith(base) and f"-v{version}-" in row.label
+        return row.label.startswith(documents) and f"-v{version}-" in row.label
     return False
 
 
