@@ -93,9 +93,14 @@ def file_meta(
     *,
     implementation_uid: str,
     implementation_version: str,
-    source_ae: str,
 ) -> bytes:
-    """Preamble, ``DICM`` and group 0002 in Explicit VR Little Endian (PS3.10 §7.1)."""
+    """Preamble, ``DICM`` and group 0002 in Explicit VR Little Endian (PS3.10 §7.1).
+
+    No Source Application Entity Title (0002,0016): the caller's AE title is a claim, not an
+    identity, and the classifier's ``ae_titles`` rule reads that element. Written from the
+    association, it would make whatever a sender calls itself planning evidence (a diagnostic
+    CT pushed as ``CTSIM1`` would be labelled a planning scan).
+    """
     body = b"".join(
         (
             _META_VERSION,
@@ -104,7 +109,6 @@ def file_meta(
             _explicit(0x0010, b"UI", _uid(transfer_syntax)),
             _explicit(0x0012, b"UI", _uid(implementation_uid)),
             _explicit(0x0013, b"SH", _padded(implementation_version)),
-            _explicit(0x0016, b"AE", _padded(source_ae)) if source_ae else b"",
         )
     )
     length = _EXPLICIT_SHORT.pack(0x0002, 0x0000, b"UL", 4) + len(body).to_bytes(4, "little")

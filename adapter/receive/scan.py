@@ -8,8 +8,9 @@ the top-level elements itself, as far as ``identify``'s read goes (to Pixel Data
 data set it would refuse as unreadable is not accepted here.
 
 It only ever *accepts*: anything it does not read exactly as :func:`spool.identify` would
-(big endian, deflated, a value that is not a plain UID or integer, a structure it does not
-expect, any length past the end) returns ``None`` and the caller asks ``identify``, whose
+(big endian, deflated, a value that is not a plain UID or integer, a Specific Character Set
+(0008,0005) that pydicom's table does not name, a structure it does not expect, any length
+past the end) returns ``None`` and the caller asks ``identify``, whose
 verdict stands. Every loop advances; nesting is bounded; no declared length is allocated.
 """
 
@@ -17,7 +18,11 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import MutableSequence
 from typing import Final
+
+from pydicom.charset import python_encoding
+from pydicom.values import multi_string
 
 from adapter.dicom.limits import DEFLATED_TS, EXPLICIT_BE_TS, IMPLICIT_LE_TS
 from adapter.receive.spool import Identity
@@ -35,6 +40,7 @@ _SEQUENCE_END: Final = 0xFFFEE0DD
 _SOP_INSTANCE: Final = 0x00080018
 _STUDY: Final = 0x0020000D
 _EXPECTED: Final = 0x00201208
+_CHARACTER_SET: Final = 0x00080005
 # pydicom's stop_before_pixels stops at Float, Double Float and Pixel Data.
 _STOP_AT: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _WANTED: Final = {_SOP_INSTANCE: b"UI", _STUDY: b"UI", _EXPECTED: b"IS"}
@@ -85,16 +91,30 @@ def _top_level(data: bytes, offset: int, implicit: bool) -> dict[int, bytes]:
         if tag in _STOP_AT:
             break  # where identify's pydicom read stops too (stop_before_pixels)
         if length == _UNDEFINED:
+            if tag == _CHARACTER_SET:
+                raise _Unsure
             offset = _skip_undefined(data, value_at, implicit, 1)
             continue
         if value_at + length > end:
             raise _Unsure
+        if tag == _CHARACTER_SET and not _known_character_set(data[value_at : value_at + length]):
+            raise _Unsure  # pydicom resolves it while reading and may refuse (a NUL in the name)
         if tag in _WANTED:
             if vr is not None and vr != _WANTED[tag]:
                 raise _Unsure  # pydicom would decode another VR's value otherwise
             wanted[tag] = data[value_at : value_at + length]
         offset = value_at + length
     return wanted
+
+
+def _known_character_set(value: bytes) -> bool:
+    """Every term of (0008,0005) is one pydicom knows by name, split as pydicom splits it
+    (its ``convert_string`` decodes as Latin-1); anything else is left to ``identify``."""
+    names: str | MutableSequence[str] = multi_string(value.decode("latin-1"))
+    terms = [names] if isinstance(names, str) else list(names)
+    if len(terms) > 1 and not terms[0]:
+        terms[0] = "ISO_IR 6"  # as convert_encodings reads an empty first term
+    return all(term in python_encoding for term in terms)
 
 
 def _looks_explicit(data: bytes, offset: int) -> bool:

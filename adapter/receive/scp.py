@@ -510,7 +510,6 @@ class _Association(socketserver.BaseRequestHandler):
             transfer,
             implementation_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version=IMPLEMENTATION_VERSION,
-            source_ae=self.calling_ae,
         )
         size = len(meta) + sum(len(part) for part in data)
         if not self.receiver.reserve(size):  # the joined copy below, while the parts live

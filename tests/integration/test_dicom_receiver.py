@@ -177,3 +177,22 @@ def test_a_caller_not_on_the_allow_list_is_refused(tmp_path: Path) -> None:
         assert accepted.returncode == 0, accepted.stderr
         stats = service.stats()
     assert stats["received"] == 1 and stats["associations_rejected"] == 1
+
+
+def test_a_diagnostic_study_sent_as_a_listed_simulator_is_still_held(
+    tmp_path: Path, store: StoreUnderTest
+) -> None:
+    """The calling AE title is a claim: a diagnostic CT pushed by a caller calling itself
+    ``CTSIM1`` (a simulator in the bundled ``ae_titles`` rule, and on the allow-list) is held
+    as not planning, as the same files are from a folder; it is not labelled on PACS."""
+    out = tmp_path / "out"
+    settings = receiver_settings(load_settings(None, env={}), allowed_callers=("CTSIM1",))
+    uid = study_uid(DIAGNOSTIC)
+    with running_receiver(settings, out) as service:
+        sent = storescu(service.port, sorted(DIAGNOSTIC.glob("*.dcm")), calling="CTSIM1")
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: processed(service, 1), timeout=30, what="study processed")
+    assert report(out, uid)["status"] == "held-not-planning"
+    assert report(out, uid)["planning_scan"] is False
+    assert transactions(store, out, uid) == 0
+    assert not list((out / "dicom").glob("KOS-*.dcm"))
