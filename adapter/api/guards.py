@@ -91,15 +91,18 @@ class Guard:
                 if status["code"] == 0:
                     await _too_large(sending)
         route = scope.get("route")
+        fields = {
+            "method": scope.get("method", ""),
+            "route": getattr(route, "path", "unmatched"),  # the template: never a UID
+            "status": status["code"],
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        }
         access_log.info(
-            json.dumps(
-                {
-                    "method": scope.get("method", ""),
-                    "route": getattr(route, "path", "unmatched"),
-                    "status": status["code"],
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                }
-            )
+            "%s %s %s",
+            fields["method"],
+            fields["route"],
+            fields["status"],
+            extra={"fields": fields},
         )
 
 

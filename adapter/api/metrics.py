@@ -5,8 +5,9 @@ the store's own (they survive a restart and agree across processes sharing one s
 * ``rtplan_queue_depth`` / ``rtplan_queue_oldest_age_seconds``: open rows and the oldest's age
 * ``rtplan_ack_latency_seconds``: HL7 orders, enqueued to accepting ACK (histogram)
 * ``rtplan_escalations_fired_total``: escalation timers that fired
-* ``rtplan_receiver_*_total``: C-STORE associations and instances (received, duplicates,
-  refused, failed) and received studies by outcome, since this process started
+* ``rtplan_receiver_*_total``: C-STORE associations, instances and received studies by
+  outcome (``RECEIVER_HELP``), counted by this process since it started (reset by a restart),
+  each from 0 while the receiver runs
 
 No label carries a UID, name or any other value from the data.
 """
@@ -31,6 +32,22 @@ from adapter.store.outbox import OPEN_STATES, Row
 from adapter.store.protocol import Store
 
 ORDER_KIND = "hl7-order"
+RECEIVER_HELP = {
+    "associations": "C-STORE associations accepted",
+    "associations_rejected": "C-STORE associations rejected (A-ASSOCIATE-RJ)",
+    "received": "instances received and stored in the spool",
+    "duplicates": "instances received again (same SOP Instance UID), kept once",
+    "refused": "instances answered with a failure status (not DICOM, no UIDs, unreadable)",
+    "failed": "instances that could not be written to the spool (answered A700/C000)",
+    "studies_mapped": "received studies mapped and queued for delivery",
+    "studies_held-not-planning": "received studies held: not a planning scan",
+    "studies_held-incomplete": "received studies held: instances still missing",
+    "studies_held-identity": "received studies held: patient identity disagrees",
+    "studies_failed": "received studies whose mapping failed",
+    "studies_errors": "study processing attempts that raised (the study is retried)",
+    "studies_rejected_files": "received files ingest refused (quarantined)",
+}
+"""Every ``rtplan_receiver_<name>_total`` series; the name as the receiver counts it."""
 ACK_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 14400.0, 86400.0)
 
 
@@ -77,8 +94,18 @@ class StoreCollector(Collector):
             value=len(self.outbox.identity_holds(open_only=True)),
         )
         for name, count in sorted(self.receiver.items()):
-            metric = "rtplan_receiver_" + "".join(c if c.isalnum() else "_" for c in name)
-            yield CounterMetricFamily(metric, f"DICOM receiver: {name}", value=count)
+            yield CounterMetricFamily(
+                receiver_metric(name),
+                RECEIVER_HELP.get(name, f"DICOM receiver: {name}")
+                + " (since this process started)",
+                value=count,
+            )
+
+
+def receiver_metric(name: str) -> str:
+    """``held-not-planning`` -> ``rtplan_receiver_held_not_planning`` (``_total`` is added on
+    exposition): Prometheus names allow letters, digits and underscores."""
+    return "rtplan_receiver_" + "".join(c if c.isalnum() else "_" for c in name)
 
 
 def _acked(row: Row) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapter.config import Settings
-from adapter.ingest.pipeline import IngestResult, StudyOutcome
+from adapter.ingest.pipeline import IngestResult, Status, StudyOutcome
 from adapter.jobs.deliver import deliver, enqueue, targets
 from adapter.jobs.ingest import read_and_map
 from adapter.jobs.output import study_report, write_json_atomic
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from adapter.fhir.client import FhirClient
 
 log = logging.getLogger(__name__)
+STUDY_COUNTERS = (*(status.value for status in Status), "errors", "rejected_files")
+"""Studies by outcome, studies whose processing raised (retried), files refused by ingest."""
 Clock = Callable[[], float]
 RETRY_SECONDS = 60  # a study whose processing failed is tried again after this long
 
@@ -90,7 +92,8 @@ class StudyProcessor:
         self.outbox = outbox
         self.out_dir = out_dir
         self.clock = clock
-        self.counts: Counter[str] = Counter()
+        # Every outcome from the start, at 0: a scrape shows each series before its first study.
+        self.counts: Counter[str] = Counter(dict.fromkeys(STUDY_COUNTERS, 0))
         self.wake = asyncio.Event()
         self._retry_at: dict[str, float] = {}  # study key -> not before (after a failure)
 

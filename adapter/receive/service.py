@@ -89,7 +89,7 @@ class ReceiveService:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        log.info("DICOM receiver stopped; %s", self.stats())
+        log.info("DICOM receiver stopped", extra={"fields": self.stats()})
 
     def stats(self) -> dict[str, int]:
         """Counters without patient data: associations, instances, studies by outcome."""

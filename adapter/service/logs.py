@@ -34,17 +34,40 @@ class NoParsedValues(logging.Filter):
         return not (root in VALUE_LOGGERS and record.levelno < logging.ERROR)
 
 
+FIELDS = "fields"
+"""A record's structured values: ``log.info("...", extra={"fields": {...}})``. The standard
+library's ``extra`` keeps the callers (API, receiver) free of this module; JSON lines carry the
+fields as keys of their own, text lines as ``key=value`` after the message."""
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    found = getattr(record, FIELDS, None)
+    return dict(found) if isinstance(found, dict) else {}
+
+
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in _fields(record).items():
+            entry.setdefault(key, value)  # the four keys above are never replaced
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = record.exc_info[0].__name__  # the type only: values may be PHI
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextLines(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        pairs = " ".join(f"{key}={value}" for key, value in _fields(record).items())
+        return f"{line} {pairs}" if pairs else line
 
 
 class CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -66,7 +89,7 @@ def configure_service_logging(settings: LogSettings) -> None:
     if settings.format == "json":
         handler.setFormatter(JsonLines())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextLines())
     handler.addFilter(NoParsedValues())
     logging.captureWarnings(True)  # to the log, where the filter drops them, not raw stderr
     root = logging.getLogger()

@@ -35,6 +35,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -174,7 +175,9 @@ async def _serve(
                 finally:
                     await store.run(outbox.close)
                     await store.aclose()
-            log.info("stopped; inbound %s; metrics %s", handler.stats, dict(metrics.counters))
+            counts = {f"inbound_{k}": v for k, v in asdict(handler.stats).items()}
+            counts.update(sorted(metrics.counters.items()))  # escalations_<kind>
+            log.info("stopped", extra={"fields": counts})
         return int(server.port) if settings.serve.mllp_listener else 0
 
 

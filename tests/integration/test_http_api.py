@@ -68,7 +68,9 @@ def test_no_tokens_file_refuses_every_api_request(tmp_path: Path) -> None:
 
 
 def test_readyz_is_503_while_the_configured_fhir_server_does_not_answer(tmp_path: Path) -> None:
-    base = load_settings(None, env={"RTPLAN_FHIR__BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"})
+    base = load_settings(
+        None, env={"RTPLAN_FHIR__BASE_URL": f"http://127.0.0.1:{free_port()}/fhir"}
+    )
     with running_api(api_settings(base, tmp_path), tmp_path / "out") as api:
         answer = api.get("/readyz")
     assert answer.status_code == 503
@@ -130,7 +132,7 @@ def test_post_review_202_then_422_with_field_paths_409_stale_and_413(
         metrics = api.get("/metrics", headers=AUTH).text
         assert 'rtplan_outbox_rows{destination="files",state="delivered"}' in metrics
         assert "rtplan_queue_depth" in metrics
-    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "rtplan.access"]
+    access = [r.fields for r in caplog.records if r.name == "rtplan.access"]
     assert {"method": "GET", "route": "/studies/{study_uid}", "status": 200} in [
         {k: a[k] for k in ("method", "route", "status")} for a in access
     ]

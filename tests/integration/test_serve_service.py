@@ -73,6 +73,9 @@ def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path, cli_store
         metrics = api.get("/metrics", headers=headers).text
         assert "rtplan_receiver_received_total 10.0" in metrics
         assert "rtplan_receiver_studies_mapped_total 1.0" in metrics
+        # Every outcome is a series from 0, before its first study (alerting needs the series).
+        assert "rtplan_receiver_studies_held_not_planning_total 0.0" in metrics
+        assert "since this process started" in metrics  # HELP: these reset with the process
         text = (ROOT / "docs" / "operations.md").read_text()
         documented = [n for n in re.findall(r"`(rtplan_[a-z_]+)", text) if not n.endswith("_")]
         names = {line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE")}
@@ -89,6 +92,16 @@ def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path, cli_store
     messages = [entry["message"] for entry in lines]
     assert f"received study {log_key(uid)}: mapped (10 instances)" in messages
     assert {"time", "level", "logger", "message"} <= set(lines[0])
+    # Structured fields are keys of the line (docs/operations.md), not text in the message.
+    access = [e for e in lines if e["logger"] == "rtplan.access"]
+    assert {"method": "GET", "route": "/studies/{study_uid}", "status": 200}.items() <= next(
+        e for e in access if e["route"] == "/studies/{study_uid}"
+    ).items()
+    (receiver,) = [e for e in lines if e["message"] == "DICOM receiver stopped"]
+    assert receiver["received"] == 10 and receiver["studies_mapped"] == 1
+    assert receiver["studies_held-not-planning"] == 0
+    (stopped,) = [e for e in lines if e["message"] == "stopped"]
+    assert stopped["inbound_received"] == 0
     ds = dcmread(sorted(PLANNING.glob("*.dcm"))[0], stop_before_pixels=True)
     for value in (uid, str(ds.PatientID), str(ds.PatientName), str(ds.AccessionNumber)):
         assert value not in stderr

@@ -8,6 +8,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -59,3 +60,25 @@ def test_values_pydicom_quotes_never_reach_the_log(monkeypatch: pytest.MonkeyPat
     text = stream.getvalue()
     assert "PATIENTSMITH" not in text and "SMITH^JOHN" not in text
     assert "C-STORE refused: cannot read" in text  # our own lines still pass
+
+
+@pytest.mark.usefixtures("service_logging")
+@pytest.mark.parametrize("form", ["json", "text"])
+def test_a_lines_fields_are_its_own_keys(monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    configure_service_logging(replace(Settings().log, format=form))
+    fields = {"method": "GET", "route": "/studies/{study_uid}", "status": 200, "message": "x"}
+    logging.getLogger("rtplan.access").info(
+        "GET /studies/{study_uid} 200", extra={"fields": fields}
+    )
+    text = stream.getvalue().strip()
+    if form == "json":
+        line = json.loads(text)
+        assert line["route"] == "/studies/{study_uid}" and line["status"] == 200
+        assert line["message"] == "GET /studies/{study_uid} 200"  # never replaced by a field
+    else:
+        assert text.endswith(
+            "rtplan.access: GET /studies/{study_uid} 200 method=GET "
+            "route=/studies/{study_uid} status=200 message=x"
+        )
