@@ -1,17 +1,20 @@
-"""Find the spool's three elements in a received data set without pydicom.
+"""Find the spool's three elements in a received data set without pydicom's reader.
 
 The receiver needs only the Study Instance UID (0020,000D), the SOP Instance UID (0008,0018)
 and the Number of Study Related Instances (0020,1208), all near the start of the data set.
 pydicom's ``dcmread`` of the header was 40 % of the receiver's CPU per instance, so this walks
 the top-level elements itself, as far as ``identify``'s read goes (to Pixel Data or Float
-/ Double Float Pixel Data), so that a
-data set it would refuse as unreadable is not accepted here.
+/ Double Float Pixel Data), and the items of every sequence of undefined length (pydicom parses
+those whatever it was asked for), so that a data set it would refuse as unreadable is not
+accepted here. Of pydicom it uses only two tables: character set names and the dictionary's VRs.
 
 It only ever *accepts*: anything it does not read exactly as :func:`spool.identify` would
 (big endian, deflated, a value that is not a plain UID or integer, a Specific Character Set
-(0008,0005) that pydicom's table does not name, a structure it does not expect, any length
-past the end) returns ``None`` and the caller asks ``identify``, whose
-verdict stands. Every loop advances; nesting is bounded; no declared length is allocated.
+(0008,0005) that pydicom's table does not name, at the top level or in an item, an
+undefined-length value that is not a sequence, an item whose elements do not end where it does,
+a structure it does not expect, any length past the end) returns ``None`` and the caller asks
+``identify``, whose verdict stands. Every loop advances; nesting is bounded; no declared length
+is allocated.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import MutableSequence
 from typing import Final
 
 from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.values import multi_string
 
 from adapter.dicom.limits import DEFLATED_TS, EXPLICIT_BE_TS, IMPLICIT_LE_TS
@@ -36,6 +40,7 @@ _TAG: Final = struct.Struct("<HHI")  # group, element, 32-bit length (implicit V
 _EXPLICIT: Final = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
+_ITEM_BYTES: Final = struct.pack("<HH", 0xFFFE, 0xE000)
 _SEQUENCE_END: Final = 0xFFFEE0DD
 _SOP_INSTANCE: Final = 0x00080018
 _STUDY: Final = 0x0020000D
@@ -91,9 +96,8 @@ def _top_level(data: bytes, offset: int, implicit: bool) -> dict[int, bytes]:
         if tag in _STOP_AT:
             break  # where identify's pydicom read stops too (stop_before_pixels)
         if length == _UNDEFINED:
-            if tag == _CHARACTER_SET:
-                raise _Unsure
-            offset = _skip_undefined(data, value_at, implicit, 1)
+            _require_sequence(tag, vr, data, value_at)
+            offset = _skip_sequence(data, value_at, implicit, 1)
             continue
         if value_at + length > end:
             raise _Unsure
@@ -145,9 +149,27 @@ def _header(data: bytes, offset: int, implicit: bool) -> tuple[int, bytes | None
     return tag, vr, offset + 8, short
 
 
-def _skip_undefined(data: bytes, offset: int, implicit: bool, depth: int) -> int:
-    """Past a sequence (or encapsulated value) of undefined length: its items, to the
-    sequence delimiter. Items of undefined length are walked element by element."""
+def _require_sequence(tag: int, vr: bytes | None, data: bytes, value_at: int) -> None:
+    """An element of undefined length must be one pydicom reads as a sequence, item by item.
+    Any other (an undefined-length OB, say) pydicom reads by searching for the first bytes that
+    spell a sequence delimiter, which may lie inside a fragment: not walked here."""
+    if vr is not None:
+        if vr != b"SQ":
+            raise _Unsure
+        return
+    try:  # implicit VR: pydicom takes the VR from its dictionary
+        if dictionary_VR(tag) != "SQ":
+            raise _Unsure
+    except KeyError:  # not in it (a private tag): a sequence when an item follows
+        if data[value_at : value_at + 4] != _ITEM_BYTES:
+            raise _Unsure from None
+
+
+def _skip_sequence(data: bytes, offset: int, implicit: bool, depth: int) -> int:
+    """Past a sequence of undefined length, to its delimiter. pydicom parses such a sequence's
+    items as it reads, whatever ``specific_tags`` says (a Specific Character Set in an item is
+    resolved, and may raise), so each item is walked element by element, as pydicom reads it,
+    and an item of defined length must end exactly where it says."""
     if depth > _MAX_DEPTH:
         raise _Unsure
     end = len(data)
@@ -157,27 +179,35 @@ def _skip_undefined(data: bytes, offset: int, implicit: bool, depth: int) -> int
             return value_at
         if tag != _ITEM:
             raise _Unsure
-        if length != _UNDEFINED:
-            if value_at + length > end:
-                raise _Unsure
-            offset = value_at + length
-            continue
-        offset = _skip_item(data, value_at, implicit, depth + 1)
-    raise _Unsure
-
-
-def _skip_item(data: bytes, offset: int, implicit: bool, depth: int) -> int:
-    end = len(data)
-    while offset < end:
-        tag, _, value_at, length = _header(data, offset, implicit)
-        if tag == _ITEM_END:
-            return value_at
         if length == _UNDEFINED:
-            offset = _skip_undefined(data, value_at, implicit, depth)
+            offset = _walk_item(data, value_at, None, implicit, depth + 1)
         elif value_at + length > end:
             raise _Unsure
         else:
-            offset = value_at + length
+            offset = _walk_item(data, value_at, value_at + length, implicit, depth + 1)
+    raise _Unsure
+
+
+def _walk_item(data: bytes, offset: int, stop: int | None, implicit: bool, depth: int) -> int:
+    """The elements of one item: to its delimiter (``stop`` None), or exactly to ``stop``."""
+    end = len(data) if stop is None else stop
+    while offset < end:
+        tag, vr, value_at, length = _header(data, offset, implicit)
+        if stop is None and tag == _ITEM_END:
+            return value_at
+        if tag >> 16 == 0xFFFE:
+            raise _Unsure  # a stray item or delimiter inside an item
+        if length == _UNDEFINED:
+            _require_sequence(tag, vr, data, value_at)
+            offset = _skip_sequence(data, value_at, implicit, depth)
+            continue
+        if value_at + length > end:
+            raise _Unsure
+        if tag == _CHARACTER_SET and not _known_character_set(data[value_at : value_at + length]):
+            raise _Unsure
+        offset = value_at + length
+    if stop is not None and offset == stop:
+        return offset
     raise _Unsure
 
 

@@ -170,6 +170,28 @@ def plain(study: bytes = b"1.2.5\x00", extra: bytes = b"", charset: bytes = b"")
     return head + ex(0x00080018, b"UI", SOP) + ex(0x0020000D, b"UI", study) + extra
 
 
+def sequence(tag: int, *items: tuple[bytes, bool], implicit: bool = False) -> bytes:
+    """A sequence of undefined length; each item (its elements, defined length or not)."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    out = head + (b"" if implicit else b"SQ\x00\x00") + struct.pack("<I", 0xFFFFFFFF)
+    for body, defined in items:
+        if defined:
+            out += struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+        else:
+            out += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + body
+            out += struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    return out + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
+def with_sequence(seq: bytes) -> bytes:
+    """SOP instance, the sequence, then the study UID: the scan must get past the sequence."""
+    return ex(0x00080018, b"UI", SOP) + seq + ex(0x0020000D, b"UI", b"1.2.5\x00")
+
+
+REFERENCED = ex(0x00081150, b"UI", b"1.2\x00")
+NUL_CHARSET = ex(0x00080005, b"CS", b"\x00ISO_IR 100")
+
+
 def polyglot() -> bytes:
     """Implicit VR negotiated, but the first element's length reads as a VR: pydicom switches
     to explicit VR and finds one study UID, an implicit reading another."""
@@ -193,6 +215,34 @@ LEFT_TO_IDENTIFY = {
     # name makes that raise, so identify refuses what a scan blind to it accepted
     "a NUL in the character set": (plain(charset=b"\x00ISO 2022 IR 87 "), EXPLICIT),
     "an unknown character set": (plain(charset=b"ISO_IR 999"), EXPLICIT),
+    # pydicom parses the items of an undefined-length sequence whatever specific_tags says, and
+    # resolves a character set there too; the scan once skipped such items unread
+    "a NUL character set in an item of defined length": (
+        with_sequence(sequence(0x00081110, (NUL_CHARSET + REFERENCED, True))),
+        EXPLICIT,
+    ),
+    "a NUL character set in an item of undefined length": (
+        with_sequence(sequence(0x00081110, (NUL_CHARSET + REFERENCED, False))),
+        EXPLICIT,
+    ),
+    "an element running past its item's end": (
+        with_sequence(
+            sequence(
+                0x00081110, (struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", 8) + b"1.2\x00", True)
+            )
+        ),
+        EXPLICIT,
+    ),
+    "an undefined-length value that is not a sequence": (
+        with_sequence(sequence(0x00091010, (b"\x00" * 4, True)).replace(b"SQ", b"OB", 1)),
+        EXPLICIT,
+    ),
+    "implicit: an undefined-length value whose dictionary VR is not SQ": (
+        im(0x00080018, SOP)
+        + sequence(0x00081150, (b"", True), implicit=True)
+        + im(0x0020000D, b"1.2.5\x00"),
+        IMPLICIT,
+    ),
 }
 READ_ALIKE = {
     "after Pixel Data nothing counts": (
@@ -210,6 +260,22 @@ READ_ALIKE = {
     "count with spaces": (plain(extra=ex(0x00201208, b"IS", b"  3")), EXPLICIT),
     "a character set": (plain(charset=b"ISO_IR 100"), EXPLICIT),
     "character set extensions": (plain(charset=b"\\ISO 2022 IR 87 "), EXPLICIT),
+    "a sequence with a character set in each kind of item": (
+        with_sequence(
+            sequence(
+                0x00081110,
+                (ex(0x00080005, b"CS", b"ISO_IR 100") + REFERENCED, True),
+                (ex(0x00080005, b"CS", b"ISO_IR 192") + REFERENCED, False),
+            )
+        ),
+        EXPLICIT,
+    ),
+    "implicit: a private sequence of undefined length": (
+        im(0x00080018, SOP)
+        + sequence(0x00091010, (im(0x00081150, b"1.2\x00"), False), implicit=True)
+        + im(0x0020000D, b"1.2.5\x00"),
+        IMPLICIT,
+    ),
 }
 
 
