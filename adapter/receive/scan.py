@@ -10,9 +10,10 @@ accepted here. Of pydicom it uses only two tables: character set names and the d
 
 It only ever *accepts*: anything it does not read exactly as :func:`spool.identify` would
 (big endian, deflated, a value that is not a plain UID or integer, a Specific Character Set
-(0008,0005) that pydicom's table does not name, at the top level or in an item, an
-undefined-length value that is not a sequence, an item whose elements do not end where it does,
-a structure it does not expect, any length past the end) returns ``None`` and the caller asks
+(0008,0005) that is not CS or that pydicom's table does not name, at the top level or in an
+item, group 0000 or 0002 in the data set, an undefined-length value that is not a sequence or
+is a wanted element, an item whose elements do not end where it does, an item delimiter with a
+length, a structure it does not expect, any length past the end) returns ``None`` and the caller asks
 ``identify``, whose verdict stands. Every loop advances; nesting is bounded; no declared length
 is allocated.
 """
@@ -41,6 +42,7 @@ _EXPLICIT: Final = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
 _ITEM_BYTES: Final = struct.pack("<HH", 0xFFFE, 0xE000)
+_NOT_IN_A_DATA_SET: Final = frozenset({0x0000, 0x0002, 0xFFFE})  # groups
 _SEQUENCE_END: Final = 0xFFFEE0DD
 _SOP_INSTANCE: Final = 0x00080018
 _STUDY: Final = 0x0020000D
@@ -90,25 +92,37 @@ def _top_level(data: bytes, offset: int, implicit: bool) -> dict[int, bytes]:
     previous = -1
     while offset < end:
         tag, vr, value_at, length = _header(data, offset, implicit)
-        if tag <= previous or tag >> 16 == 0xFFFE:
-            raise _Unsure  # out of order, repeated, or a stray item at the top level
+        if tag <= previous or tag >> 16 in _NOT_IN_A_DATA_SET:
+            # Out of order, repeated, or a stray item at the top level; or group 0002 / 0000,
+            # which pydicom reads on as file meta (a transfer syntax there replaces the real
+            # one) or as a command set before it decides implicit or explicit VR.
+            raise _Unsure
         previous = tag
         if tag in _STOP_AT:
             break  # where identify's pydicom read stops too (stop_before_pixels)
         if length == _UNDEFINED:
+            if tag in _WANTED:
+                raise _Unsure  # pydicom would hand identify a sequence to read as a value
             _require_sequence(tag, vr, data, value_at)
             offset = _skip_sequence(data, value_at, implicit, 1)
             continue
         if value_at + length > end:
             raise _Unsure
-        if tag == _CHARACTER_SET and not _known_character_set(data[value_at : value_at + length]):
-            raise _Unsure  # pydicom resolves it while reading and may refuse (a NUL in the name)
+        if tag == _CHARACTER_SET:
+            _require_character_set(vr, data[value_at : value_at + length])
         if tag in _WANTED:
             if vr is not None and vr != _WANTED[tag]:
                 raise _Unsure  # pydicom would decode another VR's value otherwise
             wanted[tag] = data[value_at : value_at + length]
         offset = value_at + length
     return wanted
+
+
+def _require_character_set(vr: bytes | None, value: bytes) -> None:
+    """pydicom resolves (0008,0005) as it reads, converting it with the VR it was given (US,
+    OB, SQ... raise there) and looking each name up (a NUL raises)."""
+    if vr not in (None, b"CS") or not _known_character_set(value):
+        raise _Unsure
 
 
 def _known_character_set(value: bytes) -> bool:
@@ -152,7 +166,10 @@ def _header(data: bytes, offset: int, implicit: bool) -> tuple[int, bytes | None
 def _require_sequence(tag: int, vr: bytes | None, data: bytes, value_at: int) -> None:
     """An element of undefined length must be one pydicom reads as a sequence, item by item.
     Any other (an undefined-length OB, say) pydicom reads by searching for the first bytes that
-    spell a sequence delimiter, which may lie inside a fragment: not walked here."""
+    spell a sequence delimiter, which may lie inside a fragment: not walked here. Nor is a
+    Specific Character Set of undefined length, which pydicom would resolve as a sequence."""
+    if tag == _CHARACTER_SET:
+        raise _Unsure
     if vr is not None:
         if vr != b"SQ":
             raise _Unsure
@@ -194,6 +211,10 @@ def _walk_item(data: bytes, offset: int, stop: int | None, implicit: bool, depth
     while offset < end:
         tag, vr, value_at, length = _header(data, offset, implicit)
         if stop is None and tag == _ITEM_END:
+            if length != 0:
+                # In explicit VR pydicom decodes a VR first: length bytes that spell a long VR
+                # ("OB\0\0") move it 4 bytes on from here.
+                raise _Unsure
             return value_at
         if tag >> 16 == 0xFFFE:
             raise _Unsure  # a stray item or delimiter inside an item
@@ -203,8 +224,8 @@ def _walk_item(data: bytes, offset: int, stop: int | None, implicit: bool, depth
             continue
         if value_at + length > end:
             raise _Unsure
-        if tag == _CHARACTER_SET and not _known_character_set(data[value_at : value_at + length]):
-            raise _Unsure
+        if tag == _CHARACTER_SET:
+            _require_character_set(vr, data[value_at : value_at + length])
         offset = value_at + length
     if stop is not None and offset == stop:
         return offset

@@ -192,10 +192,10 @@ REFERENCED = ex(0x00081150, b"UI", b"1.2\x00")
 NUL_CHARSET = ex(0x00080005, b"CS", b"\x00ISO_IR 100")
 
 
-def polyglot() -> bytes:
+def polyglot(first_tag: int = 0x00080005) -> bytes:
     """Implicit VR negotiated, but the first element's length reads as a VR: pydicom switches
     to explicit VR and finds one study UID, an implicit reading another."""
-    first = struct.pack("<HH", 0x0008, 0x0005) + b"UI" + struct.pack("<H", 0)
+    first = struct.pack("<HH", first_tag >> 16, first_tag & 0xFFFF) + b"UI" + struct.pack("<H", 0)
     explicit = ex(0x00080018, b"UI", SOP) + ex(0x0020000D, b"UI", b"1.2.5\x00")
     gap = 0x4955 - len(explicit) - 12
     implicit = im(0x00080018, SOP) + im(0x0020000D, b"6.6.6\x00")
@@ -235,6 +235,46 @@ LEFT_TO_IDENTIFY = {
     ),
     "an undefined-length value that is not a sequence": (
         with_sequence(sequence(0x00091010, (b"\x00" * 4, True)).replace(b"SQ", b"OB", 1)),
+        EXPLICIT,
+    ),
+    # A second attack review (differential hunt): each of these once read a study UID, or
+    # accepted a data set, other than pydicom does.
+    "group 0002 first (pydicom reads it as file meta: a new transfer syntax)": (
+        ex(0x00020010, b"UI", b"1.2.840.10008.1.2.2\x00") + plain(),
+        EXPLICIT,
+    ),
+    "implicit: group 0002 first": (
+        im(0x00020010, b"1.2.840.10008.1.2.1.99\x00")
+        + im(0x00080018, SOP)
+        + im(0x0020000D, b"1.2.5\x00"),
+        IMPLICIT,
+    ),
+    "implicit: a polyglot behind a group 0000 element": (
+        im(0x00000000, b"\x00" * 4) + polyglot(0x00080016),
+        IMPLICIT,
+    ),
+    "an item delimiter whose length spells a long VR": (
+        with_sequence(
+            sequence(0x00081110, (REFERENCED, False)).replace(
+                struct.pack("<HHI", 0xFFFE, 0xE00D, 0),
+                struct.pack("<HH", 0xFFFE, 0xE00D) + b"OB\0\0",
+            )
+        ),
+        EXPLICIT,
+    ),
+    "a character set with the VR US": (ex(0x00080005, b"US", b"ISO_IR 100") + plain(), EXPLICIT),
+    "a character set with the VR OB in an item": (
+        with_sequence(
+            sequence(0x00081110, (ex(0x00080005, b"OB", b"ISO_IR 100") + REFERENCED, True))
+        ),
+        EXPLICIT,
+    ),
+    "a character set as a sequence of undefined length": (
+        sequence(0x00080005) + plain(),
+        EXPLICIT,
+    ),
+    "the count as a sequence of undefined length": (
+        plain() + sequence(0x00201208, (ex(0x00281050, b"US", b"\x01\x02\x03"), False)),
         EXPLICIT,
     ),
     "implicit: an undefined-length value whose dictionary VR is not SQ": (
