@@ -355,6 +355,14 @@ _READER = SettingsReader(Settings, ENV_PREFIX)
 SECTIONS: Mapping[str, type[Any]] = _READER.sections
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's message is several lines (with the offending text); one line, with a place."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from an optional YAML file and the environment.
 
@@ -368,8 +376,10 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
 
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(str(path), f"cannot read settings file: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read settings file: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(str(path), "the settings file must be a YAML mapping")
         raw = loaded

@@ -16,6 +16,7 @@ Errors never quote the rejected value: a value may be a secret, or a path naming
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
@@ -79,8 +80,15 @@ class _Finite:
 
 
 def _comma_separated(value: object) -> object:
-    """An environment value for a list is comma-separated (``CTSIM1,PACS``)."""
+    """An environment value for a list is comma-separated (``CTSIM1,PACS``), or the JSON list
+    other pydantic-settings programs take (``["CTSIM1","PACS"]``): read as one comma-free
+    item, that form would name an AE title no caller has."""
     if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            items = json.loads(value)  # a JSONDecodeError is a ValueError: refused, named
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError("a JSON list must hold strings")
+            return tuple(item.strip() for item in items if item.strip())
         return tuple(item.strip() for item in value.split(",") if item.strip())
     if isinstance(value, list | tuple):
         return tuple(item.strip() if isinstance(item, str) else item for item in value)

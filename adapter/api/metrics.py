@@ -37,13 +37,13 @@ RECEIVER_HELP = {
     "associations_rejected": "C-STORE associations rejected (A-ASSOCIATE-RJ)",
     "received": "instances received and stored in the spool",
     "duplicates": "instances received again (same SOP Instance UID), kept once",
-    "refused": "instances answered with a failure status (not DICOM, no UIDs, unreadable)",
-    "failed": "instances that could not be written to the spool (answered A700/C000)",
-    "studies_mapped": "received studies mapped and queued for delivery",
-    "studies_held-not-planning": "received studies held: not a planning scan",
-    "studies_held-incomplete": "received studies held: instances still missing",
-    "studies_held-identity": "received studies held: patient identity disagrees",
-    "studies_failed": "received studies whose mapping failed",
+    "refused": "instances refused (C000 or 0122): not DICOM, no UIDs, unreadable, wrong class",
+    "failed": "instances answered A700 (out of resources: spool not written, or memory full)",
+    "studies_mapped": "study processing passes that mapped the study (late instances: one more)",
+    "studies_held_not_planning": "study processing passes that held the study: not a planning scan",
+    "studies_held_incomplete": "study processing passes that held the study: instances missing",
+    "studies_held_identity": "study processing passes that held the study: identity disagrees",
+    "studies_failed": "study processing passes whose mapping failed",
     "studies_errors": "study processing attempts that raised (the study is retried)",
     "studies_rejected_files": "received files ingest refused (quarantined)",
 }
@@ -103,8 +103,8 @@ class StoreCollector(Collector):
 
 
 def receiver_metric(name: str) -> str:
-    """``held-not-planning`` -> ``rtplan_receiver_held_not_planning`` (``_total`` is added on
-    exposition): Prometheus names allow letters, digits and underscores."""
+    """``studies_mapped`` -> ``rtplan_receiver_studies_mapped`` (``_total`` is added on
+    exposition); anything but letters and digits becomes an underscore, as Prometheus needs."""
     return "rtplan_receiver_" + "".join(c if c.isalnum() else "_" for c in name)
 
 

@@ -501,8 +501,10 @@ class _Association(socketserver.BaseRequestHandler):
         if command.field != dimse.C_STORE_RQ:
             return UNRECOGNIZED_OPERATION
         if command.sop_class != abstract or abstract == VERIFICATION:
+            self.receiver.bump("refused")  # every C-STORE answered with a failure is counted
             return SOP_CLASS_NOT_SUPPORTED
         if not command.sop_instance or not data:
+            self.receiver.bump("refused")
             return CANNOT_UNDERSTAND
         meta = dimse.file_meta(
             command.sop_class,
@@ -514,6 +516,7 @@ class _Association(socketserver.BaseRequestHandler):
         size = len(meta) + sum(len(part) for part in data)
         if not self.receiver.reserve(size):  # the joined copy below, while the parts live
             log.warning("C-STORE not stored: data sets in memory over the receiver's budget")
+            self.receiver.bump("failed")
             return OUT_OF_RESOURCES  # the sender keeps the instance and sends it again
         try:
             return self.receiver.store(

@@ -97,5 +97,9 @@ class ReceiveService:
         if self.receiver is not None:
             counts.update(self.receiver.counts)
         if self.processor is not None:
-            counts.update({f"studies_{k}": v for k, v in self.processor.counts.items()})
+            # ``held-incomplete`` -> ``studies_held_incomplete``: log fields and metric names
+            # alike take underscores (log queries split on hyphens).
+            counts.update(
+                {f"studies_{k.replace('-', '_')}": v for k, v in self.processor.counts.items()}
+            )
         return counts

@@ -77,6 +77,10 @@ async def serve(
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     tables = load_tables(settings.mappings_dir)
+    if settings.http.listen_port:  # refused (exit 2) before any part binds a port
+        from adapter.api.guards import load_tokens  # lazy: FastAPI only when the API is on
+
+        load_tokens(settings.http.tokens_file)
     # The process's one FHIR client: every part below uses it.
     async with fhir_session(settings) as fhir:
         return await _serve(settings, out_dir, stop, started, metrics, tables, fhir)
@@ -94,7 +98,9 @@ async def _serve(
     fhir_targets = list(targets(settings, out_dir))
     hl7 = settings.hl7
     with Outbox(store_location(settings, out_dir), check_same_thread=False) as inbound_store:
-        trust = trust_policy(settings)
+        listening = settings.serve.mllp_listener
+        # Off, nothing is heard: the profiles' hosts are not resolved (nor warned about).
+        trust = trust_policy(settings) if listening else TrustPolicy((), {})
         wake = asyncio.Event()  # rows stored by another part: the worker claims them now
         handler = InboundHandler(inbound_store, tables, fhir_targets, trust, stored=wake.set)
         # Each part can be off (settings ``serve.*``, ``dicom.listen_port``,
@@ -103,16 +109,15 @@ async def _serve(
             handler,
             host=hl7.listen_host,
             port=hl7.listen_port,
-            tls=listener_tls(settings),
+            tls=listener_tls(settings) if listening else None,
             max_frame=hl7.listen_max_frame_bytes,
             max_connection_bytes=hl7.listen_max_connection_bytes,
             max_connections=hl7.listen_max_connections,
             idle_timeout=hl7.listen_idle_timeout,
             accept=trust.may_connect,
         )
-        if settings.serve.mllp_listener:
-            await server.start()
-            log.info("listening for HL7 on %s:%d", settings.hl7.listen_host, server.port)
+        if listening:
+            await server.start()  # the listener logs its own address
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -158,6 +163,16 @@ async def _serve(
                     name="rtplan-escalations",
                 )
             )
+        location = store_location(settings, out_dir)
+        on = {
+            "receiver": bool(settings.dicom.listen_port),
+            "api": bool(settings.http.listen_port),
+            "mllp_listener": listening,
+            "delivery": settings.serve.delivery,
+            # the kind only: a URL may carry a user name, a path the site's layout
+            "store": "postgresql" if str(location).startswith("postgresql") else "sqlite",
+        }
+        log.info("serving", extra={"fields": on})
         if started is not None:
             started.set()
         stopped = asyncio.create_task(stop.wait())

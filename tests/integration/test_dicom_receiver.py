@@ -137,7 +137,7 @@ def test_storescu_twice_and_in_two_halves_gives_one_complete_study(
         stats = service.stats()
     assert stats["received"] == len(files)
     assert stats["duplicates"] == len(files)
-    assert stats["studies_held-incomplete"] == 1 and stats["studies_mapped"] == 1
+    assert stats["studies_held_incomplete"] == 1 and stats["studies_mapped"] == 1
     assert transactions(store, out, uid) == 1  # one ImagingStudy, written once
     bundle = json.loads((out / "fhir" / f"ImagingStudy-{log_key(uid)}.json").read_text())
     (study,) = imaging_studies(bundle)

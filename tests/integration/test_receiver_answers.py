@@ -5,6 +5,7 @@ C-STORE over TLS with a client certificate."""
 from __future__ import annotations
 
 import ssl
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from pynetdicom import AE
 
 from adapter.config import load_settings
 from adapter.label.delivery import _close_socket
+from adapter.receive.scp import Receiver
 from adapter.receive.spool import Identity, Spool
 from tests.receive_support import receiver_settings, running_receiver
 from tests.support import FIXTURES
@@ -48,6 +50,27 @@ def test_an_instance_that_cannot_be_stored_is_answered_with_a_failure(
         assert send(service.port, CT) == 0xA700
         stats = service.stats()
     assert stats["failed"] == 1 and stats["received"] == 0
+
+
+def test_an_instance_over_the_memory_budget_is_answered_a700_and_counted_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget is full when the whole instance is to be joined for writing (its fragments
+    still fit): A700, counted, nothing spooled. A fault injected at that one call: no sender
+    can time another association's memory to land there."""
+    reserve = Receiver.reserve
+
+    def full_for_whole_instances(self: Receiver, size: int) -> bool:
+        joining = sys._getframe(1).f_code.co_name == "_perform"  # the joined copy's reservation
+        return not joining and reserve(self, size)
+
+    monkeypatch.setattr(Receiver, "reserve", full_for_whole_instances)
+    settings = receiver_settings(load_settings(None, env={}))
+    with running_receiver(settings, tmp_path / "out") as service:
+        assert send(service.port, CT) == 0xA700
+        stats = service.stats()
+    assert stats["failed"] == 1 and stats["received"] == 0
+    assert not list((tmp_path / "out" / "spool").rglob("*.dcm"))
 
 
 def test_a_data_set_without_a_study_uid_is_refused_and_not_spooled(tmp_path: Path) -> None:

@@ -118,6 +118,7 @@ def test_api_process_only_stores_and_a_delivery_process_delivers(
             return {r["state"] for r in review_rows(api, "REV-PARTS-1")} == {"delivered"}
 
         wait_for(delivered, timeout=60, what="the delivery process to deliver the review")
+
         # Every row, the note's MDM and ORU too: the worker builds the note after the answer
         # (its job row was stored with the review) and queues them.
         def documents() -> list[dict[str, object]]:
@@ -140,7 +141,12 @@ def test_api_process_only_stores_and_a_delivery_process_delivers(
         api_stderr = stop_serve(api_proc)
         if worker is not None:
             stop_serve(worker)
-    assert "listening for HL7" not in api_stderr
+    assert "mllp listener on" not in api_stderr
+    # The start line says which parts run; off, the RIS profiles' hosts are not resolved.
+    (serving,) = [json.loads(x) for x in api_stderr.splitlines() if '"serving"' in x]
+    assert serving["mllp_listener"] is False and serving["delivery"] is False
+    assert serving["api"] is True
+    assert "does not resolve" not in api_stderr
 
 
 def test_a_delivery_process_started_first_delivers_rows_of_every_kind_accepted_later(

@@ -99,7 +99,7 @@ def test_serve_runs_receiver_and_api_and_stops_cleanly(tmp_path: Path, cli_store
     ).items()
     (receiver,) = [e for e in lines if e["message"] == "DICOM receiver stopped"]
     assert receiver["received"] == 10 and receiver["studies_mapped"] == 1
-    assert receiver["studies_held-not-planning"] == 0
+    assert receiver["studies_held_not_planning"] == 0
     (stopped,) = [e for e in lines if e["message"] == "stopped"]
     assert stopped["inbound_received"] == 0
     ds = dcmread(sorted(PLANNING.glob("*.dcm"))[0], stop_before_pixels=True)

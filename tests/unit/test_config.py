@@ -45,3 +45,13 @@ def test_errors_name_the_key(tmp_path: Path, content: str, env: dict[str, str], 
     with pytest.raises(ConfigError) as caught:
         load_settings(path, env=env)
     assert caught.value.key == key
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path: Path) -> None:
+    path = tmp_path / "rtplan.yaml"
+    path.write_text("dicom: {listen_port: 11712\n")  # the brace is never closed
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert caught.value.key == str(path)
+    assert caught.value.problem.startswith("not valid YAML: line 2, column 1: expected ','")
+    assert "\n" not in str(caught.value)

@@ -16,6 +16,7 @@ from adapter.config import (
     ServeSettings,
     load_settings,
 )
+from adapter.errors import ConfigError
 from tests.support import ROOT
 
 DOCS = ROOT / "docs"
@@ -65,6 +66,13 @@ def test_the_documented_allowed_callers_override() -> None:
     assert "`RTPLAN_DICOM__ALLOWED_CALLERS=CTSIM1,PACS`" in text
     env = {"RTPLAN_DICOM__ALLOWED_CALLERS": "CTSIM1,PACS"}
     assert load_settings(None, env=env).dicom.allowed_callers == ("CTSIM1", "PACS")
+    # The JSON form, as the shell passes it after the quotes the docs show.
+    assert """`RTPLAN_DICOM__ALLOWED_CALLERS='["CTSIM1","PACS"]'`""" in text
+    env = {"RTPLAN_DICOM__ALLOWED_CALLERS": '["CTSIM1","PACS"]'}
+    assert load_settings(None, env=env).dicom.allowed_callers == ("CTSIM1", "PACS")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, env={"RTPLAN_DICOM__ALLOWED_CALLERS": '["CTSIM1",'})
+    assert refused.value.key == "dicom.allowed_callers"
 
 
 def test_the_operations_doc_names_its_commands_as_the_tests_run_them() -> None:
