@@ -212,3 +212,20 @@ def test_serve_with_every_part_off_is_a_usage_error(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rtplan: config serve: every part is off"), err
     assert "Traceback" not in "".join(err)
+
+
+def test_an_unreadable_tokens_file_stops_serve_before_any_port_is_bound(tmp_path: Path) -> None:
+    """One line naming ``http.tokens_file``, exit 2, and the MLLP listener (on by default) was
+    never started: an operator's mistake leaves no port half-open."""
+    hl7_port = free_port()
+    config = tmp_path / "rtplan.yaml"
+    config.write_text(
+        f"http:\n  listen_port: {free_port()}\n  tokens_file: {tmp_path / 'missing-tokens'}\n"
+        f"hl7:\n  listen_port: {hl7_port}\n"
+    )
+    proc = start_serve(config, tmp_path / "out", {})
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert stderr.strip().splitlines() == [
+        "rtplan: config http.tokens_file: cannot read: No such file or directory"
+    ]

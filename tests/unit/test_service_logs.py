@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
@@ -78,6 +79,7 @@ def test_a_lines_fields_are_its_own_keys(monkeypatch: pytest.MonkeyPatch, form: 
         assert line["route"] == "/studies/{study_uid}" and line["status"] == 200
         assert line["message"] == "GET /studies/{study_uid} 200"  # never replaced by a field
     else:
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 INFO ", text)  # UTC
         assert text.endswith(
             "rtplan.access: GET /studies/{study_uid} 200 method=GET "
             "route=/studies/{study_uid} status=200 message=x"
