@@ -81,6 +81,7 @@ def _study(study_uid: str, headers: list[InstanceHeader]) -> StudySummary:
     series = sorted((_series(members, problems) for members in by_series.values()), key=_series_key)
 
     declared = {h.number_of_study_related_instances for h in instances} - {None}
+    expected = None
     if len(declared) == 1:
         (expected,) = declared
         if expected is not None and expected != len(instances):
@@ -116,7 +117,7 @@ def _study(study_uid: str, headers: list[InstanceHeader]) -> StudySummary:
         source_ae_titles=tuple(sorted({h.source_ae_title for h in instances} - {""})),
         patient=first.patient,
         series=tuple(series),
-        completeness=Completeness(complete=not problems, problems=tuple(problems)),
+        completeness=Completeness(not problems, tuple(problems), declared=expected),
         source_paths=tuple(sorted(h.path for h in instances)),
         scheduled_step_id=first.scheduled_step_id,
         patients=tuple(dict.fromkeys(h.patient for h in instances)),

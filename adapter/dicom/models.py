@@ -154,6 +154,9 @@ class SeriesSummary:
 class Completeness:
     complete: bool
     problems: tuple[str, ...] = ()
+    declared: int | None = None
+    """(0020,1208) when the instances agree on it: without it, a study cut off after its last
+    whole series cannot be told from a complete one (``complete`` is then as far as known)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,6 +112,8 @@ def study_report(outcome: StudyOutcome) -> dict[str, Any]:
         "instances": outcome.instances,
         "complete": outcome.completeness.complete,
         "completeness_problems": list(outcome.completeness.problems),
+        # null: no (0020,1208), so "complete" is only as far as gaps and references show
+        "declared_instances": outcome.completeness.declared,
     }
     if outcome.duplicates:
         # Files dropped as repeated SOP instances are named, with whether their content differs.

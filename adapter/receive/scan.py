@@ -13,9 +13,9 @@ It only ever *accepts*: anything it does not read exactly as :func:`spool.identi
 (0008,0005) that is not CS or that pydicom's table does not name, at the top level or in an
 item, group 0000 or 0002 in the data set, an undefined-length value that is not a sequence or
 is a wanted element, an item whose elements do not end where it does, an item delimiter with a
-length, a structure it does not expect, any length past the end) returns ``None`` and the caller asks
-``identify``, whose verdict stands. Every loop advances; nesting is bounded; no declared length
-is allocated.
+length, a structure it does not expect, any length past the end) returns ``None`` and the
+caller asks ``identify``, whose verdict stands. Every loop advances; nesting is bounded; no
+declared length is allocated.
 """
 
 from __future__ import annotations

@@ -89,6 +89,8 @@ def test_mixed_folder_accounts_for_every_file(
     ).read_bytes()
     incomplete = next(s for s in report["studies"] if s["status"] == "held-incomplete")
     assert incomplete["completeness_problems"]
+    mapped = next(s for s in report["studies"] if s["status"] == "mapped")
+    assert mapped["declared_instances"] == mapped["instances"] == 10  # (0020,1208) checked
 
 
 @pytest.mark.store
