@@ -259,7 +259,9 @@ def test_an_abort_mid_instance_spools_nothing_and_the_next_sender_is_served(
     assert counts["received"] == 1 and len(spooled(tmp_path)) == 1
 
 
-def store_command(instance_uid: str, message_id: int = 7) -> bytes:
+def store_command(
+    instance_uid: str, message_id: int = 7, sop_class: str = "1.2.840.10008.5.1.4.1.1.2"
+) -> bytes:
     """A C-STORE-RQ command set (PS3.7 §9.3.1.1), Implicit VR Little Endian."""
 
     def element(tag: int, value: bytes) -> bytes:
@@ -270,7 +272,7 @@ def store_command(instance_uid: str, message_id: int = 7) -> bytes:
         return raw + b"\x00" * (len(raw) % 2)
 
     body = (
-        element(0x0002, uid("1.2.840.10008.5.1.4.1.1.2"))
+        element(0x0002, uid(sop_class))
         + element(0x0100, struct.pack("<H", 0x0001))
         + element(0x0110, struct.pack("<H", message_id))
         + element(0x0700, struct.pack("<H", 0))
@@ -416,9 +418,11 @@ def pdata(context_id: int, control: int, value: bytes) -> bytes:
     return struct.pack(">BxI", 0x04, len(pdv)) + pdv
 
 
-def store_raw(sock: socket.socket, data_set: bytes, instance_uid: str, message_id: int) -> int:
+def store_raw(
+    sock: socket.socket, data_set: bytes, instance_uid: str, message_id: int, **command: str
+) -> int:
     """One C-STORE on context 1; the status of the C-STORE-RSP."""
-    sock.sendall(pdata(1, 0x03, store_command(instance_uid, message_id)))
+    sock.sendall(pdata(1, 0x03, store_command(instance_uid, message_id, **command)))
     sock.sendall(pdata(1, 0x02, data_set))
     kind, body = read_pdu(sock)
     assert kind == 0x04, f"P-DATA-TF expected, got {kind:#04x}"
@@ -548,3 +552,20 @@ def test_a_data_set_pydicom_cannot_read_is_refused_and_the_association_goes_on(
 def uid_value(uid: str) -> bytes:
     raw = uid.encode()
     return raw + b"\x00" * (len(raw) % 2)
+
+
+def test_every_refused_c_store_is_counted(tmp_path: Path) -> None:
+    """A request without its instance UID (C000) and one whose SOP class is not its
+    context's (0122) are refused and counted, and the association goes on."""
+    sop = dcmread(CT, stop_before_pixels=True)
+    good = explicit(0x00080018, b"UI", uid_value(sop.SOPInstanceUID)) + explicit(
+        0x0020000D, b"UI", uid_value(sop.StudyInstanceUID)
+    )
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    with receiving(tmp_path) as receiver, connected(receiver) as sock:
+        associated(sock)
+        assert store_raw(sock, good, "", 1) == 0xC000
+        assert store_raw(sock, good, sop.SOPInstanceUID, 2, sop_class=mr) == 0x0122
+        assert store_raw(sock, good, sop.SOPInstanceUID, 3) == 0x0000
+        counts = dict(receiver.counts)
+    assert counts["refused"] == 2 and counts["received"] == 1
