@@ -100,22 +100,28 @@ def _top_level(data: bytes, offset: int, implicit: bool) -> dict[int, bytes]:
         previous = tag
         if tag in _STOP_AT:
             break  # where identify's pydicom read stops too (stop_before_pixels)
-        if length == _UNDEFINED:
-            if tag in _WANTED:
-                raise _Unsure  # pydicom would hand identify a sequence to read as a value
-            _require_sequence(tag, vr, data, value_at)
-            offset = _skip_sequence(data, value_at, implicit, 1)
-            continue
-        if value_at + length > end:
-            raise _Unsure
-        if tag == _CHARACTER_SET:
-            _require_character_set(vr, data[value_at : value_at + length])
+        if tag in _WANTED and (length == _UNDEFINED or vr not in (None, _WANTED[tag])):
+            raise _Unsure  # pydicom would decode a sequence or another VR's value otherwise
+        offset = _past(data, tag, vr, value_at, length, implicit, 1)
         if tag in _WANTED:
-            if vr is not None and vr != _WANTED[tag]:
-                raise _Unsure  # pydicom would decode another VR's value otherwise
-            wanted[tag] = data[value_at : value_at + length]
-        offset = value_at + length
+            wanted[tag] = data[value_at:offset]
     return wanted
+
+
+def _past(
+    data: bytes, tag: int, vr: bytes | None, value_at: int, length: int, implicit: bool, depth: int
+) -> int:
+    """Where the element whose value starts at ``value_at`` ends, after the checks pydicom's
+    read makes of it on the way: a sequence of undefined length is walked, item by item; a
+    Specific Character Set must resolve."""
+    if length == _UNDEFINED:
+        _require_sequence(tag, vr, data, value_at)
+        return _skip_sequence(data, value_at, implicit, depth)
+    if value_at + length > len(data):
+        raise _Unsure
+    if tag == _CHARACTER_SET:
+        _require_character_set(vr, data[value_at : value_at + length])
+    return value_at + length
 
 
 def _require_character_set(vr: bytes | None, value: bytes) -> None:
@@ -218,15 +224,7 @@ def _walk_item(data: bytes, offset: int, stop: int | None, implicit: bool, depth
             return value_at
         if tag >> 16 == 0xFFFE:
             raise _Unsure  # a stray item or delimiter inside an item
-        if length == _UNDEFINED:
-            _require_sequence(tag, vr, data, value_at)
-            offset = _skip_sequence(data, value_at, implicit, depth)
-            continue
-        if value_at + length > end:
-            raise _Unsure
-        if tag == _CHARACTER_SET:
-            _require_character_set(vr, data[value_at : value_at + length])
-        offset = value_at + length
+        offset = _past(data, tag, vr, value_at, length, implicit, depth)
     if stop is not None and offset == stop:
         return offset
     raise _Unsure

@@ -45,6 +45,10 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     return dict(found) if isinstance(found, dict) else {}
 
 
+def _utc(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -58,10 +62,6 @@ class JsonLines(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = record.exc_info[0].__name__  # the type only: values may be PHI
         return json.dumps(entry, ensure_ascii=False, default=str)
-
-
-def _utc(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
 
 class TextLines(logging.Formatter):

@@ -97,7 +97,8 @@ async def _serve(
 ) -> int:
     fhir_targets = list(targets(settings, out_dir))
     hl7 = settings.hl7
-    with Outbox(store_location(settings, out_dir), check_same_thread=False) as inbound_store:
+    location = store_location(settings, out_dir)
+    with Outbox(location, check_same_thread=False) as inbound_store:
         listening = settings.serve.mllp_listener
         # Off, nothing is heard: the profiles' hosts are not resolved (nor warned about).
         trust = trust_policy(settings) if listening else TrustPolicy((), {})
@@ -163,7 +164,6 @@ async def _serve(
                     name="rtplan-escalations",
                 )
             )
-        location = store_location(settings, out_dir)
         on = {
             "receiver": bool(settings.dicom.listen_port),
             "api": bool(settings.http.listen_port),
